@@ -1,0 +1,34 @@
+"""Registry of backends and the order ``auto`` tries them in.
+
+Each module registers one :class:`~mglu.backends.base.Backend`. ``AUTO_PRIORITY`` is the
+order ``MGLU_BACKEND=auto`` walks; a backend enters it at the rank the benchmark
+(``python -m mglu bench``) measured for it. Only the torch backend runs today, so it is
+the whole list.
+"""
+
+from . import torch_backend
+from .base import SUPPORTED_DTYPES, Backend, Problem, new_output, not_implemented, poisoned_outputs
+
+REGISTRY: dict[str, Backend] = {
+    "torch": torch_backend.BACKEND,
+    "triton": not_implemented("triton"),
+    "cuda": not_implemented("cuda"),
+    "numba": not_implemented("numba"),
+}
+
+BACKEND_NAMES: tuple[str, ...] = tuple(REGISTRY)
+AUTO = "auto"
+AUTO_PRIORITY: tuple[str, ...] = ("torch",)
+
+__all__ = [
+    "AUTO",
+    "AUTO_PRIORITY",
+    "BACKEND_NAMES",
+    "REGISTRY",
+    "SUPPORTED_DTYPES",
+    "Backend",
+    "Problem",
+    "new_output",
+    "not_implemented",
+    "poisoned_outputs",
+]

@@ -1,0 +1,93 @@
+"""The backend contract: tensor-in/tensor-out functions plus a capability check.
+
+A backend is a :class:`Backend` record:
+
+- ``forward(x2d, weight, packed, activation) -> out``: ``x2d (T, d_model)``,
+  ``weight (d_ff, d_model)``, ``packed`` uint8 ``(n_masks, d_ff, ceil(d_model/8))``,
+  ``out (T, d_ff)`` in ``x2d.dtype``; ``out = sum_i act(gate_i) * (total - gate_i)``.
+- ``backward(dout, x2d, weight, packed, activation, dmask_dtype) -> (dx, dW, dM)``:
+  ``dx (T, d_model)``, ``dW (d_ff, d_model)`` in the input dtype; ``dM (n_masks, d_ff,
+  d_model)`` in ``dmask_dtype``, or ``None`` when ``dmask_dtype`` is ``None`` (frozen masks).
+- ``reasons(problem) -> list[str]``: empty when the backend can run the call, else
+  plain-text reasons why not.
+
+Inputs arrive validated and contiguous. Backends allocate outputs with :func:`new_output`
+so that the conformance checker can poison them (NaN) before a kernel writes them.
+No autograd code lives in a backend.
+"""
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+_POISON = contextvars.ContextVar("mglu_poison_outputs", default=False)
+
+
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Within this block, :func:`new_output` fills new outputs with NaN (conformance)."""
+    token = _POISON.set(True)
+    try:
+        yield
+    finally:
+        _POISON.reset(token)
+
+
+def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """An output buffer every element of which the backend must write."""
+    if _POISON.get():
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """What a capability check may look at: one call's sizes, types and device."""
+
+    tokens: int
+    d_model: int
+    d_ff: int
+    n_masks: int
+    dtype: torch.dtype
+    device: torch.device
+    activation: str
+    needs_dmask: bool = False
+
+    @classmethod
+    def of(cls, x2d, weight, packed, activation, needs_dmask=False) -> "Problem":
+        return cls(
+            tokens=x2d.shape[0],
+            d_model=x2d.shape[1],
+            d_ff=weight.shape[0],
+            n_masks=packed.shape[0],
+            dtype=x2d.dtype,
+            device=x2d.device,
+            activation=activation,
+            needs_dmask=needs_dmask,
+        )
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One registered backend. ``forward``/``backward`` may be ``None`` only when
+    ``reasons`` always refuses (a backend registered before it is implemented)."""
+
+    name: str
+    reasons: Callable[[Problem], list[str]]
+    forward: Optional[Callable] = None
+    backward: Optional[Callable] = None
+    description: str = ""
+
+
+def not_implemented(name: str) -> Backend:
+    """A registered placeholder that refuses every call with 'not implemented yet'."""
+    return Backend(
+        name=name,
+        reasons=lambda problem: ["not implemented yet"],
+        description=f"{name} backend (not implemented yet)",
+    )

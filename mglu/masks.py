@@ -1,0 +1,95 @@
+"""The packed mask format (SPEC §2): the one definition every backend reads.
+
+``packed`` is a ``torch.uint8`` tensor of shape ``(n_masks, d_ff, ceil(d_model / 8))``.
+Bit ``b`` (least significant first) of byte ``[i, n, g]`` is ``M_i[n, 8*g + b]``.
+:func:`pack_masks` writes zeros at positions ``>= d_model``; every backend ignores
+whatever stands there (no per-call scan of the masks).
+
+Training form: real-valued logits ``S`` of shape ``(n_masks, d_ff, d_model)``; the hard
+mask is ``M_i = (S_i > 0)``.
+"""
+
+import torch
+
+from .errors import MGLUTypeError, MGLUValueError
+
+MIN_MASKS = 1
+#: the paper trains with up to 16 masks (SPEC §2)
+MAX_MASKS = 16
+BITS = 8
+
+
+def packed_width(d_model: int) -> int:
+    """Bytes per mask row: ``ceil(d_model / 8)``."""
+    return (d_model + BITS - 1) // BITS
+
+
+def check_n_masks(n_masks: int, arg: str) -> None:
+    """Raise unless ``MIN_MASKS <= n_masks <= MAX_MASKS``; ``arg`` names the argument."""
+    if not MIN_MASKS <= n_masks <= MAX_MASKS:
+        raise MGLUValueError(
+            f"{arg}: n_masks (dim 0) must be in {MIN_MASKS}..{MAX_MASKS}, got {n_masks}"
+        )
+
+
+def hard_masks(masks: torch.Tensor) -> torch.Tensor:
+    """``bool`` masks ``(n_masks, d_ff, d_model)`` from bool masks or real logits (``S > 0``)."""
+    if not isinstance(masks, torch.Tensor):
+        raise MGLUTypeError(f"masks: expected a torch.Tensor, got {type(masks).__name__}")
+    if masks.dtype == torch.bool:
+        return masks
+    if masks.is_floating_point():
+        return masks > 0
+    raise MGLUTypeError(
+        f"masks: expected a bool tensor or floating logits, got dtype {masks.dtype}"
+    )
+
+
+def pack_masks(masks: torch.Tensor) -> torch.Tensor:
+    """Pack bool masks or logits ``(n_masks, d_ff, d_model)`` into uint8 bit-planes.
+
+    Returns ``(n_masks, d_ff, ceil(d_model/8))`` uint8 on the input's device, bit ``b`` of
+    byte ``[i, n, g]`` = ``M_i[n, 8g + b]``, tail bits zero. Logits map to ``S > 0``.
+    """
+    bits = hard_masks(masks)
+    if bits.dim() != 3:
+        raise MGLUValueError(
+            f"masks: expected shape (n_masks, d_ff, d_model), got {tuple(bits.shape)}"
+        )
+    check_n_masks(bits.shape[0], "masks")
+    n, d_ff, d_model = bits.shape
+    width = packed_width(d_model)
+    pad = width * BITS - d_model
+    planes = torch.nn.functional.pad(bits.to(torch.uint8), (0, pad))
+    planes = planes.reshape(n, d_ff, width, BITS)
+    weights = torch.tensor([1 << b for b in range(BITS)], dtype=torch.uint8, device=bits.device)
+    return (planes * weights).sum(dim=-1, dtype=torch.uint8)
+
+
+def unpack_masks(packed: torch.Tensor, d_model: int) -> torch.Tensor:
+    """Bool masks ``(n_masks, d_ff, d_model)`` from packed bit-planes; tail bits dropped."""
+    check_packed(packed, d_model, arg="packed")
+    return unpack_bits(packed, d_model)
+
+
+def unpack_bits(packed: torch.Tensor, d_model: int) -> torch.Tensor:
+    """:func:`unpack_masks` without validation, for backends; works on any leading shape."""
+    shifts = torch.arange(BITS, dtype=torch.uint8, device=packed.device)
+    bits = (packed.unsqueeze(-1) >> shifts) & 1
+    return bits.reshape(*packed.shape[:-1], -1)[..., :d_model].to(torch.bool)
+
+
+def check_packed(packed: torch.Tensor, d_model: int, arg: str = "masks", d_ff: int | None = None) -> None:
+    """Raise unless ``packed`` is uint8 ``(n_masks, d_ff, ceil(d_model/8))`` with 1..16 masks."""
+    if not isinstance(packed, torch.Tensor):
+        raise MGLUTypeError(f"{arg}: expected a torch.Tensor, got {type(packed).__name__}")
+    if packed.dtype != torch.uint8:
+        raise MGLUTypeError(f"{arg}: packed masks must be torch.uint8, got {packed.dtype}")
+    width = packed_width(d_model)
+    if packed.dim() != 3 or packed.shape[2] != width or (d_ff is not None and packed.shape[1] != d_ff):
+        want_ff = "d_ff" if d_ff is None else str(d_ff)
+        raise MGLUValueError(
+            f"{arg}: packed masks must have shape (n_masks, {want_ff}, {width}) for "
+            f"d_model={d_model}, got {tuple(packed.shape)}"
+        )
+    check_n_masks(packed.shape[0], arg)
