@@ -17,7 +17,6 @@ No autograd code lives in a backend.
 """
 
 import contextlib
-import contextvars
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -25,22 +24,23 @@ import torch
 
 SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
-_POISON = contextvars.ContextVar("mglu_poison_outputs", default=False)
+# Process-wide, not a context variable: autograd runs CUDA backward on its own thread.
+_poison = [False]
 
 
 @contextlib.contextmanager
 def poisoned_outputs():
     """Within this block, :func:`new_output` fills new outputs with NaN (conformance)."""
-    token = _POISON.set(True)
+    before, _poison[0] = _poison[0], True
     try:
         yield
     finally:
-        _POISON.reset(token)
+        _poison[0] = before
 
 
 def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """An output buffer every element of which the backend must write."""
-    if _POISON.get():
+    if _poison[0]:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 

@@ -11,9 +11,10 @@ Backward (SPEC §3), ``n_masks + 1`` products each for ``dx`` and ``dW``::
     dx  = sum_i D_i @ (M_i W) + S @ W
     P_i = D_i.T @ x2d;   dW = sum_i M_i * P_i + S.T @ x2d;   dM_i = W * P_i
 
-Products run in the input dtype (BLAS accumulates in fp32 for fp16/bf16); everything
-elementwise accumulates in fp32 (fp64 for fp64 inputs). One masked copy of ``W`` exists
-at a time. fp32 products follow PyTorch's matmul precision setting, IEEE by default.
+Products read their operands in the input dtype and return fp32 (fp64 for fp64) without
+rounding to the input dtype in between (:func:`_mm`); everything elementwise accumulates
+in that type. One masked copy of ``W`` exists at a time. fp32 products follow PyTorch's
+matmul precision setting, IEEE by default.
 """
 
 import torch
@@ -70,6 +71,20 @@ def accum_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _mm(a, b, acc_t):
+    """``a @ b`` in ``acc_t`` from operands in the input dtype, no intermediate rounding.
+
+    On CUDA, half types go through cuBLAS with fp32 output (``out_dtype``); the CPU has no
+    such kernel, so there the operands are widened first (exact, so the result is the same
+    product).
+    """
+    if a.dtype == acc_t:
+        return a @ b
+    if a.is_cuda:
+        return torch.mm(a, b, out_dtype=acc_t)
+    return a.to(acc_t) @ b.to(acc_t)
+
+
 def _masked(weight, bits):
     return torch.where(bits, weight, weight.new_zeros(()))
 
@@ -78,10 +93,10 @@ def forward(x2d, weight, packed, activation):
     """``out (T, d_ff)`` = ``sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``."""
     acc_t = accum_dtype(x2d.dtype)
     d_model = x2d.shape[1]
-    total = (x2d @ weight.T).to(acc_t)
+    total = _mm(x2d, weight.T, acc_t)
     acc = torch.zeros_like(total)
     for i in range(packed.shape[0]):
-        gate = (x2d @ _masked(weight, unpack_bits(packed[i], d_model)).T).to(acc_t)
+        gate = _mm(x2d, _masked(weight, unpack_bits(packed[i], d_model)).T, acc_t)
         act, _ = ACT[activation](gate)
         acc += act * (total - gate)
     out = new_output(total.shape, x2d.dtype, x2d.device)
@@ -93,7 +108,7 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype):
     dtype, acc_t = x2d.dtype, accum_dtype(x2d.dtype)
     n_masks, d_ff, d_model = packed.shape[0], weight.shape[0], x2d.shape[1]
     d = dout.to(acc_t)
-    total = (x2d @ weight.T).to(acc_t)
+    total = _mm(x2d, weight.T, acc_t)
     dx = torch.zeros(x2d.shape, dtype=acc_t, device=x2d.device)
     dw = torch.zeros(weight.shape, dtype=acc_t, device=x2d.device)
     s = torch.zeros_like(total)
@@ -103,19 +118,19 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype):
     for i in range(n_masks):
         bits = unpack_bits(packed[i], d_model)
         w_i = _masked(weight, bits)
-        gate = (x2d @ w_i.T).to(acc_t)
+        gate = _mm(x2d, w_i.T, acc_t)
         act, dact = ACT[activation](gate)
         dv = d * act
         d_i = (d * dact * (total - gate) - dv).to(dtype)
         s += dv
-        dx += (d_i @ w_i).to(acc_t)
-        p_i = (d_i.T @ x2d).to(acc_t)
+        dx += _mm(d_i, w_i, acc_t)
+        p_i = _mm(d_i.T, x2d, acc_t)
         dw += torch.where(bits, p_i, p_i.new_zeros(()))
         if dm is not None:
             dm[i].copy_(weight.to(acc_t) * p_i)
     s = s.to(dtype)
-    dx += (s @ weight).to(acc_t)
-    dw += (s.T @ x2d).to(acc_t)
+    dx += _mm(s, weight, acc_t)
+    dw += _mm(s.T, x2d, acc_t)
     dx_out = new_output(x2d.shape, dtype, x2d.device).copy_(dx)
     dw_out = new_output(weight.shape, dtype, x2d.device).copy_(dw)
     return dx_out, dw_out, dm

@@ -1,0 +1,124 @@
+"""The conformance case catalogue: the one list tests, CLI and benchmarks check against.
+
+A :class:`Case` fixes shapes ``x (*batch, d_model)``, ``W (d_ff, d_model)``, ``n_masks``
+masks, an activation, a dtype, the mask content and form, and the memory layout of ``x``
+and ``W``. :func:`make_inputs` draws fresh random tensors for it from a seed.
+"""
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from ..activations import ACTIVATIONS
+from ..masks import packed_width, pack_masks
+from .tolerances import FLOOR
+
+DTYPES: tuple[torch.dtype, ...] = tuple(FLOOR)
+MASK_CONTENTS = ("random", "zeros", "ones", "garbage_tail")
+FORMS = ("packed", "logits")
+N_MASKS_SWEEP = (1, 2, 3, 4, 8, 16)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One problem. ``masks``: random | zeros | ones | garbage_tail (packed, tail bits set);
+    ``form``: packed (frozen) | logits (trainable); ``noncontig``: strided ``x`` and ``W``."""
+
+    name: str
+    batch: tuple[int, ...]
+    d_model: int
+    d_ff: int
+    n_masks: int
+    dtype: torch.dtype = torch.float32
+    activation: str = "silu"
+    masks: str = "random"
+    form: str = "packed"
+    noncontig: bool = False
+    quick: bool = True
+
+    @property
+    def id(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"{self.name}-{dtype}-{self.form}"
+
+    @property
+    def tokens(self) -> int:
+        return int(np.prod(self.batch))
+
+
+def _base_cases() -> list[Case]:
+    cases = [
+        Case("one_token", (1,), 64, 96, 4),
+        Case("zero_tokens", (0,), 32, 48, 2),
+        Case("batch_3d", (2, 3), 40, 56, 4),
+        Case("noncontig", (7,), 48, 40, 2, noncontig=True),
+        Case("odd_dims", (5,), 37, 53, 3),
+        Case("dims_not_16_64", (3,), 72, 80, 2),
+        Case("garbage_tail", (4,), 29, 23, 2, masks="garbage_tail"),
+        Case("masks_zeros", (5,), 24, 32, 2, masks="zeros"),
+        Case("masks_ones", (5,), 24, 32, 2, masks="ones"),
+        Case("mid", (33,), 256, 384, 4, quick=False),
+    ]
+    cases += [Case(f"n_masks_{n}", (6,), 24, 40, n, quick=n in (1, 16)) for n in N_MASKS_SWEEP]
+    cases += [Case(f"act_{a}", (6,), 24, 40, 2, activation=a, quick=False) for a in ACTIVATIONS]
+    logits = ("one_token", "batch_3d", "noncontig", "odd_dims", "masks_zeros", "masks_ones", "n_masks_16", "mid")
+    by_name = {c.name: c for c in cases}
+    cases += [replace(by_name[n], form="logits") for n in logits]
+    cases += [replace(c, form="logits", quick=False) for c in cases if c.name.startswith("act_")]
+    return cases
+
+
+def catalogue(quick: bool = False) -> list[Case]:
+    """Every base case in every dtype; ``quick`` keeps the cases marked quick."""
+    cases = [replace(c, dtype=d) for d in DTYPES for c in _base_cases()]
+    return [c for c in cases if c.quick] if quick else cases
+
+
+@dataclass
+class Inputs:
+    """Tensors for one case: ``masks`` is what the op receives (packed or logits) and
+    ``bool_masks`` the hard masks the reference uses."""
+
+    x: torch.Tensor
+    weight: torch.Tensor
+    masks: torch.Tensor
+    bool_masks: np.ndarray
+    dout: torch.Tensor
+
+
+def _strided(shape, dtype, gen, scale=1.0):
+    """A view with a non-unit inner stride over a fresh buffer twice as wide."""
+    full = torch.randn(*shape[:-1], 2 * shape[-1], generator=gen, dtype=torch.float64) * scale
+    return full[..., ::2].to(dtype)
+
+
+def make_inputs(case: Case, seed: int, device="cpu") -> Inputs:
+    """Fresh random inputs for ``case`` (never zeros); ``W`` scaled by ``1/sqrt(d_model)``."""
+    gen = torch.Generator().manual_seed(seed)
+    scale = case.d_model**-0.5
+    shape_x = (*case.batch, case.d_model)
+    if case.noncontig:
+        x = _strided(shape_x, case.dtype, gen)
+        weight = _strided((case.d_model, case.d_ff), case.dtype, gen, scale).T
+    else:
+        x = torch.randn(shape_x, generator=gen, dtype=torch.float64).to(case.dtype)
+        weight = (torch.randn(case.d_ff, case.d_model, generator=gen, dtype=torch.float64) * scale).to(case.dtype)
+    mshape = (case.n_masks, case.d_ff, case.d_model)
+    magnitude = torch.rand(mshape, generator=gen, dtype=torch.float64) + 0.01
+    sign = {
+        "zeros": -1.0,
+        "ones": 1.0,
+    }.get(case.masks, torch.where(torch.rand(mshape, generator=gen, dtype=torch.float64) < 0.5, -1.0, 1.0))
+    logits = (magnitude * sign).to(case.dtype)
+    bool_masks = (logits > 0).numpy()
+    if case.form == "logits":
+        masks = logits
+    else:
+        masks = pack_masks(logits)
+        if case.masks == "garbage_tail":
+            assert case.d_model % 8, "garbage_tail needs d_model % 8 != 0"
+            tail = 0xFF << (case.d_model % 8) & 0xFF
+            masks[..., packed_width(case.d_model) - 1] |= tail
+    dout = torch.randn((*case.batch, case.d_ff), generator=gen, dtype=torch.float64).to(case.dtype)
+    return Inputs(x.to(device), weight.to(device), masks.to(device), bool_masks, dout.to(device))
