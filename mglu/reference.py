@@ -115,3 +115,24 @@ def backward(x, weight, masks, dout, activation: str = "silu"):
     dw = (m * pg + (1.0 - m) * pv).sum(axis=0)
     dm = w * (pg - pv)
     return dx.reshape(x.shape), dw, dm
+
+
+def magnitudes(x, weight, masks, dout, activation: str = "silu") -> dict[str, np.ndarray]:
+    """Each quantity's formula with every factor in absolute value, as the fast kernels group
+    it (``value = total - gate``, ``dx`` from ``n_masks + 1`` products). It is the scale of
+    the rounding a correct kernel makes, and the judge's denominator where a quantity
+    vanishes identically (all-one masks make ``value``, ``out``, ``dx`` and ``dW`` zero)."""
+    x, x2, w, masks = _prepare(x, weight, masks)
+    m, gates, values = _streams(x2, w, masks)
+    d = np.abs(np.asarray(dout, dtype=np.float64).reshape(-1, w.shape[0]))
+    a, da = ACT[activation](gates)
+    ax, aw = np.abs(x2), np.abs(w)
+    total = ax @ aw.T
+    dg, dv = d * np.abs(da) * total, d * np.abs(a)
+    p = np.einsum("itn,tk->ink", dg + dv, ax)
+    return {
+        "out": (np.abs(a) * total).sum(axis=0).reshape(*x.shape[:-1], w.shape[0]),
+        "dx": ((dg + dv).sum(axis=0) @ aw).reshape(x.shape),
+        "dW": p.sum(axis=0),
+        "dS": aw * p,
+    }

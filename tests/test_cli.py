@@ -1,0 +1,50 @@
+import re
+import subprocess
+import sys
+
+import pytest
+
+from mglu.cli import main
+
+
+def test_info_lists_every_backend_with_reasons(capsys):
+    assert main(["info", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "torch   available" in out
+    for name in ("triton", "cuda", "numba"):
+        assert f"{name:7s} unavailable: not implemented yet" in out
+    assert "MGLU_BACKEND" in out and "auto priority: torch" in out
+
+
+def test_conformance_quick_passes_and_summarises(capsys):
+    assert main(["conformance", "--quick", "--dtype", "float32", "--device", "cpu", "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    assert "torch: 18 passed, 0 failed, 0 skipped" in out
+
+
+def test_conformance_fails_on_a_broken_backend(monkeypatch, capsys):
+    from mglu.backends import REGISTRY, Backend, torch_backend
+
+    broken = Backend("numba", lambda p: [], lambda *a: torch_backend.forward(*a) * 2, torch_backend.backward)
+    monkeypatch.setitem(REGISTRY, "numba", broken)
+    assert main(["conformance", "--quick", "--dtype", "float32", "--device", "cpu", "--backend", "numba"]) == 1
+    out = capsys.readouterr().out
+    # out = 0 cases (zero tokens, all-zero/all-one masks under silu) still pass when doubled
+    assert re.search(r"numba: \d+ passed, [1-9]\d* failed", out) and "FAIL" in out
+
+
+def test_conformance_named_unavailable_backend_exits_2(capsys):
+    assert main(["conformance", "--quick", "--device", "cpu", "--backend", "cuda"]) == 2
+    assert "cuda: unavailable on cpu: not implemented yet" in capsys.readouterr().out
+
+
+def test_help_names_the_subcommands():
+    out = subprocess.run([sys.executable, "-m", "mglu", "--help"], capture_output=True, text=True, check=True).stdout
+    for cmd in ("info", "conformance", "bench"):
+        assert cmd in out
+
+
+def test_unknown_subcommand_exits_nonzero():
+    with pytest.raises(SystemExit) as info:
+        main(["frobnicate"])
+    assert info.value.code == 2

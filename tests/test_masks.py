@@ -1,0 +1,63 @@
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mglu import MGLUTypeError, MGLUValueError, pack_masks, unpack_masks
+from mglu import reference
+
+
+@given(n=st.integers(1, 16), d_ff=st.integers(1, 5), d_model=st.integers(1, 40), seed=st.integers(0, 2**31))
+def test_round_trip_and_reference_agree(n, d_ff, d_model, seed):
+    gen = torch.Generator().manual_seed(seed)
+    masks = torch.rand(n, d_ff, d_model, generator=gen) < 0.5
+    packed = pack_masks(masks)
+    assert packed.dtype == torch.uint8 and packed.shape == (n, d_ff, (d_model + 7) // 8)
+    assert torch.equal(unpack_masks(packed, d_model), masks)
+    assert (reference.unpack(packed.numpy(), d_model) == masks.numpy()).all()
+
+
+def test_bit_order_and_zero_tail():
+    masks = torch.zeros(1, 1, 11, dtype=torch.bool)
+    masks[0, 0, [0, 2, 8, 10]] = True
+    packed = pack_masks(masks)
+    assert packed.tolist() == [[[0b00000101, 0b00000101]]]
+
+
+def test_logits_threshold_is_strictly_positive():
+    logits = torch.tensor([[[-1.0, 0.0, 1e-30, 2.0]]])
+    assert unpack_masks(pack_masks(logits), 4).tolist() == [[[False, False, True, True]]]
+
+
+def test_unpack_ignores_tail_bits():
+    packed = torch.full((2, 3, 2), 0xFF, dtype=torch.uint8)
+    assert unpack_masks(packed, 9).shape == (2, 3, 9)
+    assert unpack_masks(packed, 9).all()
+
+
+@pytest.mark.parametrize(
+    "masks, exc, arg",
+    [
+        (torch.zeros(4, 5, dtype=torch.bool), MGLUValueError, "masks"),
+        (torch.zeros(17, 2, 3, dtype=torch.bool), MGLUValueError, "n_masks"),
+        (torch.zeros(0, 2, 3, dtype=torch.bool), MGLUValueError, "n_masks"),
+        (torch.zeros(2, 2, 3, dtype=torch.int32), MGLUTypeError, "masks"),
+        ([[1]], MGLUTypeError, "masks"),
+    ],
+)
+def test_pack_rejects(masks, exc, arg):
+    with pytest.raises(exc, match=arg):
+        pack_masks(masks)
+
+
+@pytest.mark.parametrize(
+    "packed, exc",
+    [
+        (torch.zeros(2, 3, 3, dtype=torch.uint8), MGLUValueError),
+        (torch.zeros(2, 3, 2, dtype=torch.int8), MGLUTypeError),
+        (torch.zeros(17, 3, 2, dtype=torch.uint8), MGLUValueError),
+    ],
+)
+def test_unpack_rejects(packed, exc):
+    with pytest.raises(exc, match="packed"):
+        unpack_masks(packed, 9)

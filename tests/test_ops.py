@@ -1,0 +1,100 @@
+"""The registered op pair: opcheck, torch.compile, autograd routing, shapes and layouts."""
+
+import numpy as np
+import pytest
+import torch
+
+import mglu
+from mglu import reference
+
+
+def _inputs(tokens=5, d_model=20, d_ff=12, n=3, dtype=torch.float64, grad=True):
+    x = torch.randn(tokens, d_model, dtype=dtype, requires_grad=grad)
+    w = torch.randn(d_ff, d_model, dtype=dtype, requires_grad=grad)
+    logits = torch.randn(n, d_ff, d_model, dtype=dtype, requires_grad=grad)
+    return x, w, logits
+
+
+@pytest.mark.parametrize("permuted", [False, True])
+@pytest.mark.parametrize("form", ["packed", "logits"])
+def test_opcheck(permuted, form):
+    x, w, logits = _inputs()
+    if permuted:
+        x = torch.randn(20, 5, dtype=torch.float64).T.requires_grad_()
+        w = torch.randn(20, 12, dtype=torch.float64).T.requires_grad_()
+    packed = mglu.pack_masks(logits)
+    torch.library.opcheck(torch.ops.mglu.forward.default,
+                          (x, w, packed, logits if form == "logits" else None, "silu", "auto"))
+    dout = torch.randn(5, 12, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.mglu.backward.default,
+                          (dout, x.detach(), w.detach(), packed, logits.detach() if form == "logits" else None,
+                           "gelu", "torch"))
+
+
+def test_compile_fullgraph_matches_eager_forward_and_grads():
+    torch.manual_seed(0)
+    block = mglu.nn.MGLUFeedForward(16, 24, n_masks=3)
+    x = torch.randn(2, 5, 16)
+    eager = block(x)
+    eager.square().sum().backward()
+    want = [p.grad.clone() for p in block.parameters()]
+    block.zero_grad()
+    compiled = torch.compile(block, fullgraph=True)
+    got = compiled(x)
+    got.square().sum().backward()
+    torch.testing.assert_close(got, eager, rtol=0, atol=0)
+    for g, w in zip([p.grad for p in block.parameters()], want):
+        torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
+
+
+def test_logits_get_straight_through_grad_and_packed_get_none():
+    x, w, logits = _inputs()
+    out = mglu.mglu(x, w, logits, activation="sigmoid")
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    m = (logits > 0).numpy()
+    _, _, dm = reference.backward(x.detach().numpy(), w.detach().numpy(), m, dout.numpy(), "sigmoid")
+    np.testing.assert_allclose(logits.grad.numpy(), dm, rtol=1e-10, atol=1e-12)
+    packed = mglu.pack_masks(logits)
+    x.grad = None
+    mglu.mglu(x, w, packed).sum().backward()
+    assert x.grad is not None and packed.grad is None
+
+
+def test_frozen_logits_do_not_pay_for_mask_grads(monkeypatch):
+    seen = []
+    from mglu.backends import torch_backend
+
+    real = torch_backend.backward
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setitem(mglu.backends.REGISTRY, "torch",
+                        mglu.backends.Backend("torch", torch_backend.reasons, torch_backend.forward, spy))
+    x, w, logits = _inputs()
+    mglu.mglu(x, w, logits.detach()).sum().backward()
+    mglu.mglu(x, w, logits).sum().backward()
+    assert seen == [None, torch.float64]
+
+
+def test_shapes_dtypes_zero_tokens_and_noncontiguous():
+    x, w, logits = _inputs(grad=False)
+    packed = mglu.pack_masks(logits)
+    flat = mglu.mglu(x.reshape(5, 20), w, packed)
+    assert mglu.mglu(x.reshape(5, 1, 20), w, packed).shape == (5, 1, 12)
+    strided = torch.randn(5, 40, dtype=torch.float64)[:, ::2]
+    strided.copy_(x)
+    torch.testing.assert_close(mglu.mglu(strided, w, packed), flat, rtol=0, atol=0)
+    empty = mglu.mglu(torch.empty(0, 3, 20, dtype=torch.float64), w, packed)
+    assert empty.shape == (0, 3, 12)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        assert mglu.mglu(x.to(dtype), w.to(dtype), packed).dtype == dtype
+
+
+def test_zero_tokens_backward_gives_zero_weight_grad():
+    _, w, logits = _inputs()
+    x = torch.empty(0, 20, dtype=torch.float64, requires_grad=True)
+    mglu.mglu(x, w, logits).sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(logits.grad, torch.zeros_like(logits))
