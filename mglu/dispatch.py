@@ -71,5 +71,6 @@ def select(requested: str, problem: Problem) -> Backend:
     if sel.chosen is None:
         reasons = [f"{n}: {'; '.join(sel.refused[n])}" for n in sel.candidates]
         raise BackendUnavailableError(requested, reasons if requested == AUTO else sel.refused[requested])
-    log.debug("mglu: %s", str(sel).replace("\n", " |"))
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("mglu: %s", str(sel).replace("\n", " |"))
     return REGISTRY[sel.chosen]

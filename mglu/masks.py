@@ -62,8 +62,8 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
     pad = width * BITS - d_model
     planes = torch.nn.functional.pad(bits.to(torch.uint8), (0, pad))
     planes = planes.reshape(n, d_ff, width, BITS)
-    weights = torch.tensor([1 << b for b in range(BITS)], dtype=torch.uint8, device=bits.device)
-    return (planes * weights).sum(dim=-1, dtype=torch.uint8)
+    shifts = torch.arange(BITS, dtype=torch.uint8, device=bits.device)
+    return (planes << shifts).sum(dim=-1, dtype=torch.uint8)
 
 
 def unpack_masks(packed: torch.Tensor, d_model: int) -> torch.Tensor:

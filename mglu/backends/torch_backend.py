@@ -112,9 +112,10 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype):
     dx = torch.zeros(x2d.shape, dtype=acc_t, device=x2d.device)
     dw = torch.zeros(weight.shape, dtype=acc_t, device=x2d.device)
     s = torch.zeros_like(total)
-    dm = None
+    dm = w_acc = None
     if dmask_dtype is not None:
         dm = new_output((n_masks, d_ff, d_model), dmask_dtype, x2d.device)
+        w_acc = weight.to(acc_t)
     for i in range(n_masks):
         bits = unpack_bits(packed[i], d_model)
         w_i = _masked(weight, bits)
@@ -127,7 +128,7 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype):
         p_i = _mm(d_i.T, x2d, acc_t)
         dw += torch.where(bits, p_i, p_i.new_zeros(()))
         if dm is not None:
-            dm[i].copy_(weight.to(acc_t) * p_i)
+            dm[i].copy_(w_acc * p_i)
     s = s.to(dtype)
     dx += _mm(s, weight, acc_t)
     dw += _mm(s.T, x2d, acc_t)
