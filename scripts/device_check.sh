@@ -1,31 +1,33 @@
 #!/usr/bin/env bash
-# One call on a GPU machine: install, info, conformance on CUDA, an independent SwiGLU
-# timing, and the paper and decode bench presets (JSON + PNG each).
-# Usage, from the repo root: bash scripts/device_check.sh [conformance|bench|all] [COMMIT]
-# COMMIT is recorded where the copy has no .git (the device tool sends no history).
-# Writes $OUT/run.log, $OUT/bench_{paper,decode}.{json,png} (./device-out without $OUT).
+# On a GPU machine, in one call: install, info, then the steps named (default: all of them)
+#   conformance   python -m mglu conformance --device cuda
+#   swiglu        scripts/swiglu_independent.py (cross-check of the bench's SwiGLU row)
+#   paper|decode|prefill   python -m mglu bench --preset P, writing JSON and PNG
+# Usage, from the repo root: bash scripts/device_check.sh [STEP ...]
+# Set MGLU_GIT_COMMIT where the copy has no .git (the device tool sends no history).
+# Writes $OUT/run.log and $OUT/bench_P.{json,png} (./device-out without $OUT).
 set -uo pipefail
-what=${1:-all}
-export MGLU_GIT_COMMIT=${2:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+steps=("$@")
+[[ ${#steps[@]} -gt 0 ]] || steps=(conformance swiglu paper decode)
+export MGLU_GIT_COMMIT=${MGLU_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 out=${OUT:-device-out}
 log="$out/run.log"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q -e . --no-deps --no-build-isolation >>"$log" 2>&1 || { cat "$log"; exit 1; }
 { echo "commit $MGLU_GIT_COMMIT"; date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; } 2>&1 | tee -a "$log"
-status=0
 python3 -m mglu info --dtype bfloat16 2>&1 | tee -a "$log"
-if [[ $what == conformance || $what == all ]]; then
-  python3 -m mglu conformance --device cuda 2>&1 | tee -a "$log"
-  status=$(( status | ${PIPESTATUS[0]} ))
-fi
-if [[ $what == bench || $what == all ]]; then
-  python3 scripts/swiglu_independent.py 2>&1 | tee -a "$log"
-  for preset in paper decode; do
-    start=$(date +%s)
-    python3 -m mglu bench --preset "$preset" --json "$out/bench_$preset.json" --plot "$out/bench_$preset.png" 2>&1 | tee -a "$log"
-    status=$(( status | ${PIPESTATUS[0]} ))
-    echo "preset $preset took $(( $(date +%s) - start )) s" | tee -a "$log"
-  done
-fi
+status=0
+for step in "${steps[@]}"; do
+  start=$(date +%s)
+  case $step in
+    conformance) python3 -m mglu conformance --device cuda ;;
+    swiglu) python3 scripts/swiglu_independent.py ;;
+    paper|decode|prefill) python3 -m mglu bench --preset "$step" --json "$out/bench_$step.json" --plot "$out/bench_$step.png" ;;
+    *) echo "unknown step $step"; false ;;
+  esac 2>&1 | tee -a "$log"
+  rc=${PIPESTATUS[0]}
+  status=$(( status | rc ))
+  echo "step $step: exit $rc, $(( $(date +%s) - start )) s" | tee -a "$log"
+done
 exit $status
