@@ -7,7 +7,12 @@ untimed work that must precede it (the autograd forward before a timed backward)
     CUDA: per call, events recorded right before and after ``step()`` on the current
           stream; warm-up (25 ms) and compilation happen before; median, p20, p80 of
           ``end - start`` over ``ceil(100 ms / estimate)`` calls (triton.testing.do_bench's
-          defaults), at least ``MIN_REPS``.
+          defaults), at least ``MIN_REPS``. Before each call a GPU sleep (NVBench's
+          "blocking kernel") lasting ``HOLD_FACTOR`` x the call's host enqueue time holds
+          the stream while the host queues the events and the call's launches, so the
+          events time the kernels back to back: device time, without the host's launch
+          latency or torch.compile's guard checks (seen on the H100: without it the
+          compiled SwiGLU timed slower than eager at 1 token).
     CPU:  ``time.perf_counter`` around ``step()``; at least ``CPU_MIN_REPS`` calls.
 
 Inputs of one copy that are smaller than ``ROTATE_L2_FACTOR`` x L2 are rotated through
@@ -42,6 +47,12 @@ CPU_MIN_REPS = 5
 MAX_REPS = 2000
 #: calls used to estimate the time per call before choosing the rep count
 ESTIMATE_CALLS = 3
+#: the blocking sleep lasts this many times the measured host enqueue time of one call
+#: (margin for host jitter), and at least HOLD_MIN_US
+HOLD_FACTOR = 2.0
+HOLD_MIN_US = 20.0
+#: cycles of torch.cuda._sleep timed once to convert microseconds to sleep cycles
+SLEEP_CALIBRATION_CYCLES = 1_000_000
 #: rotate while one copy of the inputs is smaller than this many L2s (an LRU-like L2 has
 #: then seen 3 other L2-fulls of data before a copy comes back)
 ROTATE_L2_FACTOR = 4
@@ -163,17 +174,39 @@ def time_bounds(bounds: list[Bound], device: torch.device, rep_s: float | None =
         call(r)
     synchronize(device)
     est = max((time.perf_counter() - t0) / ESTIMATE_CALLS, 1e-7)
-    n_warm = math.ceil(CUDA_WARMUP_S / est) if cuda else 1
+    n_warm = max(math.ceil(CUDA_WARMUP_S / est) if cuda else 1, ESTIMATE_CALLS)
+    host_s = []
     for r in range(n_warm):
+        t0 = time.perf_counter()
         call(r)
+        host_s.append(time.perf_counter() - t0)
     n_rep = min(max(math.ceil(rep_s / est), MIN_REPS if cuda else CPU_MIN_REPS), MAX_REPS)
-    samples = _time_cuda(bounds, n_rep, flush) if cuda else _time_cpu(bounds, n_rep)
-    return Timing(samples, copies=n, l2_cold=l2_cold)
+    if not cuda:
+        return Timing(_time_cpu(bounds, n_rep), copies=n, l2_cold=l2_cold)
+    hold_us = max(HOLD_FACTOR * percentile(host_s, 50) * 1e6, HOLD_MIN_US)
+    return Timing(_time_cuda(bounds, n_rep, flush, hold_us), copies=n, l2_cold=l2_cold)
 
 
-def _time_cuda(bounds: list[Bound], n_rep: int, flush) -> list[float]:
+_cycles_per_us: list[float] = []
+
+
+def sleep_cycles_per_us() -> float:
+    """``torch.cuda._sleep`` cycles per microsecond on this GPU, timed once per process."""
+    if not _cycles_per_us:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(SLEEP_CALIBRATION_CYCLES // 10)
+        start.record()
+        torch.cuda._sleep(SLEEP_CALIBRATION_CYCLES)
+        end.record()
+        torch.cuda.synchronize()
+        _cycles_per_us.append(SLEEP_CALIBRATION_CYCLES / (start.elapsed_time(end) * 1e3))
+    return _cycles_per_us[0]
+
+
+def _time_cuda(bounds: list[Bound], n_rep: int, flush, hold_us: float) -> list[float]:
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(n_rep)]
+    hold_cycles = int(hold_us * sleep_cycles_per_us())
     n = len(bounds)
     torch.cuda.synchronize()
     for r in range(n_rep):
@@ -182,6 +215,7 @@ def _time_cuda(bounds: list[Bound], n_rep: int, flush) -> list[float]:
             b.pre()
             if flush:
                 flush()
+        torch.cuda._sleep(hold_cycles)
         starts[r].record()
         b.step()
         ends[r].record()
@@ -242,7 +276,7 @@ def _median_us(step: Callable[[], object], device: torch.device, reps: int, warm
     for _ in range(warm):
         step()
     bounds = [Bound(step=step, read_bytes=0)]
-    samples = _time_cuda(bounds, reps, None) if device.type == "cuda" else _time_cpu(bounds, reps)
+    samples = _time_cuda(bounds, reps, None, HOLD_MIN_US) if device.type == "cuda" else _time_cpu(bounds, reps)
     return percentile(samples, 50)
 
 
