@@ -3,6 +3,8 @@
 #   conformance   python -m mglu conformance --device cuda
 #   swiglu        scripts/swiglu_independent.py (cross-check of the bench's SwiGLU row)
 #   paper|decode|prefill   python -m mglu bench --preset P, writing JSON and PNG
+#   bwd|fwdbwd    the training modes at 4096x11008, 1/64/2048 tokens, 4 masks
+#   suite         the pytest-benchmark suite over the paper preset
 # Usage, from the repo root: bash scripts/device_check.sh [STEP ...]
 # Set MGLU_GIT_COMMIT where the copy has no .git (the device tool sends no history).
 # Writes $OUT/run.log and $OUT/bench_P.{json,png} (./device-out without $OUT).
@@ -24,6 +26,8 @@ for step in "${steps[@]}"; do
     conformance) python3 -m mglu conformance --device cuda ;;
     swiglu) python3 scripts/swiglu_independent.py ;;
     paper|decode|prefill) python3 -m mglu bench --preset "$step" --json "$out/bench_$step.json" --plot "$out/bench_$step.png" ;;
+    bwd|fwdbwd) python3 -m mglu bench --mode "$step" --shapes 4096x11008 --tokens 1,64,2048 --n-masks 4 ;;
+    suite) MGLU_BENCH_PRESET=paper python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=median,iqr ;;
     *) echo "unknown step $step"; false ;;
   esac 2>&1 | tee -a "$log"
   rc=${PIPESTATUS[0]}
