@@ -4,36 +4,27 @@ import argparse
 import os
 import platform
 import sys
-from importlib import metadata
 
 import torch
 
 from .backends import AUTO_PRIORITY, BACKEND_NAMES, REGISTRY, Problem
-from .conformance.cases import DTYPES, catalogue
+from .bench.cli import add_arguments as add_bench_arguments
+from .bench.cli import run as run_bench
+from .bench.report import versions
+from .conformance.cases import catalogue
 from .conformance.checker import check_case, refusal
 from .dispatch import ENV_VAR
-
-OPTIONAL_PACKAGES = ("numpy", "triton", "numba", "numba-cuda", "cupy-cuda13x")
-DTYPE_NAMES = {str(d).removeprefix("torch."): d for d in DTYPES}
+from .dtypes import DTYPE_NAMES
 
 
 def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
 def cmd_info(args) -> int:
     device = torch.device(args.device)
-    print(f"python   {platform.python_version()}")
-    print(f"torch    {torch.__version__}")
-    for package in OPTIONAL_PACKAGES:
-        print(f"{package:8s} {_version(package)}")
+    for package, version in versions().items():
+        print(f"{package:12s} {version}")
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         print(f"device   {props.name} (sm_{props.major}{props.minor}, {props.multi_processor_count} SMs)")
@@ -46,7 +37,7 @@ def cmd_info(args) -> int:
     for name in BACKEND_NAMES:
         reasons = REGISTRY[name].reasons(problem)
         status = "available" if not reasons else "unavailable: " + "; ".join(reasons)
-        print(f"  {name:7s} {status}")
+        print(f"  {name:7s} {status}  ({REGISTRY[name].description})")
     return 0
 
 
@@ -93,12 +84,6 @@ def cmd_conformance(args) -> int:
     return status
 
 
-def cmd_bench(args) -> int:
-    from .bench.cli import run
-
-    return run(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m mglu",
@@ -131,13 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="time backends against naive MGLU and PyTorch SwiGLU (SPEC §7)",
         description="Side-by-side benchmark (SPEC §7); see docs/BENCHMARKS.md.",
     )
-    try:
-        from .bench.cli import add_arguments
-    except ImportError as exc:
-        bench.epilog = f"bench unavailable: {exc}"
-    else:
-        add_arguments(bench)
-    bench.set_defaults(func=cmd_bench)
+    add_bench_arguments(bench)
+    bench.set_defaults(func=run_bench)
     return parser
 
 

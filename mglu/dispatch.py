@@ -66,11 +66,20 @@ def explain_problem(requested: str, problem: Problem) -> Selection:
 
 
 def select(requested: str, problem: Problem) -> Backend:
-    """The backend to run ``problem`` on; raises :class:`BackendUnavailableError` if none can."""
-    sel = explain_problem(requested, problem)
-    if sel.chosen is None:
-        reasons = [f"{n}: {'; '.join(sel.refused[n])}" for n in sel.candidates]
-        raise BackendUnavailableError(requested, reasons if requested == AUTO else sel.refused[requested])
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("mglu: %s", str(sel).replace("\n", " |"))
-    return REGISTRY[sel.chosen]
+    """The backend to run ``problem`` on; raises :class:`BackendUnavailableError` if none can.
+
+    Asks the candidates in order and stops at the first that accepts; the full
+    :class:`Selection` (every backend's reasons) is built only for the DEBUG log line.
+    """
+    candidates = AUTO_PRIORITY if requested == AUTO else (requested,)
+    refused = {}
+    for name in candidates:
+        reasons = REGISTRY[name].reasons(problem)
+        if not reasons:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("mglu: %s", str(explain_problem(requested, problem)).replace("\n", " |"))
+            return REGISTRY[name]
+        refused[name] = reasons
+    if requested != AUTO:
+        raise BackendUnavailableError(requested, refused[requested])
+    raise BackendUnavailableError(requested, [f"{n}: {'; '.join(r)}" for n, r in refused.items()])

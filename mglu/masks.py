@@ -11,6 +11,7 @@ mask is ``M_i = (S_i > 0)``.
 
 import torch
 
+from .dtypes import DTYPE_NAMES, SUPPORTED_DTYPES
 from .errors import MGLUTypeError, MGLUValueError
 
 MIN_MASKS = 1
@@ -24,12 +25,22 @@ def packed_width(d_model: int) -> int:
     return (d_model + BITS - 1) // BITS
 
 
-def check_n_masks(n_masks: int, arg: str) -> None:
-    """Raise unless ``MIN_MASKS <= n_masks <= MAX_MASKS``; ``arg`` names the argument."""
+def check_n_masks(n_masks, arg: str) -> None:
+    """Raise unless ``n_masks`` is an int in ``MIN_MASKS..MAX_MASKS``; ``arg`` names the
+    argument (``"n_masks"`` itself, or the tensor whose dim 0 it is)."""
+    what = "n_masks" if arg == "n_masks" else f"{arg}: n_masks (dim 0)"
+    if not isinstance(n_masks, int) or isinstance(n_masks, bool):
+        raise MGLUTypeError(f"{what} must be an int, got {type(n_masks).__name__}")
     if not MIN_MASKS <= n_masks <= MAX_MASKS:
-        raise MGLUValueError(
-            f"{arg}: n_masks (dim 0) must be in {MIN_MASKS}..{MAX_MASKS}, got {n_masks}"
-        )
+        raise MGLUValueError(f"{what} must be in {MIN_MASKS}..{MAX_MASKS}, got {n_masks}")
+
+
+def check_size(value, arg: str) -> None:
+    """Raise unless ``value`` is a positive int (``d_model``, ``d_ff``)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise MGLUTypeError(f"{arg}: expected a positive int, got {type(value).__name__}")
+    if value < 1:
+        raise MGLUValueError(f"{arg}: expected a positive int, got {value}")
 
 
 def hard_masks(masks: torch.Tensor) -> torch.Tensor:
@@ -38,10 +49,10 @@ def hard_masks(masks: torch.Tensor) -> torch.Tensor:
         raise MGLUTypeError(f"masks: expected a torch.Tensor, got {type(masks).__name__}")
     if masks.dtype == torch.bool:
         return masks
-    if masks.is_floating_point():
+    if masks.dtype in SUPPORTED_DTYPES:
         return masks > 0
     raise MGLUTypeError(
-        f"masks: expected a bool tensor or floating logits, got dtype {masks.dtype}"
+        f"masks: expected a bool tensor or logits of dtype {', '.join(DTYPE_NAMES)}, got {masks.dtype}"
     )
 
 
@@ -83,6 +94,7 @@ def check_packed(packed: torch.Tensor, d_model: int, arg: str = "masks", d_ff: i
     """Raise unless ``packed`` is uint8 ``(n_masks, d_ff, ceil(d_model/8))`` with 1..16 masks."""
     if not isinstance(packed, torch.Tensor):
         raise MGLUTypeError(f"{arg}: expected a torch.Tensor, got {type(packed).__name__}")
+    check_size(d_model, "d_model")
     if packed.dtype != torch.uint8:
         raise MGLUTypeError(f"{arg}: packed masks must be torch.uint8, got {packed.dtype}")
     width = packed_width(d_model)

@@ -12,9 +12,11 @@ import math
 import torch
 from torch import nn
 
-from .activations import ACTIVATIONS, DEFAULT_ACTIVATION
-from .errors import MGLUValueError
-from .masks import check_n_masks, pack_masks
+from .activations import DEFAULT_ACTIVATION, check_activation
+from .dispatch import requested_backend
+from .dtypes import DTYPE_NAMES, SUPPORTED_DTYPES
+from .errors import MGLUTypeError
+from .masks import check_n_masks, check_size, pack_masks
 from .ops import mglu
 
 #: the paper initialises mask logits as 0.01 * randn (SPEC §2)
@@ -32,9 +34,14 @@ class MGLU(nn.Module):
     def __init__(self, d_model: int, d_ff: int, n_masks: int = 4, activation: str = DEFAULT_ACTIVATION,
                  backend: str | None = None, device=None, dtype=None):
         super().__init__()
+        check_size(d_model, "d_model")
+        check_size(d_ff, "d_ff")
         check_n_masks(n_masks, "n_masks")
-        if activation not in ACTIVATIONS:
-            raise MGLUValueError(f"activation: unknown {activation!r}; valid names: {', '.join(ACTIVATIONS)}")
+        check_activation(activation)
+        if backend is not None:
+            requested_backend(backend)
+        if dtype is not None and dtype not in SUPPORTED_DTYPES:
+            raise MGLUTypeError(f"dtype: must be one of {', '.join(DTYPE_NAMES)}, got {dtype}")
         self.d_model, self.d_ff, self.n_masks = d_model, d_ff, n_masks
         self.activation, self.backend = activation, backend
         factory = {"device": device, "dtype": dtype}

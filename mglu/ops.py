@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 
 from . import dispatch
-from .activations import ACTIVATIONS, DEFAULT_ACTIVATION
-from .backends import SUPPORTED_DTYPES, Problem
+from .activations import DEFAULT_ACTIVATION, check_activation
+from .backends import Problem
+from .dtypes import DTYPE_NAMES, SUPPORTED_DTYPES
 from .errors import MGLUTypeError, MGLUValueError
 from .masks import check_n_masks, check_packed, pack_masks
 
@@ -81,8 +82,7 @@ def validate(x, weight, masks, activation) -> bool:
     for t, arg in ((x, "x"), (weight, "weight"), (masks, "masks")):
         _check_tensor(t, arg)
     if x.dtype not in SUPPORTED_DTYPES:
-        names = ", ".join(str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES)
-        raise MGLUTypeError(f"x: dtype must be one of {names}, got {x.dtype}")
+        raise MGLUTypeError(f"x: dtype must be one of {', '.join(DTYPE_NAMES)}, got {x.dtype}")
     if weight.dtype != x.dtype:
         raise MGLUTypeError(f"weight: dtype must match x ({x.dtype}), got {weight.dtype}")
     if x.dim() < 1:
@@ -95,16 +95,14 @@ def validate(x, weight, masks, activation) -> bool:
     for t, arg in ((weight, "weight"), (masks, "masks")):
         if t.device != x.device:
             raise MGLUValueError(f"{arg}: expected device {x.device} (the device of x), got {t.device}")
-    if not isinstance(activation, str):
-        raise MGLUTypeError(f"activation: expected a name (str), got {type(activation).__name__}")
-    if activation not in ACTIVATIONS:
-        raise MGLUValueError(f"activation: unknown {activation!r}; valid names: {', '.join(ACTIVATIONS)}")
+    check_activation(activation)
     if masks.dtype == torch.uint8:
         check_packed(masks, d_model, arg="masks", d_ff=d_ff)
         return True
-    if not masks.is_floating_point():
+    if masks.dtype not in SUPPORTED_DTYPES:
         raise MGLUTypeError(
-            f"masks: expected packed torch.uint8 (see mglu.pack_masks) or floating logits, got {masks.dtype}"
+            f"masks: expected packed torch.uint8 (see mglu.pack_masks) or logits of dtype "
+            f"{', '.join(DTYPE_NAMES)}, got {masks.dtype}"
         )
     if masks.dim() != 3 or tuple(masks.shape[1:]) != (d_ff, d_model):
         raise MGLUValueError(

@@ -16,7 +16,8 @@ def test_every_implementation_covers_the_one_list():
 @pytest.mark.parametrize("name", ACTIVATIONS)
 def test_torch_matches_reference_and_torch_functions(name):
     g = torch.linspace(-6, 6, 241, dtype=torch.float64)
-    act, dact = torch_backend.ACT[name](g)
+    act, dact = torch_backend.ACT[name](g, True)
+    assert torch.equal(torch_backend.ACT[name](g, False)[0], act) and torch_backend.ACT[name](g, False)[1] is None
     ref_act, ref_dact = reference.ACT[name](g.numpy())
     np.testing.assert_allclose(act.numpy(), ref_act, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(dact.numpy(), ref_dact, rtol=1e-12, atol=1e-14)

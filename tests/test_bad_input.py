@@ -28,7 +28,8 @@ CASES = {
     "int dtype": (dict(x=torch.ones(3, 20, dtype=torch.int64)), MGLUTypeError, "x: dtype must be one of"),
     "mixed dtype": (dict(weight=W.double()), MGLUTypeError, "weight: dtype must match x"),
     "unknown activation": (dict(activation="swish"), MGLUValueError, "activation: unknown 'swish'"),
-    "activation type": (dict(activation=None), MGLUTypeError, "activation: expected a name"),
+    "activation type": (dict(activation=None), MGLUTypeError, "activation: expected an activation name"),
+    "fp8 logits": (dict(masks=torch.randn(2, 12, 20).to(torch.float8_e4m3fn)), MGLUTypeError, "masks: expected packed torch.uint8 .* logits of dtype"),
     "unknown backend": (dict(backend="cudnn"), MGLUValueError, "backend: unknown backend 'cudnn'"),
     "backend type": (dict(backend=3), MGLUTypeError, "backend: expected a backend name"),
 }
@@ -46,3 +47,30 @@ def test_bad_input_raises_typed_error_naming_the_argument(name):
 def test_errors_are_standard_exception_types():
     assert issubclass(MGLUValueError, ValueError) and issubclass(MGLUTypeError, TypeError)
     assert issubclass(mglu.BackendUnavailableError, RuntimeError)
+
+
+@pytest.mark.parametrize(
+    "d_model, exc", [("32", MGLUTypeError), (32.0, MGLUTypeError), (True, MGLUTypeError), (-3, MGLUValueError), (0, MGLUValueError)]
+)
+def test_unpack_rejects_bad_d_model(d_model, exc):
+    with pytest.raises(exc, match="d_model: expected a positive int"):
+        mglu.unpack_masks(P, d_model)
+
+
+NN_CASES = {
+    "d_model": (dict(d_model=-1), MGLUValueError, "d_model: expected a positive int, got -1"),
+    "d_ff": (dict(d_ff="8"), MGLUTypeError, "d_ff: expected a positive int, got str"),
+    "n_masks float": (dict(n_masks=2.0), MGLUTypeError, "n_masks must be an int, got float"),
+    "n_masks range": (dict(n_masks=0), MGLUValueError, r"n_masks must be in 1\.\.16, got 0"),
+    "activation": (dict(activation="tanh"), MGLUValueError, "activation: unknown 'tanh'"),
+    "backend": (dict(backend="nope"), MGLUValueError, "backend: unknown backend 'nope'"),
+    "dtype": (dict(dtype=torch.int32), MGLUTypeError, "dtype: must be one of float64, float32, float16, bfloat16"),
+}
+
+
+@pytest.mark.parametrize("name", NN_CASES)
+def test_module_constructor_rejects(name):
+    change, exc, message = NN_CASES[name]
+    args = dict(d_model=8, d_ff=8) | change
+    with pytest.raises(exc, match=message):
+        mglu.nn.MGLU(**args)

@@ -6,6 +6,7 @@ budgets, so the file takes seconds.
 
 import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -250,14 +251,26 @@ def test_finish_speedups_and_paper_ratio():
     case = Case(2048, 8192, 1, 4, "float16", "silu", "fwd")
     mk = lambda name, kind, fam, t: sweep.Row(  # noqa: E731
         2048, 8192, 1, 4, "float16", "silu", "fwd", name, kind, fam, "decode", "ok", median_us=t)
-    rows = sweep.finish([mk("swiglu", "baseline", "glu", 50.0), mk("naive", "baseline", "mglu", 400.0),
-                         mk("torch", "backend", "mglu", 100.0)], [case])
+    raw = [mk("swiglu", "baseline", "glu", 50.0), mk("naive", "baseline", "mglu", 400.0),
+           mk("torch", "backend", "mglu", 100.0)]
+    rows = sweep.finish(raw, [case], paper=True)
     by = {r.runner: r for r in rows}
     assert by["torch"].speedup_vs_swiglu == 0.5 and by["torch"].speedup_vs_naive == 4.0
     paper = cases.PAPER_H100_MS[(2048, 8192)][4]
     assert by["torch"].paper_ms == paper["flash"] and by["naive"].paper_ms == paper["naive"]
     assert by["swiglu"].paper_ratio == pytest.approx(0.05 / paper["glu"])
-    assert "Paper comparison" in report.format_paper(rows)
+    text = report.format_paper(rows, "NVIDIA H100 80GB HBM3")
+    assert "device time on NVIDIA H100 80GB HBM3" in text
+    assert re.search(r"2048x8192\s+4\s+torch\s+0\.0428\s+0\.1000\s+2\.34\s+0\.0485\s+0\.0500\s+1\.03", text)
+
+
+def test_no_paper_comparison_off_cuda():
+    case = Case(2048, 8192, 1, 4, "float16", "silu", "fwd")
+    row = sweep.Row(2048, 8192, 1, 4, "float16", "silu", "fwd", "naive", "baseline", "mglu", "decode", "ok",
+                    median_us=400.0)
+    rows = sweep.finish([row], [case], paper=False)
+    assert rows[0].paper_ms is None and rows[0].paper_ratio is None
+    assert report.format_paper(rows, "cpu") == ""
 
 
 # -- presets and help -------------------------------------------------------------------

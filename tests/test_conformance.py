@@ -40,10 +40,11 @@ def test_conformance(backend, case):
     assert result.passed, result.describe()
 
 
-def test_inputs_are_fresh_random_and_noncontiguous_where_asked():
-    case = next(c for c in CASES if c.name == "noncontig")
+@pytest.mark.parametrize("case", [c for c in CASES if c.noncontig], ids=lambda c: c.id)
+def test_inputs_are_fresh_random_and_strided_where_asked(case):
     a, b = make_inputs(case, 1), make_inputs(case, 2)
-    assert not a.x.is_contiguous() and not a.weight.is_contiguous()
+    assert a.x.stride(-1) == 2 and a.weight.stride(0) == 2, (a.x.stride(), a.weight.stride())
+    assert a.x.dtype == case.dtype and a.weight.dtype == case.dtype
     assert not torch.equal(a.x, b.x) and a.x.abs().min() > 0
 
 

@@ -7,13 +7,13 @@ the whole list.
 """
 
 from . import torch_backend
-from .base import SUPPORTED_DTYPES, Backend, Problem, new_output, not_implemented, poisoned_outputs
+from .base import Backend, Problem, new_output, not_implemented, poisoned_outputs
 
 REGISTRY: dict[str, Backend] = {
     "torch": torch_backend.BACKEND,
-    "triton": not_implemented("triton"),
-    "cuda": not_implemented("cuda"),
-    "numba": not_implemented("numba"),
+    "triton": not_implemented("triton", "Triton kernels"),
+    "cuda": not_implemented("cuda", "CUDA C++ kernels compiled at run time through CuPy/NVRTC"),
+    "numba": not_implemented("numba", "Numba CUDA kernels"),
 }
 
 BACKEND_NAMES: tuple[str, ...] = tuple(REGISTRY)
@@ -25,7 +25,6 @@ __all__ = [
     "AUTO_PRIORITY",
     "BACKEND_NAMES",
     "REGISTRY",
-    "SUPPORTED_DTYPES",
     "Backend",
     "Problem",
     "new_output",

@@ -22,8 +22,6 @@ from typing import Callable, Optional
 
 import torch
 
-SUPPORTED_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-
 # Process-wide, not a context variable: autograd runs CUDA backward on its own thread.
 _poison = [False]
 
@@ -84,10 +82,6 @@ class Backend:
     description: str = ""
 
 
-def not_implemented(name: str) -> Backend:
+def not_implemented(name: str, description: str) -> Backend:
     """A registered placeholder that refuses every call with 'not implemented yet'."""
-    return Backend(
-        name=name,
-        reasons=lambda problem: ["not implemented yet"],
-        description=f"{name} backend (not implemented yet)",
-    )
+    return Backend(name=name, reasons=lambda problem: ["not implemented yet"], description=description)

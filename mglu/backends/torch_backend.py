@@ -25,36 +25,38 @@ from ..masks import unpack_bits
 from .base import Backend, Problem, new_output
 
 
-def _act_silu(g):
+def _act_silu(g, grad):
     s = torch.sigmoid(g)
-    return g * s, s * (1.0 + g * (1.0 - s))
+    return g * s, s * (1.0 + g * (1.0 - s)) if grad else None
 
 
-def _act_sigmoid(g):
+def _act_sigmoid(g, grad):
     s = torch.sigmoid(g)
-    return s, s * (1.0 - s)
+    return s, s * (1.0 - s) if grad else None
 
 
-def _act_gelu(g):
+def _act_gelu(g, grad):
     cdf = 0.5 * (1.0 + torch.erf(g * 0.7071067811865476))
-    return g * cdf, cdf + g * 0.3989422804014327 * torch.exp(-0.5 * g * g)
+    return g * cdf, cdf + g * 0.3989422804014327 * torch.exp(-0.5 * g * g) if grad else None
 
 
-def _act_gelu_tanh(g):
+def _act_gelu_tanh(g, grad):
     t = torch.tanh(GELU_TANH_C * (g + GELU_TANH_A * g * g * g))
+    if not grad:
+        return 0.5 * g * (1.0 + t), None
     dt = (1.0 - t * t) * GELU_TANH_C * (1.0 + 3.0 * GELU_TANH_A * g * g)
     return 0.5 * g * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * g * dt
 
 
-def _act_relu(g):
-    return F.relu(g), (g > 0).to(g.dtype)
+def _act_relu(g, grad):
+    return F.relu(g), (g > 0).to(g.dtype) if grad else None
 
 
-def _act_identity(g):
-    return g, torch.ones_like(g)
+def _act_identity(g, grad):
+    return g, torch.ones_like(g) if grad else None
 
 
-#: name -> g -> (act(g), act'(g)); tests check the keys against ACTIVATIONS
+#: name -> (g, grad) -> (act(g), act'(g) or None); tests check the keys against ACTIVATIONS
 ACT = {
     "silu": _act_silu,
     "sigmoid": _act_sigmoid,
@@ -86,7 +88,7 @@ def _mm(a, b, acc_t):
 
 
 def _masked(weight, bits):
-    return torch.where(bits, weight, weight.new_zeros(()))
+    return torch.where(bits, weight, 0.0)
 
 
 def forward(x2d, weight, packed, activation):
@@ -97,7 +99,7 @@ def forward(x2d, weight, packed, activation):
     acc = torch.zeros_like(total)
     for i in range(packed.shape[0]):
         gate = _mm(x2d, _masked(weight, unpack_bits(packed[i], d_model)).T, acc_t)
-        act, _ = ACT[activation](gate)
+        act, _ = ACT[activation](gate, False)
         acc += act * (total - gate)
     out = new_output(total.shape, x2d.dtype, x2d.device)
     return out.copy_(acc)
@@ -120,13 +122,13 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype):
         bits = unpack_bits(packed[i], d_model)
         w_i = _masked(weight, bits)
         gate = _mm(x2d, w_i.T, acc_t)
-        act, dact = ACT[activation](gate)
+        act, dact = ACT[activation](gate, True)
         dv = d * act
         d_i = (d * dact * (total - gate) - dv).to(dtype)
         s += dv
         dx += _mm(d_i, w_i, acc_t)
         p_i = _mm(d_i.T, x2d, acc_t)
-        dw += torch.where(bits, p_i, p_i.new_zeros(()))
+        dw += torch.where(bits, p_i, 0.0)
         if dm is not None:
             dm[i].copy_(w_acc * p_i)
     s = s.to(dtype)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from ..activations import ACTIVATIONS
 from ..backends import REGISTRY, Problem
 from ..masks import pack_masks, packed_width, unpack_masks
+from ..nn import LOGIT_INIT_STD
 from .cases import Case
 from .harness import Bound
 
@@ -41,7 +42,7 @@ from .harness import Bound
 SEEDS = {"x": 1, "w": 2, "masks": 3, "dout": 4, "wg": 5, "wu": 6}
 SEED_STRIDE = 16
 #: SPEC §2: mask logits are initialised as 0.01 * randn
-LOGIT_STD = 0.01
+LOGIT_STD = LOGIT_INIT_STD
 
 
 def _gelu_tanh(g):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..dtypes import DTYPE_NAMES
 from ..masks import packed_width
 
 MODES = ("fwd", "bwd", "fwdbwd")
@@ -34,12 +35,7 @@ MODE_PRODUCT_FACTOR = {"fwd": 1, "bwd": 2, "fwdbwd": 3}
 #: against the matmul rate instead of the copy bandwidth
 DECODE_MAX_TOKENS = 64
 
-DTYPES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
+DTYPES = DTYPE_NAMES
 DTYPE_ALIASES = {"fp16": "float16", "half": "float16", "bf16": "bfloat16", "fp32": "float32", "fp64": "float64"}
 
 #: SPEC §7 (d_model, d_ff): the paper's two shapes, LLaMA-2-7B's and a 70B-class FFN

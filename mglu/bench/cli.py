@@ -12,6 +12,7 @@ import torch
 
 from ..activations import ACTIVATIONS, DEFAULT_ACTIVATION
 from ..backends import BACKEND_NAMES
+from ..masks import MAX_MASKS
 from . import cases, report, sweep
 from .baselines import BASELINES, BackendRunner
 from .harness import measure_limits
@@ -108,8 +109,8 @@ def resolve(args: argparse.Namespace) -> dict:
         raise UsageError(str(exc)) from None
     tokens = _ints(args.tokens, "--tokens") if args.tokens else preset.tokens
     n_masks = _ints(args.n_masks, "--n-masks") if args.n_masks else preset.n_masks
-    if max(n_masks) > 16:
-        raise UsageError(f"--n-masks: n_masks must be in 1..16 (SPEC §2), got {max(n_masks)}")
+    if max(n_masks) > MAX_MASKS:
+        raise UsageError(f"--n-masks: n_masks must be in 1..{MAX_MASKS} (SPEC §2), got {max(n_masks)}")
     if args.rep_ms is not None and not args.rep_ms > 0:
         raise UsageError(f"--rep-ms: expected a positive number of milliseconds, got {args.rep_ms}")
     explicit = args.backends is not None
@@ -153,11 +154,11 @@ def run(args: argparse.Namespace) -> int:
                           lambda task, r: progress.update(
                               f"{r.d_model}x{r.d_ff} T={r.tokens} n={r.n_masks} {r.runner}: {r.status}"))
     progress.close()
-    rows = sweep.finish(raw, cfg["cases"])
+    rows = sweep.finish(raw, cfg["cases"], paper=device.type == "cuda")
     print(report.format_header(limits, meta))
     print(report.format_table(rows))
     print(report.format_memory(report.memory_entries(rows)))
-    paper = report.format_paper(rows)
+    paper = report.format_paper(rows, limits.device_name)
     if paper:
         print(paper)
     if args.json:

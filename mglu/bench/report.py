@@ -106,7 +106,7 @@ def format_memory(entries: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def format_paper(rows: list[Row]) -> str:
+def format_paper(rows: list[Row], device: str) -> str:
     """Side by side with the paper's H100 table (SPEC §7), for the cases it timed."""
     blocks: dict[tuple, dict[str, Row]] = {}
     for r in rows:
@@ -114,11 +114,12 @@ def format_paper(rows: list[Row]) -> str:
             blocks.setdefault((r.d_model, r.d_ff, r.n_masks), {})[r.runner] = r
     if not blocks:
         return ""
-    lines = ["", "Paper comparison: H100 decode, fp16, 1 token, ms; ratio = ours / paper (< 1: we are faster); "
+    lines = ["", f"Paper comparison: H100 decode, fp16, 1 token, ms; ours = device time on {device} "
+             "(launch latency hidden, see docs/BENCHMARKS.md); ratio = ours / paper (< 1: we are faster); "
              "'best' = our fastest passing backend"]
     groups = ("FlashMGLU vs best", "torch GLU vs swiglu", "naive vs naive")
-    lines.append((f"  {'':<27}" + "".join(f"   {g:<23}" for g in groups)).rstrip())
-    lines.append(f"  {'shape':<12}{'n':>3}  {'best':<10}" + f"   {'paper':>8}{'ours':>8}{'ratio':>7}" * 3)
+    lines.append((f"  {'':<27}" + "".join(f"   {g:<29}" for g in groups)).rstrip())
+    lines.append(f"  {'shape':<12}{'n':>3}  {'best':<10}" + f"   {'paper':>9}{'ours':>10}{'ratio':>10}" * 3)
     for (dm, dff, n), by in blocks.items():
         paper = PAPER_H100_MS[(dm, dff)][n]
         backends = [r for r in by.values() if r.kind == "backend" and r.status == "ok"]
@@ -127,7 +128,7 @@ def format_paper(rows: list[Row]) -> str:
         for r, key in ((best, "flash"), (by.get("swiglu"), "glu"), (by.get("naive"), "naive")):
             ours = r.median_us * 1e-3 if r is not None and r.status == "ok" else None
             ratio = ours / paper[key] if ours is not None else None
-            cells += f"   {paper[key]:>8.4f}{_fmt(ours, '.4f'):>8}{_fmt(ratio, '.2f'):>7}"
+            cells += f"   {paper[key]:>9.4f}{_fmt(ours, '.4f'):>10}{_fmt(ratio, '.2f'):>10}"
         lines.append(f"  {f'{dm}x{dff}':<12}{n:>3}  {best.runner if best else '-':<10}{cells}")
     return "\n".join(lines)
 
@@ -163,7 +164,7 @@ def versions() -> dict[str, str]:
         try:
             found[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
-            continue
+            found[dist] = "not installed"
     found["torch"] = torch.__version__
     return found
 

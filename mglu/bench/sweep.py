@@ -166,8 +166,9 @@ def _measure(case: Case, runner: Runner, device, limits: Limits, refs: dict, rep
     return row
 
 
-def finish(rows: list[Row], cases: list[Case]) -> list[Row]:
-    """Expand GLU rows to every ``n_masks`` block, add speed-ups and the paper's latencies."""
+def finish(rows: list[Row], cases: list[Case], paper: bool) -> list[Row]:
+    """Expand GLU rows to every ``n_masks`` block, add speed-ups and, when ``paper`` (a
+    CUDA run: the paper's numbers are H100 latencies), the paper's latencies."""
     glu_rows = {}
     for r in rows:
         if r.family == "glu":
@@ -182,7 +183,7 @@ def finish(rows: list[Row], cases: list[Case]) -> list[Row]:
             if r.status == "ok":
                 r.speedup_vs_swiglu = t_glu / r.median_us if t_glu else None
                 r.speedup_vs_naive = t_naive / r.median_us if t_naive else None
-            r.paper_ms = _paper_ms(case, r)
+            r.paper_ms = _paper_ms(case, r) if paper else None
             if r.paper_ms is not None and r.status == "ok":
                 r.paper_ratio = (r.median_us * 1e-3) / r.paper_ms
         out += block

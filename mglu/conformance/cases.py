@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from ..activations import ACTIVATIONS
+from ..dtypes import SUPPORTED_DTYPES
 from ..masks import packed_width, pack_masks
-from .tolerances import FLOOR
 
-DTYPES: tuple[torch.dtype, ...] = tuple(FLOOR)
+DTYPES: tuple[torch.dtype, ...] = SUPPORTED_DTYPES
 MASK_CONTENTS = ("random", "zeros", "ones", "garbage_tail")
 FORMS = ("packed", "logits")
 N_MASKS_SWEEP = (1, 2, 3, 4, 8, 16)
@@ -90,7 +90,7 @@ class Inputs:
 def _strided(shape, dtype, gen, scale=1.0):
     """A view with a non-unit inner stride over a fresh buffer twice as wide."""
     full = torch.randn(*shape[:-1], 2 * shape[-1], generator=gen, dtype=torch.float64) * scale
-    return full[..., ::2].to(dtype)
+    return full.to(dtype)[..., ::2]
 
 
 def make_inputs(case: Case, seed: int, device="cpu") -> Inputs:

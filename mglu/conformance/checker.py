@@ -11,7 +11,6 @@ import secrets
 import traceback
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from .. import reference

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-#: relative-error floor per dtype (SPEC §4)
+#: relative-error floor per dtype (SPEC §4), one per entry of mglu.dtypes.SUPPORTED_DTYPES
 FLOOR = {
     torch.float64: 1e-12,
     torch.float32: 1e-5,
