@@ -71,8 +71,8 @@ def cmd_conformance(args) -> int:
             results.append(result)
             if args.verbose or not result.passed:
                 rows.append(_fmt(result))
-                if result.error:
-                    print(result.describe(), file=sys.stderr)
+            if result.verdict == "FAIL":
+                print(result.describe(), file=sys.stderr)
         if rows:
             widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
             for row in [header] + rows:

@@ -28,7 +28,9 @@ def test_conformance_fails_on_a_broken_backend(monkeypatch, capsys):
     broken = Backend("numba", lambda p: [], lambda *a: torch_backend.forward(*a) * 2, torch_backend.backward)
     monkeypatch.setitem(REGISTRY, "numba", broken)
     assert main(["conformance", "--quick", "--dtype", "float32", "--device", "cpu", "--backend", "numba"]) == 1
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert re.search(r"numba one_token-float32-packed seed=\d+: FAIL \| out err=", captured.err)
     # out = 0 cases (zero tokens, all-zero/all-one masks under silu) still pass when doubled
     assert re.search(r"numba: \d+ passed, [1-9]\d* failed", out) and "FAIL" in out
 
