@@ -6,14 +6,14 @@ order ``MGLU_BACKEND=auto`` walks; a backend enters it at the rank the benchmark
 the whole list.
 """
 
-from . import torch_backend
+from . import cuda_backend, numba_backend, torch_backend, triton_backend
 from .base import Backend, Problem, new_output, not_implemented, poisoned_outputs
 
 REGISTRY: dict[str, Backend] = {
     "torch": torch_backend.BACKEND,
-    "triton": not_implemented("triton", "Triton kernels"),
-    "cuda": not_implemented("cuda", "CUDA C++ kernels compiled at run time through CuPy/NVRTC"),
-    "numba": not_implemented("numba", "Numba CUDA kernels"),
+    "triton": triton_backend.BACKEND,
+    "cuda": cuda_backend.BACKEND,
+    "numba": numba_backend.BACKEND,
 }
 
 BACKEND_NAMES: tuple[str, ...] = tuple(REGISTRY)

@@ -1,0 +1,5 @@
+"""Numba CUDA backend: placeholder until its kernels land."""
+
+from ..base import not_implemented
+
+BACKEND = not_implemented("numba", "Numba CUDA kernels")
