@@ -11,7 +11,7 @@ BENCH_ARGS ?=
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[dev,triton,numba,cuda]'
 	touch $@
 
 test: $(STAMP)

@@ -66,7 +66,27 @@ def _base_cases() -> list[Case]:
     by_name = {c.name: c for c in cases}
     cases += [replace(by_name[n], form="logits") for n in logits]
     cases += [replace(c, form="logits", quick=False) for c in cases if c.name.startswith("act_")]
-    return cases
+    return cases + _triton_cases() + _cuda_cases() + _numba_cases()
+
+
+# Each kernel backend adds the cases its own tiles and regime switches make interesting
+# (tokens just below, at and above a switch; d_model around the load and block widths;
+# d_ff not a multiple of any block). Every backend runs every case.
+
+
+def _triton_cases() -> list[Case]:
+    """Boundaries of mglu/backends/triton_backend (its tile constants)."""
+    return []
+
+
+def _cuda_cases() -> list[Case]:
+    """Boundaries of mglu/backends/cuda_backend (its tile constants)."""
+    return []
+
+
+def _numba_cases() -> list[Case]:
+    """Boundaries of mglu/backends/numba_backend (its tile constants)."""
+    return []
 
 
 def catalogue(quick: bool = False) -> list[Case]:
