@@ -1,5 +1,68 @@
-"""Triton backend: placeholder until its kernels land."""
+"""Triton backend: MGLU forward and backward as Triton kernels (``kernels.py``).
 
-from ..base import not_implemented
+Shapes: ``x2d (T, d_model)``, ``weight (d_ff, d_model)``, ``packed (n_masks, d_ff,
+ceil(d_model/8))`` uint8. Forward ``out (T, d_ff) = sum_i act(gate_i) * (total - gate_i)``;
+backward ``(dx, dW, dM)`` of SPEC §3 in three kernels (``DS`` pass, ``dx``, ``dW``/``dM``).
 
-BACKEND = not_implemented("triton", "Triton kernels")
+Regimes (``tiles.py`` holds every tile constant and where it came from): ``T <=
+GEMV_MAX_TOKENS`` runs the CUDA-core GEMV that streams ``W`` and the bit-planes once;
+larger ``T`` the tensor-core kernel. Without a GPU the same kernels run on CPU tensors
+under Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported).
+Triton is imported on first use, so ``import mglu`` works without it.
+"""
+
+import importlib.util
+import os
+
+import torch
+
+from ..base import Backend, Problem
+
+#: compute capability of bf16 tensor cores (``tl.dot`` in every dtype we take)
+MIN_CAPABILITY = (8, 0)
+
+
+def interpreting() -> bool:
+    """Whether Triton runs its interpreter (read once triton has been imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def reasons(problem: Problem) -> list[str]:
+    """Plain-text reasons why this backend cannot run ``problem`` (empty: it can)."""
+    if importlib.util.find_spec("triton") is None:
+        return ["triton is not installed (pip install 'mglu[triton]')"]
+    if problem.device.type == "cpu":
+        if not interpreting():
+            return ["CPU tensors run only under Triton's interpreter: set TRITON_INTERPRET=1 before importing triton"]
+        return []
+    if problem.device.type != "cuda":
+        return [f"device type {problem.device.type!r} is not supported (cuda, or cpu under the interpreter)"]
+    if interpreting():
+        return ["TRITON_INTERPRET=1 is set: Triton's interpreter runs CPU tensors only"]
+    cap = torch.cuda.get_device_capability(problem.device)
+    if cap < MIN_CAPABILITY:
+        return [f"needs compute capability >= {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}, got {cap[0]}.{cap[1]}"]
+    return []
+
+
+def forward(x2d, weight, packed, activation):
+    """``out (T, d_ff)`` in ``x2d.dtype``."""
+    from . import launch
+
+    return launch.forward(x2d, weight, packed, activation)
+
+
+def backward(dout, x2d, weight, packed, activation, dmask_dtype):
+    """``(dx, dW, dM)``; ``dM`` is ``None`` when ``dmask_dtype`` is ``None``."""
+    from . import launch
+
+    return launch.backward(dout, x2d, weight, packed, activation, dmask_dtype)
+
+
+BACKEND = Backend(
+    name="triton",
+    reasons=reasons,
+    forward=forward,
+    backward=backward,
+    description="Triton: CUDA-core GEMV at decode, tensor cores (tl.dot on bit-masked W) above",
+)

@@ -1,0 +1,215 @@
+"""Triton kernels of MGLU: the decode GEMV, the tensor-core forward (also the backward's
+first pass) and the two backward products.
+
+Shapes: ``x (T, K)``, ``W (N, K)`` with ``K = d_model``, ``N = d_ff``; packed masks
+``P (n_masks, N, KB)`` uint8, ``KB = ceil(K / 8)``; bit ``b`` of ``P[i, n, g]`` is
+``M_i[n, 8g + b]``. ``total = x @ W.T``, ``gate_i = x @ (M_i W).T``.
+
+- :func:`fwd_gemv` (few tokens, CUDA cores): ``out = sum_i act(gate_i) * (total - gate_i)``.
+  W is read as ``(BN, BG, 8)`` tiles: the 8 elements of a group share one byte per mask.
+- :func:`fwd_mma` (tensor cores): the same ``n_masks + 1`` products, ``tl.dot`` on
+  ``where(bit_i, W, 0)`` built on chip, computed transposed (``acc (BN, BT) = W_i @ x.T``)
+  so the masked tile is the register operand. ``MODE = 0`` writes ``out``; ``MODE = 1``
+  (backward pass 1) writes ``DS[i] = dout * (act'(g_i) (total - g_i) - act(g_i))`` for
+  ``i < n_masks`` and ``DS[n_masks] = sum_i dout * act(g_i)`` in the input dtype.
+- :func:`bwd_dx`: ``dx = sum_{i <= n} DS[i] @ (M_i W)`` with ``M_n = 1``.
+- :func:`bwd_dw`: ``P_i = DS[i].T @ x``; ``dW = sum_{i <= n} M_i * P_i``; ``dM_i = W * P_i``
+  written from the accumulator (no ``(n_masks, N, K)`` fp32 buffer).
+
+Under Triton's interpreter (CPU) ``UPCAST`` widens dot operands to fp32 right after the
+load (its bf16 arithmetic is wrong otherwise; the widening is exact).
+"""
+
+import triton
+import triton.language as tl
+
+from .act import act, act_grad
+
+
+@triton.jit
+def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, T, N, K, KB,
+             N_MASKS: tl.constexpr, N_PAD: tl.constexpr, TP: tl.constexpr, ACT: tl.constexpr,
+             BN: tl.constexpr, BG: tl.constexpr, ACC: tl.constexpr):
+    """``out (T, N)`` for ``T <= TP`` tokens; one program per ``BN`` rows of W."""
+    pid = tl.program_id(0)
+    offs_n = pid * BN + tl.arange(0, BN)
+    offs_g = tl.arange(0, BG)
+    offs_b = tl.arange(0, 8)
+    offs_m = tl.arange(0, N_PAD)
+    offs_t = tl.arange(0, TP)
+    n3 = offs_n[:, None, None]
+    acc_t = tl.zeros((TP, BN, BG), ACC)
+    acc_g = tl.zeros((N_PAD, TP, BN, BG), ACC)
+    for kb0 in range(0, KB, BG):
+        col = (kb0 + offs_g)[None, :, None] * 8 + offs_b[None, None, :]          # (1, BG, 8)
+        w = tl.load(w_ptr + n3 * K + col, mask=(n3 < N) & (col < K), other=0.0).to(ACC)
+        xm = (offs_t[:, None, None] < T) & (col < K)
+        xt = tl.load(x_ptr + offs_t[:, None, None] * K + col, mask=xm, other=0.0).to(ACC)  # (TP, BG, 8)
+        prod = w[None, :, :, :] * xt[:, None, :, :]                               # (TP, BN, BG, 8)
+        acc_t += tl.sum(prod, axis=3)
+        pm = (offs_m[:, None, None] < N_MASKS) & (offs_n[None, :, None] < N) & ((kb0 + offs_g)[None, None, :] < KB)
+        byte = tl.load(p_ptr + offs_m[:, None, None] * (N * KB) + offs_n[None, :, None] * KB
+                       + (kb0 + offs_g)[None, None, :], mask=pm, other=0)         # (N_PAD, BN, BG)
+        bit = (byte[:, None, :, :, None] >> offs_b[None, None, None, None, :].to(tl.uint8)) & 1
+        acc_g += tl.sum(tl.where(bit != 0, prod[None, :, :, :, :], 0.0), axis=4)
+    total = tl.sum(acc_t, axis=2)                                                  # (TP, BN)
+    gate = tl.sum(acc_g, axis=3)                                                   # (N_PAD, TP, BN)
+    term = act(gate, ACT) * (total[None, :, :] - gate)
+    res = tl.sum(tl.where(offs_m[:, None, None] < N_MASKS, term, 0.0), axis=0)
+    om = (offs_t[:, None] < T) & (offs_n[None, :] < N)
+    tl.store(out_ptr + offs_t[:, None] * N + offs_n[None, :], res, mask=om)
+
+
+@triton.jit
+def _grouped(pid, n_tiles_a, n_tiles_b, GROUP: tl.constexpr):
+    """Tile ``(a, b)`` of program ``pid``, walking ``GROUP`` tiles of ``a`` per column of
+    ``b`` so that neighbouring programs share operand tiles in L2 (Triton's matmul tutorial)."""
+    per_group = GROUP * n_tiles_b
+    first = (pid // per_group) * GROUP
+    size = tl.minimum(n_tiles_a - first, GROUP)
+    a = first + (pid % per_group) % size
+    b = (pid % per_group) // size
+    return a, b
+
+
+@triton.jit
+def _bits(p_ptr, m, offs_n, kcol, N, KB, valid):
+    """``(BN, BK)`` int1: bit ``kcol % 8`` of byte ``P[m, n, kcol // 8]``; all-ones past the masks."""
+    byte = tl.load(p_ptr + m * (N * KB) + offs_n[:, None] * KB + (kcol // 8)[None, :],
+                   mask=valid & (offs_n[:, None] < N), other=255)
+    return ((byte >> (kcol % 8).to(tl.uint8)[None, :]) & 1) != 0
+
+
+@triton.jit
+def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
+    if UPCAST:
+        a = a.to(tl.float32)
+        b = b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=PREC)
+
+
+@triton.jit
+def _gate_epilogue(g, total, dout, res, ds_ptr, m, offs_t, offs_n, T, N,
+                   N_MASKS: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr):
+    """Add mask ``m``'s term to ``res``: ``act(g) (total - g)`` (MODE 0) or ``dout act(g)``
+    (MODE 1, also writing ``DS[m]``); nothing for ``m >= N_MASKS``."""
+    if MODE == 0:
+        term = act(g, ACT) * (total - g)
+    else:
+        a, da = act_grad(g, ACT)
+        dv = dout * a
+        om = (offs_n[:, None] < N) & (offs_t[None, :] < T) & (m < N_MASKS)
+        dsp = ds_ptr + m * T * N + offs_t[None, :] * N + offs_n[:, None]
+        tl.store(dsp, (dout * da * (total - g) - dv).to(ds_ptr.dtype.element_ty), mask=om)
+        term = dv
+    return res + tl.where(m < N_MASKS, term, 0.0)
+
+
+@triton.jit
+def fwd_mma(x_ptr, w_ptr, p_ptr, out_ptr, dout_ptr, T, N, K, KB,
+            N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr,
+            BN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr,
+            PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
+    """Tile ``(BN rows of W) x (BT tokens)``; masks in groups of ``G`` (1..4) accumulators.
+
+    ``out_ptr``: ``out (T, N)`` (MODE 0) or ``DS (n_masks + 1, T, N)`` (MODE 1).
+    """
+    n_tiles = tl.cdiv(N, BN)
+    pid_n, pid_t = _grouped(tl.program_id(0), n_tiles, tl.cdiv(T, BT), GROUP)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    offs_k = tl.arange(0, BK)
+    wp = w_ptr + offs_n[:, None] * K
+    xp = x_ptr + offs_t[None, :] * K
+    total = tl.zeros((BN, BT), ACC)
+    res = tl.zeros((BN, BT), ACC)
+    dout = tl.zeros((BN, BT), ACC)
+    if MODE == 1:
+        om = (offs_n[:, None] < N) & (offs_t[None, :] < T)
+        dout = tl.load(dout_ptr + offs_t[None, :] * N + offs_n[:, None], mask=om, other=0.0).to(ACC)
+    for grp in tl.static_range(0, N_MASKS, G):
+        g0 = tl.zeros((BN, BT), ACC)
+        g1 = tl.zeros((BN, BT), ACC)
+        g2 = tl.zeros((BN, BT), ACC)
+        g3 = tl.zeros((BN, BT), ACC)
+        for k0 in range(0, K, BK):
+            kcol = k0 + offs_k
+            w = tl.load(wp + kcol[None, :], mask=(offs_n[:, None] < N) & (kcol[None, :] < K), other=0.0)
+            xt = tl.load(xp + kcol[:, None], mask=(offs_t[None, :] < T) & (kcol[:, None] < K), other=0.0)
+            if grp == 0:
+                total = _dot(w, xt, total, PREC, UPCAST)
+            g0 = _dot(tl.where(_bits(p_ptr, grp, offs_n, kcol, N, KB, True), w, 0.0), xt, g0, PREC, UPCAST)
+            if G > 1:
+                g1 = _dot(tl.where(_bits(p_ptr, grp + 1, offs_n, kcol, N, KB, grp + 1 < N_MASKS), w, 0.0),
+                          xt, g1, PREC, UPCAST)
+            if G > 2:
+                g2 = _dot(tl.where(_bits(p_ptr, grp + 2, offs_n, kcol, N, KB, grp + 2 < N_MASKS), w, 0.0),
+                          xt, g2, PREC, UPCAST)
+            if G > 3:
+                g3 = _dot(tl.where(_bits(p_ptr, grp + 3, offs_n, kcol, N, KB, grp + 3 < N_MASKS), w, 0.0),
+                          xt, g3, PREC, UPCAST)
+        res = _gate_epilogue(g0, total, dout, res, out_ptr, grp, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+        if G > 1:
+            res = _gate_epilogue(g1, total, dout, res, out_ptr, grp + 1, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+        if G > 2:
+            res = _gate_epilogue(g2, total, dout, res, out_ptr, grp + 2, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+        if G > 3:
+            res = _gate_epilogue(g3, total, dout, res, out_ptr, grp + 3, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+    om = (offs_n[:, None] < N) & (offs_t[None, :] < T)
+    dst = out_ptr + offs_t[None, :] * N + offs_n[:, None]
+    if MODE == 1:
+        dst += N_MASKS * T * N
+    tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=om)
+
+
+@triton.jit
+def bwd_dx(ds_ptr, w_ptr, p_ptr, dx_ptr, T, N, K, KB,
+           N_MASKS: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+           GROUP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
+    """``dx (T, K) = sum_{i <= n} DS[i] @ (M_i W)``, ``M_n = 1``; tile ``BT x BK``."""
+    pid_t, pid_k = _grouped(tl.program_id(0), tl.cdiv(T, BT), tl.cdiv(K, BK), GROUP)
+    offs_t = pid_t * BT + tl.arange(0, BT)
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_nn = tl.arange(0, BN)
+    acc = tl.zeros((BT, BK), ACC)
+    for n0 in range(0, N, BN):
+        offs_n = n0 + offs_nn
+        wm = (offs_n[:, None] < N) & (offs_k[None, :] < K)
+        w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=wm, other=0.0)
+        dm = (offs_t[:, None] < T) & (offs_n[None, :] < N)
+        for i in range(N_MASKS + 1):
+            ds = tl.load(ds_ptr + i * T * N + offs_t[:, None] * N + offs_n[None, :], mask=dm, other=0.0)
+            bits = _bits(p_ptr, i, offs_n, offs_k, N, KB, i < N_MASKS)
+            acc = _dot(ds, tl.where(bits, w, 0.0), acc, PREC, UPCAST)
+    om = (offs_t[:, None] < T) & (offs_k[None, :] < K)
+    tl.store(dx_ptr + offs_t[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty), mask=om)
+
+
+@triton.jit
+def bwd_dw(ds_ptr, x_ptr, w_ptr, p_ptr, dw_ptr, dm_ptr, T, N, K, KB,
+           N_MASKS: tl.constexpr, HAS_DM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+           BT: tl.constexpr, GROUP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+           ACC: tl.constexpr):
+    """``P_i = DS[i].T @ x``; ``dW = sum_{i <= n} M_i P_i`` (``M_n = 1``); ``dM_i = W P_i``."""
+    pid_n, pid_k = _grouped(tl.program_id(0), tl.cdiv(N, BN), tl.cdiv(K, BK), GROUP)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = pid_k * BK + tl.arange(0, BK)
+    offs_tt = tl.arange(0, BT)
+    tile = (offs_n[:, None] < N) & (offs_k[None, :] < K)
+    w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=tile, other=0.0).to(ACC)
+    dw = tl.zeros((BN, BK), ACC)
+    for i in range(N_MASKS + 1):
+        p = tl.zeros((BN, BK), ACC)
+        for t0 in range(0, T, BT):
+            offs_t = t0 + offs_tt
+            dst = tl.load(ds_ptr + i * T * N + offs_t[None, :] * N + offs_n[:, None],
+                          mask=(offs_n[:, None] < N) & (offs_t[None, :] < T), other=0.0)
+            xt = tl.load(x_ptr + offs_t[:, None] * K + offs_k[None, :],
+                         mask=(offs_t[:, None] < T) & (offs_k[None, :] < K), other=0.0)
+            p = _dot(dst, xt, p, PREC, UPCAST)
+        bits = _bits(p_ptr, i, offs_n, offs_k, N, KB, i < N_MASKS)
+        dw += tl.where(bits, p, 0.0)
+        if HAS_DM:
+            tl.store(dm_ptr + i * N * K + offs_n[:, None] * K + offs_k[None, :],
+                     (w * p).to(dm_ptr.dtype.element_ty), mask=tile & (i < N_MASKS))
+    tl.store(dw_ptr + offs_n[:, None] * K + offs_k[None, :], dw.to(dw_ptr.dtype.element_ty), mask=tile)

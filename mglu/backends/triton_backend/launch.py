@@ -1,0 +1,101 @@
+"""Launchers of the Triton kernels: tile choice (``tiles.py``), grids, output buffers.
+
+Shapes: ``x2d (T, K)``, ``weight (N, K)``, ``packed (n, N, KB)``; outputs from
+:func:`mglu.backends.base.new_output` (NaN-poisoned under conformance). Every launch goes
+on PyTorch's current stream (Triton's own rule); nothing here synchronises the host or
+reads device values, so calls are CUDA-graph capturable once compiled.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from ..base import new_output
+from . import interpreting, kernels, tiles
+from .act import ACT_ID
+
+#: fp32 dots are IEEE (SPEC §4: no TF32 unless a caller opts in)
+PRECISION = "ieee"
+#: Triton's interpreter is only right in bf16 (and exact in fp16) with fp32 operands
+_UPCAST = (torch.float16, torch.bfloat16)
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _upcast(dtype: torch.dtype) -> bool:
+    return interpreting() and dtype in _UPCAST
+
+
+def _next_pow2(v: int) -> int:
+    return triton.next_power_of_2(v)
+
+
+def forward(x2d, weight, packed, activation):
+    """``out (T, d_ff) = sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``."""
+    T, K = x2d.shape
+    N, n = weight.shape[0], packed.shape[0]
+    out = new_output((T, N), x2d.dtype, x2d.device)
+    if T == 0:
+        return out
+    act, acc = ACT_ID[activation], _acc(x2d.dtype)
+    if T <= tiles.GEMV_MAX_TOKENS:
+        n_pad = _next_pow2(n)
+        c = tiles.gemv_tiles(n_pad)
+        kernels.fwd_gemv[(triton.cdiv(N, c.BN),)](
+            x2d, weight, packed, out, T, N, K, packed.shape[2],
+            N_MASKS=n, N_PAD=n_pad, TP=_next_pow2(T), ACT=act, BN=c.BN, BG=c.BG, ACC=acc,
+            num_warps=c.num_warps)
+        return out
+    _launch_gates(x2d, weight, packed, out, None, act, mode=0)
+    return out
+
+
+def _launch_gates(x2d, weight, packed, dst, dout, act, mode):
+    T, K = x2d.shape
+    N, n = weight.shape[0], packed.shape[0]
+    g = tiles.gate_group(n)
+    c = tiles.mma_fwd_tiles(T, g)
+    grid = (triton.cdiv(N, c.BN) * triton.cdiv(T, c.BT),)
+    kernels.fwd_mma[grid](
+        x2d, weight, packed, dst, dout, T, N, K, packed.shape[2],
+        N_MASKS=n, G=g, ACT=act, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP,
+        PREC=PRECISION, UPCAST=_upcast(x2d.dtype), ACC=_acc(x2d.dtype),
+        num_warps=c.num_warps, num_stages=c.num_stages)
+
+
+def backward(dout, x2d, weight, packed, activation, dmask_dtype):
+    """``(dx, dW, dM)`` of SPEC §3; ``dM`` is ``None`` when ``dmask_dtype`` is ``None``.
+
+    Pass 1 recomputes ``total`` and the gates (``fwd_mma``, MODE 1) and writes
+    ``DS (n + 1, T, N)`` in the input dtype: ``DS[i] = dout * (act' (total - g_i) - act)``,
+    ``DS[n] = sum_i dout * act(g_i)`` (rounded like the torch backend's ``D_i`` and ``S``).
+    """
+    T, K = x2d.shape
+    N, n = weight.shape[0], packed.shape[0]
+    dtype, dev = x2d.dtype, x2d.device
+    dx = new_output((T, K), dtype, dev)
+    dw = new_output((N, K), dtype, dev)
+    dm = new_output((n, N, K), dmask_dtype, dev) if dmask_dtype is not None else None
+    if T == 0:
+        dw.zero_()
+        if dm is not None:
+            dm.zero_()
+        return dx, dw, dm
+    prec, up, acc = PRECISION, _upcast(dtype), _acc(dtype)
+    ds = torch.empty((n + 1, T, N), dtype=dtype, device=dev)
+    _launch_gates(x2d, weight, packed, ds, dout, ACT_ID[activation], mode=1)
+    c = tiles.mma_dx_tiles(T)
+    grid = (triton.cdiv(T, c.BT) * triton.cdiv(K, c.BK),)
+    kernels.bwd_dx[grid](
+        ds, weight, packed, dx, T, N, K, packed.shape[2],
+        N_MASKS=n, BT=c.BT, BN=c.BN, BK=c.BK, GROUP=tiles.GROUP, PREC=prec, UPCAST=up, ACC=acc,
+        num_warps=c.num_warps, num_stages=c.num_stages)
+    c = tiles.mma_dw_tiles()
+    grid = (triton.cdiv(N, c.BN) * triton.cdiv(K, c.BK),)
+    kernels.bwd_dw[grid](
+        ds, x2d, weight, packed, dw, dm if dm is not None else dw, T, N, K, packed.shape[2],
+        N_MASKS=n, HAS_DM=dm is not None, BN=c.BN, BK=c.BK, BT=c.BT, GROUP=tiles.GROUP,
+        PREC=prec, UPCAST=up, ACC=acc, num_warps=c.num_warps, num_stages=c.num_stages)
+    return dx, dw, dm
