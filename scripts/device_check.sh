@@ -5,6 +5,10 @@
 #   paper|decode|prefill   python -m mglu bench --preset P, writing JSON and PNG
 #   bwd|fwdbwd    the training modes at 4096x11008, 1/64/2048 tokens, 4 masks
 #   suite         the pytest-benchmark suite over the paper preset
+#   conf:B[:quick]   python -m mglu conformance --backend B --device cuda [--quick]
+#   memcheck:B    compute-sanitizer --tool memcheck over the quick conformance of backend B
+#   tune[:PARTS]  scripts/triton_tune.py PARTS (comma list; default all), JSON in $OUT/tune.json
+#   pytest        the test suite on the GPU (python -m pytest -q)
 # Usage, from the repo root: bash scripts/device_check.sh [STEP ...]
 # Set MGLU_GIT_COMMIT where the copy has no .git (the device tool sends no history).
 # Writes $OUT/run.log and $OUT/bench_P.{json,png} (./device-out without $OUT).
@@ -27,6 +31,10 @@ for step in "${steps[@]}"; do
     swiglu) python3 scripts/swiglu_independent.py ;;
     paper|decode|prefill) python3 -m mglu bench --preset "$step" --json "$out/bench_$step.json" --plot "$out/bench_$step.png" ;;
     bwd|fwdbwd) python3 -m mglu bench --mode "$step" --shapes 4096x11008 --tokens 1,64,2048 --n-masks 4 ;;
+    conf:*) b=${step#conf:}; python3 -m mglu conformance --device cuda --backend "${b%%:*}" $([[ $b == *:quick ]] && echo --quick) ;;
+    memcheck:*) compute-sanitizer --tool memcheck --print-limit 20 python3 -m mglu conformance --device cuda --quick --backend "${step#memcheck:}" ;;
+    tune*) parts=${step#tune}; python3 scripts/triton_tune.py $(tr , " " <<<"${parts#:}") --json "$out/tune.json" ;;
+    pytest) python3 -m pytest -q -x -p no:cacheprovider ;;
     suite) MGLU_BENCH_PRESET=paper python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=median,iqr ;;
     *) echo "unknown step $step"; false ;;
   esac 2>&1 | tee -a "$log"

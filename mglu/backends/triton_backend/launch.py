@@ -39,26 +39,31 @@ def forward(x2d, weight, packed, activation):
     out = new_output((T, N), x2d.dtype, x2d.device)
     if T == 0:
         return out
-    act, acc = ACT_ID[activation], _acc(x2d.dtype)
+    act = ACT_ID[activation]
     if T <= tiles.GEMV_MAX_TOKENS:
-        n_pad = _next_pow2(n)
-        c = tiles.gemv_tiles(n_pad)
-        kernels.fwd_gemv[(triton.cdiv(N, c.BN),)](
-            x2d, weight, packed, out, T, N, K, packed.shape[2],
-            N_MASKS=n, N_PAD=n_pad, TP=_next_pow2(T), ACT=act, BN=c.BN, BG=c.BG, ACC=acc,
-            num_warps=c.num_warps)
-        return out
-    _launch_gates(x2d, weight, packed, out, None, act, mode=0)
+        launch_gemv(x2d, weight, packed, out, act, tiles.gemv_tiles(_next_pow2(n)))
+    else:
+        launch_gates(x2d, weight, packed, out, None, act, 0, tiles.mma_fwd_tiles(T, tiles.gate_group(n)))
     return out
 
 
-def _launch_gates(x2d, weight, packed, dst, dout, act, mode):
+def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):
+    """``fwd_gemv`` with tiles ``c`` (``scripts/triton_tune.py`` passes its own)."""
+    T, K = x2d.shape
+    N, n = weight.shape[0], packed.shape[0]
+    return kernels.fwd_gemv[(triton.cdiv(N, c.BN),)](
+        x2d, weight, packed, out, T, N, K, packed.shape[2],
+        N_MASKS=n, N_PAD=_next_pow2(n), TP=_next_pow2(T), ACT=act, BN=c.BN, BG=c.BG,
+        ACC=_acc(x2d.dtype), num_warps=c.num_warps)
+
+
+def launch_gates(x2d, weight, packed, dst, dout, act: int, mode: int, c: tiles.Mma):
+    """``fwd_mma``: ``out`` (mode 0) or the backward's ``DS`` (mode 1), tiles ``c``."""
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
     g = tiles.gate_group(n)
-    c = tiles.mma_fwd_tiles(T, g)
     grid = (triton.cdiv(N, c.BN) * triton.cdiv(T, c.BT),)
-    kernels.fwd_mma[grid](
+    return kernels.fwd_mma[grid](
         x2d, weight, packed, dst, dout, T, N, K, packed.shape[2],
         N_MASKS=n, G=g, ACT=act, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP,
         PREC=PRECISION, UPCAST=_upcast(x2d.dtype), ACC=_acc(x2d.dtype),
@@ -83,19 +88,32 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype):
         if dm is not None:
             dm.zero_()
         return dx, dw, dm
-    prec, up, acc = PRECISION, _upcast(dtype), _acc(dtype)
     ds = torch.empty((n + 1, T, N), dtype=dtype, device=dev)
-    _launch_gates(x2d, weight, packed, ds, dout, ACT_ID[activation], mode=1)
-    c = tiles.mma_dx_tiles(T)
+    launch_gates(x2d, weight, packed, ds, dout, ACT_ID[activation], 1,
+                 tiles.mma_fwd_tiles(T, tiles.gate_group(n)))
+    launch_dx(ds, weight, packed, dx, tiles.mma_dx_tiles(T))
+    launch_dw(ds, x2d, weight, packed, dw, dm, tiles.mma_dw_tiles())
+    return dx, dw, dm
+
+
+def launch_dx(ds, weight, packed, dx, c: tiles.Mma):
+    """``bwd_dx``: ``dx = sum_{i <= n} DS[i] @ (M_i W)`` with tiles ``c``."""
+    T, K = dx.shape
+    N, n = weight.shape[0], packed.shape[0]
     grid = (triton.cdiv(T, c.BT) * triton.cdiv(K, c.BK),)
-    kernels.bwd_dx[grid](
+    return kernels.bwd_dx[grid](
         ds, weight, packed, dx, T, N, K, packed.shape[2],
-        N_MASKS=n, BT=c.BT, BN=c.BN, BK=c.BK, GROUP=tiles.GROUP, PREC=prec, UPCAST=up, ACC=acc,
-        num_warps=c.num_warps, num_stages=c.num_stages)
-    c = tiles.mma_dw_tiles()
+        N_MASKS=n, BT=c.BT, BN=c.BN, BK=c.BK, GROUP=tiles.GROUP, PREC=PRECISION,
+        UPCAST=_upcast(dx.dtype), ACC=_acc(dx.dtype), num_warps=c.num_warps, num_stages=c.num_stages)
+
+
+def launch_dw(ds, x2d, weight, packed, dw, dm, c: tiles.Mma):
+    """``bwd_dw``: ``dW`` and, when ``dm`` is given, ``dM_i = W * P_i``, with tiles ``c``."""
+    T, K = x2d.shape
+    N, n = weight.shape[0], packed.shape[0]
     grid = (triton.cdiv(N, c.BN) * triton.cdiv(K, c.BK),)
-    kernels.bwd_dw[grid](
+    return kernels.bwd_dw[grid](
         ds, x2d, weight, packed, dw, dm if dm is not None else dw, T, N, K, packed.shape[2],
         N_MASKS=n, HAS_DM=dm is not None, BN=c.BN, BK=c.BK, BT=c.BT, GROUP=tiles.GROUP,
-        PREC=prec, UPCAST=up, ACC=acc, num_warps=c.num_warps, num_stages=c.num_stages)
-    return dx, dw, dm
+        PREC=PRECISION, UPCAST=_upcast(dw.dtype), ACC=_acc(dw.dtype),
+        num_warps=c.num_warps, num_stages=c.num_stages)

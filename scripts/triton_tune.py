@@ -1,0 +1,169 @@
+"""Sweep the Triton backend's tiles on a GPU; the source of the constants in tiles.py.
+
+Usage: python scripts/triton_tune.py [decode] [batched] [prefill] [bwd] [--json PATH]
+
+For each part it times the kernels with explicit tiles (``launch.launch_*``) by
+``triton.testing.do_bench`` (median of 100 ms after 25 ms warm-up) on random inputs whose
+weight is larger than twice the L2 (no rotation needed), and prints time, GB/s and % of
+the copy bandwidth (decode) or TFLOP/s and % of the bf16 matmul rate (prefill), measured
+in the same run, with each compiled kernel's registers, spills and SASS instruction counts
+(16-byte global loads, tensor-core instructions).
+"""
+
+import argparse
+import json
+import sys
+
+import torch
+import triton
+from triton.testing import do_bench
+
+from mglu.backends.triton_backend import launch, tiles
+from mglu.bench.harness import copy_GBps, matmul_TFLOPs
+
+DEV = torch.device("cuda")
+ROWS = []
+
+
+def inputs(T, K, N, n, dtype=torch.bfloat16):
+    x = torch.randn(T, K, device=DEV, dtype=dtype)
+    w = torch.randn(N, K, device=DEV, dtype=dtype) / K**0.5
+    p = torch.randint(0, 256, (n, N, (K + 7) // 8), device=DEV, dtype=torch.uint8)
+    return x, w, p
+
+
+def sass_counts(kernel) -> dict:
+    try:
+        sass = kernel.asm["sass"]
+    except Exception as exc:  # nvdisasm missing: report, do not fail the sweep
+        return {"sass": f"unavailable ({type(exc).__name__})"}
+    keys = ("LDG.E.128", "LDG.E.64", "LDG.E.U8", "LDG.E ", "HGMMA", "HMMA", "LDL", "STL", "LDGSTS", "UTMALDG")
+    return {k.strip(): sass.count(k) for k in keys}
+
+
+def record(part, label, ms, kernel, bytes_=None, flops=None, limits=None):
+    row = {"part": part, "label": label, "us": ms * 1e3,
+           "regs": getattr(kernel, "n_regs", None), "spills": getattr(kernel, "n_spills", None)}
+    if bytes_:
+        row["GBps"] = bytes_ / (ms * 1e-3) / 1e9
+        row["pct_copy"] = 100 * row["GBps"] / limits["copy"]
+    if flops:
+        row["TFLOPs"] = flops / (ms * 1e-3) / 1e12
+        row["pct_mm"] = 100 * row["TFLOPs"] / limits["mm"]
+    row.update(sass_counts(kernel))
+    ROWS.append(row)
+    extra = f"{row.get('GBps', 0):7.0f} GB/s {row.get('pct_copy', 0):5.1f}%" if bytes_ else \
+        f"{row.get('TFLOPs', 0):6.1f} TF/s {row.get('pct_mm', 0):5.1f}%"
+    print(f"{part:8s} {label:58s} {row['us']:9.1f} us {extra}  regs={row['regs']} spills={row['spills']} "
+          f"{ {k: v for k, v in row.items() if k in ('LDG.E.128', 'HGMMA', 'HMMA', 'LDL', 'LDGSTS')} }",
+          flush=True)
+
+
+def decode_bytes(T, K, N, n, e=2):
+    return N * K * (e + n / 8) + T * (K + N) * e
+
+
+def time_gemv(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
+    x, w, p = inputs(T, K, N, n, dtype)
+    out = torch.empty(T, N, device=DEV, dtype=dtype)
+    kern = launch.launch_gemv(x, w, p, out, 0, c)
+    ms = do_bench(lambda: launch.launch_gemv(x, w, p, out, 0, c), return_mode="median")
+    record(part, f"gemv {K}x{N} T={T} n={n} {dtype} {c}", ms, kern, decode_bytes(T, K, N, n), limits=limits)
+
+
+def time_mma(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
+    x, w, p = inputs(T, K, N, n, dtype)
+    out = torch.empty(T, N, device=DEV, dtype=dtype)
+    kern = launch.launch_gates(x, w, p, out, None, 0, 0, c)
+    ms = do_bench(lambda: launch.launch_gates(x, w, p, out, None, 0, 0, c), return_mode="median")
+    flops = 2 * T * N * K * (n + 1)
+    if T <= 64:
+        record(part, f"mma {K}x{N} T={T} n={n} {c}", ms, kern, decode_bytes(T, K, N, n), limits=limits)
+    else:
+        record(part, f"mma {K}x{N} T={T} n={n} {c}", ms, kern, flops=flops, limits=limits)
+
+
+def part_decode(limits):
+    for n in (1, 4, 8):
+        for bn in (4, 8, 16):
+            for bg in (32, 64, 128):
+                for nw in (4, 8):
+                    time_gemv("decode", 1, 4096, 14336, n, tiles.Gemv(bn, bg, nw), limits)
+    for n in (1, 4):
+        for c in (tiles.Mma(64, 16, 128, 4, 4), tiles.Mma(32, 16, 256, 4, 4), tiles.Mma(16, 16, 256, 4, 4)):
+            time_mma("decode", 1, 4096, 14336, n, c, limits)
+
+
+def part_batched(limits):
+    configs = [tiles.Mma(bn, 16, bk, nw, st) for bn, bk, nw, st in
+               ((64, 128, 4, 4), (32, 128, 4, 4), (32, 256, 4, 4), (64, 256, 4, 3), (128, 128, 8, 3),
+                (64, 128, 4, 6), (16, 256, 4, 4))]
+    for T in (2, 4, 8, 16):
+        for n in (1, 4):
+            for c in configs:
+                time_mma("batched", T, 4096, 14336, n, c, limits)
+            if T <= 4:
+                time_gemv("batched", T, 4096, 14336, n, tiles.gemv_tiles(triton.next_power_of_2(n)), limits)
+    for n in (1, 4):
+        for c in (tiles.Mma(64, 64, 128, 4, 4), tiles.Mma(128, 64, 64, 8, 3), tiles.Mma(64, 64, 64, 4, 4),
+                  tiles.Mma(128, 64, 128, 8, 3)):
+            time_mma("batched", 64, 4096, 14336, n, c, limits)
+
+
+def part_prefill(limits):
+    for n in (1, 4):
+        for c in (tiles.Mma(128, 128, 64, 8, 3), tiles.Mma(128, 64, 64, 8, 3), tiles.Mma(128, 128, 32, 8, 4),
+                  tiles.Mma(64, 128, 64, 4, 3), tiles.Mma(128, 64, 64, 4, 3), tiles.Mma(64, 64, 64, 4, 4),
+                  tiles.Mma(256, 64, 64, 8, 3), tiles.Mma(128, 256, 64, 8, 3)):
+            time_mma("prefill", 8192, 4096, 14336, n, c, limits)
+
+
+def part_bwd(limits):
+    K, N, n = 4096, 11008, 4
+    for T in (2048, 8192):
+        x, w, p = inputs(T, K, N, n)
+        ds = torch.randn(n + 1, T, N, device=DEV, dtype=torch.bfloat16)
+        dout = torch.randn(T, N, device=DEV, dtype=torch.bfloat16)
+        c = tiles.mma_fwd_tiles(T, tiles.gate_group(n))
+        kern = launch.launch_gates(x, w, p, ds, dout, 0, 1, c)
+        ms = do_bench(lambda: launch.launch_gates(x, w, p, ds, dout, 0, 1, c), return_mode="median")
+        record("bwd", f"ds-pass T={T} {c}", ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
+        dx = torch.empty(T, K, device=DEV, dtype=torch.bfloat16)
+        for c in (tiles.Mma(64, 128, 128, 8, 3), tiles.Mma(64, 128, 64, 8, 3), tiles.Mma(32, 128, 128, 4, 4),
+                  tiles.Mma(64, 64, 128, 4, 4)):
+            kern = launch.launch_dx(ds, w, p, dx, c)
+            ms = do_bench(lambda: launch.launch_dx(ds, w, p, dx, c), return_mode="median")
+            record("bwd", f"dx T={T} {c}", ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
+        dw = torch.empty(N, K, device=DEV, dtype=torch.bfloat16)
+        dm = torch.empty(n, N, K, device=DEV, dtype=torch.bfloat16)
+        for c in (tiles.Mma(128, 64, 128, 8, 3), tiles.Mma(128, 64, 64, 8, 3), tiles.Mma(64, 64, 128, 4, 4),
+                  tiles.Mma(128, 128, 64, 8, 3)):
+            kern = launch.launch_dw(ds, x, w, p, dw, dm, c)
+            ms = do_bench(lambda: launch.launch_dw(ds, x, w, p, dw, dm, c), return_mode="median")
+            record("bwd", f"dw+dM T={T} {c}", ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
+
+
+PARTS = {"decode": part_decode, "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)} (default: all)")
+    ap.add_argument("--json", help="write every row here")
+    args = ap.parse_args(argv)
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown:
+        ap.error(f"unknown part(s) {', '.join(unknown)}; valid: {', '.join(PARTS)}")
+    limits = {"copy": copy_GBps(DEV, 1 << 30, 20, 3), "mm": matmul_TFLOPs(DEV, torch.bfloat16, 8192, 20, 3)}
+    print(f"{torch.cuda.get_device_name()}: copy {limits['copy']:.0f} GB/s, bf16 matmul {limits['mm']:.1f} TFLOP/s",
+          flush=True)
+    for part in args.parts or PARTS:
+        PARTS[part](limits)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"limits": limits, "rows": ROWS}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
