@@ -1,5 +1,157 @@
-"""Numba CUDA backend: placeholder until its kernels land."""
+"""Numba CUDA backend: bandwidth-bound MGLU kernels written in Python (numba-cuda).
 
-from ..base import not_implemented
+Shapes: ``x2d (T, d_model)``, ``weight (d_ff, d_model)``, ``packed (n_masks, d_ff,
+ceil(d_model/8))`` uint8. Forward ``out (T, d_ff) = sum_i act(gate_i) * (total - gate_i)``
+with ``total = x2d @ W.T``, ``gate_i = x2d @ (M_i W).T``, in one kernel: ``decode`` for
+``T <= DECODE_MAX_TOKENS``, else ``tiled`` (kernels.py). Backward (SPEC §3) in three
+kernels: A (the forward kernel in GRAD mode) writes ``D_i`` and ``S``, B writes ``dx``,
+C writes ``dW`` and ``dM``. Design and launch shapes: DESIGN.md.
 
-BACKEND = not_implemented("numba", "Numba CUDA kernels")
+On the GPU the kernels run on PyTorch's current stream on views of the torch tensors
+(bf16 viewed as int16), with nothing in the launch path that synchronises or reads device
+values. Under ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in Numba's simulator on
+NumPy views of CPU tensors, for small problems only. numba is imported on first use, so
+``import mglu`` works without it.
+"""
+
+import importlib.util
+import os
+
+import torch
+
+from ..base import Backend, Problem, new_output
+from .constants import (
+    DECODE_BLOCK,
+    DECODE_MAX_LANES,
+    DECODE_MAX_TOKENS,
+    ELEM_BLOCK,
+    MAX_GRID_Y,
+    SIM_MAX_MACS,
+    TILE_N,
+    TILE_T,
+    TILE_THREADS,
+)
+
+_state = {}
+
+
+def _numba():
+    """The kernel modules, imported on first use (numba is an optional dependency)."""
+    if "mods" not in _state:
+        from . import kernels, numerics
+
+        _state["mods"] = (kernels, numerics)
+    return _state["mods"]
+
+
+def _simulating() -> bool:
+    """Whether numba runs in its CUDA simulator; read like numba does, without importing it."""
+    if "mods" in _state:
+        return _state["mods"][1].SIMULATED
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def reasons(problem: Problem) -> list[str]:
+    """Empty when the kernels can run ``problem``; else plain sentences why not."""
+    if importlib.util.find_spec("numba") is None or importlib.util.find_spec("numba_cuda") is None:
+        return ["numba and numba-cuda are not installed (pip install 'mglu[numba]')"]
+    out = []
+    if _simulating():
+        if problem.device.type != "cpu":
+            out.append("under NUMBA_ENABLE_CUDASIM=1 the numba backend takes CPU tensors only")
+        macs = problem.tokens * problem.d_ff * problem.d_model * (problem.n_masks + 1)
+        if macs > SIM_MAX_MACS:
+            out.append(
+                f"too big for Numba's CUDA simulator: tokens*d_ff*d_model*(n_masks+1) = {macs} "
+                f"multiply-adds, the limit is {SIM_MAX_MACS}"
+            )
+    elif problem.device.type != "cuda":
+        out.append("the numba backend runs on CUDA tensors (CPU tensors only under NUMBA_ENABLE_CUDASIM=1)")
+    if -(-problem.tokens // TILE_T) > MAX_GRID_Y:
+        out.append(f"{problem.tokens} tokens exceed the tiled kernel's grid ({MAX_GRID_Y} token tiles)")
+    return out
+
+
+def _view(t: torch.Tensor):
+    """A flat kernel argument sharing ``t``'s memory: bf16 as int16 bits; NumPy in the
+    simulator, a numba device array (no copy, no stream sync) on the GPU."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.view(torch.int16)
+    t = t.reshape(-1)
+    if _simulating():
+        return t.numpy()
+    from numba import cuda
+
+    return cuda.as_cuda_array(t, sync=False)
+
+
+def _launch(kernel, grid, block, *args):
+    """``kernel[grid, block]`` on PyTorch's current stream (plain launch in the simulator)."""
+    if _simulating():
+        kernel[grid, block](*args)
+        return
+    from numba import cuda
+
+    stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
+    kernel[grid, block, stream](*args)
+
+
+def _products(mode, x2d, weight, packed, activation, dout, out, dg):
+    """Launch the decode or tiled kernel in ``mode`` (FORWARD: ``out``; GRAD: ``out`` = S, ``dg`` = D)."""
+    kernels, numerics = _numba()
+    tokens, d_model = x2d.shape
+    d_ff, n_masks = weight.shape[0], packed.shape[0]
+    key = (n_masks, numerics.ACT_CODE[activation], x2d.dtype == torch.float64, mode)
+    args = [_view(t) for t in (x2d, weight, packed, dout, out, dg)] + [tokens, d_ff, d_model]
+    if tokens <= DECODE_MAX_TOKENS:
+        groups = (d_model + 7) // 8
+        lanes = min(DECODE_MAX_LANES, 1 << (groups - 1).bit_length())
+        rows = DECODE_BLOCK // lanes
+        _launch(kernels.decode_kernel(*key), (-(-d_ff // rows),), DECODE_BLOCK, *args, lanes)
+    else:
+        grid = (-(-d_ff // TILE_N), -(-tokens // TILE_T))
+        _launch(kernels.tiled_kernel(*key), grid, TILE_THREADS, *args)
+
+
+def forward(x2d, weight, packed, activation):
+    """``out (T, d_ff)`` = ``sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``."""
+    kernels, _ = _numba()
+    out = new_output((x2d.shape[0], weight.shape[0]), x2d.dtype, x2d.device)
+    if x2d.shape[0]:
+        unused = out.new_empty(0)  # dout and D: read and written only in GRAD mode
+        _products(kernels.FORWARD, x2d, weight, packed, activation, unused, out, unused)
+    return out
+
+
+def backward(dout, x2d, weight, packed, activation, dmask_dtype):
+    """``(dx, dW, dM)`` of SPEC §3; ``dM (n_masks, d_ff, d_model)`` in ``dmask_dtype``, or
+    ``None`` when ``dmask_dtype`` is ``None``. D and S are scratch in the input dtype."""
+    kernels, _ = _numba()
+    dtype, device = x2d.dtype, x2d.device
+    (tokens, d_model), d_ff, n_masks = x2d.shape, weight.shape[0], packed.shape[0]
+    acc64 = dtype == torch.float64
+    dg = torch.empty((n_masks, tokens, d_ff), dtype=dtype, device=device)
+    s = torch.empty((tokens, d_ff), dtype=dtype, device=device)
+    dx = new_output((tokens, d_model), dtype, device)
+    dw = new_output((d_ff, d_model), dtype, device)
+    dm = None if dmask_dtype is None else new_output((n_masks, d_ff, d_model), dmask_dtype, device)
+    if tokens:
+        _products(kernels.GRAD, x2d, weight, packed, activation, dout, s, dg)
+        grid = -(-tokens * d_model // ELEM_BLOCK)
+        args = [_view(t) for t in (weight, packed, dg, s, dx)]
+        _launch(kernels.dx_kernel(n_masks, acc64), (grid,), ELEM_BLOCK, *args, tokens, d_ff, d_model)
+    grid = -(-d_ff * d_model // ELEM_BLOCK)
+    args = [_view(t) for t in (x2d, weight, packed, dg, s, dw, dw if dm is None else dm)]
+    kernel = kernels.dw_kernel(n_masks, acc64, dm is not None)
+    _launch(kernel, (grid,), ELEM_BLOCK, *args, tokens, d_ff, d_model)
+    return dx, dw, dm
+
+
+BACKEND = Backend(
+    name="numba",
+    reasons=reasons,
+    forward=forward,
+    backward=backward,
+    description="Numba CUDA kernels: decode and tiled forward, three-kernel backward (CUDA cores)",
+)

@@ -1,0 +1,220 @@
+"""The numba kernels, one specialisation per (n_masks, activation, accumulator type, ...).
+
+Shapes (all arrays are flat 1-D views of contiguous tensors, bf16 as int16 bits):
+``x (T, K)``, ``w (N, K)``, ``packed (NM, N, G)`` uint8 with ``G = ceil(K/8)``,
+``K = d_model``, ``N = d_ff``. Per ``(t, n)``, with ``total = x[t] . w[n]`` and
+``gate_i = x[t] . (M_i[n] * w[n])``:
+
+- ``mode == FORWARD``: ``out[t, n] = sum_i act(gate_i) * (total - gate_i)``.
+- ``mode == GRAD`` (backward kernel A): ``D[i, t, n] = dout*(act'(gate_i)*(total-gate_i)
+  - act(gate_i))`` and ``S[t, n] = sum_i dout*act(gate_i)``, rounded to the input dtype.
+
+Two kernels compute the ``n_masks + 1`` dot products per ``(t, n)``: ``decode`` (few
+tokens: a group of lanes per row streams ``w`` and the masks once per token, 8 elements
+and one byte of each bit-plane per lane and step) and ``tiled`` (shared-memory tiles of
+``x``, ``w`` and the expanded mask bits, one output per thread). Backward kernel ``dx``:
+``dx[t, k] = sum_n w[n, k] * (S[t, n] + sum_i M_i[n, k] D[i, t, n])``; kernel ``dw``:
+``P_i = D_i.T @ x``, ``dW = sum_i M_i * P_i + S.T @ x``, ``dM_i = w * P_i``.
+
+``n_masks`` is a closure constant: every loop over masks has a constant trip count, so
+NVVM unrolls it and keeps the ``cuda.local.array`` accumulators in registers (checked:
+the sm_90 PTX of every specialisation has no local memory, tests/test_numba_build.py).
+Each factory is cached in memory (``lru_cache``) and its kernel on disk (``cache=True``).
+"""
+
+from functools import lru_cache
+
+from numba import cuda, float32, float64, int32
+
+from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS
+from .numerics import act, act_and_grad, like, load, store
+
+FORWARD, GRAD = 0, 1
+
+
+def _acc(acc64):
+    return float64 if acc64 else float32
+
+
+@lru_cache(maxsize=None)
+def decode_kernel(n_masks, act_code, acc64, mode):
+    """``[ceil(N / rows), DECODE_BLOCK]`` kernel; ``rows = DECODE_BLOCK // lanes`` rows per
+    block, ``lanes`` (a power of two <= 32) threads per row, tokens looped inside."""
+    NM, NACC, ACC, ACT, MODE, BLOCK = n_masks, n_masks + 1, _acc(acc64), act_code, mode, DECODE_BLOCK
+
+    @cuda.jit(cache=True)
+    def decode(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
+        part = cuda.shared.array(NACC * BLOCK, ACC)
+        sums = cuda.shared.array(NACC * BLOCK, ACC)
+        acc = cuda.local.array(NACC, ACC)
+        bits = cuda.local.array(NM, int32)
+        tid = cuda.threadIdx.x
+        lane, r = tid % lanes, tid // lanes
+        n = cuda.blockIdx.x * (BLOCK // lanes) + r
+        groups = (d_model + 7) // 8
+        for t in range(tokens):
+            for j in range(NACC):
+                acc[j] = ACC(0)
+            if n < d_ff:
+                for g in range(lane, groups, lanes):
+                    for j in range(NM):
+                        bits[j] = packed[(j * d_ff + n) * groups + g]
+                    for b in range(8):
+                        k = 8 * g + b
+                        if k < d_model:
+                            p = load(w, n * d_model + k) * load(x, t * d_model + k)
+                            acc[NM] += p
+                            for j in range(NM):
+                                if (bits[j] >> b) & 1:
+                                    acc[j] += p
+            for j in range(NACC):
+                part[j * BLOCK + tid] = acc[j]
+            cuda.syncthreads()
+            for j in range(lane, NACC, lanes):
+                s = ACC(0)
+                for m in range(lanes):
+                    s += part[j * BLOCK + r * lanes + m]
+                sums[r * NACC + j] = s
+            cuda.syncthreads()
+            if lane == 0 and n < d_ff:
+                for j in range(NACC):
+                    acc[j] = sums[r * NACC + j]
+                if MODE == FORWARD:
+                    forward_epilogue(acc, NM, ACT, out, t * d_ff + n)
+                else:
+                    grad_epilogue(acc, NM, ACT, dout, out, dg, t, n, tokens, d_ff)
+
+    return decode
+
+
+@lru_cache(maxsize=None)
+def tiled_kernel(n_masks, act_code, acc64, mode):
+    """``[(ceil(N / TILE_N), ceil(T / TILE_T)), TILE_THREADS]`` kernel, one ``(t, n)`` per thread."""
+    NM, NACC, ACC, ACT, MODE = n_masks, n_masks + 1, _acc(acc64), act_code, mode
+
+    @cuda.jit(cache=True)
+    def tiled(x, w, packed, dout, out, dg, tokens, d_ff, d_model):
+        sx = cuda.shared.array(TILE_T * TILE_K, ACC)
+        sw = cuda.shared.array(TILE_N * TILE_KP, ACC)
+        sb = cuda.shared.array(TILE_N * TILE_KP, int32)
+        acc = cuda.local.array(NACC, ACC)
+        tid = cuda.threadIdx.x
+        nn, tt = tid % TILE_N, tid // TILE_N
+        n0, t0 = cuda.blockIdx.x * TILE_N, cuda.blockIdx.y * TILE_T
+        groups = (d_model + 7) // 8
+        for j in range(NACC):
+            acc[j] = ACC(0)
+        for k0 in range(0, d_model, TILE_K):
+            for e in range(tid, TILE_T * TILE_K, TILE_THREADS):
+                t, k = t0 + e // TILE_K, k0 + e % TILE_K
+                sx[e] = load(x, t * d_model + k) if t < tokens and k < d_model else ACC(0)
+            for e in range(tid, TILE_N * TILE_K, TILE_THREADS):
+                n, k = n0 + e // TILE_K, k0 + e % TILE_K
+                word = int32(0)
+                wv = ACC(0)
+                if n < d_ff and k < d_model:
+                    wv = load(w, n * d_model + k)
+                    for j in range(NM):
+                        word |= ((int32(packed[(j * d_ff + n) * groups + k // 8]) >> (k % 8)) & 1) << j
+                s = (e // TILE_K) * TILE_KP + e % TILE_K
+                sw[s] = wv
+                sb[s] = word
+            cuda.syncthreads()
+            for kk in range(TILE_K):
+                p = sw[nn * TILE_KP + kk] * sx[tt * TILE_K + kk]
+                word = sb[nn * TILE_KP + kk]
+                acc[NM] += p
+                for j in range(NM):
+                    if (word >> j) & 1:
+                        acc[j] += p
+            cuda.syncthreads()
+        t, n = t0 + tt, n0 + nn
+        if t < tokens and n < d_ff:
+            if MODE == FORWARD:
+                forward_epilogue(acc, NM, ACT, out, t * d_ff + n)
+            else:
+                grad_epilogue(acc, NM, ACT, dout, out, dg, t, n, tokens, d_ff)
+
+    return tiled
+
+
+@cuda.jit(device=True)
+def forward_epilogue(acc, n_masks, act_code, out, i):
+    """``out[i] = sum_j act(acc[j]) * (acc[n_masks] - acc[j])`` (acc = gates, then total)."""
+    total = acc[n_masks]
+    y = like(total, 0.0)
+    for j in range(n_masks):
+        y += act(acc[j], act_code) * (total - acc[j])
+    store(out, i, y)
+
+
+@cuda.jit(device=True)
+def grad_epilogue(acc, n_masks, act_code, dout, s_out, dg, t, n, tokens, d_ff):
+    """``D[j, t, n] = dout*(act'(g_j)*(total-g_j) - act(g_j))``, ``S[t, n] = sum_j dout*act(g_j)``."""
+    total = acc[n_masks]
+    d = load(dout, t * d_ff + n)
+    s = like(total, 0.0)
+    for j in range(n_masks):
+        a, da = act_and_grad(acc[j], act_code)
+        dv = d * a
+        store(dg, (j * tokens + t) * d_ff + n, d * da * (total - acc[j]) - dv)
+        s += dv
+    store(s_out, t * d_ff + n, s)
+
+
+@lru_cache(maxsize=None)
+def dx_kernel(n_masks, acc64):
+    """``[ceil(T*K / ELEM_BLOCK), ELEM_BLOCK]`` kernel, one ``dx[t, k]`` per thread:
+    ``dx[t, k] = sum_n w[n, k] * (S[t, n] + sum_i M_i[n, k] * D[i, t, n])``."""
+    NM, ACC = n_masks, _acc(acc64)
+
+    @cuda.jit(cache=True)
+    def dx(w, packed, dg, s, dx_out, tokens, d_ff, d_model):
+        e = cuda.grid(1)
+        if e < tokens * d_model:
+            t, k = e // d_model, e % d_model
+            g, b = k // 8, k % 8
+            groups = (d_model + 7) // 8
+            y = ACC(0)
+            for n in range(d_ff):
+                coef = load(s, t * d_ff + n)
+                for j in range(NM):
+                    if (int32(packed[(j * d_ff + n) * groups + g]) >> b) & 1:
+                        coef += load(dg, (j * tokens + t) * d_ff + n)
+                y += coef * load(w, n * d_model + k)
+            store(dx_out, e, y)
+
+    return dx
+
+
+@lru_cache(maxsize=None)
+def dw_kernel(n_masks, acc64, with_dm):
+    """``[ceil(N*K / ELEM_BLOCK), ELEM_BLOCK]`` kernel, one ``(n, k)`` per thread:
+    ``P_i = sum_t D[i, t, n] x[t, k]``, ``dW = sum_i M_i P_i + sum_t S[t, n] x[t, k]``,
+    ``dM_i = w P_i`` (written when ``with_dm``). With 0 tokens it writes zeros."""
+    NM, NACC, ACC, WITH_DM = n_masks, n_masks + 1, _acc(acc64), with_dm
+
+    @cuda.jit(cache=True)
+    def dw(x, w, packed, dg, s, dw_out, dm_out, tokens, d_ff, d_model):
+        p = cuda.local.array(NACC, ACC)
+        e = cuda.grid(1)
+        if e < d_ff * d_model:
+            n, k = e // d_model, e % d_model
+            for j in range(NACC):
+                p[j] = ACC(0)
+            for t in range(tokens):
+                xv = load(x, t * d_model + k)
+                p[NM] += load(s, t * d_ff + n) * xv
+                for j in range(NM):
+                    p[j] += load(dg, (j * tokens + t) * d_ff + n) * xv
+            groups = (d_model + 7) // 8
+            wv = load(w, e)
+            y = p[NM]
+            for j in range(NM):
+                if (int32(packed[(j * d_ff + n) * groups + k // 8]) >> (k % 8)) & 1:
+                    y += p[j]
+                if WITH_DM:
+                    store(dm_out, j * d_ff * d_model + e, wv * p[j])
+            store(dw_out, e, y)
+
+    return dw

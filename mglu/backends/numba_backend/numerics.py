@@ -1,0 +1,159 @@
+"""Element access and activations shared by the numba kernels (device code).
+
+``load(a, i)`` returns element ``i`` of a 1-D array of the input dtype widened to the
+accumulator type (fp64 for fp64, else fp32; bf16 arrives as int16 bits);
+``store(a, i, v)`` narrows ``v`` into element ``i`` (bf16: round to nearest even by
+integer ops); ``like(g, c)`` is the constant ``c`` in the type of ``g``, so one activation
+source serves fp32 and fp64 without fp64 arithmetic in fp32 kernels.
+
+On the GPU these three are ``numba.cuda.extending.overload`` s, chosen by the argument
+types at compile time. Numba's CUDA simulator runs device code as Python on NumPy
+scalars and knows neither overloads nor libdevice, so it gets plain-Python twins that
+make the same type decisions; everything else (the bf16 bit tricks, the activations, the
+kernels) is one source for both.
+"""
+
+import math
+
+import numpy as np
+
+if not hasattr(np, "row_stack"):  # numba 0.68 calls np.row_stack, removed in NumPy 2.5 (NOTES.md)
+    np.row_stack = np.vstack
+
+from numba import config, cuda, float32, float64, int16, int32, types  # noqa: E402
+
+from ...activations import GELU_TANH_A, GELU_TANH_C  # noqa: E402
+
+SIMULATED = bool(config.ENABLE_CUDASIM)
+
+#: activation codes, in the order of mglu.activations.ACTIVATIONS
+ACT_CODE = {"silu": 0, "sigmoid": 1, "gelu": 2, "gelu_tanh": 3, "relu": 4, "identity": 5}
+SILU, SIGMOID, GELU, GELU_TANH, RELU, IDENTITY = range(6)
+#: 1/sqrt(2) and 1/sqrt(2*pi), as in torch_backend._act_gelu
+SQRT1_2 = 0.7071067811865476
+INV_SQRT_2PI = 0.3989422804014327
+BF16_NAN = 0x7FC0
+
+if SIMULATED:
+
+    def int_as_float(v):
+        return np.int32(v).view(np.float32)
+
+    def float_as_int(f):
+        return np.float32(f).view(np.int32)
+
+else:
+    from numba.cuda import libdevice
+
+    int_as_float = libdevice.int_as_float
+    float_as_int = libdevice.float_as_int
+
+
+@cuda.jit(device=True)
+def bf16_to_f32(v):
+    """bf16 bits (int16) -> fp32: the bits are the upper half of the fp32 word."""
+    return int_as_float(int32(v) << 16)
+
+
+@cuda.jit(device=True)
+def f32_to_bf16(f):
+    """fp32 -> bf16 bits (int16), round to nearest even; NaN -> the canonical quiet NaN."""
+    if f != f:
+        return int16(BF16_NAN)
+    bits = float_as_int(f)
+    bits += int32(0x7FFF) + ((bits >> 16) & 1)
+    return int16(bits >> 16)
+
+
+if SIMULATED:
+
+    def load(a, i):
+        v = a[i]
+        if a.dtype == np.int16:
+            return bf16_to_f32(v)
+        return v if a.dtype == np.float64 else np.float32(v)
+
+    def store(a, i, v):
+        a[i] = f32_to_bf16(v) if a.dtype == np.int16 else v
+
+    def like(g, c):
+        return type(g)(c)
+
+else:
+    from numba.cuda.extending import overload
+
+    def load(a, i):
+        raise NotImplementedError("device code only")
+
+    def store(a, i, v):
+        raise NotImplementedError("device code only")
+
+    def like(g, c):
+        raise NotImplementedError("device code only")
+
+    @overload(load, target="cuda")
+    def _load(a, i):
+        if a.dtype == types.int16:
+            return lambda a, i: bf16_to_f32(a[i])
+        if a.dtype == types.float64:
+            return lambda a, i: a[i]
+        return lambda a, i: float32(a[i])
+
+    @overload(store, target="cuda")
+    def _store(a, i, v):
+        if a.dtype == types.int16:
+
+            def impl(a, i, v):
+                a[i] = f32_to_bf16(float32(v))
+
+            return impl
+
+        def impl(a, i, v):
+            a[i] = v
+
+        return impl
+
+    @overload(like, target="cuda")
+    def _like(g, c):
+        kind = float64 if g == types.float64 else float32
+        return lambda g, c: kind(c)
+
+
+@cuda.jit(device=True)
+def act(g, code):
+    """``act(g)`` for activation ``code`` (same formulas as torch_backend.ACT)."""
+    one, half = like(g, 1.0), like(g, 0.5)
+    if code == SILU:
+        return g / (one + math.exp(-g))
+    if code == SIGMOID:
+        return one / (one + math.exp(-g))
+    if code == GELU:
+        return g * half * (one + math.erf(g * like(g, SQRT1_2)))
+    if code == GELU_TANH:
+        return half * g * (one + math.tanh(like(g, GELU_TANH_C) * (g + like(g, GELU_TANH_A) * g * g * g)))
+    if code == RELU:
+        return g if g > like(g, 0.0) else like(g, 0.0)
+    return g
+
+
+@cuda.jit(device=True)
+def act_and_grad(g, code):
+    """``(act(g), act'(g))`` for activation ``code`` (same formulas as torch_backend.ACT)."""
+    zero, one, half = like(g, 0.0), like(g, 1.0), like(g, 0.5)
+    if code == SILU:
+        s = one / (one + math.exp(-g))
+        return g * s, s * (one + g * (one - s))
+    if code == SIGMOID:
+        s = one / (one + math.exp(-g))
+        return s, s * (one - s)
+    if code == GELU:
+        cdf = half * (one + math.erf(g * like(g, SQRT1_2)))
+        return g * cdf, cdf + g * like(g, INV_SQRT_2PI) * math.exp(-half * g * g)
+    if code == GELU_TANH:
+        c, a = like(g, GELU_TANH_C), like(g, GELU_TANH_A)
+        t = math.tanh(c * (g + a * g * g * g))
+        dt = (one - t * t) * c * (one + like(g, 3.0) * a * g * g)
+        return half * g * (one + t), half * (one + t) + half * g * dt
+    if code == RELU:
+        return (g, one) if g > zero else (zero, zero)
+    return g, one
