@@ -1,5 +1,112 @@
-"""CUDA C++ backend (CuPy/NVRTC): placeholder until its kernels land."""
+"""CUDA C++ backend: kernels in ``*.cu`` compiled at run time by NVRTC through CuPy.
 
-from ..base import not_implemented
+Shapes: ``x2d (T, d_model)``, ``weight (d_ff, d_model)``, ``packed (n_masks, d_ff,
+ceil(d_model/8))`` uint8. Forward, one read of ``W`` and the bits per (token, row)::
 
-BACKEND = not_implemented("cuda", "CUDA C++ kernels compiled at run time through CuPy/NVRTC")
+    total = x2d @ W.T;  gate_i = x2d @ (M_i * W).T;  out = sum_i act(gate_i) * (total - gate_i)
+
+Backward (SPEC §3) in three kernels, no ``(n_masks, d_ff, d_model)`` fp32 intermediate::
+
+    A: D_i = dout * (act'(gate_i) * (total - gate_i) - act(gate_i)),  S = sum_i dout * act(gate_i)
+    B: dx  = sum_i D_i @ (M_i W) + S @ W
+    C: P_i = D_i.T @ x2d;  dW = sum_i M_i * P_i + S.T @ x2d;  dM_i = W * P_i
+
+``D`` and ``S`` are rounded to the input dtype (as the torch backend does). Accumulation in
+fp32 (fp64 for fp64), IEEE; activations as ``torch_backend.ACT``. See DESIGN.md.
+"""
+
+import functools
+
+import numpy as np
+import torch
+
+from ..base import Backend, Problem, new_output
+from . import launcher
+from .launcher import MODE_BWD, MODE_FWD, aligned, dw_plan, dx_plan, launch, pointer, rowdot_plan
+
+#: bf16 conversions (cvt.rn.bf16.f32) need sm_80
+MIN_CAPABILITY = (8, 0)
+
+
+@functools.cache
+def _cupy_missing() -> str | None:
+    try:
+        import cupy  # noqa: F401
+    except Exception as exc:  # ImportError, or a CUDA library that fails to load
+        return f"cupy is not installed or does not load ({type(exc).__name__}: {exc})"
+    return None
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def reasons(problem: Problem) -> list[str]:
+    """Runs CUDA tensors on sm_80 or newer with CuPy installed, within the grid limits."""
+    if problem.device.type != "cuda":
+        return [f"needs a CUDA tensor (got {problem.device.type})"]
+    out = []
+    missing = _cupy_missing()
+    if missing:
+        out.append(missing)
+    cap = _capability(problem.device.index if problem.device.index is not None else torch.cuda.current_device())
+    if cap < MIN_CAPABILITY:
+        out.append(f"needs compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (got {cap[0]}.{cap[1]})")
+    return out + launcher.grid_limits(problem.tokens, problem.d_ff)
+
+
+def _what(x2d, weight, packed, activation) -> str:
+    return (f"T={x2d.shape[0]} d_model={x2d.shape[1]} d_ff={weight.shape[0]} n_masks={packed.shape[0]} "
+            f"dtype={x2d.dtype} activation={activation}")
+
+
+def _rowdot(mode, x2d, weight, packed, activation, dout, out, dbuf):
+    tokens, d_model = x2d.shape
+    d_ff, n_masks = weight.shape[0], packed.shape[0]
+    plan = rowdot_plan(x2d.dtype, n_masks, mode, tokens, d_ff)
+    args = [pointer(x2d), pointer(weight), pointer(packed), pointer(dout), pointer(out), pointer(dbuf),
+            np.int32(tokens), np.int32(d_model), np.int32(d_ff), np.int32(launcher.activation_id(activation))]
+    if plan.name.startswith("mglu_rowdot_gemv"):
+        args.append(np.int32(d_model % 8 == 0 and aligned(x2d, weight)))
+    launch(plan, tuple(args), x2d.device, _what(x2d, weight, packed, activation))
+
+
+def forward(x2d, weight, packed, activation):
+    """``out (T, d_ff)`` = ``sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``."""
+    out = new_output((x2d.shape[0], weight.shape[0]), x2d.dtype, x2d.device)
+    if x2d.shape[0] > 0:
+        _rowdot(MODE_FWD, x2d, weight, packed, activation, None, out, None)
+    return out
+
+
+def backward(dout, x2d, weight, packed, activation, dmask_dtype):
+    """``(dx, dW, dM)``; ``dM (n_masks, d_ff, d_model)`` in ``dmask_dtype``, or ``None``."""
+    tokens, d_model = x2d.shape
+    d_ff, n_masks = weight.shape[0], packed.shape[0]
+    dtype, device = x2d.dtype, x2d.device
+    what = _what(x2d, weight, packed, activation)
+    dx = new_output((tokens, d_model), dtype, device)
+    dw = new_output((d_ff, d_model), dtype, device)
+    dm = None if dmask_dtype is None else new_output((n_masks, d_ff, d_model), dmask_dtype, device)
+    # scratch, every element written by kernel A before B and C read it
+    dbuf = torch.empty((n_masks, tokens, d_ff), dtype=dtype, device=device)
+    s = torch.empty((tokens, d_ff), dtype=dtype, device=device)
+    if tokens > 0:
+        _rowdot(MODE_BWD, x2d, weight, packed, activation, dout, s, dbuf)
+        launch(dx_plan(dtype, tokens, d_model),
+               (pointer(weight), pointer(packed), pointer(dbuf), pointer(s), pointer(dx),
+                np.int32(n_masks), np.int32(tokens), np.int32(d_model), np.int32(d_ff)), device, what)
+    launch(dw_plan(dtype, dmask_dtype, d_ff, d_model),
+           (pointer(x2d), pointer(weight), pointer(packed), pointer(dbuf), pointer(s), pointer(dw), pointer(dm),
+            np.int32(n_masks), np.int32(tokens), np.int32(d_model), np.int32(d_ff)), device, what)
+    return dx, dw, dm
+
+
+BACKEND = Backend(
+    name="cuda",
+    reasons=reasons,
+    forward=forward,
+    backward=backward,
+    description="CUDA C++ kernels compiled at run time through CuPy/NVRTC",
+)

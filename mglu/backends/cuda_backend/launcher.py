@@ -1,0 +1,185 @@
+"""Launch plans and the CuPy/NVRTC launcher of the CUDA backend.
+
+Forward ``out (T, d_ff)`` = ``sum_i act(gate_i) * (total - gate_i)`` is one row-dot kernel;
+backward is kernel A (the row-dot kernel in backward mode: ``D (n_masks, T, d_ff)``,
+``S (T, d_ff)``), kernel B (``dx (T, d_model)``) and kernel C (``dW (d_ff, d_model)``,
+``dM (n_masks, d_ff, d_model)``). See DESIGN.md.
+
+Everything up to the CuPy call is plain Python (:func:`rowdot_plan`, :func:`dx_plan`,
+:func:`dw_plan`, :func:`instantiations`, :func:`source`), so that the CPU tests check the
+plans against the set of template instantiations the build test compiles with nvcc.
+CuPy is imported lazily, inside :func:`_function` and :func:`launch`.
+"""
+
+import functools
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ...activations import ACTIVATIONS, GELU_TANH_A, GELU_TANH_C
+from ...masks import MAX_MASKS, MIN_MASKS
+
+HERE = Path(__file__).parent
+SOURCES = ("mglu_common.cuh", "mglu_fwd.cu", "mglu_bwd.cu")
+
+#: storage type of each dtype in the kernels (mglu_common.cuh)
+CTYPE = {
+    torch.float16: "mglu_f16",
+    torch.bfloat16: "mglu_bf16",
+    torch.float32: "float",
+    torch.float64: "double",
+}
+MODE_FWD, MODE_BWD = 0, 1
+
+#: token counts the decode kernel is instantiated for; T tokens take the smallest NT >= T
+#: (tokens >= T are skipped, not computed). Up to 4 tokens, NT * (n_masks + 1) accumulators
+#: stay in registers at n_masks = 16 (68 fp32; ptxas: 254 registers, no spill, for bf16);
+#: above, the tiled kernel (32 tokens x 32 rows per block) takes over. The switch point is
+#: to be measured on the H100. NT = 2 is left out to keep the nvcc build test near 1 minute
+#: per dtype on one core (each rowdot variant costs 16 x 2 instantiations per dtype).
+GEMV_TOKENS = (1, 4)
+#: warps per decode block, one W row per warp (8 x 32 = 256 threads, the launch bound)
+GEMV_WARPS = 8
+THREADS = 256
+#: tile sizes: the enums of mglu_rowdot_tiled (32 x 32), mglu_bwd_dx (32 tokens x 64
+#: columns), mglu_bwd_dw (32 rows x 64 columns); kept equal to the .cu constants
+ROWDOT_TILE = (32, 32)
+DX_TILE = (32, 64)
+DW_TILE = (32, 64)
+#: CUDA's limit on gridDim.y, which counts token tiles (row-dot, dx) and row tiles (dW)
+GRID_Y_MAX = 65535
+#: a 16-byte vector load needs 16-byte aligned rows: d_model % 8 == 0 and aligned bases
+VECTOR_BYTES = 16
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch: the template instantiation, grid and block."""
+
+    name: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def rowdot_name(dtype, n_masks: int, mode: int, nt: int | None) -> str:
+    """``mglu_rowdot_gemv<T, NM, MODE, NT>`` (``nt`` given) or ``mglu_rowdot_tiled<T, NM, MODE>``."""
+    if nt is None:
+        return f"mglu_rowdot_tiled<{CTYPE[dtype]}, {n_masks}, {mode}>"
+    return f"mglu_rowdot_gemv<{CTYPE[dtype]}, {n_masks}, {mode}, {nt}>"
+
+
+def activation_id(activation: str) -> int:
+    """The kernels' activation id: the index in ACTIVATIONS (the enum of mglu_common.cuh)."""
+    return ACTIVATIONS.index(activation)
+
+
+def dx_name(dtype) -> str:
+    return f"mglu_bwd_dx<{CTYPE[dtype]}>"
+
+
+def dw_name(dtype, dmask_dtype) -> str:
+    """Kernel C; without dM the instantiation with ``TM = T`` runs with a null dM pointer."""
+    return f"mglu_bwd_dw<{CTYPE[dtype]}, {CTYPE[dmask_dtype or dtype]}>"
+
+
+def rowdot_plan(dtype, n_masks, mode, tokens, d_ff) -> Launch:
+    """Decode kernel (one warp per W row) for ``tokens <= max(GEMV_TOKENS)``, else the tile."""
+    nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
+    if nt is not None:
+        grid = (_cdiv(d_ff, GEMV_WARPS), 1, 1)
+        return Launch(rowdot_name(dtype, n_masks, mode, nt), grid, (GEMV_WARPS * 32, 1, 1))
+    bt, bn = ROWDOT_TILE
+    grid = (_cdiv(d_ff, bn), _cdiv(tokens, bt), 1)
+    return Launch(rowdot_name(dtype, n_masks, mode, None), grid, (THREADS, 1, 1))
+
+
+def dx_plan(dtype, tokens, d_model) -> Launch:
+    bt, bk = DX_TILE
+    return Launch(dx_name(dtype), (_cdiv(d_model, bk), _cdiv(tokens, bt), 1), (THREADS, 1, 1))
+
+
+def dw_plan(dtype, dmask_dtype, d_ff, d_model) -> Launch:
+    bn, bk = DW_TILE
+    return Launch(dw_name(dtype, dmask_dtype), (_cdiv(d_model, bk), _cdiv(d_ff, bn), 1), (THREADS, 1, 1))
+
+
+def grid_limits(tokens: int, d_ff: int) -> list[str]:
+    """Reasons the launch grids cannot cover this problem (empty when they can)."""
+    out = []
+    if _cdiv(tokens, ROWDOT_TILE[0]) > GRID_Y_MAX or _cdiv(tokens, DX_TILE[0]) > GRID_Y_MAX:
+        out.append(f"{tokens} tokens exceed the grid limit ({GRID_Y_MAX} tiles of {ROWDOT_TILE[0]} tokens)")
+    if _cdiv(d_ff, DW_TILE[0]) > GRID_Y_MAX:
+        out.append(f"d_ff={d_ff} exceeds the grid limit ({GRID_Y_MAX} tiles of {DW_TILE[0]} rows)")
+    return out
+
+
+def instantiations(dtype=None) -> list[str]:
+    """Every template instantiation a plan can name (for ``dtype``, or all dtypes)."""
+    names = []
+    for dt in [dtype] if dtype is not None else list(CTYPE):
+        for nm in range(MIN_MASKS, MAX_MASKS + 1):
+            for mode in (MODE_FWD, MODE_BWD):
+                names += [rowdot_name(dt, nm, mode, nt) for nt in (*GEMV_TOKENS, None)]
+        names.append(dx_name(dt))
+        names += [dw_name(dt, dm) for dm in CTYPE]
+    return names
+
+
+@functools.cache
+def source() -> str:
+    """The kernels as one translation unit: activation constants, then the three files with
+    their ``#include "mglu_common.cuh"`` and ``#pragma once`` lines dropped (so that CuPy's cache key, the
+    source text, covers the header too)."""
+    head = f"#define MGLU_GELU_TANH_C {GELU_TANH_C!r}\n#define MGLU_GELU_TANH_A {GELU_TANH_A!r}\n"
+    parts = [(HERE / name).read_text() for name in SOURCES]
+    body = "\n".join(re.sub(r'^#(include "mglu_common\.cuh"|pragma once)\n', "", p, flags=re.M) for p in parts)
+    return head + body
+
+
+def arch_option(capability: tuple[int, int]) -> str:
+    return f"--gpu-architecture=sm_{capability[0]}{capability[1]}"
+
+
+#: NVRTC options; CuPy appends the current device's ``-arch`` (the same architecture),
+#: ``--device-as-default-execution-space`` and ``--pch``
+def nvrtc_options(capability: tuple[int, int]) -> tuple[str, ...]:
+    return ("-std=c++17", arch_option(capability))
+
+
+@functools.cache
+def _function(name: str, capability: tuple[int, int]):
+    """The compiled kernel ``name`` for one architecture: compiled once per process (CuPy
+    also keeps the binary in ~/.cupy/kernel_cache). Call it inside ``cupy.cuda.Device``."""
+    import cupy
+
+    module = cupy.RawModule(code=source(), options=nvrtc_options(capability), name_expressions=[name])
+    return module.get_function(name)
+
+
+def pointer(t: torch.Tensor | None) -> np.uint64:
+    return np.uint64(0 if t is None else t.data_ptr())
+
+
+def aligned(*tensors: torch.Tensor) -> bool:
+    return all(t.data_ptr() % VECTOR_BYTES == 0 for t in tensors)
+
+
+def launch(plan: Launch, args: tuple, device: torch.device, what: str) -> None:
+    """Run ``plan`` on torch's current stream of ``device``; a CUDA error (compile or launch)
+    becomes a RuntimeError naming the kernel and ``what`` (the problem). Nothing here waits
+    for the device, so the call can be captured in a CUDA graph once compiled."""
+    import cupy
+
+    capability = torch.cuda.get_device_capability(device)
+    try:
+        with cupy.cuda.Device(device.index), cupy.cuda.Stream.from_external(torch.cuda.current_stream(device)):
+            _function(plan.name, capability)(plan.grid, plan.block, args)
+    except Exception as exc:
+        raise RuntimeError(f"cuda backend: kernel {plan.name} grid={plan.grid} failed for {what}: {exc}") from exc

@@ -1,0 +1,173 @@
+// Backward kernels B and C (SPEC §3). Kernel A (D_i, S) is mglu_rowdot_* in MODE_BWD.
+//   B: dx[t,k]   = sum_i sum_n D_i[t,n] M_i[n,k] W[n,k] + sum_n S[t,n] W[n,k]       (T, d_model)
+//   C: P_i[n,k]  = sum_t D_i[t,n] x[t,k],   Q[n,k] = sum_t S[t,n] x[t,k]
+//      dW[n,k]   = sum_i M_i[n,k] P_i[n,k] + Q[n,k]                                  (d_ff, d_model)
+//      dM_i[n,k] = W[n,k] P_i[n,k]   (only when dm != 0; dtype TM)                   (NM, d_ff, d_model)
+// D is (NM, T, d_ff) and S (T, d_ff), both in the input dtype; plane p = NM below means S
+// (with the unmasked W). n_masks is a run-time argument: each output keeps one accumulator
+// (B) or two (C), whatever the number of masks. Every output is summed by one thread in a
+// fixed order: runs are bitwise reproducible (no atomics).
+#include "mglu_common.cuh"
+
+// Kernel B. Block 256 = (ty, tx) 16 x 16 computes a 32-token x 64-column tile of dx; thread
+// owns tokens ty, ty + 16 and columns tx + 16 j (j < 4). The reduction over d_ff advances
+// by BR = 16 rows: the W tile (16 x 64) is staged once, then for each plane p the
+// D_p / S tile (transposed, [row][token]) and the rows' mask bits for the 64 columns.
+// Launch: block 256, grid (ceil(d_model / 64), ceil(T / 32)).
+template <class T>
+__global__ void __launch_bounds__(256) mglu_bwd_dx(
+    const T* __restrict__ w, const unsigned char* __restrict__ m, const T* __restrict__ dbuf,
+    const T* __restrict__ s, T* __restrict__ dx, int n_masks, int T_, int d_model, int d_ff) {
+    typedef typename Tr<T>::acc A;
+    // 32 x 64 output tile, 8 outputs per thread, 16-row reduction step; to be tuned on the H100
+    enum { BT = 32, BK = 64, BR = 16 };
+    __shared__ A ws[BR][BK];
+    __shared__ A as[BR][BT + 1];
+    __shared__ u32 mw[BR][BK / 32];
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const i64 k0 = (i64)blockIdx.x * BK, t0 = (i64)blockIdx.y * BT;
+    const i64 PW = (d_model + 7) >> 3;
+
+    A acc[2][4];
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[a][j] = (A)0;
+
+    for (i64 r0 = 0; r0 < d_ff; r0 += BR) {
+        for (int e = tid; e < BR * BK; e += 256) {
+            const int r = e / BK, c = e % BK;
+            const i64 n = r0 + r, k = k0 + c;
+            ws[r][c] = (n < d_ff && k < d_model) ? Tr<T>::ld(w, n * d_model + k) : (A)0;
+        }
+        for (int p = 0; p <= n_masks; ++p) {
+            const T* src = p < n_masks ? dbuf + (i64)p * T_ * d_ff : s;
+            for (int e = tid; e < BT * BR; e += 256) {
+                const int r = e / BR, c = e % BR;
+                const i64 t = t0 + r, n = r0 + c;
+                as[c][r] = (t < T_ && n < d_ff) ? Tr<T>::ld(src, t * d_ff + n) : (A)0;
+            }
+            if (p < n_masks && tid < BR * (BK / 32)) {
+                const int r = tid / (BK / 32), h = tid % (BK / 32);
+                const i64 n = r0 + r;
+                u32 word = 0u;
+                if (n < d_ff) {
+                    const unsigned char* row = m + ((i64)p * d_ff + n) * PW;
+#pragma unroll
+                    for (int b = 0; b < 4; ++b) {
+                        const i64 g = (k0 >> 3) + 4 * h + b;
+                        if (g < PW) word |= ((u32)__ldg(row + g)) << (8 * b);
+                    }
+                }
+                mw[r][h] = word;
+            }
+            __syncthreads();
+#pragma unroll 4
+            for (int r = 0; r < BR; ++r) {
+                const A av[2] = {as[r][ty], as[r][ty + 16]};
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int c = tx + 16 * j;
+                    const A wv = p < n_masks ? masked(mw[r][c >> 5], c & 31, ws[r][c]) : ws[r][c];
+#pragma unroll
+                    for (int a = 0; a < 2; ++a) acc[a][j] += av[a] * wv;
+                }
+            }
+            __syncthreads();
+        }
+    }
+
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 t = t0 + ty + 16 * a, k = k0 + tx + 16 * j;
+            if (t < T_ && k < d_model) dx[t * d_model + k] = Tr<T>::cvt(acc[a][j]);
+        }
+}
+
+// Kernel C. Block 256 = (ty, tx) 16 x 16 computes a 32-row x 64-column tile of dW (and of
+// each dM_i); thread owns rows ty, ty + 16 and columns tx + 16 j (j < 4). For each plane
+// p = 0 .. NM the tokens are reduced in steps of BT = 16 (x tile [token][col], D_p / S tile
+// [token][row] in shared memory) into P; then dW += M_p ? P : 0 (p < NM), dW += P (p = NM),
+// dM_p = W * P written straight from the accumulator. T = 0 writes zeros.
+// Launch: block 256, grid (ceil(d_model / 64), ceil(d_ff / 32)).
+template <class T, class TM>
+__global__ void __launch_bounds__(256) mglu_bwd_dw(
+    const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
+    const T* __restrict__ dbuf, const T* __restrict__ s, T* __restrict__ dw, TM* __restrict__ dm,
+    int n_masks, int T_, int d_model, int d_ff) {
+    typedef typename Tr<T>::acc A;
+    // 32 x 64 output tile, 8 outputs per thread, 16-token reduction step; to be tuned on the H100
+    enum { BN = 32, BK = 64, BT = 16 };
+    __shared__ A xs[BT][BK];
+    __shared__ A ds[BT][BN];
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const i64 k0 = (i64)blockIdx.x * BK, n0 = (i64)blockIdx.y * BN;
+    const i64 PW = (d_model + 7) >> 3;
+
+    A wreg[2][4], dwacc[2][4];
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 n = n0 + ty + 16 * a, k = k0 + tx + 16 * j;
+            wreg[a][j] = (n < d_ff && k < d_model) ? Tr<T>::ld(w, n * d_model + k) : (A)0;
+            dwacc[a][j] = (A)0;
+        }
+
+    for (int p = 0; p <= n_masks; ++p) {
+        const T* src = p < n_masks ? dbuf + (i64)p * T_ * d_ff : s;
+        A pacc[2][4];
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) pacc[a][j] = (A)0;
+        for (i64 tb = 0; tb < T_; tb += BT) {
+            for (int e = tid; e < BT * BK; e += 256) {
+                const int r = e / BK, c = e % BK;
+                const i64 t = tb + r, k = k0 + c;
+                xs[r][c] = (t < T_ && k < d_model) ? Tr<T>::ld(x, t * d_model + k) : (A)0;
+            }
+            for (int e = tid; e < BT * BN; e += 256) {
+                const int r = e / BN, c = e % BN;
+                const i64 t = tb + r, n = n0 + c;
+                ds[r][c] = (t < T_ && n < d_ff) ? Tr<T>::ld(src, t * d_ff + n) : (A)0;
+            }
+            __syncthreads();
+#pragma unroll 4
+            for (int r = 0; r < BT; ++r) {
+                const A dv[2] = {ds[r][ty], ds[r][ty + 16]};
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const A xv = xs[r][tx + 16 * j];
+#pragma unroll
+                    for (int a = 0; a < 2; ++a) pacc[a][j] += dv[a] * xv;
+                }
+            }
+            __syncthreads();
+        }
+#pragma unroll
+        for (int a = 0; a < 2; ++a)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const i64 n = n0 + ty + 16 * a, k = k0 + tx + 16 * j;
+                if (n >= d_ff || k >= d_model) continue;
+                if (p < n_masks) {
+                    const u32 byte = __ldg(m + ((i64)p * d_ff + n) * PW + (k >> 3));
+                    dwacc[a][j] += masked(byte, (int)(k & 7), pacc[a][j]);
+                    if (dm) dm[((i64)p * d_ff + n) * d_model + k] = Tr<TM>::cvt(wreg[a][j] * pacc[a][j]);
+                } else {
+                    dwacc[a][j] += pacc[a][j];
+                }
+            }
+    }
+
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const i64 n = n0 + ty + 16 * a, k = k0 + tx + 16 * j;
+            if (n < d_ff && k < d_model) dw[n * d_model + k] = Tr<T>::cvt(dwacc[a][j]);
+        }
+}

@@ -1,0 +1,154 @@
+// Shared pieces of the MGLU CUDA kernels: element types, conversions, vector unpacking,
+// activations and their derivatives (the formulas of mglu/backends/torch_backend.py ACT).
+//
+// Self-contained on purpose: no CUDA headers (cuda_fp16.h, cstdint), so the same text
+// compiles under NVRTC (CuPy RawModule) and nvcc (tests/test_cuda_build.py) with no include
+// path. fp16/bf16 are 16-bit storage structs converted with PTX cvt (sm_80+).
+// The launcher prepends MGLU_GELU_TANH_C / MGLU_GELU_TANH_A from mglu/activations.py.
+#pragma once
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef long long i64;
+
+struct mglu_f16 { u16 bits; };
+struct mglu_bf16 { u16 bits; };
+
+// Activation ids: the order of mglu.activations.ACTIVATIONS (tests/test_cuda_build.py
+// checks this list against it).
+// MGLU_ACTIVATIONS: silu sigmoid gelu gelu_tanh relu identity
+enum { ACT_SILU = 0, ACT_SIGMOID = 1, ACT_GELU = 2, ACT_GELU_TANH = 3, ACT_RELU = 4, ACT_IDENTITY = 5 };
+
+// Kernel modes of the row-dot kernels: the forward epilogue, or backward kernel A.
+enum { MODE_FWD = 0, MODE_BWD = 1 };
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+    u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
+__device__ __forceinline__ u16 f32_to_bf16(float f) {
+    u16 h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Tr<T>: accumulator type (fp32, fp64 for fp64, SPEC §4), scalar load/store, and the
+// unpacking of one 8-element chunk held in VPC 16-byte words (VPC = 8 * sizeof(T) / 16).
+template <class T> struct Tr;
+
+template <> struct Tr<mglu_f16> {
+    typedef float acc;
+    enum { VPC = 1 };
+    static __device__ __forceinline__ float ld(const mglu_f16* p, i64 i) { return f16_to_f32(__ldg(&p[i].bits)); }
+    static __device__ __forceinline__ mglu_f16 cvt(float v) { mglu_f16 r; r.bits = f32_to_f16(v); return r; }
+    static __device__ __forceinline__ mglu_f16 cvt(double v) { return cvt((float)v); }
+    static __device__ __forceinline__ void unpack(const uint4* q, float* o) {
+        const u32 w[4] = {q[0].x, q[0].y, q[0].z, q[0].w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            o[2 * j] = f16_to_f32((u16)(w[j] & 0xffffu));
+            o[2 * j + 1] = f16_to_f32((u16)(w[j] >> 16));
+        }
+    }
+};
+
+template <> struct Tr<mglu_bf16> {
+    typedef float acc;
+    enum { VPC = 1 };
+    static __device__ __forceinline__ float ld(const mglu_bf16* p, i64 i) { return bf16_to_f32(__ldg(&p[i].bits)); }
+    static __device__ __forceinline__ mglu_bf16 cvt(float v) { mglu_bf16 r; r.bits = f32_to_bf16(v); return r; }
+    static __device__ __forceinline__ mglu_bf16 cvt(double v) { return cvt((float)v); }
+    static __device__ __forceinline__ void unpack(const uint4* q, float* o) {
+        const u32 w[4] = {q[0].x, q[0].y, q[0].z, q[0].w};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            o[2 * j] = __uint_as_float(w[j] << 16);
+            o[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+        }
+    }
+};
+
+template <> struct Tr<float> {
+    typedef float acc;
+    enum { VPC = 2 };
+    static __device__ __forceinline__ float ld(const float* p, i64 i) { return __ldg(p + i); }
+    static __device__ __forceinline__ float cvt(float v) { return v; }
+    static __device__ __forceinline__ float cvt(double v) { return (float)v; }
+    static __device__ __forceinline__ void unpack(const uint4* q, float* o) {
+#pragma unroll
+        for (int v = 0; v < 2; ++v) {
+            o[4 * v] = __uint_as_float(q[v].x);
+            o[4 * v + 1] = __uint_as_float(q[v].y);
+            o[4 * v + 2] = __uint_as_float(q[v].z);
+            o[4 * v + 3] = __uint_as_float(q[v].w);
+        }
+    }
+};
+
+template <> struct Tr<double> {
+    typedef double acc;
+    enum { VPC = 4 };
+    static __device__ __forceinline__ double ld(const double* p, i64 i) { return __ldg(p + i); }
+    static __device__ __forceinline__ double cvt(float v) { return (double)v; }
+    static __device__ __forceinline__ double cvt(double v) { return v; }
+    static __device__ __forceinline__ void unpack(const uint4* q, double* o) {
+#pragma unroll
+        for (int v = 0; v < 4; ++v) {
+            o[2 * v] = __hiloint2double((int)q[v].y, (int)q[v].x);
+            o[2 * v + 1] = __hiloint2double((int)q[v].w, (int)q[v].z);
+        }
+    }
+};
+
+__device__ __forceinline__ float m_exp(float x) { return expf(x); }
+__device__ __forceinline__ double m_exp(double x) { return exp(x); }
+__device__ __forceinline__ float m_erf(float x) { return erff(x); }
+__device__ __forceinline__ double m_erf(double x) { return erf(x); }
+__device__ __forceinline__ float m_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double m_tanh(double x) { return tanh(x); }
+
+// a = act(g) and, when GRAD, da = act'(g): the formulas of torch_backend.ACT. ACT is a
+// run-time argument, uniform over the grid: it only enters the epilogue (once per output,
+// against d_model multiply-adds per output), and as a template parameter it multiplied the
+// instantiations six-fold (3092 instead of 532), about 380 s of nvcc for the build test on
+// 2 CPU cores, measured.
+template <bool GRAD, class A>
+__device__ __forceinline__ void activation(int ACT, A g, A& a, A& da) {
+    const A one = (A)1.0, half = (A)0.5;
+    if (ACT == ACT_SILU) {
+        const A s = one / (one + m_exp(-g));
+        a = g * s;
+        if (GRAD) da = s * (one + g * (one - s));
+    } else if (ACT == ACT_SIGMOID) {
+        const A s = one / (one + m_exp(-g));
+        a = s;
+        if (GRAD) da = s * (one - s);
+    } else if (ACT == ACT_GELU) {
+        // 1/sqrt(2) and 1/sqrt(2*pi)
+        const A cdf = half * (one + m_erf(g * (A)0.7071067811865476));
+        a = g * cdf;
+        if (GRAD) da = cdf + g * (A)0.3989422804014327 * m_exp(-half * g * g);
+    } else if (ACT == ACT_GELU_TANH) {
+        const A c = (A)MGLU_GELU_TANH_C, k = (A)MGLU_GELU_TANH_A;
+        const A t = m_tanh(c * (g + k * g * g * g));
+        a = half * g * (one + t);
+        if (GRAD) da = half * (one + t) + half * g * ((one - t * t) * c * (one + (A)3.0 * k * g * g));
+    } else if (ACT == ACT_RELU) {
+        a = g > (A)0 ? g : (A)0;
+        if (GRAD) da = g > (A)0 ? one : (A)0;
+    } else {
+        a = g;
+        if (GRAD) da = one;
+    }
+}
+
+// Bit e of mask byte b selects w, else 0 (the masked weight M_i * W, built in registers).
+template <class A>
+__device__ __forceinline__ A masked(u32 bits, int e, A w) { return ((bits >> e) & 1u) ? w : (A)0; }

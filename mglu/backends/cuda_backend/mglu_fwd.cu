@@ -1,0 +1,240 @@
+// Row-dot kernels: for every (token t, row n of W) one read of W and the mask bits gives
+//     total[t,n] = sum_k x[t,k] W[n,k],   gate_i[t,n] = sum_k x[t,k] M_i[n,k] W[n,k]
+// (n_masks + 1 accumulators), then a fused epilogue:
+//   MODE_FWD: out[t,n] = sum_i act(gate_i) * (total - gate_i)                 (T, d_ff)
+//   MODE_BWD (backward kernel A), with d = dout[t,n], v_i = total - gate_i:
+//     D_i[t,n] = d * act'(gate_i) * v_i - d * act(gate_i)                      (NM, T, d_ff)
+//     S[t,n]   = sum_i d * act(gate_i)                                         (T, d_ff)
+// D_i and S are rounded to the input dtype, as the torch backend does.
+//
+// Packed masks (NM, d_ff, PW), PW = ceil(d_model / 8): bit b of byte [i, n, g] is
+// M_i[n, 8g + b]. Bits at columns >= d_model are never used.
+#include "mglu_common.cuh"
+
+// Forward / kernel-A epilogue for one (t, n), activation id act (mglu_common.cuh); gate[]
+// is indexed with compile-time indices only (registers, no local memory).
+template <class T, int NM, int MODE, class A>
+__device__ __forceinline__ void rowdot_epilogue(int act, A total, const A* gate, i64 t, i64 n, i64 T_, i64 d_ff,
+                                                const T* dout, T* out, T* dbuf) {
+    if (MODE == MODE_FWD) {
+        A o = (A)0;
+#pragma unroll
+        for (int i = 0; i < NM; ++i) {
+            A a, da;
+            activation<false>(act, gate[i], a, da);
+            o += a * (total - gate[i]);
+        }
+        out[t * d_ff + n] = Tr<T>::cvt(o);
+    } else {
+        const A d = Tr<T>::ld(dout, t * d_ff + n);
+        A s = (A)0;
+#pragma unroll
+        for (int i = 0; i < NM; ++i) {
+            A a, da;
+            activation<true>(act, gate[i], a, da);
+            const A dv = d * a;
+            dbuf[((i64)i * T_ + t) * d_ff + n] = Tr<T>::cvt(d * da * (total - gate[i]) - dv);
+            s += dv;
+        }
+        out[t * d_ff + n] = Tr<T>::cvt(s);
+    }
+}
+
+// Decode (1 .. NT tokens): one warp per row n of W. A lane takes 8-element chunks g = lane,
+// lane + 32, ...: VPC 16-byte loads of W (8 fp16/bf16 = one LDG.128) and one byte of each
+// mask bit-plane, U chunks in flight per lane (U * 16 * VPC bytes). NT * (NM + 1) fp32
+// accumulators in registers, summed over the warp with shuffles; lane t < T runs the
+// epilogue of token t. vec = 0 (d_model % 8 != 0 or a pointer not 16-byte aligned) takes
+// the scalar path over k = lane, lane + 32, ...
+// Launch: block (GEMV_WARPS * 32), grid ceil(d_ff / GEMV_WARPS).
+template <class T, int NM, int MODE, int NT>
+__global__ void __launch_bounds__(256) mglu_rowdot_gemv(
+    const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
+    const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
+    int T_, int d_model, int d_ff, int act, int vec) {
+    typedef typename Tr<T>::acc A;
+    enum { VPC = Tr<T>::VPC };
+    // chunks in flight per lane: 64 bytes of W (4 x LDG.128) up to 8 masks, 32 bytes above
+    // (the mask bytes take U * NM registers); to be tuned on the H100
+    enum { U0 = (NM <= 8 ? 4 : 2) / VPC, U = U0 > 0 ? U0 : 1 };
+    const int lane = threadIdx.x & 31;
+    const i64 n = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (n >= d_ff) return;
+    const i64 PW = (d_model + 7) >> 3;
+    const T* wrow = w + n * d_model;
+
+    A total[NT], gate[NT][NM];
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        total[t] = (A)0;
+#pragma unroll
+        for (int i = 0; i < NM; ++i) gate[t][i] = (A)0;
+    }
+
+    if (vec) {
+        const uint4* wv = reinterpret_cast<const uint4*>(wrow);
+        for (i64 g0 = lane; g0 < PW; g0 += 32 * U) {
+            uint4 q[U][VPC];
+            u32 mb[U][NM];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const i64 g = g0 + 32 * u;
+                if (g < PW) {
+#pragma unroll
+                    for (int v = 0; v < VPC; ++v) q[u][v] = __ldg(wv + g * VPC + v);
+#pragma unroll
+                    for (int i = 0; i < NM; ++i) mb[u][i] = __ldg(m + ((i64)i * d_ff + n) * PW + g);
+                } else {
+#pragma unroll
+                    for (int v = 0; v < VPC; ++v) q[u][v] = make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+                    for (int i = 0; i < NM; ++i) mb[u][i] = 0u;
+                }
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const i64 g = g0 + 32 * u;
+                if (g >= PW) break;
+                A wf[8];
+                Tr<T>::unpack(q[u], wf);
+#pragma unroll
+                for (int t = 0; t < NT; ++t) {
+                    if (t >= T_) break;
+                    A xf[8];
+                    uint4 xq[VPC];
+                    const uint4* xv = reinterpret_cast<const uint4*>(x + (i64)t * d_model);
+#pragma unroll
+                    for (int v = 0; v < VPC; ++v) xq[v] = __ldg(xv + g * VPC + v);
+                    Tr<T>::unpack(xq, xf);
+#pragma unroll
+                    for (int e = 0; e < 8; ++e) total[t] += wf[e] * xf[e];
+#pragma unroll
+                    for (int i = 0; i < NM; ++i) {
+#pragma unroll
+                        for (int e = 0; e < 8; ++e) gate[t][i] += masked(mb[u][i], e, wf[e]) * xf[e];
+                    }
+                }
+            }
+        }
+    } else {
+        for (i64 k = lane; k < d_model; k += 32) {
+            const A wk = Tr<T>::ld(wrow, k);
+            u32 mb[NM];
+#pragma unroll
+            for (int i = 0; i < NM; ++i) mb[i] = __ldg(m + ((i64)i * d_ff + n) * PW + (k >> 3));
+            const int e = (int)(k & 7);
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                if (t >= T_) break;
+                const A xk = Tr<T>::ld(x, (i64)t * d_model + k);
+                total[t] += wk * xk;
+#pragma unroll
+                for (int i = 0; i < NM; ++i) gate[t][i] += masked(mb[i], e, wk) * xk;
+            }
+        }
+    }
+
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            total[t] += __shfl_xor_sync(0xffffffffu, total[t], off);
+#pragma unroll
+            for (int i = 0; i < NM; ++i) gate[t][i] += __shfl_xor_sync(0xffffffffu, gate[t][i], off);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (lane == t && t < T_) rowdot_epilogue<T, NM, MODE>(act, total[t], gate[t], t, n, T_, d_ff, dout, out, dbuf);
+    }
+}
+
+// Many tokens, CUDA cores: a block of 256 threads computes a 32-token x 32-row tile; thread
+// (ty, tx) = (tid / 16, tid % 16) owns tokens ty, ty + 16 and rows tx, tx + 16, each with
+// NM + 1 accumulators. K advances by TK = 32 columns: x and W tiles are staged in shared
+// memory transposed ([k][token], [k][row], padded by 1 against bank conflicts) and converted
+// to the accumulator type; each row's mask bits for the 32 columns are one 32-bit word per
+// plane (four packed bytes). Columns >= d_model are staged as 0, so tail bits do not count.
+// Launch: block 256, grid (ceil(d_ff / 32), ceil(T / 32)).
+template <class T, int NM, int MODE>
+__global__ void __launch_bounds__(256) mglu_rowdot_tiled(
+    const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
+    const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
+    int T_, int d_model, int d_ff, int act) {
+    typedef typename Tr<T>::acc A;
+    // 32 x 32 tile, 2 x 2 outputs per thread of 256: the register budget at NM = 16
+    // (4 * 17 accumulators); to be tuned on the H100
+    enum { BT = 32, BN = 32, TK = 32 };
+    static_assert(BT == BN && BN == TK, "the staging loop fills xs and ws with one index pair");
+    __shared__ A xs[TK][BT + 1];
+    __shared__ A ws[TK][BN + 1];
+    __shared__ u32 ms[NM][BN];
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    const i64 n0 = (i64)blockIdx.x * BN, t0 = (i64)blockIdx.y * BT;
+    const i64 PW = (d_model + 7) >> 3;
+
+    A total[2][2], gate[2][2][NM];
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+            total[a][b] = (A)0;
+#pragma unroll
+            for (int i = 0; i < NM; ++i) gate[a][b][i] = (A)0;
+        }
+
+    for (i64 k0 = 0; k0 < d_model; k0 += TK) {
+        for (int e = tid; e < BT * TK; e += 256) {
+            const int r = e / TK, c = e % TK;
+            const i64 t = t0 + r, k = k0 + c, nn = n0 + r;
+            xs[c][r] = (t < T_ && k < d_model) ? Tr<T>::ld(x, t * d_model + k) : (A)0;
+            ws[c][r] = (nn < d_ff && k < d_model) ? Tr<T>::ld(w, nn * d_model + k) : (A)0;
+        }
+        for (int e = tid; e < NM * BN; e += 256) {
+            const int i = e / BN, r = e % BN;
+            const i64 nn = n0 + r;
+            u32 word = 0u;
+            if (nn < d_ff) {
+                const unsigned char* row = m + ((i64)i * d_ff + nn) * PW;
+#pragma unroll
+                for (int b = 0; b < 4; ++b) {
+                    const i64 g = (k0 >> 3) + b;
+                    if (g < PW) word |= ((u32)__ldg(row + g)) << (8 * b);
+                }
+            }
+            ms[i][r] = word;
+        }
+        __syncthreads();
+        u32 mr[NM][2];
+#pragma unroll
+        for (int i = 0; i < NM; ++i) {
+            mr[i][0] = ms[i][tx];
+            mr[i][1] = ms[i][tx + 16];
+        }
+#pragma unroll 4
+        for (int k = 0; k < TK; ++k) {
+            const A xv[2] = {xs[k][ty], xs[k][ty + 16]};
+            const A wv[2] = {ws[k][tx], ws[k][tx + 16]};
+#pragma unroll
+            for (int b = 0; b < 2; ++b) {
+#pragma unroll
+                for (int a = 0; a < 2; ++a) total[a][b] += xv[a] * wv[b];
+#pragma unroll
+                for (int i = 0; i < NM; ++i) {
+                    const A wm = masked(mr[i][b], k, wv[b]);
+#pragma unroll
+                    for (int a = 0; a < 2; ++a) gate[a][b][i] += xv[a] * wm;
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+#pragma unroll
+    for (int a = 0; a < 2; ++a)
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+            const i64 t = t0 + ty + 16 * a, nn = n0 + tx + 16 * b;
+            if (t < T_ && nn < d_ff) rowdot_epilogue<T, NM, MODE>(act, total[a][b], gate[a][b], t, nn, T_, d_ff, dout, out, dbuf);
+        }
+}
