@@ -58,7 +58,7 @@ def test_tile_constants_match_the_kernels():
     assert "enum { BT = 32, BN = 32, TK = 32 };" in fwd and launcher.ROWDOT_TILE == (32, 32)
     assert "enum { BT = 32, BK = 64, BR = 16 };" in bwd and launcher.DX_TILE == (32, 64)
     assert "enum { BN = 32, BK = 64, BT = 16 };" in bwd and launcher.DW_TILE == (32, 64)
-    assert fwd.count("__launch_bounds__(256)") == 2 and bwd.count("__launch_bounds__(256)") == 2
+    assert fwd.count("__launch_bounds__(256, 1)") == 2 and bwd.count("__launch_bounds__(256, 1)") == 2
     assert launcher.THREADS == launcher.GEMV_WARPS * 32 == 256
 
 

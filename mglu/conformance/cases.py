@@ -80,8 +80,25 @@ def _triton_cases() -> list[Case]:
 
 
 def _cuda_cases() -> list[Case]:
-    """Boundaries of mglu/backends/cuda_backend (its tile constants)."""
-    return []
+    """Boundaries of mglu/backends/cuda_backend (its tile constants).
+
+    Decode kernel (tokens <= 4, NT = 1 or 4): one warp per W row, 8 warps per block, lanes
+    over 8-column chunks (a warp round is 256 columns), 16-byte loads when d_model % 8 == 0,
+    else a scalar path. Tiled kernel (tokens >= 5): 32 tokens x 32 rows, K steps of 32.
+    Backward: dx tiles 32 tokens x 64 columns (16-row steps), dW tiles 32 rows x 64 columns
+    (16-token steps).
+    """
+    cases = [
+        Case("cuda_t1_one_round", (1,), 256, 40, 1),
+        Case("cuda_t4_two_rounds", (4,), 264, 37, 16, activation="gelu"),
+        Case("cuda_t2_scalar_tail", (2,), 255, 45, 3, masks="garbage_tail"),
+        Case("cuda_t5_first_tile", (5,), 72, 33, 2, activation="relu"),
+        Case("cuda_t32_full_tile", (32,), 64, 32, 16, activation="gelu_tanh"),
+        Case("cuda_t33_tail", (33,), 67, 65, 4, masks="garbage_tail", quick=False),
+        Case("cuda_t70_tiles", (70,), 130, 97, 1, activation="sigmoid", quick=False),
+    ]
+    logits = ("cuda_t4_two_rounds", "cuda_t33_tail")
+    return cases + [replace(c, masks="random", form="logits") for c in cases if c.name in logits]
 
 
 def _numba_cases() -> list[Case]:

@@ -15,7 +15,7 @@
 // D_p / S tile (transposed, [row][token]) and the rows' mask bits for the 64 columns.
 // Launch: block 256, grid (ceil(d_model / 64), ceil(T / 32)).
 template <class T>
-__global__ void __launch_bounds__(256) mglu_bwd_dx(
+__global__ void __launch_bounds__(256, 1) mglu_bwd_dx(
     const T* __restrict__ w, const unsigned char* __restrict__ m, const T* __restrict__ dbuf,
     const T* __restrict__ s, T* __restrict__ dx, int n_masks, int T_, int d_model, int d_ff) {
     typedef typename Tr<T>::acc A;
@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(256) mglu_bwd_dx(
 // dM_p = W * P written straight from the accumulator. T = 0 writes zeros.
 // Launch: block 256, grid (ceil(d_model / 64), ceil(d_ff / 32)).
 template <class T, class TM>
-__global__ void __launch_bounds__(256) mglu_bwd_dw(
+__global__ void __launch_bounds__(256, 1) mglu_bwd_dw(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dbuf, const T* __restrict__ s, T* __restrict__ dw, TM* __restrict__ dm,
     int n_masks, int T_, int d_model, int d_ff) {

@@ -48,7 +48,7 @@ __device__ __forceinline__ void rowdot_epilogue(int act, A total, const A* gate,
 // the scalar path over k = lane, lane + 32, ...
 // Launch: block (GEMV_WARPS * 32), grid ceil(d_ff / GEMV_WARPS).
 template <class T, int NM, int MODE, int NT>
-__global__ void __launch_bounds__(256) mglu_rowdot_gemv(
+__global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
     int T_, int d_model, int d_ff, int act, int vec) {
@@ -157,7 +157,7 @@ __global__ void __launch_bounds__(256) mglu_rowdot_gemv(
 // plane (four packed bytes). Columns >= d_model are staged as 0, so tail bits do not count.
 // Launch: block 256, grid (ceil(d_ff / 32), ceil(T / 32)).
 template <class T, int NM, int MODE>
-__global__ void __launch_bounds__(256) mglu_rowdot_tiled(
+__global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
     int T_, int d_model, int d_ff, int act) {

@@ -1,0 +1,116 @@
+"""Register / spill / stack report of the CUDA backend's kernels, and a SASS check of decode.
+
+Runs on a CPU machine with nvcc (no GPU): compiles a representative set of instantiations
+for sm_90 at full optimisation with ``-Xptxas -v``, prints one line per kernel, then
+disassembles the cubin (cuobjdump -sass) and checks that the decode kernels of the target
+regime (fp16/bf16, 1 token) load W with 16-byte loads (LDG.E.128) and touch no local
+memory (LDL/STL). Exit status 1 when a check fails.
+
+    python scripts/cuda_resources.py            # from the repo root
+"""
+
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mglu.backends.cuda_backend import build, launcher
+
+FWD, BWD = launcher.MODE_FWD, launcher.MODE_BWD
+DTYPES = list(launcher.CTYPE)
+#: the decode kernels that must stream W with LDG.E.128 and keep everything in registers
+DECODE_TARGETS = [launcher.rowdot_name(dt, nm, FWD, 1) for dt in (torch.float16, torch.bfloat16) for nm in (1, 2, 4)]
+
+
+def kernels() -> list[str]:
+    names = list(DECODE_TARGETS)
+    for dt in DTYPES:
+        for nm in (1, 4, 16):
+            names += [launcher.rowdot_name(dt, nm, mode, nt) for mode in (FWD, BWD) for nt in (*launcher.GEMV_TOKENS, None)]
+        names += [launcher.dx_name(dt), launcher.dw_name(dt, dt)]
+    return list(dict.fromkeys(names))
+
+
+def find_cuobjdump() -> str | None:
+    import triton  # ships cuobjdump with its NVIDIA backend
+
+    bundled = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
+    return shutil.which("cuobjdump") or next(
+        (str(p) for p in (Path("/usr/local/cuda/bin/cuobjdump"), bundled) if p.exists()), None)
+
+
+def main() -> int:
+    names = kernels()
+    with tempfile.TemporaryDirectory() as tmp:
+        run = build.nvcc(names, Path(tmp), "resources", ("-Xptxas", "-v"))
+        if run.returncode:
+            print(run.stderr)
+            return 1
+        report = parse_ptxas(run.stderr)
+        cuobjdump = find_cuobjdump()
+        sass = subprocess.run([cuobjdump, "-sass", str(Path(tmp) / "resources.cubin")],
+                              capture_output=True, text=True, check=True).stdout if cuobjdump else ""
+    mangled = mangle_map(names, sass or run.stderr)
+    print(f"{'kernel':<46} {'regs':>5} {'stack':>6} {'spill st':>9} {'spill ld':>9} {'smem':>6}")
+    for name in names:
+        r = report.get(mangled.get(name, ""), {})
+        print(f"{name:<46} {r.get('regs', '?'):>5} {r.get('stack', '?'):>6} {r.get('spill_st', '?'):>9} "
+              f"{r.get('spill_ld', '?'):>9} {r.get('smem', 0):>6}")
+    if not sass:
+        print("cuobjdump not found: SASS checks skipped")
+        return 0
+    failed = 0
+    functions = split_sass(sass)
+    for name in names:
+        body = functions.get(mangled.get(name, ""), "")
+        ldg128, local = len(re.findall(r"\bLDG\.E\.128", body)), len(re.findall(r"\b(LDL|STL)\b", body))
+        target = name in DECODE_TARGETS
+        ok = bool(body) and (not target or (ldg128 > 0 and local == 0))
+        failed += not ok
+        if target or local:
+            print(f"SASS {name}: LDG.E.128 x{ldg128}, LDL/STL x{local} {'ok' if ok else 'FAIL'}")
+    return 1 if failed else 0
+
+
+def parse_ptxas(text: str) -> dict[str, dict]:
+    """ptxas -v lines -> {mangled name: regs, stack, spill_st, spill_ld, smem}."""
+    out, current = {}, None
+    for line in text.splitlines():
+        if m := re.search(r"Compiling entry function '(\w+)'", line):
+            current = out.setdefault(m.group(1), {})
+        elif current is not None and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)):
+            current.update(stack=int(m.group(1)), spill_st=int(m.group(2)), spill_ld=int(m.group(3)))
+        elif current is not None and (m := re.search(r"Used (\d+) registers", line)):
+            current["regs"] = int(m.group(1))
+            if s := re.search(r"(\d+) bytes smem", line):
+                current["smem"] = int(s.group(1))
+    return out
+
+
+def mangle_map(names: list[str], text: str) -> dict[str, str]:
+    """Our instantiation names -> mangled symbols, through c++filt on every symbol seen."""
+    symbols = sorted(set(re.findall(r"_Z\d+mglu_\w+", text)))
+    filt = shutil.which("c++filt") or shutil.which("cu++filt")
+    demangled = subprocess.run([filt], input="\n".join(symbols), capture_output=True, text=True).stdout.split("\n")
+    ours = {normal(d): s for s, d in zip(symbols, demangled)}
+    return {name: ours.get(normal(name), "") for name in names}
+
+
+def normal(signature: str) -> str:
+    """'void mglu_bwd_dx<float>(float const*, ...)' and 'mglu_bwd_dx<float>' -> 'mglu_bwd_dx<float>'."""
+    core = re.sub(r"^void ", "", signature).split("(")[0]
+    return re.sub(r"\s+", "", core)
+
+
+def split_sass(sass: str) -> dict[str, str]:
+    """cuobjdump -sass text -> {mangled function: its instructions}."""
+    parts = re.split(r"\n\s*Function : (\S+)\n", sass)
+    return {parts[i]: parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
