@@ -37,7 +37,7 @@ def test_conformance_fails_on_a_broken_backend(monkeypatch, capsys):
 
 def test_conformance_named_unavailable_backend_exits_2(capsys):
     assert main(["conformance", "--quick", "--device", "cpu", "--backend", "cuda"]) == 2
-    assert "cuda: unavailable on cpu: not implemented yet" in capsys.readouterr().out
+    assert "cuda: unavailable on cpu: needs a CUDA tensor (got cpu)" in capsys.readouterr().out
 
 
 def test_help_names_the_subcommands():

@@ -89,11 +89,11 @@ def _cuda_cases() -> list[Case]:
     (16-token steps).
     """
     cases = [
-        Case("cuda_t1_one_round", (1,), 256, 40, 1),
-        Case("cuda_t4_two_rounds", (4,), 264, 37, 16, activation="gelu"),
-        Case("cuda_t2_scalar_tail", (2,), 255, 45, 3, masks="garbage_tail"),
-        Case("cuda_t5_first_tile", (5,), 72, 33, 2, activation="relu"),
-        Case("cuda_t32_full_tile", (32,), 64, 32, 16, activation="gelu_tanh"),
+        Case("cuda_t1_one_round", (1,), 256, 40, 1, quick=False),
+        Case("cuda_t4_two_rounds", (4,), 264, 37, 16, activation="gelu", quick=False),
+        Case("cuda_t2_scalar_tail", (2,), 255, 45, 3, masks="garbage_tail", quick=False),
+        Case("cuda_t5_first_tile", (5,), 72, 33, 2, activation="relu", quick=False),
+        Case("cuda_t32_full_tile", (32,), 64, 32, 16, activation="gelu_tanh", quick=False),
         Case("cuda_t33_tail", (33,), 67, 65, 4, masks="garbage_tail", quick=False),
         Case("cuda_t70_tiles", (70,), 130, 97, 1, activation="sigmoid", quick=False),
     ]
