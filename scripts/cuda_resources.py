@@ -4,7 +4,8 @@ Runs on a CPU machine with nvcc (no GPU): compiles a representative set of insta
 for sm_90 at full optimisation with ``-Xptxas -v``, prints one line per kernel, then
 disassembles the cubin (cuobjdump -sass) and checks that the decode kernels of the target
 regime (fp16/bf16, 1 token) load W with 16-byte loads (LDG.E.128) and touch no local
-memory (LDL/STL). Exit status 1 when a check fails.
+memory (LDL/STL), and that the fp16/bf16 many-token kernels issue HMMA.16816 (tensor cores)
+without local memory. Exit status 1 when a check fails.
 
     python scripts/cuda_resources.py            # from the repo root
 """
@@ -68,11 +69,12 @@ def main() -> int:
     for name in names:
         body = functions.get(mangled.get(name, ""), "")
         ldg128, local = len(re.findall(r"\bLDG\.E\.128", body)), len(re.findall(r"\b(LDL|STL)\b", body))
-        target = name in DECODE_TARGETS
-        ok = bool(body) and (not target or (ldg128 > 0 and local == 0))
+        hmma = len(re.findall(r"\bHMMA\.16816", body))
+        target, mma = name in DECODE_TARGETS, name.startswith("mglu_rowdot_mma")
+        ok = bool(body) and (not target or (ldg128 > 0 and local == 0)) and (not mma or (hmma > 0 and local == 0))
         failed += not ok
-        if target or local:
-            print(f"SASS {name}: LDG.E.128 x{ldg128}, LDL/STL x{local} {'ok' if ok else 'FAIL'}")
+        if target or mma or local:
+            print(f"SASS {name}: LDG.E.128 x{ldg128}, HMMA.16816 x{hmma}, LDL/STL x{local} {'ok' if ok else 'FAIL'}")
     return 1 if failed else 0
 
 

@@ -38,6 +38,8 @@ def test_nvrtc_compiles_one_of_each_kernel():
     names = [launcher.rowdot_name(torch.bfloat16, 4, launcher.MODE_FWD, 1),
              launcher.rowdot_name(torch.float16, 16, launcher.MODE_BWD, 4),
              launcher.rowdot_name(torch.float64, 3, launcher.MODE_BWD, None),
+             launcher.rowdot_name(torch.bfloat16, 5, launcher.MODE_FWD, None),
+             launcher.rowdot_name(torch.float16, 16, launcher.MODE_BWD, None),
              launcher.dx_name(torch.float32),
              launcher.dw_name(torch.float64, torch.bfloat16)]
     ok, log = build.nvrtc(names)
@@ -59,6 +61,8 @@ def test_tile_constants_match_the_kernels():
     assert "enum { BT = 32, BK = 64, BR = 16 };" in bwd and launcher.DX_TILE == (32, 64)
     assert "enum { BN = 32, BK = 64, BT = 16 };" in bwd and launcher.DW_TILE == (32, 64)
     assert fwd.count("__launch_bounds__(256, 1)") == 2 and bwd.count("__launch_bounds__(256, 1)") == 2
+    assert fwd.count("__launch_bounds__(128, 1)") == 1 and launcher.MMA_THREADS == 128
+    assert "blockIdx.y * 32 + (warp >> 1) * 16" in fwd and "blockIdx.x * 32 + (warp & 1) * 16" in fwd
     assert launcher.THREADS == launcher.GEMV_WARPS * 32 == 256
 
 
@@ -75,6 +79,8 @@ def test_plans_name_compiled_kernels_and_cover_the_outputs(dtype, tokens):
                 nt = int(plan.name.rstrip(">").split(",")[-1])
                 assert nt >= tokens and plan.grid[0] * launcher.GEMV_WARPS >= d_ff
             else:
+                kernel = "mglu_rowdot_mma" if dtype in launcher.MMA_DTYPES else "mglu_rowdot_tiled"
+                assert plan.name.startswith(kernel) and plan.takes_vec == (dtype in launcher.MMA_DTYPES)
                 assert plan.grid[0] * 32 >= d_ff and plan.grid[1] * 32 >= tokens
     dx = launcher.dx_plan(dtype, tokens, d_model)
     assert dx.name in compiled and dx.grid[0] * 64 >= d_model and dx.grid[1] * 32 >= tokens
@@ -85,7 +91,8 @@ def test_plans_name_compiled_kernels_and_cover_the_outputs(dtype, tokens):
 
 def test_regime_switch():
     assert "gemv" in launcher.rowdot_plan(torch.bfloat16, 1, 0, max(launcher.GEMV_TOKENS), 10).name
-    assert "tiled" in launcher.rowdot_plan(torch.bfloat16, 1, 0, max(launcher.GEMV_TOKENS) + 1, 10).name
+    assert "mma" in launcher.rowdot_plan(torch.bfloat16, 1, 0, max(launcher.GEMV_TOKENS) + 1, 10).name
+    assert "tiled" in launcher.rowdot_plan(torch.float32, 1, 0, max(launcher.GEMV_TOKENS) + 1, 10).name
 
 
 def test_source_is_one_self_contained_unit():

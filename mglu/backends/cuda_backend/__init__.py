@@ -67,7 +67,7 @@ def _rowdot(mode, x2d, weight, packed, activation, dout, out, dbuf):
     plan = rowdot_plan(x2d.dtype, n_masks, mode, tokens, d_ff)
     args = [pointer(x2d), pointer(weight), pointer(packed), pointer(dout), pointer(out), pointer(dbuf),
             np.int32(tokens), np.int32(d_model), np.int32(d_ff), np.int32(launcher.activation_id(activation))]
-    if plan.name.startswith("mglu_rowdot_gemv"):
+    if plan.takes_vec:
         args.append(np.int32(d_model % 8 == 0 and aligned(x2d, weight)))
     launch(plan, tuple(args), x2d.device, _what(x2d, weight, packed, activation))
 

@@ -41,10 +41,15 @@ MODE_FWD, MODE_BWD = 0, 1
 #: to be measured on the H100. NT = 2 is left out to keep the nvcc build test near 1 minute
 #: per dtype on one core (each rowdot variant costs 16 x 2 instantiations per dtype).
 GEMV_TOKENS = (1, 4)
+#: tensor cores (mma.sync m16n8k16) take fp16/bf16 from 5 tokens; fp32 (IEEE, no TF32)
+#: and fp64 stay on CUDA cores
+MMA_DTYPES = (torch.float16, torch.bfloat16)
+#: threads of the mma kernel: 4 warps, 2 x 2 warp tiles of 16 tokens x 16 rows
+MMA_THREADS = 128
 #: warps per decode block, one W row per warp (8 x 32 = 256 threads, the launch bound)
 GEMV_WARPS = 8
 THREADS = 256
-#: tile sizes: the enums of mglu_rowdot_tiled (32 x 32), mglu_bwd_dx (32 tokens x 64
+#: tile sizes: mglu_rowdot_tiled's enum and mglu_rowdot_mma's 2 x 2 warps (32 x 32), mglu_bwd_dx (32 tokens x 64
 #: columns), mglu_bwd_dw (32 rows x 64 columns); kept equal to the .cu constants
 ROWDOT_TILE = (32, 32)
 DX_TILE = (32, 64)
@@ -62,6 +67,8 @@ class Launch:
     name: str
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
+    #: the kernel takes a last ``vec`` argument (16-byte aligned rows: vector loads)
+    takes_vec: bool = False
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -69,10 +76,12 @@ def _cdiv(a: int, b: int) -> int:
 
 
 def rowdot_name(dtype, n_masks: int, mode: int, nt: int | None) -> str:
-    """``mglu_rowdot_gemv<T, NM, MODE, NT>`` (``nt`` given) or ``mglu_rowdot_tiled<T, NM, MODE>``."""
-    if nt is None:
-        return f"mglu_rowdot_tiled<{CTYPE[dtype]}, {n_masks}, {mode}>"
-    return f"mglu_rowdot_gemv<{CTYPE[dtype]}, {n_masks}, {mode}, {nt}>"
+    """``mglu_rowdot_gemv<T, NM, MODE, NT>`` (``nt`` given), else the many-token kernel:
+    ``mglu_rowdot_mma<T, NM, MODE>`` for fp16/bf16, ``mglu_rowdot_tiled<T, NM, MODE>``."""
+    if nt is not None:
+        return f"mglu_rowdot_gemv<{CTYPE[dtype]}, {n_masks}, {mode}, {nt}>"
+    kernel = "mglu_rowdot_mma" if dtype in MMA_DTYPES else "mglu_rowdot_tiled"
+    return f"{kernel}<{CTYPE[dtype]}, {n_masks}, {mode}>"
 
 
 def activation_id(activation: str) -> int:
@@ -94,10 +103,12 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff) -> Launch:
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     if nt is not None:
         grid = (_cdiv(d_ff, GEMV_WARPS), 1, 1)
-        return Launch(rowdot_name(dtype, n_masks, mode, nt), grid, (GEMV_WARPS * 32, 1, 1))
+        return Launch(rowdot_name(dtype, n_masks, mode, nt), grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True)
     bt, bn = ROWDOT_TILE
     grid = (_cdiv(d_ff, bn), _cdiv(tokens, bt), 1)
-    return Launch(rowdot_name(dtype, n_masks, mode, None), grid, (THREADS, 1, 1))
+    mma = dtype in MMA_DTYPES
+    block = (MMA_THREADS if mma else THREADS, 1, 1)
+    return Launch(rowdot_name(dtype, n_masks, mode, None), grid, block, takes_vec=mma)
 
 
 def dx_plan(dtype, tokens, d_model) -> Launch:

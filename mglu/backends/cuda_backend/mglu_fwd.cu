@@ -238,3 +238,119 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
             if (t < T_ && nn < d_ff) rowdot_epilogue<T, NM, MODE>(act, total[a][b], gate[a][b], t, nn, T_, d_ff, dout, out, dbuf);
         }
 }
+
+// Tensor cores (fp16/bf16, 5 tokens and more): mma.sync.aligned.m16n8k16, A = 16 tokens x
+// 16 columns of x, B = 16 columns x 8 rows of W (W rows are B's columns, "col" layout), fp32
+// accumulators. Fragment ownership (PTX ISA, m16n8k16 .f16/.bf16), g = lane / 4,
+// q = lane % 4, each 32-bit register two consecutive k (lower k in the low half):
+//   A: a0 (g, 2q), a1 (g + 8, 2q), a2 (g, 2q + 8), a3 (g + 8, 2q + 8)      (token, k)
+//   B: b0 (k 2q, row g), b1 (k 2q + 8, row g)
+//   C: c0, c1 (token g, rows 2q, 2q + 1), c2, c3 (token g + 8, same rows)
+// The masked fragment M_i * W is b & pair_mask(bits): the two bits of the mask byte at the
+// pair's columns widened to 0xffff halves, so each plane costs two ANDs and one mma.
+// n_masks + 1 products per W fragment: total, then every gate_i.
+// Block: 4 warps (2 x 2), 32 tokens x 32 rows; warp: 16 tokens x 16 rows (two n8 tiles),
+// 8 (NM + 1) accumulators (136 at NM = 16). Fragments come straight from global memory
+// (each x fragment is read by the two warps of a token half, each W fragment by the two of
+// a row half: L1 hits); vec = 0 takes 16-bit loads. Columns >= d_model load as 0.
+// Launch: block 128, grid (ceil(d_ff / 32), ceil(T / 32)).
+template <class T>
+__device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1);
+
+template <>
+__device__ __forceinline__ void mma16816<mglu_bf16>(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void mma16816<mglu_f16>(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Elements k, k + 1 of a 16-bit row as one register (low half = k); 0 past d_model or for
+// an invalid row. vec: d_model % 8 == 0 and 16-byte aligned bases, so k (even) is 4-byte aligned.
+template <class T>
+__device__ __forceinline__ u32 load_pair(bool valid, const T* row, i64 k, int d_model, int vec) {
+    if (!valid) return 0u;
+    if (vec && k + 1 < d_model) return __ldg(reinterpret_cast<const u32*>(row + k));
+    const u32 lo = k < d_model ? (u32)__ldg(&row[k].bits) : 0u;
+    const u32 hi = k + 1 < d_model ? (u32)__ldg(&row[k + 1].bits) : 0u;
+    return lo | (hi << 16);
+}
+
+// Bits 2q and 2q + 1 of a mask byte as a 32-bit AND mask over a pair of 16-bit elements.
+__device__ __forceinline__ u32 pair_mask(u32 byte, int q) {
+    const u32 lo = (byte >> (2 * q)) & 1u, hi = (byte >> (2 * q + 1)) & 1u;
+    return ((0u - lo) & 0xffffu) | ((0u - hi) << 16);
+}
+
+template <class T, int NM, int MODE>
+__global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
+    const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
+    const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
+    int T_, int d_model, int d_ff, int act, int vec) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, q = lane & 3;
+    const i64 t_base = (i64)blockIdx.y * 32 + (warp >> 1) * 16;
+    const i64 n_base = (i64)blockIdx.x * 32 + (warp & 1) * 16;
+    if (t_base >= T_ || n_base >= d_ff) return;  // the whole warp: no block barrier below
+    const i64 PW = (d_model + 7) >> 3;
+    const i64 ta = t_base + g, tb = t_base + g + 8;
+    const bool va = ta < T_, vb = tb < T_;
+    const T* xa = x + (va ? ta : 0) * d_model;
+    const T* xb = x + (vb ? tb : 0) * d_model;
+    bool vn[2];
+    const T* wr[2];
+    const unsigned char* mr[2];
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+        const i64 n = n_base + 8 * j + g;
+        vn[j] = n < d_ff;
+        wr[j] = w + (vn[j] ? n : 0) * d_model;
+        mr[j] = m + (vn[j] ? n : 0) * PW;
+    }
+
+    float acc[NM + 1][2][4];
+#pragma unroll
+    for (int p = 0; p <= NM; ++p)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[p][j][r] = 0.f;
+
+    for (i64 k0 = 0; k0 < d_model; k0 += 16) {
+        const i64 k = k0 + 2 * q, gb = k0 >> 3;
+        const u32 a[4] = {load_pair(va, xa, k, d_model, vec), load_pair(vb, xb, k, d_model, vec),
+                          load_pair(va, xa, k + 8, d_model, vec), load_pair(vb, xb, k + 8, d_model, vec)};
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const u32 b0 = load_pair(vn[j], wr[j], k, d_model, vec);
+            const u32 b1 = load_pair(vn[j], wr[j], k + 8, d_model, vec);
+            mma16816<T>(acc[0][j], a, b0, b1);
+#pragma unroll
+            for (int i = 0; i < NM; ++i) {
+                const unsigned char* row = mr[j] + (i64)i * d_ff * PW;
+                const u32 m0 = vn[j] ? (u32)__ldg(row + gb) : 0u;
+                const u32 m1 = (vn[j] && gb + 1 < PW) ? (u32)__ldg(row + gb + 1) : 0u;
+                mma16816<T>(acc[i + 1][j], a, b0 & pair_mask(m0, q), b1 & pair_mask(m1, q));
+            }
+        }
+    }
+
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const i64 t = t_base + g + 8 * (r >> 1), n = n_base + 8 * j + 2 * q + (r & 1);
+            if (t < T_ && n < d_ff) {
+                float gate[NM];
+#pragma unroll
+                for (int i = 0; i < NM; ++i) gate[i] = acc[i + 1][j][r];
+                rowdot_epilogue<T, NM, MODE>(act, acc[0][j][r], gate, t, n, T_, d_ff, dout, out, dbuf);
+            }
+        }
+}
