@@ -1,0 +1,152 @@
+"""NumPy mirrors of the CUDA kernels' index math, checked against the torch backend.
+
+No GPU here: these emulate, thread by thread, what mglu_fwd.cu's decode kernel (warp per
+row, 8-column chunks, vector and scalar paths) and tensor-core kernel (mma.sync m16n8k16
+fragment ownership, pair masks, guards, epilogue mapping) compute, in float64, with the same
+index expressions as the .cu files, on odd shapes with garbage tail bits. A wrong chunk,
+bit, fragment or guard formula shows up as a mismatch. (They cannot catch a divergence
+between this mirror and the CUDA text; the device conformance run does.)
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mglu.backends import torch_backend
+from mglu.masks import pack_masks, packed_width
+
+U = 4  # chunks per lane per round (the value for fp16/bf16 at n_masks <= 8)
+
+
+def _epilogue(total, gates):
+    return sum(torch_backend.ACT["silu"](torch.tensor(g), False)[0].item() * (total - g) for g in gates)
+
+
+def _byte(m, i, n, g, d_ff, pw):
+    return int(m.reshape(-1)[(i * d_ff + n) * pw + g])
+
+
+def emulate_gemv(x, w, m, vec):
+    """mglu_rowdot_gemv: one warp per row n, lane l takes chunks g = l + 32 * (U r + u)."""
+    tokens, d_model = x.shape
+    n_masks, d_ff, pw = m.shape
+    out = np.full((tokens, d_ff), np.nan)
+    for n in range(d_ff):
+        total = np.zeros((32, tokens))
+        gate = np.zeros((32, tokens, n_masks))
+        for lane in range(32):
+            if vec:
+                for g0 in range(lane, pw, 32 * U):
+                    for u in range(U):
+                        g = g0 + 32 * u
+                        if g >= pw:
+                            break
+                        wf = w[n, 8 * g: 8 * g + 8]
+                        mb = [_byte(m, i, n, g, d_ff, pw) for i in range(n_masks)]
+                        for t in range(tokens):
+                            xf = x[t, 8 * g: 8 * g + 8]
+                            total[lane, t] += (wf * xf).sum()
+                            for i in range(n_masks):
+                                sel = np.array([(mb[i] >> e) & 1 for e in range(8)], dtype=bool)
+                                gate[lane, t, i] += (np.where(sel, wf, 0.0) * xf).sum()
+            else:
+                for k in range(lane, d_model, 32):
+                    for t in range(tokens):
+                        total[lane, t] += w[n, k] * x[t, k]
+                        for i in range(n_masks):
+                            bit = (_byte(m, i, n, k >> 3, d_ff, pw) >> (k & 7)) & 1
+                            gate[lane, t, i] += (w[n, k] if bit else 0.0) * x[t, k]
+        tot, gat = total.sum(0), gate.sum(0)
+        for t in range(tokens):
+            out[t, n] = _epilogue(tot[t], gat[t])
+    return out
+
+
+def _pair(valid, row, k, d_model):
+    if not valid:
+        return (0.0, 0.0)
+    return (row[k] if k < d_model else 0.0, row[k + 1] if k + 1 < d_model else 0.0)
+
+
+def emulate_mma(x, w, m):
+    """mglu_rowdot_mma: 4 warps (2 x 2) per 32 x 32 block, fragments per lane, D = A B + C."""
+    tokens, d_model = x.shape
+    n_masks, d_ff, pw = m.shape
+    out = np.full((tokens, d_ff), np.nan)
+    for by in range(math.ceil(tokens / 32)):
+        for bx in range(math.ceil(d_ff / 32)):
+            for warp in range(4):
+                t_base, n_base = by * 32 + (warp >> 1) * 16, bx * 32 + (warp & 1) * 16
+                if t_base >= tokens or n_base >= d_ff:
+                    continue
+                acc = np.zeros((n_masks + 1, 2, 32, 4))
+                for k0 in range(0, d_model, 16):
+                    gb = k0 >> 3
+                    a_mat = np.zeros((16, 16))
+                    b_mat = np.zeros((n_masks + 1, 2, 16, 8))
+                    for lane in range(32):
+                        g, q = lane >> 2, lane & 3
+                        k = k0 + 2 * q
+                        ta, tb = t_base + g, t_base + g + 8
+                        xa, xb = x[min(ta, tokens - 1)], x[min(tb, tokens - 1)]
+                        a = [_pair(ta < tokens, xa, k, d_model), _pair(tb < tokens, xb, k, d_model),
+                             _pair(ta < tokens, xa, k + 8, d_model), _pair(tb < tokens, xb, k + 8, d_model)]
+                        for h in range(2):  # ownership: a0 (g, 2q), a1 (g+8, 2q), a2 (g, 2q+8), a3 (g+8, 2q+8)
+                            a_mat[g, 2 * q + h], a_mat[g + 8, 2 * q + h] = a[0][h], a[1][h]
+                            a_mat[g, 2 * q + 8 + h], a_mat[g + 8, 2 * q + 8 + h] = a[2][h], a[3][h]
+                        for j in range(2):
+                            n = n_base + 8 * j + g
+                            valid = n < d_ff
+                            row = w[min(n, d_ff - 1)]
+                            b0, b1 = _pair(valid, row, k, d_model), _pair(valid, row, k + 8, d_model)
+                            for i in range(n_masks + 1):
+                                if i == 0:
+                                    keep0 = keep1 = (1, 1)
+                                else:
+                                    m0 = _byte(m, i - 1, n, gb, d_ff, pw) if valid else 0
+                                    m1 = _byte(m, i - 1, n, gb + 1, d_ff, pw) if valid and gb + 1 < pw else 0
+                                    keep0 = ((m0 >> (2 * q)) & 1, (m0 >> (2 * q + 1)) & 1)
+                                    keep1 = ((m1 >> (2 * q)) & 1, (m1 >> (2 * q + 1)) & 1)
+                                for h in range(2):  # b0 (k 2q, row g), b1 (k 2q+8, row g)
+                                    b_mat[i, j, 2 * q + h, g] = b0[h] if keep0[h] else 0.0
+                                    b_mat[i, j, 2 * q + 8 + h, g] = b1[h] if keep1[h] else 0.0
+                    for i in range(n_masks + 1):
+                        for j in range(2):
+                            d = a_mat @ b_mat[i, j]
+                            for lane in range(32):  # c_r (token g + 8 (r/2), row 2q + r%2)
+                                g, q = lane >> 2, lane & 3
+                                for r in range(4):
+                                    acc[i, j, lane, r] += d[g + 8 * (r >> 1), 2 * q + (r & 1)]
+                for lane in range(32):
+                    g, q = lane >> 2, lane & 3
+                    for j in range(2):
+                        for r in range(4):
+                            t, n = t_base + g + 8 * (r >> 1), n_base + 8 * j + 2 * q + (r & 1)
+                            if t < tokens and n < d_ff:
+                                out[t, n] = _epilogue(acc[0, j, lane, r], acc[1:, j, lane, r])
+    return out
+
+
+def _problem(tokens, d_model, d_ff, n_masks, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, d_model, generator=gen, dtype=torch.float64)
+    w = torch.randn(d_ff, d_model, generator=gen, dtype=torch.float64) / math.sqrt(d_model)
+    packed = pack_masks(torch.rand(n_masks, d_ff, d_model, generator=gen) < 0.5)
+    if d_model % 8:
+        packed[..., packed_width(d_model) - 1] |= 0xFF << (d_model % 8) & 0xFF
+    expected = torch_backend.forward(x, w, packed, "silu").numpy()
+    return x.numpy(), w.numpy(), packed.numpy(), expected
+
+
+@pytest.mark.parametrize("shape, vec", [((2, 264, 5, 2), True), ((1, 64, 3, 1), True), ((3, 45, 4, 3), False)])
+def test_decode_kernel_index_math(shape, vec):
+    x, w, m, expected = _problem(*shape)
+    np.testing.assert_allclose(emulate_gemv(x, w, m, vec), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(37, 45, 41, 2), (5, 32, 8, 1), (17, 23, 33, 3)])
+def test_tensor_core_kernel_index_math(shape):
+    x, w, m, expected = _problem(*shape)
+    np.testing.assert_allclose(emulate_mma(x, w, m), expected, rtol=1e-12, atol=1e-12)
