@@ -1,8 +1,9 @@
 """NumPy mirrors of the CUDA kernels' index math, checked against the torch backend.
 
-No GPU here: these emulate, thread by thread, what mglu_fwd.cu's decode kernel (warp per
-row, 8-column chunks, vector and scalar paths) and tensor-core kernel (mma.sync m16n8k16
-fragment ownership, pair masks, guards, epilogue mapping) compute, in float64, with the same
+No GPU here: these emulate what mglu_fwd.cu's decode kernel (warp per row, 8-column
+chunks, vector and scalar paths), tensor-core kernel (mma.sync m16n8k16 fragment
+ownership, pair masks, guards, epilogue mapping) and CUDA-core tiled kernel, and
+mglu_bwd.cu's dx and dW/dM kernels (staging, mask words, planes) compute, in float64, with the same
 index expressions as the .cu files, on odd shapes with garbage tail bits. A wrong chunk,
 bit, fragment or guard formula shows up as a mismatch. (They cannot catch a divergence
 between this mirror and the CUDA text; the device conformance run does.)
@@ -150,3 +151,150 @@ def test_decode_kernel_index_math(shape, vec):
 def test_tensor_core_kernel_index_math(shape):
     x, w, m, expected = _problem(*shape)
     np.testing.assert_allclose(emulate_mma(x, w, m), expected, rtol=1e-12, atol=1e-12)
+
+
+def _word(m, i, n, first_byte, nbytes, d_ff, pw):
+    """Bytes first_byte .. first_byte + nbytes - 1 of mask row (i, n) as one word (0 past PW)."""
+    word = 0
+    for b in range(nbytes):
+        if n < d_ff and first_byte + b < pw:
+            word |= _byte(m, i, n, first_byte + b, d_ff, pw) << (8 * b)
+    return word
+
+
+def _stage(a, rows, cols):
+    """a[rows, cols] with zeros where an index is out of range (the kernels' guarded loads)."""
+    out = np.zeros((len(rows), len(cols)))
+    for ri, r in enumerate(rows):
+        for ci, c in enumerate(cols):
+            if r < a.shape[0] and c < a.shape[1]:
+                out[ri, ci] = a[r, c]
+    return out
+
+
+def emulate_tiled(x, w, m):
+    """mglu_rowdot_tiled: 32 x 32 tiles, K steps of 32, transposed staging, 32-bit mask words."""
+    tokens, d_model = x.shape
+    n_masks, d_ff, pw = m.shape
+    out = np.full((tokens, d_ff), np.nan)
+    for by in range(math.ceil(tokens / 32)):
+        for bx in range(math.ceil(d_ff / 32)):
+            t0, n0 = by * 32, bx * 32
+            total, gate = np.zeros((32, 32)), np.zeros((n_masks, 32, 32))
+            for k0 in range(0, d_model, 32):
+                xs = _stage(x, range(t0, t0 + 32), range(k0, k0 + 32)).T  # [k][token]
+                ws = _stage(w, range(n0, n0 + 32), range(k0, k0 + 32)).T  # [k][row]
+                ms = np.array([[_word(m, i, n0 + r, k0 >> 3, 4, d_ff, pw) for r in range(32)] for i in range(n_masks)])
+                for k in range(32):
+                    total += np.outer(xs[k], ws[k])
+                    for i in range(n_masks):
+                        gate[i] += np.outer(xs[k], np.where((ms[i] >> k) & 1, ws[k], 0.0))
+            for ty in range(16):
+                for tx in range(16):
+                    for a in range(2):
+                        for b in range(2):
+                            tt, rr = ty + 16 * a, tx + 16 * b
+                            if t0 + tt < tokens and n0 + rr < d_ff:
+                                out[t0 + tt, n0 + rr] = _epilogue(total[tt, rr], gate[:, tt, rr])
+    return out
+
+
+def kernel_a(x, w, bools, dout):
+    """D (n_masks, T, d_ff) and S (T, d_ff): the MODE_BWD epilogue, in float64."""
+    total = x @ w.T
+    d, s = [], np.zeros_like(total)
+    for mask in bools:
+        g = x @ np.where(mask, w, 0.0).T
+        a, da = (v.numpy() for v in torch_backend.ACT["silu"](torch.from_numpy(g), True))
+        d.append(dout * da * (total - g) - dout * a)
+        s += dout * a
+    return np.array(d), s
+
+
+def emulate_dx(w, m, dbuf, s):
+    """mglu_bwd_dx: 32 tokens x 64 columns, 16-row steps, W tile once, per plane D_p / S."""
+    n_masks, d_ff, pw = m.shape
+    tokens, d_model = s.shape[0], w.shape[1]
+    dx = np.full((tokens, d_model), np.nan)
+    for by in range(math.ceil(tokens / 32)):
+        for bx in range(math.ceil(d_model / 64)):
+            t0, k0 = by * 32, bx * 64
+            acc = np.zeros((32, 64))
+            for r0 in range(0, d_ff, 16):
+                ws = _stage(w, range(r0, r0 + 16), range(k0, k0 + 64))
+                for p in range(n_masks + 1):
+                    src = dbuf[p] if p < n_masks else s
+                    as_ = _stage(src, range(t0, t0 + 32), range(r0, r0 + 16)).T  # [row][token]
+                    for r in range(16):
+                        if p < n_masks:
+                            mw = [_word(m, p, r0 + r, (k0 >> 3) + 4 * h, 4, d_ff, pw) for h in range(2)]
+                            bits = np.array([(mw[c >> 5] >> (c & 31)) & 1 for c in range(64)], dtype=bool)
+                            wv = np.where(bits, ws[r], 0.0)
+                        else:
+                            wv = ws[r]
+                        acc += np.outer(as_[r], wv)
+            for tt in range(32):
+                for c in range(64):
+                    if t0 + tt < tokens and k0 + c < d_model:
+                        dx[t0 + tt, k0 + c] = acc[tt, c]
+    return dx
+
+
+def emulate_dw(x, w, m, dbuf, s):
+    """mglu_bwd_dw: 32 rows x 64 columns, per plane P over 16-token steps, dW and dM."""
+    n_masks, d_ff, pw = m.shape
+    tokens, d_model = x.shape
+    dw = np.full((d_ff, d_model), np.nan)
+    dm = np.full((n_masks, d_ff, d_model), np.nan)
+    for by in range(math.ceil(d_ff / 32)):
+        for bx in range(math.ceil(d_model / 64)):
+            n0, k0 = by * 32, bx * 64
+            wreg = _stage(w, range(n0, n0 + 32), range(k0, k0 + 64))
+            dwacc = np.zeros((32, 64))
+            for p in range(n_masks + 1):
+                src = dbuf[p] if p < n_masks else s
+                pacc = np.zeros((32, 64))
+                for tb in range(0, tokens, 16):
+                    xs = _stage(x, range(tb, tb + 16), range(k0, k0 + 64))
+                    ds = _stage(src, range(tb, tb + 16), range(n0, n0 + 32))
+                    for r in range(16):
+                        pacc += np.outer(ds[r], xs[r])
+                for rr in range(32):
+                    for c in range(64):
+                        n, k = n0 + rr, k0 + c
+                        if n >= d_ff or k >= d_model:
+                            continue
+                        if p < n_masks:
+                            bit = (_byte(m, p, n, k >> 3, d_ff, pw) >> (k & 7)) & 1
+                            dwacc[rr, c] += pacc[rr, c] if bit else 0.0
+                            dm[p, n, k] = wreg[rr, c] * pacc[rr, c]
+                        else:
+                            dwacc[rr, c] += pacc[rr, c]
+            for rr in range(32):
+                for c in range(64):
+                    if n0 + rr < d_ff and k0 + c < d_model:
+                        dw[n0 + rr, k0 + c] = dwacc[rr, c]
+    return dw, dm
+
+
+@pytest.mark.parametrize("shape", [(37, 45, 41, 2), (5, 33, 7, 1)])
+def test_tiled_kernel_index_math(shape):
+    x, w, m, expected = _problem(*shape)
+    np.testing.assert_allclose(emulate_tiled(x, w, m), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(35, 70, 37, 2), (3, 9, 17, 1), (0, 13, 5, 2)])
+def test_backward_kernels_index_math(shape):
+    x, w, m, _ = _problem(*shape)  # 0 tokens: kernel C alone writes dW = 0 and dM = 0
+    tokens, d_ff = x.shape[0], w.shape[0]
+    dout = np.random.default_rng(2).standard_normal((tokens, d_ff))
+    bools = np.unpackbits(m, axis=-1, bitorder="little")[..., : x.shape[1]].astype(bool)
+    dbuf, s = kernel_a(x, w, bools, dout)
+    dbuf = dbuf.reshape(m.shape[0], tokens, d_ff)
+    ref_dx, ref_dw, ref_dm = (t.numpy() for t in torch_backend.backward(
+        torch.from_numpy(dout), torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(m), "silu", torch.float64))
+    if tokens:
+        np.testing.assert_allclose(emulate_dx(w, m, dbuf, s), ref_dx, rtol=1e-11, atol=1e-11)
+    dw, dm = emulate_dw(x, w, m, dbuf, s)
+    np.testing.assert_allclose(dw, ref_dw, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dm, ref_dm, rtol=1e-11, atol=1e-11)
