@@ -55,7 +55,7 @@ def record(part, label, ms, kernel, bytes_=None, flops=None, limits=None):
     extra = f"{row.get('GBps', 0):7.0f} GB/s {row.get('pct_copy', 0):5.1f}%" if bytes_ else \
         f"{row.get('TFLOPs', 0):6.1f} TF/s {row.get('pct_mm', 0):5.1f}%"
     print(f"{part:8s} {label:58s} {row['us']:9.1f} us {extra}  regs={row['regs']} spills={row['spills']} "
-          f"{ {k: v for k, v in row.items() if k in ('LDG.E.128', 'HGMMA', 'HMMA', 'LDL', 'LDGSTS')} }",
+          f"{ {k: v for k, v in row.items() if k in ('LDG.E.128', 'LDG.E.U8', 'HGMMA', 'HMMA', 'LDL', 'LDGSTS')} }",
           flush=True)
 
 
@@ -71,51 +71,46 @@ def time_gemv(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
     record(part, f"gemv {K}x{N} T={T} n={n} {dtype} {c}", ms, kern, decode_bytes(T, K, N, n), limits=limits)
 
 
-def time_mma(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
+def time_mma(part, T, K, N, n, c, limits, dtype=torch.bfloat16, bits3=True):
     x, w, p = inputs(T, K, N, n, dtype)
     out = torch.empty(T, N, device=DEV, dtype=dtype)
-    kern = launch.launch_gates(x, w, p, out, None, 0, 0, c)
-    ms = do_bench(lambda: launch.launch_gates(x, w, p, out, None, 0, 0, c), return_mode="median")
-    flops = 2 * T * N * K * (n + 1)
+    kern = launch.launch_gates(x, w, p, out, None, 0, 0, c, bits3)
+    ms = do_bench(lambda: launch.launch_gates(x, w, p, out, None, 0, 0, c, bits3), return_mode="median")
+    label = f"mma{' bits3' if bits3 else ' gather'} {K}x{N} T={T} n={n} {c}"
     if T <= 64:
-        record(part, f"mma {K}x{N} T={T} n={n} {c}", ms, kern, decode_bytes(T, K, N, n), limits=limits)
+        record(part, label, ms, kern, decode_bytes(T, K, N, n), limits=limits)
     else:
-        record(part, f"mma {K}x{N} T={T} n={n} {c}", ms, kern, flops=flops, limits=limits)
+        record(part, label, ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
 
 
 def part_decode(limits):
     for n in (1, 4, 8):
-        for bn in (4, 8, 16):
-            for bg in (32, 64, 128):
-                for nw in (4, 8):
-                    time_gemv("decode", 1, 4096, 14336, n, tiles.Gemv(bn, bg, nw), limits)
-    for n in (1, 4):
-        for c in (tiles.Mma(64, 16, 128, 4, 4), tiles.Mma(32, 16, 256, 4, 4), tiles.Mma(16, 16, 256, 4, 4)):
-            time_mma("decode", 1, 4096, 14336, n, c, limits)
+        for bn, bg, nw in ((4, 16, 4), (4, 32, 4), (8, 16, 4), (8, 32, 4), (16, 16, 4), (16, 32, 4),
+                           (8, 64, 4), (16, 32, 8), (32, 16, 8), (4, 64, 2)):
+            time_gemv("decode", 1, 4096, 14336, n, tiles.Gemv(bn, bg, nw), limits)
+    for dt in (torch.float16, torch.bfloat16):
+        for shape in ((4096, 11008), (8192, 28672)):
+            time_gemv("decode", 1, *shape, 4, tiles.gemv_tiles(4), limits, dt)
 
 
 def part_batched(limits):
-    configs = [tiles.Mma(bn, 16, bk, nw, st) for bn, bk, nw, st in
-               ((64, 128, 4, 4), (32, 128, 4, 4), (32, 256, 4, 4), (64, 256, 4, 3), (128, 128, 8, 3),
-                (64, 128, 4, 6), (16, 256, 4, 4))]
     for T in (2, 4, 8, 16):
         for n in (1, 4):
-            for c in configs:
+            time_gemv("batched", T, 4096, 14336, n, tiles.gemv_tiles(n), limits)
+            for c in (tiles.Mma(64, 16, 128, 4, 4), tiles.Mma(128, 16, 128, 8, 3)):
                 time_mma("batched", T, 4096, 14336, n, c, limits)
-            if T <= 4:
-                time_gemv("batched", T, 4096, 14336, n, tiles.gemv_tiles(triton.next_power_of_2(n)), limits)
     for n in (1, 4):
-        for c in (tiles.Mma(64, 64, 128, 4, 4), tiles.Mma(128, 64, 64, 8, 3), tiles.Mma(64, 64, 64, 4, 4),
-                  tiles.Mma(128, 64, 128, 8, 3)):
+        for c in (tiles.Mma(64, 64, 128, 4, 4), tiles.Mma(128, 64, 64, 8, 3)):
             time_mma("batched", 64, 4096, 14336, n, c, limits)
+        time_mma("batched", 64, 4096, 14336, n, tiles.Mma(64, 64, 128, 4, 4), limits, bits3=False)
 
 
 def part_prefill(limits):
     for n in (1, 4):
-        for c in (tiles.Mma(128, 128, 64, 8, 3), tiles.Mma(128, 64, 64, 8, 3), tiles.Mma(128, 128, 32, 8, 4),
-                  tiles.Mma(64, 128, 64, 4, 3), tiles.Mma(128, 64, 64, 4, 3), tiles.Mma(64, 64, 64, 4, 4),
-                  tiles.Mma(256, 64, 64, 8, 3), tiles.Mma(128, 256, 64, 8, 3)):
+        for c in (tiles.Mma(128, 128, 64, 8, 3), tiles.Mma(128, 64, 64, 8, 3), tiles.Mma(64, 128, 64, 4, 3),
+                  tiles.Mma(128, 64, 64, 4, 3)):
             time_mma("prefill", 8192, 4096, 14336, n, c, limits)
+        time_mma("prefill", 8192, 4096, 14336, n, tiles.Mma(128, 64, 64, 8, 3), limits, bits3=False)
 
 
 def part_bwd(limits):
@@ -129,15 +124,13 @@ def part_bwd(limits):
         ms = do_bench(lambda: launch.launch_gates(x, w, p, ds, dout, 0, 1, c), return_mode="median")
         record("bwd", f"ds-pass T={T} {c}", ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
         dx = torch.empty(T, K, device=DEV, dtype=torch.bfloat16)
-        for c in (tiles.Mma(64, 128, 128, 8, 3), tiles.Mma(64, 128, 64, 8, 3), tiles.Mma(32, 128, 128, 4, 4),
-                  tiles.Mma(64, 64, 128, 4, 4)):
+        for c in (tiles.Mma(64, 128, 128, 8, 3), tiles.Mma(64, 128, 64, 8, 3)):
             kern = launch.launch_dx(ds, w, p, dx, c)
             ms = do_bench(lambda: launch.launch_dx(ds, w, p, dx, c), return_mode="median")
             record("bwd", f"dx T={T} {c}", ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
         dw = torch.empty(N, K, device=DEV, dtype=torch.bfloat16)
         dm = torch.empty(n, N, K, device=DEV, dtype=torch.bfloat16)
-        for c in (tiles.Mma(128, 64, 128, 8, 3), tiles.Mma(128, 64, 64, 8, 3), tiles.Mma(64, 64, 128, 4, 4),
-                  tiles.Mma(128, 128, 64, 8, 3)):
+        for c in (tiles.Mma(128, 64, 128, 8, 3), tiles.Mma(128, 64, 64, 8, 3)):
             kern = launch.launch_dw(ds, x, w, p, dw, dm, c)
             ms = do_bench(lambda: launch.launch_dw(ds, x, w, p, dw, dm, c), return_mode="median")
             record("bwd", f"dw+dM T={T} {c}", ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)

@@ -27,37 +27,86 @@ from .act import act, act_grad
 
 
 @triton.jit
-def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, T, N, K, KB,
-             N_MASKS: tl.constexpr, N_PAD: tl.constexpr, TP: tl.constexpr, ACT: tl.constexpr,
+def _mask_part(byte_ptr, m, NKB, bmask, prod, b3, valid):
+    """``(BN, BG)``: per 8-column group, the sum of ``prod`` where mask ``m``'s bit is set."""
+    byte = tl.load(byte_ptr + m * NKB, mask=bmask & valid, other=0)
+    return tl.sum(tl.where(((byte >> b3.to(tl.uint8)) & 1) != 0, prod, 0.0), axis=2)
+
+
+@triton.jit
+def _gemv_term(acc, total, res, valid, ACT: tl.constexpr):
+    g = tl.sum(acc, axis=1)
+    return res + tl.where(valid, act(g, ACT) * (total - g), 0.0)
+
+
+@triton.jit
+def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
+             N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr,
              BN: tl.constexpr, BG: tl.constexpr, ACC: tl.constexpr):
-    """``out (T, N)`` for ``T <= TP`` tokens; one program per ``BN`` rows of W."""
-    pid = tl.program_id(0)
-    offs_n = pid * BN + tl.arange(0, BN)
-    offs_g = tl.arange(0, BG)
-    offs_b = tl.arange(0, 8)
-    offs_m = tl.arange(0, N_PAD)
-    offs_t = tl.arange(0, TP)
+    """``out[t, rows]`` for one token ``t = program_id(0)`` and ``BN`` rows of W.
+
+    ``G`` (1..8) gate accumulators per pass over K; ``total`` comes from the first pass.
+    """
+    t = tl.program_id(0)
+    offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
     n3 = offs_n[:, None, None]
-    acc_t = tl.zeros((TP, BN, BG), ACC)
-    acc_g = tl.zeros((N_PAD, TP, BN, BG), ACC)
-    for kb0 in range(0, KB, BG):
-        col = (kb0 + offs_g)[None, :, None] * 8 + offs_b[None, None, :]          # (1, BG, 8)
-        w = tl.load(w_ptr + n3 * K + col, mask=(n3 < N) & (col < K), other=0.0).to(ACC)
-        xm = (offs_t[:, None, None] < T) & (col < K)
-        xt = tl.load(x_ptr + offs_t[:, None, None] * K + col, mask=xm, other=0.0).to(ACC)  # (TP, BG, 8)
-        prod = w[None, :, :, :] * xt[:, None, :, :]                               # (TP, BN, BG, 8)
-        acc_t += tl.sum(prod, axis=3)
-        pm = (offs_m[:, None, None] < N_MASKS) & (offs_n[None, :, None] < N) & ((kb0 + offs_g)[None, None, :] < KB)
-        byte = tl.load(p_ptr + offs_m[:, None, None] * (N * KB) + offs_n[None, :, None] * KB
-                       + (kb0 + offs_g)[None, None, :], mask=pm, other=0)         # (N_PAD, BN, BG)
-        bit = (byte[:, None, :, :, None] >> offs_b[None, None, None, None, :].to(tl.uint8)) & 1
-        acc_g += tl.sum(tl.where(bit != 0, prod[None, :, :, :, :], 0.0), axis=4)
-    total = tl.sum(acc_t, axis=2)                                                  # (TP, BN)
-    gate = tl.sum(acc_g, axis=3)                                                   # (N_PAD, TP, BN)
-    term = act(gate, ACT) * (total[None, :, :] - gate)
-    res = tl.sum(tl.where(offs_m[:, None, None] < N_MASKS, term, 0.0), axis=0)
-    om = (offs_t[:, None] < T) & (offs_n[None, :] < N)
-    tl.store(out_ptr + offs_t[:, None] * N + offs_n[None, :], res, mask=om)
+    g3 = tl.arange(0, BG)[None, :, None]
+    b3 = tl.arange(0, 8)[None, None, :]
+    NKB = N * KB
+    total = tl.zeros((BN,), ACC)
+    res = tl.zeros((BN,), ACC)
+    for grp in tl.static_range(0, N_MASKS, G):
+        acc_t = tl.zeros((BN, BG), ACC)
+        a0 = tl.zeros((BN, BG), ACC)
+        a1 = tl.zeros((BN, BG), ACC)
+        a2 = tl.zeros((BN, BG), ACC)
+        a3 = tl.zeros((BN, BG), ACC)
+        a4 = tl.zeros((BN, BG), ACC)
+        a5 = tl.zeros((BN, BG), ACC)
+        a6 = tl.zeros((BN, BG), ACC)
+        a7 = tl.zeros((BN, BG), ACC)
+        for kb0 in range(0, KB, BG):
+            col = (kb0 + g3) * 8 + b3
+            w = tl.load(w_ptr + n3 * K + col, mask=(n3 < N) & (col < K), other=0.0).to(ACC)
+            xv = tl.load(x_ptr + t * K + col, mask=col < K, other=0.0).to(ACC)
+            prod = w * xv
+            if grp == 0:
+                acc_t += tl.sum(prod, axis=2)
+            byte_ptr = p_ptr + n3 * KB + (kb0 + g3)
+            bmask = (n3 < N) & (kb0 + g3 < KB)
+            a0 += _mask_part(byte_ptr, grp, NKB, bmask, prod, b3, True)
+            if G > 1:
+                a1 += _mask_part(byte_ptr, grp + 1, NKB, bmask, prod, b3, grp + 1 < N_MASKS)
+            if G > 2:
+                a2 += _mask_part(byte_ptr, grp + 2, NKB, bmask, prod, b3, grp + 2 < N_MASKS)
+            if G > 3:
+                a3 += _mask_part(byte_ptr, grp + 3, NKB, bmask, prod, b3, grp + 3 < N_MASKS)
+            if G > 4:
+                a4 += _mask_part(byte_ptr, grp + 4, NKB, bmask, prod, b3, grp + 4 < N_MASKS)
+            if G > 5:
+                a5 += _mask_part(byte_ptr, grp + 5, NKB, bmask, prod, b3, grp + 5 < N_MASKS)
+            if G > 6:
+                a6 += _mask_part(byte_ptr, grp + 6, NKB, bmask, prod, b3, grp + 6 < N_MASKS)
+            if G > 7:
+                a7 += _mask_part(byte_ptr, grp + 7, NKB, bmask, prod, b3, grp + 7 < N_MASKS)
+        if grp == 0:
+            total = tl.sum(acc_t, axis=1)
+        res = _gemv_term(a0, total, res, True, ACT)
+        if G > 1:
+            res = _gemv_term(a1, total, res, grp + 1 < N_MASKS, ACT)
+        if G > 2:
+            res = _gemv_term(a2, total, res, grp + 2 < N_MASKS, ACT)
+        if G > 3:
+            res = _gemv_term(a3, total, res, grp + 3 < N_MASKS, ACT)
+        if G > 4:
+            res = _gemv_term(a4, total, res, grp + 4 < N_MASKS, ACT)
+        if G > 5:
+            res = _gemv_term(a5, total, res, grp + 5 < N_MASKS, ACT)
+        if G > 6:
+            res = _gemv_term(a6, total, res, grp + 6 < N_MASKS, ACT)
+        if G > 7:
+            res = _gemv_term(a7, total, res, grp + 7 < N_MASKS, ACT)
+    tl.store(out_ptr + t * N + offs_n, res, mask=offs_n < N)
 
 
 @triton.jit
@@ -81,11 +130,31 @@ def _bits(p_ptr, m, offs_n, kcol, N, KB, valid):
 
 
 @triton.jit
+def _bits3(p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
+    """``(BN, 8 BG)`` int1 like :func:`_bits` for columns ``8 kb0 ..``, one byte load per
+    8 columns, expanded in registers (``(BN, BG, 8)`` reshaped)."""
+    g = kb0 + tl.arange(0, BG)
+    byte = tl.load(p_ptr + m * (N * KB) + offs_n[:, None] * KB + g[None, :],
+                   mask=valid & (offs_n[:, None] < N) & (g[None, :] < KB), other=255)
+    bits = (byte[:, :, None] >> tl.arange(0, 8).to(tl.uint8)[None, None, :]) & 1
+    return tl.reshape(bits, (offs_n.shape[0], 8 * BG)) != 0
+
+
+@triton.jit
+def _mbits(p_ptr, m, offs_n, k0, kcol, N, KB, valid, BK: tl.constexpr, BITS3: tl.constexpr):
+    if BITS3:
+        r = _bits3(p_ptr, m, offs_n, k0 // 8, N, KB, valid, BK // 8)
+    else:
+        r = _bits(p_ptr, m, offs_n, kcol, N, KB, valid)
+    return r
+
+
+@triton.jit
 def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PREC)
+    return tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)
 
 
 @triton.jit
@@ -109,7 +178,7 @@ def _gate_epilogue(g, total, dout, res, ds_ptr, m, offs_t, offs_n, T, N,
 def fwd_mma(x_ptr, w_ptr, p_ptr, out_ptr, dout_ptr, T, N, K, KB,
             N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr,
             BN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr,
-            PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
+            PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, BITS3: tl.constexpr):
     """Tile ``(BN rows of W) x (BT tokens)``; masks in groups of ``G`` (1..4) accumulators.
 
     ``out_ptr``: ``out (T, N)`` (MODE 0) or ``DS (n_masks + 1, T, N)`` (MODE 1).
@@ -138,16 +207,17 @@ def fwd_mma(x_ptr, w_ptr, p_ptr, out_ptr, dout_ptr, T, N, K, KB,
             xt = tl.load(xp + kcol[:, None], mask=(offs_t[None, :] < T) & (kcol[:, None] < K), other=0.0)
             if grp == 0:
                 total = _dot(w, xt, total, PREC, UPCAST)
-            g0 = _dot(tl.where(_bits(p_ptr, grp, offs_n, kcol, N, KB, True), w, 0.0), xt, g0, PREC, UPCAST)
+            g0 = _dot(tl.where(_mbits(p_ptr, grp, offs_n, k0, kcol, N, KB, True, BK, BITS3), w, 0.0),
+                      xt, g0, PREC, UPCAST)
             if G > 1:
-                g1 = _dot(tl.where(_bits(p_ptr, grp + 1, offs_n, kcol, N, KB, grp + 1 < N_MASKS), w, 0.0),
-                          xt, g1, PREC, UPCAST)
+                g1 = _dot(tl.where(_mbits(p_ptr, grp + 1, offs_n, k0, kcol, N, KB, grp + 1 < N_MASKS, BK, BITS3),
+                                   w, 0.0), xt, g1, PREC, UPCAST)
             if G > 2:
-                g2 = _dot(tl.where(_bits(p_ptr, grp + 2, offs_n, kcol, N, KB, grp + 2 < N_MASKS), w, 0.0),
-                          xt, g2, PREC, UPCAST)
+                g2 = _dot(tl.where(_mbits(p_ptr, grp + 2, offs_n, k0, kcol, N, KB, grp + 2 < N_MASKS, BK, BITS3),
+                                   w, 0.0), xt, g2, PREC, UPCAST)
             if G > 3:
-                g3 = _dot(tl.where(_bits(p_ptr, grp + 3, offs_n, kcol, N, KB, grp + 3 < N_MASKS), w, 0.0),
-                          xt, g3, PREC, UPCAST)
+                g3 = _dot(tl.where(_mbits(p_ptr, grp + 3, offs_n, k0, kcol, N, KB, grp + 3 < N_MASKS, BK, BITS3),
+                                   w, 0.0), xt, g3, PREC, UPCAST)
         res = _gate_epilogue(g0, total, dout, res, out_ptr, grp, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
         if G > 1:
             res = _gate_epilogue(g1, total, dout, res, out_ptr, grp + 1, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)

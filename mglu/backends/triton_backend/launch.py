@@ -41,7 +41,7 @@ def forward(x2d, weight, packed, activation):
         return out
     act = ACT_ID[activation]
     if T <= tiles.GEMV_MAX_TOKENS:
-        launch_gemv(x2d, weight, packed, out, act, tiles.gemv_tiles(_next_pow2(n)))
+        launch_gemv(x2d, weight, packed, out, act, tiles.gemv_tiles(n))
     else:
         launch_gates(x2d, weight, packed, out, None, act, 0, tiles.mma_fwd_tiles(T, tiles.gate_group(n)))
     return out
@@ -51,13 +51,13 @@ def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):
     """``fwd_gemv`` with tiles ``c`` (``scripts/triton_tune.py`` passes its own)."""
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
-    return kernels.fwd_gemv[(triton.cdiv(N, c.BN),)](
-        x2d, weight, packed, out, T, N, K, packed.shape[2],
-        N_MASKS=n, N_PAD=_next_pow2(n), TP=_next_pow2(T), ACT=act, BN=c.BN, BG=c.BG,
+    return kernels.fwd_gemv[(T, triton.cdiv(N, c.BN))](
+        x2d, weight, packed, out, N, K, packed.shape[2],
+        N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=act, BN=c.BN, BG=c.BG,
         ACC=_acc(x2d.dtype), num_warps=c.num_warps)
 
 
-def launch_gates(x2d, weight, packed, dst, dout, act: int, mode: int, c: tiles.Mma):
+def launch_gates(x2d, weight, packed, dst, dout, act: int, mode: int, c: tiles.Mma, bits3: bool = True):
     """``fwd_mma``: ``out`` (mode 0) or the backward's ``DS`` (mode 1), tiles ``c``."""
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
@@ -66,7 +66,7 @@ def launch_gates(x2d, weight, packed, dst, dout, act: int, mode: int, c: tiles.M
     return kernels.fwd_mma[grid](
         x2d, weight, packed, dst, dout, T, N, K, packed.shape[2],
         N_MASKS=n, G=g, ACT=act, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP,
-        PREC=PRECISION, UPCAST=_upcast(x2d.dtype), ACC=_acc(x2d.dtype),
+        PREC=PRECISION, UPCAST=_upcast(x2d.dtype), ACC=_acc(x2d.dtype), BITS3=bits3,
         num_warps=c.num_warps, num_stages=c.num_stages)
 
 

@@ -35,24 +35,22 @@ class Mma:
 MIN_DOT = 16
 #: programs that share operand tiles in L2 are launched GROUP at a time (Triton's tutorial)
 GROUP = 8
-#: the forward keeps total, the running sum and G gate accumulators live: at most 4 gates
+#: the tensor-core forward keeps total, the running sum and G gate accumulators of
+#: BN x BT fp32 live: at most 4 gates
 MAX_GATE_ACCS = 4
+#: the GEMV's gate accumulators are BN x BG partial sums: at most 8 (kernels.fwd_gemv)
+MAX_GEMV_ACCS = 8
 
 
-def gemv_tiles(n_pad: int) -> Gemv:
-    """GEMV tiles: 16-byte loads need BG*8 >= 8 consecutive 16-bit elements per thread;
-    the ``N_PAD`` gate accumulators take ``n_pad * BN * BG / threads`` registers, kept
-    near 32 (255 is the hardware's per-thread limit)."""
-    if n_pad <= 2:
-        return Gemv(BN=16, BG=64, num_warps=4)
-    if n_pad <= 8:
-        return Gemv(BN=8, BG=64, num_warps=4)
-    return Gemv(BN=4, BG=64, num_warps=4)
+def gemv_tiles(n_masks: int) -> Gemv:
+    """GEMV tiles: a thread's 8 consecutive 16-bit elements are one 16-byte load; each of
+    the ``G + 1`` accumulators takes ``BN * BG / threads`` registers."""
+    return Gemv(BN=8, BG=32, num_warps=4)
 
 
-def gate_group(n_masks: int) -> int:
+def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:
     """Gate accumulators per pass over K: ``ceil(n / passes)`` with the fewest passes."""
-    passes = -(-n_masks // MAX_GATE_ACCS)
+    passes = -(-n_masks // most)
     return -(-n_masks // passes)
 
 
