@@ -67,7 +67,7 @@ def test_tile_constants_match_the_kernels():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 31, 32, 33, 70])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 4, 5, 16, 17, 31, 32, 33, 70])
 def test_plans_name_compiled_kernels_and_cover_the_outputs(dtype, tokens):
     compiled = set(launcher.instantiations())
     d_model, d_ff = 77, 131
@@ -81,7 +81,9 @@ def test_plans_name_compiled_kernels_and_cover_the_outputs(dtype, tokens):
             else:
                 kernel = "mglu_rowdot_mma" if dtype in launcher.MMA_DTYPES else "mglu_rowdot_tiled"
                 assert plan.name.startswith(kernel) and plan.takes_vec == (dtype in launcher.MMA_DTYPES)
-                assert plan.grid[0] * 32 >= d_ff and plan.grid[1] * 32 >= tokens
+                split = plan.tail == (1,)
+                assert split == (dtype in launcher.MMA_DTYPES and tokens <= launcher.MMA_SPLIT_TOKENS)
+                assert plan.grid[0] * 32 >= d_ff and plan.grid[1] * (16 if split else 32) >= tokens
     dx = launcher.dx_plan(dtype, tokens, d_model)
     assert dx.name in compiled and dx.grid[0] * 64 >= d_model and dx.grid[1] * 32 >= tokens
     for dm in (None, *DTYPES):

@@ -65,61 +65,69 @@ def emulate_gemv(x, w, m, vec):
     return out
 
 
-def _pair(valid, row, k, d_model):
-    if not valid:
-        return (0.0, 0.0)
-    return (row[k] if k < d_model else 0.0, row[k + 1] if k + 1 < d_model else 0.0)
+def _load8(valid, row, c0, d_model):
+    """load8: columns c0 .. c0 + 7 as four (lo, hi) pairs, 0 past d_model or for an invalid row."""
+    cols = [row[c] if valid and c < d_model else 0.0 for c in range(c0, c0 + 8)]
+    return [(cols[2 * j], cols[2 * j + 1]) for j in range(4)]
 
 
-def emulate_mma(x, w, m):
-    """mglu_rowdot_mma: 4 warps (2 x 2) per 32 x 32 block, fragments per lane, D = A B + C."""
+def emulate_mma(x, w, m, layout):
+    """mglu_rowdot_mma: 4 warps per block (layout 0: 2 token x 2 row warps; layout 1: 2 row
+    warps x 2 K halves), lane q owns columns k0 + 8q .. + 7 of each 32-column step, logical k
+    of step s permuted to physical columns as in the .cu, D = A B + C per fragment."""
     tokens, d_model = x.shape
     n_masks, d_ff, pw = m.shape
     out = np.full((tokens, d_ff), np.nan)
-    for by in range(math.ceil(tokens / 32)):
+    split = layout == 1
+    for by in range(math.ceil(tokens / (16 if split else 32))):
         for bx in range(math.ceil(d_ff / 32)):
+            partial = {}
             for warp in range(4):
-                t_base, n_base = by * 32 + (warp >> 1) * 16, bx * 32 + (warp & 1) * 16
-                if t_base >= tokens or n_base >= d_ff:
+                kh = (warp >> 1) if split else 0
+                t_base = by * 16 if split else by * 32 + (warp >> 1) * 16
+                n_base = bx * 32 + (warp & 1) * 16
+                if not (t_base < tokens and n_base < d_ff):
                     continue
                 acc = np.zeros((n_masks + 1, 2, 32, 4))
-                for k0 in range(0, d_model, 16):
-                    gb = k0 >> 3
-                    a_mat = np.zeros((16, 16))
-                    b_mat = np.zeros((n_masks + 1, 2, 16, 8))
-                    for lane in range(32):
-                        g, q = lane >> 2, lane & 3
-                        k = k0 + 2 * q
-                        ta, tb = t_base + g, t_base + g + 8
-                        xa, xb = x[min(ta, tokens - 1)], x[min(tb, tokens - 1)]
-                        a = [_pair(ta < tokens, xa, k, d_model), _pair(tb < tokens, xb, k, d_model),
-                             _pair(ta < tokens, xa, k + 8, d_model), _pair(tb < tokens, xb, k + 8, d_model)]
-                        for h in range(2):  # ownership: a0 (g, 2q), a1 (g+8, 2q), a2 (g, 2q+8), a3 (g+8, 2q+8)
-                            a_mat[g, 2 * q + h], a_mat[g + 8, 2 * q + h] = a[0][h], a[1][h]
-                            a_mat[g, 2 * q + 8 + h], a_mat[g + 8, 2 * q + 8 + h] = a[2][h], a[3][h]
-                        for j in range(2):
-                            n = n_base + 8 * j + g
-                            valid = n < d_ff
-                            row = w[min(n, d_ff - 1)]
-                            b0, b1 = _pair(valid, row, k, d_model), _pair(valid, row, k + 8, d_model)
-                            for i in range(n_masks + 1):
-                                if i == 0:
-                                    keep0 = keep1 = (1, 1)
-                                else:
-                                    m0 = _byte(m, i - 1, n, gb, d_ff, pw) if valid else 0
-                                    m1 = _byte(m, i - 1, n, gb + 1, d_ff, pw) if valid and gb + 1 < pw else 0
-                                    keep0 = ((m0 >> (2 * q)) & 1, (m0 >> (2 * q + 1)) & 1)
-                                    keep1 = ((m1 >> (2 * q)) & 1, (m1 >> (2 * q + 1)) & 1)
-                                for h in range(2):  # b0 (k 2q, row g), b1 (k 2q+8, row g)
-                                    b_mat[i, j, 2 * q + h, g] = b0[h] if keep0[h] else 0.0
-                                    b_mat[i, j, 2 * q + 8 + h, g] = b1[h] if keep1[h] else 0.0
-                    for i in range(n_masks + 1):
-                        for j in range(2):
-                            d = a_mat @ b_mat[i, j]
-                            for lane in range(32):  # c_r (token g + 8 (r/2), row 2q + r%2)
-                                g, q = lane >> 2, lane & 3
-                                for r in range(4):
-                                    acc[i, j, lane, r] += d[g + 8 * (r >> 1), 2 * q + (r & 1)]
+                for k0 in range(32 * kh, d_model, 64 if split else 32):
+                    for s in range(2):
+                        a_mat = np.zeros((16, 16))
+                        b_mat = np.zeros((n_masks + 1, 2, 16, 8))
+                        for lane in range(32):
+                            g, q = lane >> 2, lane & 3
+                            c0, gb = k0 + 8 * q, (k0 >> 3) + q
+                            ta, tb = t_base + g, t_base + g + 8
+                            ra = _load8(ta < tokens, x[min(ta, tokens - 1)], c0, d_model)
+                            rb = _load8(tb < tokens, x[min(tb, tokens - 1)], c0, d_model)
+                            a = [ra[2 * s], rb[2 * s], ra[2 * s + 1], rb[2 * s + 1]]
+                            for h in range(2):  # a0 (g, 2q), a1 (g+8, 2q), a2 (g, 2q+8), a3 (g+8, 2q+8)
+                                a_mat[g, 2 * q + h], a_mat[g + 8, 2 * q + h] = a[0][h], a[1][h]
+                                a_mat[g, 2 * q + 8 + h], a_mat[g + 8, 2 * q + 8 + h] = a[2][h], a[3][h]
+                            for j in range(2):
+                                n = n_base + 8 * j + g
+                                valid = n < d_ff
+                                b = _load8(valid, w[min(n, d_ff - 1)], c0, d_model)
+                                b0, b1 = b[2 * s], b[2 * s + 1]
+                                for i in range(n_masks + 1):
+                                    byte = 0xFF
+                                    if i:
+                                        byte = _byte(m, i - 1, n, gb, d_ff, pw) if valid and gb < pw else 0
+                                    for h in range(2):  # b0 (k 2q, row g), b1 (k 2q+8, row g)
+                                        b_mat[i, j, 2 * q + h, g] = b0[h] if (byte >> (4 * s + h)) & 1 else 0.0
+                                        b_mat[i, j, 2 * q + 8 + h, g] = b1[h] if (byte >> (4 * s + 2 + h)) & 1 else 0.0
+                        for i in range(n_masks + 1):
+                            for j in range(2):
+                                d = a_mat @ b_mat[i, j]
+                                for lane in range(32):  # c_r (token g + 8 (r/2), row 2q + r%2)
+                                    g, q = lane >> 2, lane & 3
+                                    for r in range(4):
+                                        acc[i, j, lane, r] += d[g + 8 * (r >> 1), 2 * q + (r & 1)]
+                partial[warp] = (acc, t_base, n_base)
+            for warp, (acc, t_base, n_base) in partial.items():
+                if split and warp >> 1:
+                    continue
+                if split:
+                    acc = acc + partial[warp + 2][0]
                 for lane in range(32):
                     g, q = lane >> 2, lane & 3
                     for j in range(2):
@@ -147,10 +155,11 @@ def test_decode_kernel_index_math(shape, vec):
     np.testing.assert_allclose(emulate_gemv(x, w, m, vec), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(37, 45, 41, 2), (5, 32, 8, 1), (17, 23, 33, 3)])
-def test_tensor_core_kernel_index_math(shape):
+@pytest.mark.parametrize("shape, layout", [((37, 45, 41, 2), 0), ((17, 72, 33, 3), 0), ((5, 32, 8, 1), 1),
+                                           ((16, 100, 40, 2), 1), ((9, 45, 33, 1), 1)])
+def test_tensor_core_kernel_index_math(shape, layout):
     x, w, m, expected = _problem(*shape)
-    np.testing.assert_allclose(emulate_mma(x, w, m), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(emulate_mma(x, w, m, layout), expected, rtol=1e-12, atol=1e-12)
 
 
 def _word(m, i, n, first_byte, nbytes, d_ff, pw):

@@ -69,6 +69,7 @@ def _rowdot(mode, x2d, weight, packed, activation, dout, out, dbuf):
             np.int32(tokens), np.int32(d_model), np.int32(d_ff), np.int32(launcher.activation_id(activation))]
     if plan.takes_vec:
         args.append(np.int32(d_model % 8 == 0 and aligned(x2d, weight)))
+    args += [np.int32(v) for v in plan.tail]
     launch(plan, tuple(args), x2d.device, _what(x2d, weight, packed, activation))
 
 

@@ -44,8 +44,13 @@ GEMV_TOKENS = (1, 4)
 #: tensor cores (mma.sync m16n8k16) take fp16/bf16 from 5 tokens; fp32 (IEEE, no TF32)
 #: and fp64 stay on CUDA cores
 MMA_DTYPES = (torch.float16, torch.bfloat16)
-#: threads of the mma kernel: 4 warps, 2 x 2 warp tiles of 16 tokens x 16 rows
+#: threads of the mma kernel: 4 warps of 16 tokens x 16 rows each
 MMA_THREADS = 128
+#: up to this many tokens (one 16-token tile) the mma kernel uses layout 1: its 4 warps
+#: cover 2 row tiles x 2 K halves of one token tile instead of 2 token tiles x 2 row tiles,
+#: so no warp idles on absent tokens and twice the blocks stream W; whether layout 1 also
+#: wins from 17 to 32 tokens is to be measured on the H100
+MMA_SPLIT_TOKENS = 16
 #: warps per decode block, one W row per warp (8 x 32 = 256 threads, the launch bound)
 GEMV_WARPS = 8
 THREADS = 256
@@ -67,8 +72,10 @@ class Launch:
     name: str
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
-    #: the kernel takes a last ``vec`` argument (16-byte aligned rows: vector loads)
+    #: the kernel takes a ``vec`` argument after ``act`` (16-byte aligned rows: vector loads)
     takes_vec: bool = False
+    #: further int arguments, after ``vec`` (the mma kernel's warp layout)
+    tail: tuple[int, ...] = ()
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -105,10 +112,12 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff) -> Launch:
         grid = (_cdiv(d_ff, GEMV_WARPS), 1, 1)
         return Launch(rowdot_name(dtype, n_masks, mode, nt), grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True)
     bt, bn = ROWDOT_TILE
-    grid = (_cdiv(d_ff, bn), _cdiv(tokens, bt), 1)
-    mma = dtype in MMA_DTYPES
-    block = (MMA_THREADS if mma else THREADS, 1, 1)
-    return Launch(rowdot_name(dtype, n_masks, mode, None), grid, block, takes_vec=mma)
+    name = rowdot_name(dtype, n_masks, mode, None)
+    if dtype not in MMA_DTYPES:
+        return Launch(name, (_cdiv(d_ff, bn), _cdiv(tokens, bt), 1), (THREADS, 1, 1))
+    layout = 1 if tokens <= MMA_SPLIT_TOKENS else 0
+    grid = (_cdiv(d_ff, bn), _cdiv(tokens, 16 if layout else bt), 1)
+    return Launch(name, grid, (MMA_THREADS, 1, 1), takes_vec=True, tail=(layout,))
 
 
 def dx_plan(dtype, tokens, d_model) -> Launch:

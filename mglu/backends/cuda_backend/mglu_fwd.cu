@@ -240,20 +240,29 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
 }
 
 // Tensor cores (fp16/bf16, 5 tokens and more): mma.sync.aligned.m16n8k16, A = 16 tokens x
-// 16 columns of x, B = 16 columns x 8 rows of W (W rows are B's columns, "col" layout), fp32
+// 16 k of x, B = 16 k x 8 rows of W (W rows are B's columns, "col" layout), fp32
 // accumulators. Fragment ownership (PTX ISA, m16n8k16 .f16/.bf16), g = lane / 4,
-// q = lane % 4, each 32-bit register two consecutive k (lower k in the low half):
+// q = lane % 4, each 32-bit register two consecutive logical k (lower k in the low half):
 //   A: a0 (g, 2q), a1 (g + 8, 2q), a2 (g, 2q + 8), a3 (g + 8, 2q + 8)      (token, k)
 //   B: b0 (k 2q, row g), b1 (k 2q + 8, row g)
 //   C: c0, c1 (token g, rows 2q, 2q + 1), c2, c3 (token g + 8, same rows)
-// The masked fragment M_i * W is b & pair_mask(bits): the two bits of the mask byte at the
-// pair's columns widened to 0xffff halves, so each plane costs two ANDs and one mma.
-// n_masks + 1 products per W fragment: total, then every gate_i.
-// Block: 4 warps (2 x 2), 32 tokens x 32 rows; warp: 16 tokens x 16 rows (two n8 tiles),
-// 8 (NM + 1) accumulators (136 at NM = 16). Fragments come straight from global memory
-// (each x fragment is read by the two warps of a token half, each W fragment by the two of
-// a row half: L1 hits); vec = 0 takes 16-bit loads. Columns >= d_model load as 0.
-// Launch: block 128, grid (ceil(d_ff / 32), ceil(T / 32)).
+// A product sums over k, so any permutation of k applied to A and B alike is free. We take
+// 32 columns per step and give lane q the 8 physical columns c0 = k0 + 8q .. c0 + 7: one
+// 16-byte load of W per row (as in the decode kernel), one of x per token, and exactly one
+// byte of each mask plane. Logical k of mma step s (0, 1) maps to physical columns
+//   (2q, 2q + 1) -> c0 + 4s + (0, 1),   (2q + 8, 2q + 9) -> c0 + 4s + (2, 3),
+// the same for A and B (a function of k and s only), so register j of the lane's 8 columns
+// (pair j = columns c0 + 2j, 2j + 1) is b0 (j = 2s) or b1 (j = 2s + 1) of step s.
+// The masked fragment M_i * W is the register AND pair_mask(byte, 2j): the pair's two bits
+// widened to 0xffff halves. n_masks + 1 mma per (A, B) fragment pair: total, every gate_i.
+//
+// Block: 4 warps, each 16 tokens x 16 rows (two n8 tiles), 8 (NM + 1) accumulators.
+//   layout 0: warps 2 (tokens) x 2 (rows): 32 tokens x 32 rows, grid (ceil(d_ff/32), ceil(T/32)).
+//   layout 1 (T <= 16, decode): warps 2 (rows) x 2 (K halves, 32-column steps alternating):
+//     16 tokens x 32 rows, grid (ceil(d_ff/32), ceil(T/16)); the second half's partial sums
+//     go through shared memory and are added to the first's (fixed order: deterministic).
+// Fragments come straight from global memory (L1 serves the warps sharing an x or W tile).
+// vec = 0 (d_model % 8 != 0 or unaligned bases) loads 16-bit elements one by one.
 template <class T>
 __device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1);
 
@@ -271,20 +280,28 @@ __device__ __forceinline__ void mma16816<mglu_f16>(float* c, const u32* a, u32 b
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Elements k, k + 1 of a 16-bit row as one register (low half = k); 0 past d_model or for
-// an invalid row. vec: d_model % 8 == 0 and 16-byte aligned bases, so k (even) is 4-byte aligned.
+// Columns c0 .. c0 + 7 of a 16-bit row as four registers (pair j = columns c0 + 2j, 2j + 1,
+// low half first); 0 past d_model or for an invalid row. vec: one 16-byte load (c0 % 8 == 0,
+// d_model % 8 == 0, 16-byte aligned base).
 template <class T>
-__device__ __forceinline__ u32 load_pair(bool valid, const T* row, i64 k, int d_model, int vec) {
-    if (!valid) return 0u;
-    if (vec && k + 1 < d_model) return __ldg(reinterpret_cast<const u32*>(row + k));
-    const u32 lo = k < d_model ? (u32)__ldg(&row[k].bits) : 0u;
-    const u32 hi = k + 1 < d_model ? (u32)__ldg(&row[k + 1].bits) : 0u;
-    return lo | (hi << 16);
+__device__ __forceinline__ void load8(bool valid, const T* row, i64 c0, int d_model, int vec, u32* r) {
+    if (valid && vec && c0 < d_model) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(row + c0));
+        r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const i64 k = c0 + 2 * j;
+        const u32 lo = (valid && k < d_model) ? (u32)__ldg(&row[k].bits) : 0u;
+        const u32 hi = (valid && k + 1 < d_model) ? (u32)__ldg(&row[k + 1].bits) : 0u;
+        r[j] = lo | (hi << 16);
+    }
 }
 
-// Bits 2q and 2q + 1 of a mask byte as a 32-bit AND mask over a pair of 16-bit elements.
-__device__ __forceinline__ u32 pair_mask(u32 byte, int q) {
-    const u32 lo = (byte >> (2 * q)) & 1u, hi = (byte >> (2 * q + 1)) & 1u;
+// Bits b and b + 1 of a mask byte as a 32-bit AND mask over a pair of 16-bit elements.
+__device__ __forceinline__ u32 pair_mask(u32 byte, int b) {
+    const u32 lo = (byte >> b) & 1u, hi = (byte >> (b + 1)) & 1u;
     return ((0u - lo) & 0xffffu) | ((0u - hi) << 16);
 }
 
@@ -292,12 +309,15 @@ template <class T, int NM, int MODE>
 __global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
-    int T_, int d_model, int d_ff, int act, int vec) {
+    int T_, int d_model, int d_ff, int act, int vec, int layout) {
+    __shared__ float red[2][NM + 1][2][4][32];  // layout 1: [row warp][product][n tile][reg][lane]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, q = lane & 3;
-    const i64 t_base = (i64)blockIdx.y * 32 + (warp >> 1) * 16;
+    const bool split = layout == 1;
+    const int kh = split ? (warp >> 1) : 0;
+    const i64 t_base = split ? (i64)blockIdx.y * 16 : (i64)blockIdx.y * 32 + (warp >> 1) * 16;
     const i64 n_base = (i64)blockIdx.x * 32 + (warp & 1) * 16;
-    if (t_base >= T_ || n_base >= d_ff) return;  // the whole warp: no block barrier below
+    const bool active = t_base < T_ && n_base < d_ff;  // no return before the barrier below
     const i64 PW = (d_model + 7) >> 3;
     const i64 ta = t_base + g, tb = t_base + g + 8;
     const bool va = ta < T_, vb = tb < T_;
@@ -322,24 +342,50 @@ __global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[p][j][r] = 0.f;
 
-    for (i64 k0 = 0; k0 < d_model; k0 += 16) {
-        const i64 k = k0 + 2 * q, gb = k0 >> 3;
-        const u32 a[4] = {load_pair(va, xa, k, d_model, vec), load_pair(vb, xb, k, d_model, vec),
-                          load_pair(va, xa, k + 8, d_model, vec), load_pair(vb, xb, k + 8, d_model, vec)};
+    const i64 kstep = split ? 64 : 32;
+    for (i64 k0 = active ? 32 * kh : d_model; k0 < d_model; k0 += kstep) {
+        const i64 c0 = k0 + 8 * q, gb = (k0 >> 3) + q;
+        u32 ra[4], rb[4];
+        load8(va, xa, c0, d_model, vec, ra);
+        load8(vb, xb, c0, d_model, vec, rb);
+        const u32 a0[4] = {ra[0], rb[0], ra[1], rb[1]};
+        const u32 a1[4] = {ra[2], rb[2], ra[3], rb[3]};
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-            const u32 b0 = load_pair(vn[j], wr[j], k, d_model, vec);
-            const u32 b1 = load_pair(vn[j], wr[j], k + 8, d_model, vec);
-            mma16816<T>(acc[0][j], a, b0, b1);
+            u32 b[4];
+            load8(vn[j], wr[j], c0, d_model, vec, b);
+            mma16816<T>(acc[0][j], a0, b[0], b[1]);
+            mma16816<T>(acc[0][j], a1, b[2], b[3]);
 #pragma unroll
             for (int i = 0; i < NM; ++i) {
-                const unsigned char* row = mr[j] + (i64)i * d_ff * PW;
-                const u32 m0 = vn[j] ? (u32)__ldg(row + gb) : 0u;
-                const u32 m1 = (vn[j] && gb + 1 < PW) ? (u32)__ldg(row + gb + 1) : 0u;
-                mma16816<T>(acc[i + 1][j], a, b0 & pair_mask(m0, q), b1 & pair_mask(m1, q));
+                const u32 byte = (vn[j] && gb < PW) ? (u32)__ldg(mr[j] + (i64)i * d_ff * PW + gb) : 0u;
+                mma16816<T>(acc[i + 1][j], a0, b[0] & pair_mask(byte, 0), b[1] & pair_mask(byte, 2));
+                mma16816<T>(acc[i + 1][j], a1, b[2] & pair_mask(byte, 4), b[3] & pair_mask(byte, 6));
             }
         }
     }
+
+    if (split) {
+        if (kh == 1 && active) {
+#pragma unroll
+            for (int p = 0; p <= NM; ++p)
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) red[warp & 1][p][j][r][lane] = acc[p][j][r];
+        }
+        __syncthreads();
+        if (kh == 1) return;
+        if (active) {
+#pragma unroll
+            for (int p = 0; p <= NM; ++p)
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) acc[p][j][r] += red[warp & 1][p][j][r][lane];
+        }
+    }
+    if (!active) return;
 
 #pragma unroll
     for (int j = 0; j < 2; ++j)
