@@ -84,7 +84,9 @@ def _cuda_cases() -> list[Case]:
 
     Decode kernel (tokens <= 4, NT = 1 or 4): one warp per W row, 8 warps per block, lanes
     over 8-column chunks (a warp round is 256 columns), 16-byte loads when d_model % 8 == 0,
-    else a scalar path. Tiled kernel (tokens >= 5): 32 tokens x 32 rows, K steps of 32.
+    else a scalar path. From 5 tokens: tensor-core kernel (fp16/bf16; 16 tokens x 32 rows
+    with two K halves up to 16 tokens, 32 x 32 above, 32-column steps) or the CUDA-core
+    tiled kernel (fp32/fp64; 32 tokens x 32 rows, K steps of 32).
     Backward: dx tiles 32 tokens x 64 columns (16-row steps), dW tiles 32 rows x 64 columns
     (16-token steps).
     """
@@ -93,6 +95,8 @@ def _cuda_cases() -> list[Case]:
         Case("cuda_t4_two_rounds", (4,), 264, 37, 16, activation="gelu", quick=False),
         Case("cuda_t2_scalar_tail", (2,), 255, 45, 3, masks="garbage_tail", quick=False),
         Case("cuda_t5_first_tile", (5,), 72, 33, 2, activation="relu", quick=False),
+        Case("cuda_t16_split_k", (16,), 136, 40, 3, quick=False),
+        Case("cuda_t17_two_token_tiles", (17,), 100, 40, 2, masks="garbage_tail", quick=False),
         Case("cuda_t32_full_tile", (32,), 64, 32, 16, activation="gelu_tanh", quick=False),
         Case("cuda_t33_tail", (33,), 67, 65, 4, masks="garbage_tail", quick=False),
         Case("cuda_t70_tiles", (70,), 130, 97, 1, activation="sigmoid", quick=False),

@@ -37,11 +37,6 @@ def _cupy_missing() -> str | None:
     return None
 
 
-@functools.cache
-def _capability(index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
-
-
 def reasons(problem: Problem) -> list[str]:
     """Runs CUDA tensors on sm_80 or newer with CuPy installed, within the grid limits."""
     if problem.device.type != "cuda":
@@ -50,15 +45,16 @@ def reasons(problem: Problem) -> list[str]:
     missing = _cupy_missing()
     if missing:
         out.append(missing)
-    cap = _capability(problem.device.index if problem.device.index is not None else torch.cuda.current_device())
+    cap = launcher._capability(problem.device.index if problem.device.index is not None else torch.cuda.current_device())
     if cap < MIN_CAPABILITY:
         out.append(f"needs compute capability {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]} or newer (got {cap[0]}.{cap[1]})")
     return out + launcher.grid_limits(problem.tokens, problem.d_ff)
 
 
-def _what(x2d, weight, packed, activation) -> str:
-    return (f"T={x2d.shape[0]} d_model={x2d.shape[1]} d_ff={weight.shape[0]} n_masks={packed.shape[0]} "
-            f"dtype={x2d.dtype} activation={activation}")
+def _what(x2d, weight, packed, activation):
+    """The problem in words, for an error message (built only when a launch fails)."""
+    return lambda: (f"T={x2d.shape[0]} d_model={x2d.shape[1]} d_ff={weight.shape[0]} n_masks={packed.shape[0]} "
+                    f"dtype={x2d.dtype} activation={activation}")
 
 
 def _rowdot(mode, x2d, weight, packed, activation, dout, out, dbuf):

@@ -191,15 +191,21 @@ def aligned(*tensors: torch.Tensor) -> bool:
     return all(t.data_ptr() % VECTOR_BYTES == 0 for t in tensors)
 
 
-def launch(plan: Launch, args: tuple, device: torch.device, what: str) -> None:
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def launch(plan: Launch, args: tuple, device: torch.device, what) -> None:
     """Run ``plan`` on torch's current stream of ``device``; a CUDA error (compile or launch)
-    becomes a RuntimeError naming the kernel and ``what`` (the problem). Nothing here waits
-    for the device, so the call can be captured in a CUDA graph once compiled."""
+    becomes a RuntimeError naming the kernel and ``what()`` (the problem, built only then).
+    Nothing here waits for the device, so the call can be captured in a CUDA graph once
+    compiled (the first call compiles)."""
     import cupy
 
-    capability = torch.cuda.get_device_capability(device)
+    capability = _capability(device.index)
     try:
         with cupy.cuda.Device(device.index), cupy.cuda.Stream.from_external(torch.cuda.current_stream(device)):
             _function(plan.name, capability)(plan.grid, plan.block, args)
     except Exception as exc:
-        raise RuntimeError(f"cuda backend: kernel {plan.name} grid={plan.grid} failed for {what}: {exc}") from exc
+        raise RuntimeError(f"cuda backend: kernel {plan.name} grid={plan.grid} failed for {what()}: {exc}") from exc
