@@ -112,3 +112,39 @@ def test_reasons_refuse_cpu_tensors_with_a_sentence():
 def test_kernel_sources_are_package_data():
     text = (Path(__file__).parents[1] / "pyproject.toml").read_text()
     assert re.search(r'"mglu\.backends\.cuda_backend" = \[.*"\*\.cu".*"\*\.cuh".*\]', text)
+
+
+def _signatures():
+    """Kernel name -> ['ptr' | 'int', ...] from the __global__ declarations in the .cu files."""
+    text = launcher.source()
+    sigs = {}
+    for name, params in re.findall(r"__global__ void __launch_bounds__\([^)]*\) (\w+)\((.*?)\) \{", text, flags=re.S):
+        sigs[name] = ["ptr" if "*" in p else "int" for p in params.split(",")]
+    return sigs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tokens", [0, 1, 3, 7, 16, 40])
+@pytest.mark.parametrize("logits", [False, True])
+def test_launch_arguments_match_the_kernel_signatures(monkeypatch, dtype, tokens, logits):
+    """forward/backward run up to the CuPy call (launch captured): every launch passes one
+    np.uint64 per pointer and one np.int32 per int parameter, in the kernel's order."""
+    import numpy as np
+
+    from mglu.backends import cuda_backend
+
+    sigs, calls = _signatures(), []
+    assert set(sigs) == {"mglu_rowdot_gemv", "mglu_rowdot_tiled", "mglu_rowdot_mma", "mglu_bwd_dx", "mglu_bwd_dw"}
+    monkeypatch.setattr(cuda_backend, "launch", lambda plan, args, device, what: calls.append((plan, args, what())))
+    d_model, d_ff, n_masks = 20, 12, 3
+    x = torch.randn(tokens, d_model).to(dtype)
+    w = torch.randn(d_ff, d_model).to(dtype)
+    packed = torch.zeros(n_masks, d_ff, 3, dtype=torch.uint8)
+    cuda_backend.forward(x, w, packed, "gelu")
+    out = cuda_backend.backward(torch.randn(tokens, d_ff).to(dtype), x, w, packed, "gelu", dtype if logits else None)
+    assert len(calls) == (3 if tokens else 0) + 1
+    for plan, args, what in calls:
+        kinds = sigs[plan.name.split("<")[0]]
+        assert [("ptr" if isinstance(a, np.uint64) else "int" if isinstance(a, np.int32) else "?") for a in args] == kinds
+        assert f"T={tokens}" in what and "activation=gelu" in what
+    assert (out[2] is None) != logits and out[0].shape == (tokens, d_model) and out[1].shape == (d_ff, d_model)
