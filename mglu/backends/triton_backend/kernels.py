@@ -122,17 +122,11 @@ def _grouped(pid, n_tiles_a, n_tiles_b, GROUP: tl.constexpr):
 
 
 @triton.jit
-def _bits(p_ptr, m, offs_n, kcol, N, KB, valid):
-    """``(BN, BK)`` int1: bit ``kcol % 8`` of byte ``P[m, n, kcol // 8]``; all-ones past the masks."""
-    byte = tl.load(p_ptr + m * (N * KB) + offs_n[:, None] * KB + (kcol // 8)[None, :],
-                   mask=valid & (offs_n[:, None] < N), other=255)
-    return ((byte >> (kcol % 8).to(tl.uint8)[None, :]) & 1) != 0
-
-
-@triton.jit
-def _bits3(p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
-    """``(BN, 8 BG)`` int1 like :func:`_bits` for columns ``8 kb0 ..``, one byte load per
-    8 columns, expanded in registers (``(BN, BG, 8)`` reshaped)."""
+def _bits(p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
+    """``(BN, 8 BG)`` int1: bit ``c % 8`` of byte ``P[m, n, c // 8]`` for the columns
+    ``c = 8 kb0 ..``; all-ones where ``valid`` is false (the plane ``M_n = 1``). One byte
+    load per 8 columns, expanded in registers (``(BN, BG, 8)`` reshaped): a per-column
+    byte gather ran 5-7x slower on the H100 (DESIGN.md)."""
     g = kb0 + tl.arange(0, BG)
     byte = tl.load(p_ptr + m * (N * KB) + offs_n[:, None] * KB + g[None, :],
                    mask=valid & (offs_n[:, None] < N) & (g[None, :] < KB), other=255)
@@ -141,20 +135,17 @@ def _bits3(p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
 
 
 @triton.jit
-def _mbits(p_ptr, m, offs_n, k0, kcol, N, KB, valid, BK: tl.constexpr, BITS3: tl.constexpr):
-    if BITS3:
-        r = _bits3(p_ptr, m, offs_n, k0 // 8, N, KB, valid, BK // 8)
-    else:
-        r = _bits(p_ptr, m, offs_n, kcol, N, KB, valid)
-    return r
-
-
-@triton.jit
 def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
     if UPCAST:
         a = a.to(tl.float32)
         b = b.to(tl.float32)
-    return tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)
+    if a.dtype == tl.float64:
+        # Triton 3.6 cannot lower fp64 tl.dot with an operand built in registers
+        # ("fp64 don't support largeK MMA"): CUDA-core FMAs on small tiles instead
+        r = acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    else:
+        r = tl.dot(a, b, acc, input_precision=PREC, out_dtype=acc.dtype)
+    return r
 
 
 @triton.jit
@@ -178,7 +169,7 @@ def _gate_epilogue(g, total, dout, res, ds_ptr, m, offs_t, offs_n, T, N,
 def fwd_mma(x_ptr, w_ptr, p_ptr, out_ptr, dout_ptr, T, N, K, KB,
             N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr,
             BN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr,
-            PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr, BITS3: tl.constexpr):
+            PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
     """Tile ``(BN rows of W) x (BT tokens)``; masks in groups of ``G`` (1..4) accumulators.
 
     ``out_ptr``: ``out (T, N)`` (MODE 0) or ``DS (n_masks + 1, T, N)`` (MODE 1).
@@ -207,16 +198,16 @@ def fwd_mma(x_ptr, w_ptr, p_ptr, out_ptr, dout_ptr, T, N, K, KB,
             xt = tl.load(xp + kcol[:, None], mask=(offs_t[None, :] < T) & (kcol[:, None] < K), other=0.0)
             if grp == 0:
                 total = _dot(w, xt, total, PREC, UPCAST)
-            g0 = _dot(tl.where(_mbits(p_ptr, grp, offs_n, k0, kcol, N, KB, True, BK, BITS3), w, 0.0),
+            g0 = _dot(tl.where(_bits(p_ptr, grp, offs_n, k0 // 8, N, KB, True, BK // 8), w, 0.0),
                       xt, g0, PREC, UPCAST)
             if G > 1:
-                g1 = _dot(tl.where(_mbits(p_ptr, grp + 1, offs_n, k0, kcol, N, KB, grp + 1 < N_MASKS, BK, BITS3),
+                g1 = _dot(tl.where(_bits(p_ptr, grp + 1, offs_n, k0 // 8, N, KB, grp + 1 < N_MASKS, BK // 8),
                                    w, 0.0), xt, g1, PREC, UPCAST)
             if G > 2:
-                g2 = _dot(tl.where(_mbits(p_ptr, grp + 2, offs_n, k0, kcol, N, KB, grp + 2 < N_MASKS, BK, BITS3),
+                g2 = _dot(tl.where(_bits(p_ptr, grp + 2, offs_n, k0 // 8, N, KB, grp + 2 < N_MASKS, BK // 8),
                                    w, 0.0), xt, g2, PREC, UPCAST)
             if G > 3:
-                g3 = _dot(tl.where(_mbits(p_ptr, grp + 3, offs_n, k0, kcol, N, KB, grp + 3 < N_MASKS, BK, BITS3),
+                g3 = _dot(tl.where(_bits(p_ptr, grp + 3, offs_n, k0 // 8, N, KB, grp + 3 < N_MASKS, BK // 8),
                                    w, 0.0), xt, g3, PREC, UPCAST)
         res = _gate_epilogue(g0, total, dout, res, out_ptr, grp, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
         if G > 1:
@@ -249,7 +240,7 @@ def bwd_dx(ds_ptr, w_ptr, p_ptr, dx_ptr, T, N, K, KB,
         dm = (offs_t[:, None] < T) & (offs_n[None, :] < N)
         for i in range(N_MASKS + 1):
             ds = tl.load(ds_ptr + i * T * N + offs_t[:, None] * N + offs_n[None, :], mask=dm, other=0.0)
-            bits = _bits(p_ptr, i, offs_n, offs_k, N, KB, i < N_MASKS)
+            bits = _bits(p_ptr, i, offs_n, pid_k * (BK // 8), N, KB, i < N_MASKS, BK // 8)
             acc = _dot(ds, tl.where(bits, w, 0.0), acc, PREC, UPCAST)
     om = (offs_t[:, None] < T) & (offs_k[None, :] < K)
     tl.store(dx_ptr + offs_t[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty), mask=om)
@@ -277,7 +268,7 @@ def bwd_dw(ds_ptr, x_ptr, w_ptr, p_ptr, dw_ptr, dm_ptr, T, N, K, KB,
             xt = tl.load(x_ptr + offs_t[:, None] * K + offs_k[None, :],
                          mask=(offs_t[:, None] < T) & (offs_k[None, :] < K), other=0.0)
             p = _dot(dst, xt, p, PREC, UPCAST)
-        bits = _bits(p_ptr, i, offs_n, offs_k, N, KB, i < N_MASKS)
+        bits = _bits(p_ptr, i, offs_n, pid_k * (BK // 8), N, KB, i < N_MASKS, BK // 8)
         dw += tl.where(bits, p, 0.0)
         if HAS_DM:
             tl.store(dm_ptr + i * N * K + offs_n[:, None] * K + offs_k[None, :],

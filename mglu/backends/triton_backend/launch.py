@@ -28,10 +28,6 @@ def _upcast(dtype: torch.dtype) -> bool:
     return interpreting() and dtype in _UPCAST
 
 
-def _next_pow2(v: int) -> int:
-    return triton.next_power_of_2(v)
-
-
 def forward(x2d, weight, packed, activation):
     """``out (T, d_ff) = sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``."""
     T, K = x2d.shape
@@ -40,11 +36,15 @@ def forward(x2d, weight, packed, activation):
     if T == 0:
         return out
     act = ACT_ID[activation]
-    if T <= tiles.GEMV_MAX_TOKENS:
+    if T <= tiles.GEMV_MAX_TOKENS and n >= tiles.GEMV_MIN_MASKS:
         launch_gemv(x2d, weight, packed, out, act, tiles.gemv_tiles(n))
     else:
-        launch_gates(x2d, weight, packed, out, None, act, 0, tiles.mma_fwd_tiles(T, tiles.gate_group(n)))
+        launch_gates(x2d, weight, packed, out, None, act, 0, _fwd_tiles(x2d.dtype, T, n))
     return out
+
+
+def _fwd_tiles(dtype, T: int, n: int) -> tiles.Mma:
+    return tiles.FP64_TILES if dtype == torch.float64 else tiles.mma_fwd_tiles(T, tiles.gate_group(n))
 
 
 def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):
@@ -57,7 +57,7 @@ def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):
         ACC=_acc(x2d.dtype), num_warps=c.num_warps)
 
 
-def launch_gates(x2d, weight, packed, dst, dout, act: int, mode: int, c: tiles.Mma, bits3: bool = True):
+def launch_gates(x2d, weight, packed, dst, dout, act: int, mode: int, c: tiles.Mma):
     """``fwd_mma``: ``out`` (mode 0) or the backward's ``DS`` (mode 1), tiles ``c``."""
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
@@ -66,7 +66,7 @@ def launch_gates(x2d, weight, packed, dst, dout, act: int, mode: int, c: tiles.M
     return kernels.fwd_mma[grid](
         x2d, weight, packed, dst, dout, T, N, K, packed.shape[2],
         N_MASKS=n, G=g, ACT=act, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP,
-        PREC=PRECISION, UPCAST=_upcast(x2d.dtype), ACC=_acc(x2d.dtype), BITS3=bits3,
+        PREC=PRECISION, UPCAST=_upcast(x2d.dtype), ACC=_acc(x2d.dtype),
         num_warps=c.num_warps, num_stages=c.num_stages)
 
 
@@ -89,10 +89,10 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype):
             dm.zero_()
         return dx, dw, dm
     ds = torch.empty((n + 1, T, N), dtype=dtype, device=dev)
-    launch_gates(x2d, weight, packed, ds, dout, ACT_ID[activation], 1,
-                 tiles.mma_fwd_tiles(T, tiles.gate_group(n)))
-    launch_dx(ds, weight, packed, dx, tiles.mma_dx_tiles(T))
-    launch_dw(ds, x2d, weight, packed, dw, dm, tiles.mma_dw_tiles())
+    fp64 = dtype == torch.float64
+    launch_gates(x2d, weight, packed, ds, dout, ACT_ID[activation], 1, _fwd_tiles(dtype, T, n))
+    launch_dx(ds, weight, packed, dx, tiles.FP64_TILES if fp64 else tiles.mma_dx_tiles(T))
+    launch_dw(ds, x2d, weight, packed, dw, dm, tiles.FP64_TILES if fp64 else tiles.mma_dw_tiles())
     return dx, dw, dm
 
 

@@ -7,8 +7,12 @@ follow from a hardware fact stated beside them.
 
 from dataclasses import dataclass
 
-#: decode regime: the CUDA-core GEMV serves T <= this (H100: see DESIGN.md, "switch")
+#: the CUDA-core GEMV serves one token when n_masks >= GEMV_MIN_MASKS; every other
+#: forward runs on tensor cores. H100, 4096x14336 bf16 (DESIGN.md, run 2): n=1 GEMV
+#: 75.1 us vs tl.dot tile 63.5 us; n=4 GEMV 102.1 us vs 163.7 us; at T=2 n=4 GEMV
+#: 193.1 us vs 163.7 us
 GEMV_MAX_TOKENS = 1
+GEMV_MIN_MASKS = 2
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class Gemv:
 
 @dataclass(frozen=True)
 class Mma:
-    """``fwd_mma`` / ``bwd_*``: a ``BM x BT`` output tile (W rows x tokens), ``BK`` deep."""
+    """``fwd_mma`` / ``bwd_*``: a ``BN x BT`` output tile (W rows x tokens), ``BK`` deep."""
 
     BN: int
     BT: int
@@ -43,9 +47,10 @@ MAX_GEMV_ACCS = 8
 
 
 def gemv_tiles(n_masks: int) -> Gemv:
-    """GEMV tiles: a thread's 8 consecutive 16-bit elements are one 16-byte load; each of
-    the ``G + 1`` accumulators takes ``BN * BG / threads`` registers."""
-    return Gemv(BN=8, BG=32, num_warps=4)
+    """GEMV tiles: a thread's 8 consecutive 16-bit elements are one 16-byte load. H100 run
+    2, 4096x14336 bf16, 10 tilings: BN=4, BG=32, 4 warps was best or within 3% of best at
+    n=4 (102.1 us) and n=8 (125.8 us)."""
+    return Gemv(BN=4, BG=32, num_warps=4)
 
 
 def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:
@@ -61,24 +66,32 @@ def _pow2_at_least(v: int, lo: int) -> int:
     return p
 
 
+#: fp64 runs on CUDA cores (Triton 3.6 cannot lower an fp64 tl.dot whose operand is
+#: built in registers); the (BN, BK, BT) product is BN*BK*BT/threads registers
+FP64_TILES = Mma(BN=16, BT=16, BK=16, num_warps=4, num_stages=1)
+
+
 def mma_fwd_tiles(tokens: int, group: int) -> Mma:
-    """Forward/DS-pass tiles: the token edge grows with T up to 128; with more gate
-    accumulators live the tile shrinks (each fp32 BN x BT accumulator takes
-    BN*BT/(32*num_warps) registers per thread)."""
+    """Forward/DS-pass tiles. H100 run 2, 4096x14336 bf16: T <= 16 with BT=16, BN=64,
+    BK=128 ran 63.5 us at n=1 (65% of copy bandwidth; BN=128 was the same); prefill n=1
+    best of 4 tilings BN=64, BT=128, BK=64, 4 warps (404 TF/s); n=4 best BN=128, BT=64,
+    BK=64, 8 warps (194 TF/s, spilling 18 registers)."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
     if bt <= 64:
         return Mma(BN=64, BT=bt, BK=128, num_warps=4, num_stages=4)
     if group == 1:
-        return Mma(BN=128, BT=128, BK=64, num_warps=8, num_stages=3)
+        return Mma(BN=64, BT=128, BK=64, num_warps=4, num_stages=3)
     return Mma(BN=128, BT=64, BK=64, num_warps=8, num_stages=3)
 
 
 def mma_dx_tiles(tokens: int) -> Mma:
-    """``bwd_dx``: one accumulator (BT x BK), the loop runs over d_ff in BN steps."""
+    """``bwd_dx``: one accumulator (BT x BK), the loop runs over d_ff in BN steps. H100 run
+    2 (byte-gather bits): BK 64 and 128 within 2%."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
-    return Mma(BN=64, BT=bt, BK=128, num_warps=8, num_stages=3)
+    return Mma(BN=64, BT=bt, BK=64, num_warps=8, num_stages=3)
 
 
 def mma_dw_tiles() -> Mma:
-    """``bwd_dw``: two accumulators (dW, P_i) of BN x BK, the loop runs over tokens."""
-    return Mma(BN=128, BT=64, BK=128, num_warps=8, num_stages=3)
+    """``bwd_dw``: two accumulators (dW, P_i) of BN x BK, the loop runs over tokens. H100
+    run 2: BK=64 did not spill (BK=128 spilled 152 registers)."""
+    return Mma(BN=128, BT=64, BK=64, num_warps=8, num_stages=3)

@@ -1,0 +1,85 @@
+"""Compile every Triton kernel of the backend for sm_90 without a GPU; print shared memory.
+
+Usage: python scripts/triton_compile_check.py [--dtypes fp16,bf16,fp32,fp64] [--masks 1,4,8,16]
+
+``triton.compile`` with ``GPUTarget("cuda", 90, 32)`` runs the whole pipeline (TTIR,
+TTGIR, LLVM, PTX, ptxas) on the CPU, so a lowering failure on Hopper (such as Triton
+3.6's fp64 dot on a register operand) shows up before any device
+time is spent (registers and spills are reported on the GPU by scripts/triton_tune.py). Exit 1 if any kernel fails to compile.
+"""
+
+import argparse
+import sys
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from mglu.backends.triton_backend import kernels, tiles
+
+TARGET = GPUTarget("cuda", 90, 32)
+TL = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "fp64": "fp64"}
+
+
+def _compile(fn, sig: dict, consts: dict, c) -> str:
+    sig = dict(sig, **{k: "constexpr" for k in consts})
+    try:
+        k = triton.compile(ASTSource(fn, sig, consts), target=TARGET,
+                           options={"num_warps": c.num_warps, "num_stages": getattr(c, "num_stages", 3)})
+    except Exception as exc:
+        lines = [ln for ln in str(exc).splitlines() if "rror" in ln or "ssert" in ln]
+        return "FAIL " + (lines[0] if lines else type(exc).__name__)[:200]
+    meta = k.metadata
+    return f"ok shared={meta.shared} B"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtypes", default="fp16,bf16,fp32,fp64")
+    ap.add_argument("--masks", default="1,4,8,16")
+    ap.add_argument("--tokens", default="1,16,64,2048")
+    args = ap.parse_args(argv)
+    print(f"triton {triton.__version__}, target {TARGET}")
+    failed = 0
+    for dt in args.dtypes.split(","):
+        acc = tl.float64 if dt == "fp64" else tl.float32
+        p = f"*{TL[dt]}"
+        for n in (int(v) for v in args.masks.split(",")):
+            for T in (int(v) for v in args.tokens.split(",")):
+                jobs = []
+                g = tiles.gate_group(n)
+                c = tiles.FP64_TILES if dt == "fp64" else tiles.mma_fwd_tiles(T, g)
+                base = {"x_ptr": p, "w_ptr": p, "p_ptr": "*u8", "out_ptr": p, "dout_ptr": p,
+                        "T": "i32", "N": "i32", "K": "i32", "KB": "i32"}
+                for mode in (0, 1):
+                    jobs.append((f"fwd_mma mode={mode}", kernels.fwd_mma, base, dict(
+                        N_MASKS=n, G=g, ACT=0, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP,
+                        PREC="ieee", UPCAST=False, ACC=acc), c))
+                if T == 1 and dt != "fp64":
+                    cg = tiles.gemv_tiles(n)
+                    sig = {k: v for k, v in base.items() if k not in ("dout_ptr", "T")}
+                    jobs.append(("fwd_gemv", kernels.fwd_gemv, sig, dict(
+                        N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=cg.BN, BG=cg.BG,
+                        ACC=acc), cg))
+                cx = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dx_tiles(T)
+                jobs.append(("bwd_dx", kernels.bwd_dx, {"ds_ptr": p, "w_ptr": p, "p_ptr": "*u8", "dx_ptr": p,
+                                                        "T": "i32", "N": "i32", "K": "i32", "KB": "i32"},
+                             dict(N_MASKS=n, BT=cx.BT, BN=cx.BN, BK=cx.BK, GROUP=tiles.GROUP, PREC="ieee",
+                                  UPCAST=False, ACC=acc), cx))
+                cw = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dw_tiles()
+                jobs.append(("bwd_dw", kernels.bwd_dw, {"ds_ptr": p, "x_ptr": p, "w_ptr": p, "p_ptr": "*u8",
+                                                        "dw_ptr": p, "dm_ptr": p, "T": "i32", "N": "i32",
+                                                        "K": "i32", "KB": "i32"},
+                             dict(N_MASKS=n, HAS_DM=True, BN=cw.BN, BK=cw.BK, BT=cw.BT, GROUP=tiles.GROUP,
+                                  PREC="ieee", UPCAST=False, ACC=acc), cw))
+                for name, fn, sig, consts, cfg in jobs:
+                    res = _compile(fn, sig, consts, cfg)
+                    failed += res.startswith("FAIL")
+                    print(f"{dt:5s} n={n:2d} T={T:5d} {name:16s} {cfg} {res}", flush=True)
+    print(f"{failed} kernel(s) failed to compile")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
