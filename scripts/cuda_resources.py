@@ -4,7 +4,7 @@ Runs on a CPU machine with nvcc (no GPU): compiles a representative set of insta
 for sm_90 at full optimisation with ``-Xptxas -v``, prints one line per kernel, then
 disassembles the cubin (cuobjdump -sass) and checks that the decode kernels of the target
 regime (fp16/bf16, 1 token) load W with 16-byte loads (LDG.E.128) and touch no local
-memory (LDL/STL), and that the fp16/bf16 many-token kernels issue HMMA.16816 (tensor cores)
+memory (LDL/STL), and that the fp16/bf16 tensor-core kernels issue HMMA.16816
 without local memory. Exit status 1 when a check fails.
 
     python scripts/cuda_resources.py            # from the repo root
@@ -70,7 +70,7 @@ def main() -> int:
         body = functions.get(mangled.get(name, ""), "")
         ldg128, local = len(re.findall(r"\bLDG\.E\.128", body)), len(re.findall(r"\b(LDL|STL)\b", body))
         hmma = len(re.findall(r"\bHMMA\.16816", body))
-        target, mma = name in DECODE_TARGETS, name.startswith("mglu_rowdot_mma")
+        target, mma = name in DECODE_TARGETS, name.startswith(("mglu_rowdot_mma", "mglu_bwd_dw_mma"))
         ok = bool(body) and (not target or (ldg128 > 0 and local == 0)) and (not mma or (hmma > 0 and local == 0))
         failed += not ok
         if target or mma or local:

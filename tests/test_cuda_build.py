@@ -41,7 +41,8 @@ def test_nvrtc_compiles_one_of_each_kernel():
              launcher.rowdot_name(torch.bfloat16, 5, launcher.MODE_FWD, None),
              launcher.rowdot_name(torch.float16, 16, launcher.MODE_BWD, None),
              launcher.dx_name(torch.float32),
-             launcher.dw_name(torch.float64, torch.bfloat16)]
+             launcher.dw_name(torch.float64, torch.bfloat16),
+             launcher.dw_name(torch.bfloat16, torch.float32)]
     ok, log = build.nvrtc(names)
     assert ok, log
 
@@ -62,6 +63,8 @@ def test_tile_constants_match_the_kernels():
     assert "enum { BN = 32, BK = 64, BT = 16 };" in bwd and launcher.DW_TILE == (32, 64)
     assert fwd.count("__launch_bounds__(256, 1)") == 2 and bwd.count("__launch_bounds__(256, 1)") == 2
     assert fwd.count("__launch_bounds__(128, 1)") == 1 and launcher.MMA_THREADS == 128
+    assert bwd.count("__launch_bounds__(128, 1)") == 1 and launcher.DW_MMA_TILE == (32, 32)
+    assert "blockIdx.y * 32 + (warp >> 1) * 16" in bwd and "blockIdx.x * 32 + (warp & 1) * 16" in bwd
     assert "blockIdx.y * 32 + (warp >> 1) * 16" in fwd and "blockIdx.x * 32 + (warp & 1) * 16" in fwd
     assert launcher.THREADS == launcher.GEMV_WARPS * 32 == 256
 
@@ -88,7 +91,9 @@ def test_plans_name_compiled_kernels_and_cover_the_outputs(dtype, tokens):
     assert dx.name in compiled and dx.grid[0] * 64 >= d_model and dx.grid[1] * 32 >= tokens
     for dm in (None, *DTYPES):
         dw = launcher.dw_plan(dtype, dm, d_ff, d_model)
-        assert dw.name in compiled and dw.grid[0] * 64 >= d_model and dw.grid[1] * 32 >= d_ff
+        rows, cols = launcher.DW_MMA_TILE if dtype in launcher.MMA_DTYPES else launcher.DW_TILE
+        assert dw.name in compiled and dw.grid[0] * cols >= d_model and dw.grid[1] * rows >= d_ff
+        assert dw.name.startswith("mglu_bwd_dw_mma<" if dtype in launcher.MMA_DTYPES else "mglu_bwd_dw<")
 
 
 def test_regime_switch():
@@ -134,7 +139,8 @@ def test_launch_arguments_match_the_kernel_signatures(monkeypatch, dtype, tokens
     from mglu.backends import cuda_backend
 
     sigs, calls = _signatures(), []
-    assert set(sigs) == {"mglu_rowdot_gemv", "mglu_rowdot_tiled", "mglu_rowdot_mma", "mglu_bwd_dx", "mglu_bwd_dw"}
+    assert set(sigs) == {"mglu_rowdot_gemv", "mglu_rowdot_tiled", "mglu_rowdot_mma", "mglu_bwd_dx", "mglu_bwd_dw",
+                         "mglu_bwd_dw_mma"}
     monkeypatch.setattr(cuda_backend, "launch", lambda plan, args, device, what: calls.append((plan, args, what())))
     d_model, d_ff, n_masks = 20, 12, 3
     x = torch.randn(tokens, d_model).to(dtype)

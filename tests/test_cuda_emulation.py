@@ -3,7 +3,8 @@
 No GPU here: these emulate what mglu_fwd.cu's decode kernel (warp per row, 8-column
 chunks, vector and scalar paths), tensor-core kernel (mma.sync m16n8k16 fragment
 ownership, pair masks, guards, epilogue mapping) and CUDA-core tiled kernel, and
-mglu_bwd.cu's dx and dW/dM kernels (staging, mask words, planes) compute, in float64, with the same
+mglu_bwd.cu's dx and dW/dM kernels (staging, mask words, planes; dW/dM also on tensor
+cores) compute, in float64, with the same
 index expressions as the .cu files, on odd shapes with garbage tail bits. A wrong chunk,
 bit, fragment or guard formula shows up as a mismatch. (They cannot catch a divergence
 between this mirror and the CUDA text; the device conformance run does.)
@@ -286,13 +287,84 @@ def emulate_dw(x, w, m, dbuf, s):
     return dw, dm
 
 
+def _col_pairs(a, col, valid, t0, tokens):
+    """col_pairs: (a[t, col], a[t + 1, col]) for t = t0 + 2j, 0 past tokens or if invalid."""
+    def get(t):
+        return a[t, col] if valid and t < tokens else 0.0
+    return [(get(t0 + 2 * j), get(t0 + 2 * j + 1)) for j in range(4)]
+
+
+def emulate_dw_mma(x, w, m, dbuf, s):
+    """mglu_bwd_dw_mma: 2 x 2 warps of 16 rows x 16 columns, M = rows, N = columns, K =
+    tokens permuted as in the .cu; per plane P folded into dW and written to dM."""
+    n_masks, d_ff, pw = m.shape
+    tokens, d_model = x.shape
+    dw = np.full((d_ff, d_model), np.nan)
+    dm = np.full((n_masks, d_ff, d_model), np.nan)
+    for by in range(math.ceil(d_ff / 32)):
+        for bx in range(math.ceil(d_model / 32)):
+            for warp in range(4):
+                n_base, k_base = by * 32 + (warp >> 1) * 16, bx * 32 + (warp & 1) * 16
+                if n_base >= d_ff or k_base >= d_model:
+                    continue
+                dwacc = np.zeros((2, 32, 4))
+                for p in range(n_masks + 1):
+                    src = dbuf[p] if p < n_masks else s
+                    pacc = np.zeros((2, 32, 4))
+                    for t0 in range(0, tokens, 32):
+                        for st in range(2):
+                            a_mat, b_mat = np.zeros((16, 16)), np.zeros((2, 16, 8))
+                            for lane in range(32):
+                                g, q = lane >> 2, lane & 3
+                                tq, na, nb = t0 + 8 * q, n_base + g, n_base + g + 8
+                                ra = _col_pairs(src, min(na, d_ff - 1), na < d_ff, tq, tokens)
+                                rb = _col_pairs(src, min(nb, d_ff - 1), nb < d_ff, tq, tokens)
+                                a = [ra[2 * st], rb[2 * st], ra[2 * st + 1], rb[2 * st + 1]]
+                                for h in range(2):
+                                    a_mat[g, 2 * q + h], a_mat[g + 8, 2 * q + h] = a[0][h], a[1][h]
+                                    a_mat[g, 2 * q + 8 + h], a_mat[g + 8, 2 * q + 8 + h] = a[2][h], a[3][h]
+                                for j in range(2):
+                                    kc = k_base + 8 * j + g
+                                    b = _col_pairs(x, min(kc, d_model - 1), kc < d_model, tq, tokens)
+                                    for h in range(2):
+                                        b_mat[j, 2 * q + h, g] = b[2 * st][h]
+                                        b_mat[j, 2 * q + 8 + h, g] = b[2 * st + 1][h]
+                            for j in range(2):
+                                d = a_mat @ b_mat[j]
+                                for lane in range(32):
+                                    g, q = lane >> 2, lane & 3
+                                    for r in range(4):
+                                        pacc[j, lane, r] += d[g + 8 * (r >> 1), 2 * q + (r & 1)]
+                    for lane in range(32):
+                        g, q = lane >> 2, lane & 3
+                        for j in range(2):
+                            for r in range(4):
+                                n, k = n_base + g + 8 * (r >> 1), k_base + 8 * j + 2 * q + (r & 1)
+                                if n >= d_ff or k >= d_model:
+                                    continue
+                                if p < n_masks:
+                                    bit = (_byte(m, p, n, k >> 3, d_ff, pw) >> (k & 7)) & 1
+                                    dwacc[j, lane, r] += pacc[j, lane, r] if bit else 0.0
+                                    dm[p, n, k] = w[n, k] * pacc[j, lane, r]
+                                else:
+                                    dwacc[j, lane, r] += pacc[j, lane, r]
+                for lane in range(32):
+                    g, q = lane >> 2, lane & 3
+                    for j in range(2):
+                        for r in range(4):
+                            n, k = n_base + g + 8 * (r >> 1), k_base + 8 * j + 2 * q + (r & 1)
+                            if n < d_ff and k < d_model:
+                                dw[n, k] = dwacc[j, lane, r]
+    return dw, dm
+
+
 @pytest.mark.parametrize("shape", [(37, 45, 41, 2), (5, 33, 7, 1)])
 def test_tiled_kernel_index_math(shape):
     x, w, m, expected = _problem(*shape)
     np.testing.assert_allclose(emulate_tiled(x, w, m), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(35, 70, 37, 2), (3, 9, 17, 1), (0, 13, 5, 2)])
+@pytest.mark.parametrize("shape", [(35, 70, 37, 2), (3, 9, 17, 1), (0, 13, 5, 2), (70, 40, 33, 1)])
 def test_backward_kernels_index_math(shape):
     x, w, m, _ = _problem(*shape)  # 0 tokens: kernel C alone writes dW = 0 and dM = 0
     tokens, d_ff = x.shape[0], w.shape[0]
@@ -304,6 +376,7 @@ def test_backward_kernels_index_math(shape):
         torch.from_numpy(dout), torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(m), "silu", torch.float64))
     if tokens:
         np.testing.assert_allclose(emulate_dx(w, m, dbuf, s), ref_dx, rtol=1e-11, atol=1e-11)
-    dw, dm = emulate_dw(x, w, m, dbuf, s)
-    np.testing.assert_allclose(dw, ref_dw, rtol=1e-11, atol=1e-11)
-    np.testing.assert_allclose(dm, ref_dm, rtol=1e-11, atol=1e-11)
+    for emulate in (emulate_dw, emulate_dw_mma):
+        dw, dm = emulate(x, w, m, dbuf, s)
+        np.testing.assert_allclose(dw, ref_dw, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(dm, ref_dm, rtol=1e-11, atol=1e-11)

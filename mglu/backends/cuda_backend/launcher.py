@@ -59,6 +59,8 @@ THREADS = 256
 ROWDOT_TILE = (32, 32)
 DX_TILE = (32, 64)
 DW_TILE = (32, 64)
+#: mglu_bwd_dw_mma (fp16/bf16): 2 x 2 warps of 16 rows x 16 columns
+DW_MMA_TILE = (32, 32)
 #: CUDA's limit on gridDim.y, which counts token tiles (row-dot, dx) and row tiles (dW)
 GRID_Y_MAX = 65535
 #: a 16-byte vector load needs 16-byte aligned rows: d_model % 8 == 0 and aligned bases
@@ -101,8 +103,10 @@ def dx_name(dtype) -> str:
 
 
 def dw_name(dtype, dmask_dtype) -> str:
-    """Kernel C; without dM the instantiation with ``TM = T`` runs with a null dM pointer."""
-    return f"mglu_bwd_dw<{CTYPE[dtype]}, {CTYPE[dmask_dtype or dtype]}>"
+    """Kernel C (``mglu_bwd_dw_mma`` for fp16/bf16, ``mglu_bwd_dw``); without dM the
+    instantiation with ``TM = T`` runs with a null dM pointer."""
+    kernel = "mglu_bwd_dw_mma" if dtype in MMA_DTYPES else "mglu_bwd_dw"
+    return f"{kernel}<{CTYPE[dtype]}, {CTYPE[dmask_dtype or dtype]}>"
 
 
 def rowdot_plan(dtype, n_masks, mode, tokens, d_ff) -> Launch:
@@ -126,8 +130,10 @@ def dx_plan(dtype, tokens, d_model) -> Launch:
 
 
 def dw_plan(dtype, dmask_dtype, d_ff, d_model) -> Launch:
-    bn, bk = DW_TILE
-    return Launch(dw_name(dtype, dmask_dtype), (_cdiv(d_model, bk), _cdiv(d_ff, bn), 1), (THREADS, 1, 1))
+    mma = dtype in MMA_DTYPES
+    bn, bk = DW_MMA_TILE if mma else DW_TILE
+    block = (MMA_THREADS if mma else THREADS, 1, 1)
+    return Launch(dw_name(dtype, dmask_dtype), (_cdiv(d_model, bk), _cdiv(d_ff, bn), 1), block)
 
 
 def grid_limits(tokens: int, d_ff: int) -> list[str]:

@@ -171,3 +171,97 @@ __global__ void __launch_bounds__(256, 1) mglu_bwd_dw(
             if (n < d_ff && k < d_model) dw[n * d_model + k] = Tr<T>::cvt(dwacc[a][j]);
         }
 }
+
+// Column pairs: elements (t, col) and (t + 1, col) of a row-major (rows, ld) 16-bit matrix
+// for t = t0 + 2j (j < 4) as four registers (row t in the low half); 0 past T_ or for an
+// invalid column.
+template <class T>
+__device__ __forceinline__ void col_pairs(const T* a, i64 ld, i64 col, bool valid, i64 t0, int T_, u32* r) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const i64 t = t0 + 2 * j;
+        const u32 lo = (valid && t < T_) ? (u32)__ldg(&a[t * ld + col].bits) : 0u;
+        const u32 hi = (valid && t + 1 < T_) ? (u32)__ldg(&a[(t + 1) * ld + col].bits) : 0u;
+        r[j] = lo | (hi << 16);
+    }
+}
+
+// Kernel C on tensor cores (fp16/bf16): P_p = D_p.T @ x as mma.sync m16n8k16 with
+// M = 16 rows n of dW, N = 8 columns k, K = 16 tokens; the same permuted-k scheme as
+// mglu_rowdot_mma (lane q owns the 8 physical tokens t0 + 8q .. + 7 of a 32-token step;
+// logical (2q, 2q+1) of mma step s -> tokens t0 + 8q + 4s + (0, 1), (2q+8, 2q+9) -> + (2, 3)).
+// Both operands are read down columns (D_p[t][n], x[t][k]): 16-bit loads, one per token.
+// Per plane p the P accumulators (fp32) are folded into dW (masked by M_p, or unmasked for
+// S) and dM_p = W * P is written from them, as in mglu_bwd_dw.
+// Block: 4 warps (2 x 2), 32 rows x 32 columns; warp: 16 rows x 16 columns (two n8 tiles).
+// Launch: block 128, grid (ceil(d_model / 32), ceil(d_ff / 32)).
+template <class T, class TM>
+__global__ void __launch_bounds__(128, 1) mglu_bwd_dw_mma(
+    const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
+    const T* __restrict__ dbuf, const T* __restrict__ s, T* __restrict__ dw, TM* __restrict__ dm,
+    int n_masks, int T_, int d_model, int d_ff) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, q = lane & 3;
+    const i64 n_base = (i64)blockIdx.y * 32 + (warp >> 1) * 16;
+    const i64 k_base = (i64)blockIdx.x * 32 + (warp & 1) * 16;
+    if (n_base >= d_ff || k_base >= d_model) return;  // the whole warp: no block barrier here
+    const i64 PW = (d_model + 7) >> 3;
+    const i64 na = n_base + g, nb = n_base + g + 8;
+
+    float wreg[2][4], dwacc[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const i64 n = n_base + g + 8 * (r >> 1), k = k_base + 8 * j + 2 * q + (r & 1);
+            wreg[j][r] = (n < d_ff && k < d_model) ? Tr<T>::ld(w, n * d_model + k) : 0.f;
+            dwacc[j][r] = 0.f;
+        }
+
+    for (int p = 0; p <= n_masks; ++p) {
+        const T* src = p < n_masks ? dbuf + (i64)p * T_ * d_ff : s;
+        float pacc[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) pacc[j][r] = 0.f;
+        for (i64 t0 = 0; t0 < T_; t0 += 32) {
+            const i64 tq = t0 + 8 * q;
+            u32 ra[4], rb[4];
+            col_pairs(src, d_ff, na, na < d_ff, tq, T_, ra);
+            col_pairs(src, d_ff, nb, nb < d_ff, tq, T_, rb);
+            const u32 a0[4] = {ra[0], rb[0], ra[1], rb[1]};
+            const u32 a1[4] = {ra[2], rb[2], ra[3], rb[3]};
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const i64 kc = k_base + 8 * j + g;
+                u32 b[4];
+                col_pairs(x, d_model, kc, kc < d_model, tq, T_, b);
+                mma16816<T>(pacc[j], a0, b[0], b[1]);
+                mma16816<T>(pacc[j], a1, b[2], b[3]);
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) {
+                const i64 n = n_base + g + 8 * (r >> 1), k = k_base + 8 * j + 2 * q + (r & 1);
+                if (n >= d_ff || k >= d_model) continue;
+                if (p < n_masks) {
+                    const u32 byte = __ldg(m + ((i64)p * d_ff + n) * PW + (k >> 3));
+                    dwacc[j][r] += masked(byte, (int)(k & 7), pacc[j][r]);
+                    if (dm) dm[((i64)p * d_ff + n) * d_model + k] = Tr<TM>::cvt(wreg[j][r] * pacc[j][r]);
+                } else {
+                    dwacc[j][r] += pacc[j][r];
+                }
+            }
+    }
+
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const i64 n = n_base + g + 8 * (r >> 1), k = k_base + 8 * j + 2 * q + (r & 1);
+            if (n < d_ff && k < d_model) dw[n * d_model + k] = Tr<T>::cvt(dwacc[j][r]);
+        }
+}

@@ -152,3 +152,28 @@ __device__ __forceinline__ void activation(int ACT, A g, A& a, A& da) {
 // Bit e of mask byte b selects w, else 0 (the masked weight M_i * W, built in registers).
 template <class A>
 __device__ __forceinline__ A masked(u32 bits, int e, A w) { return ((bits >> e) & 1u) ? w : (A)0; }
+
+// D += A B on tensor cores: mma.sync.aligned.m16n8k16, fp32 accumulators, fp16 or bf16
+// operands (fragment layout in mglu_fwd.cu above mglu_rowdot_mma).
+template <class T>
+__device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1);
+
+template <>
+__device__ __forceinline__ void mma16816<mglu_bf16>(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void mma16816<mglu_f16>(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// Bits b and b + 1 of a mask byte as a 32-bit AND mask over a pair of 16-bit elements.
+__device__ __forceinline__ u32 pair_mask(u32 byte, int b) {
+    const u32 lo = (byte >> b) & 1u, hi = (byte >> (b + 1)) & 1u;
+    return ((0u - lo) & 0xffffu) | ((0u - hi) << 16);
+}

@@ -263,23 +263,6 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
 //     go through shared memory and are added to the first's (fixed order: deterministic).
 // Fragments come straight from global memory (L1 serves the warps sharing an x or W tile).
 // vec = 0 (d_model % 8 != 0 or unaligned bases) loads 16-bit elements one by one.
-template <class T>
-__device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1);
-
-template <>
-__device__ __forceinline__ void mma16816<mglu_bf16>(float* c, const u32* a, u32 b0, u32 b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <>
-__device__ __forceinline__ void mma16816<mglu_f16>(float* c, const u32* a, u32 b0, u32 b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // Columns c0 .. c0 + 7 of a 16-bit row as four registers (pair j = columns c0 + 2j, 2j + 1,
 // low half first); 0 past d_model or for an invalid row. vec: one 16-byte load (c0 % 8 == 0,
 // d_model % 8 == 0, 16-byte aligned base).
@@ -297,12 +280,6 @@ __device__ __forceinline__ void load8(bool valid, const T* row, i64 c0, int d_mo
         const u32 hi = (valid && k + 1 < d_model) ? (u32)__ldg(&row[k + 1].bits) : 0u;
         r[j] = lo | (hi << 16);
     }
-}
-
-// Bits b and b + 1 of a mask byte as a 32-bit AND mask over a pair of 16-bit elements.
-__device__ __forceinline__ u32 pair_mask(u32 byte, int b) {
-    const u32 lo = (byte >> b) & 1u, hi = (byte >> (b + 1)) & 1u;
-    return ((0u - lo) & 0xffffu) | ((0u - hi) << 16);
 }
 
 template <class T, int NM, int MODE>
