@@ -70,7 +70,7 @@ def main() -> int:
         body = functions.get(mangled.get(name, ""), "")
         ldg128, local = len(re.findall(r"\bLDG\.E\.128", body)), len(re.findall(r"\b(LDL|STL)\b", body))
         hmma = len(re.findall(r"\bHMMA\.16816", body))
-        target, mma = name in DECODE_TARGETS, name.startswith(("mglu_rowdot_mma", "mglu_bwd_dw_mma"))
+        target, mma = name in DECODE_TARGETS, name.startswith(("mglu_rowdot_mma", "mglu_bwd_dw_mma", "mglu_bwd_dx_mma"))
         ok = bool(body) and (not target or (ldg128 > 0 and local == 0)) and (not mma or (hmma > 0 and local == 0))
         failed += not ok
         if target or mma or local:

@@ -41,6 +41,7 @@ def test_nvrtc_compiles_one_of_each_kernel():
              launcher.rowdot_name(torch.bfloat16, 5, launcher.MODE_FWD, None),
              launcher.rowdot_name(torch.float16, 16, launcher.MODE_BWD, None),
              launcher.dx_name(torch.float32),
+             launcher.dx_name(torch.float16),
              launcher.dw_name(torch.float64, torch.bfloat16),
              launcher.dw_name(torch.bfloat16, torch.float32)]
     ok, log = build.nvrtc(names)
@@ -63,7 +64,7 @@ def test_tile_constants_match_the_kernels():
     assert "enum { BN = 32, BK = 64, BT = 16 };" in bwd and launcher.DW_TILE == (32, 64)
     assert fwd.count("__launch_bounds__(256, 1)") == 2 and bwd.count("__launch_bounds__(256, 1)") == 2
     assert fwd.count("__launch_bounds__(128, 1)") == 1 and launcher.MMA_THREADS == 128
-    assert bwd.count("__launch_bounds__(128, 1)") == 1 and launcher.DW_MMA_TILE == (32, 32)
+    assert bwd.count("__launch_bounds__(128, 1)") == 2 and launcher.DW_MMA_TILE == launcher.DX_MMA_TILE == (32, 32)
     assert "blockIdx.y * 32 + (warp >> 1) * 16" in bwd and "blockIdx.x * 32 + (warp & 1) * 16" in bwd
     assert "blockIdx.y * 32 + (warp >> 1) * 16" in fwd and "blockIdx.x * 32 + (warp & 1) * 16" in fwd
     assert launcher.THREADS == launcher.GEMV_WARPS * 32 == 256
@@ -88,7 +89,9 @@ def test_plans_name_compiled_kernels_and_cover_the_outputs(dtype, tokens):
                 assert split == (dtype in launcher.MMA_DTYPES and tokens <= launcher.MMA_SPLIT_TOKENS)
                 assert plan.grid[0] * 32 >= d_ff and plan.grid[1] * (16 if split else 32) >= tokens
     dx = launcher.dx_plan(dtype, tokens, d_model)
-    assert dx.name in compiled and dx.grid[0] * 64 >= d_model and dx.grid[1] * 32 >= tokens
+    bt, bk = launcher.DX_MMA_TILE if dtype in launcher.MMA_DTYPES else launcher.DX_TILE
+    assert dx.name in compiled and dx.grid[0] * bk >= d_model and dx.grid[1] * bt >= tokens
+    assert dx.name.startswith("mglu_bwd_dx_mma<" if dtype in launcher.MMA_DTYPES else "mglu_bwd_dx<")
     for dm in (None, *DTYPES):
         dw = launcher.dw_plan(dtype, dm, d_ff, d_model)
         rows, cols = launcher.DW_MMA_TILE if dtype in launcher.MMA_DTYPES else launcher.DW_TILE
@@ -140,7 +143,7 @@ def test_launch_arguments_match_the_kernel_signatures(monkeypatch, dtype, tokens
 
     sigs, calls = _signatures(), []
     assert set(sigs) == {"mglu_rowdot_gemv", "mglu_rowdot_tiled", "mglu_rowdot_mma", "mglu_bwd_dx", "mglu_bwd_dw",
-                         "mglu_bwd_dw_mma"}
+                         "mglu_bwd_dw_mma", "mglu_bwd_dx_mma"}
     monkeypatch.setattr(cuda_backend, "launch", lambda plan, args, device, what: calls.append((plan, args, what())))
     d_model, d_ff, n_masks = 20, 12, 3
     x = torch.randn(tokens, d_model).to(dtype)

@@ -3,7 +3,7 @@
 No GPU here: these emulate what mglu_fwd.cu's decode kernel (warp per row, 8-column
 chunks, vector and scalar paths), tensor-core kernel (mma.sync m16n8k16 fragment
 ownership, pair masks, guards, epilogue mapping) and CUDA-core tiled kernel, and
-mglu_bwd.cu's dx and dW/dM kernels (staging, mask words, planes; dW/dM also on tensor
+mglu_bwd.cu's dx and dW/dM kernels (staging, mask words, planes; both also on tensor
 cores) compute, in float64, with the same
 index expressions as the .cu files, on odd shapes with garbage tail bits. A wrong chunk,
 bit, fragment or guard formula shows up as a mismatch. (They cannot catch a divergence
@@ -358,13 +358,68 @@ def emulate_dw_mma(x, w, m, dbuf, s):
     return dw, dm
 
 
+def emulate_dx_mma(w, m, dbuf, s):
+    """mglu_bwd_dx_mma: 2 x 2 warps of 16 tokens x 16 columns, K = rows of W permuted as in
+    the .cu, per plane the D_p rows (A) and the masked W columns (B), one accumulator."""
+    n_masks, d_ff, pw = m.shape
+    tokens, d_model = s.shape[0], w.shape[1]
+    dx = np.full((tokens, d_model), np.nan)
+    for by in range(math.ceil(tokens / 32)):
+        for bx in range(math.ceil(d_model / 32)):
+            for warp in range(4):
+                t_base, k_base = by * 32 + (warp >> 1) * 16, bx * 32 + (warp & 1) * 16
+                if t_base >= tokens or k_base >= d_model:
+                    continue
+                acc = np.zeros((2, 32, 4))
+                for n0 in range(0, d_ff, 32):
+                    for p in range(n_masks + 1):
+                        src = dbuf[p] if p < n_masks else s
+                        for st in range(2):
+                            a_mat, b_mat = np.zeros((16, 16)), np.zeros((2, 16, 8))
+                            for lane in range(32):
+                                g, q = lane >> 2, lane & 3
+                                c0, ta, tb = n0 + 8 * q, t_base + g, t_base + g + 8
+                                ra = _load8(ta < tokens, src[min(ta, tokens - 1)], c0, d_ff)
+                                rb = _load8(tb < tokens, src[min(tb, tokens - 1)], c0, d_ff)
+                                a = [ra[2 * st], rb[2 * st], ra[2 * st + 1], rb[2 * st + 1]]
+                                for h in range(2):
+                                    a_mat[g, 2 * q + h], a_mat[g + 8, 2 * q + h] = a[0][h], a[1][h]
+                                    a_mat[g, 2 * q + 8 + h], a_mat[g + 8, 2 * q + 8 + h] = a[2][h], a[3][h]
+                                for j in range(2):
+                                    kc = k_base + 8 * j + g
+                                    wb = _col_pairs(w, min(kc, d_model - 1), kc < d_model, c0, d_ff)
+                                    for hh in (2 * st, 2 * st + 1):
+                                        pair = list(wb[hh])
+                                        if p < n_masks:
+                                            for e in range(2):
+                                                n = c0 + 2 * hh + e
+                                                bit = (_byte(m, p, n, kc >> 3, d_ff, pw) >> (kc & 7)) & 1 if kc < d_model and n < d_ff else 0
+                                                pair[e] = pair[e] if bit else 0.0
+                                        base = 2 * q + (8 if hh == 2 * st + 1 else 0)
+                                        b_mat[j, base, g], b_mat[j, base + 1, g] = pair
+                            for j in range(2):
+                                d = a_mat @ b_mat[j]
+                                for lane in range(32):
+                                    g, q = lane >> 2, lane & 3
+                                    for r in range(4):
+                                        acc[j, lane, r] += d[g + 8 * (r >> 1), 2 * q + (r & 1)]
+                for lane in range(32):
+                    g, q = lane >> 2, lane & 3
+                    for j in range(2):
+                        for r in range(4):
+                            t, k = t_base + g + 8 * (r >> 1), k_base + 8 * j + 2 * q + (r & 1)
+                            if t < tokens and k < d_model:
+                                dx[t, k] = acc[j, lane, r]
+    return dx
+
+
 @pytest.mark.parametrize("shape", [(37, 45, 41, 2), (5, 33, 7, 1)])
 def test_tiled_kernel_index_math(shape):
     x, w, m, expected = _problem(*shape)
     np.testing.assert_allclose(emulate_tiled(x, w, m), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape", [(35, 70, 37, 2), (3, 9, 17, 1), (0, 13, 5, 2), (70, 40, 33, 1)])
+@pytest.mark.parametrize("shape", [(35, 70, 37, 2), (3, 9, 17, 1), (0, 13, 5, 2), (70, 40, 33, 1), (20, 24, 64, 2)])
 def test_backward_kernels_index_math(shape):
     x, w, m, _ = _problem(*shape)  # 0 tokens: kernel C alone writes dW = 0 and dM = 0
     tokens, d_ff = x.shape[0], w.shape[0]
@@ -376,6 +431,7 @@ def test_backward_kernels_index_math(shape):
         torch.from_numpy(dout), torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(m), "silu", torch.float64))
     if tokens:
         np.testing.assert_allclose(emulate_dx(w, m, dbuf, s), ref_dx, rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(emulate_dx_mma(w, m, dbuf, s), ref_dx, rtol=1e-11, atol=1e-11)
     for emulate in (emulate_dw, emulate_dw_mma):
         dw, dm = emulate(x, w, m, dbuf, s)
         np.testing.assert_allclose(dw, ref_dw, rtol=1e-11, atol=1e-11)

@@ -91,9 +91,12 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype):
     s = torch.empty((tokens, d_ff), dtype=dtype, device=device)
     if tokens > 0:
         _rowdot(MODE_BWD, x2d, weight, packed, activation, dout, s, dbuf)
-        launch(dx_plan(dtype, tokens, d_model),
-               (pointer(weight), pointer(packed), pointer(dbuf), pointer(s), pointer(dx),
-                np.int32(n_masks), np.int32(tokens), np.int32(d_model), np.int32(d_ff)), device, what)
+        plan = dx_plan(dtype, tokens, d_model)
+        args = [pointer(weight), pointer(packed), pointer(dbuf), pointer(s), pointer(dx),
+                np.int32(n_masks), np.int32(tokens), np.int32(d_model), np.int32(d_ff)]
+        if plan.takes_vec:  # D and S rows read with 16-byte loads
+            args.append(np.int32(d_ff % 8 == 0 and aligned(dbuf, s)))
+        launch(plan, tuple(args), device, what)
     launch(dw_plan(dtype, dmask_dtype, d_ff, d_model),
            (pointer(x2d), pointer(weight), pointer(packed), pointer(dbuf), pointer(s), pointer(dw), pointer(dm),
             np.int32(n_masks), np.int32(tokens), np.int32(d_model), np.int32(d_ff)), device, what)

@@ -59,6 +59,8 @@ THREADS = 256
 ROWDOT_TILE = (32, 32)
 DX_TILE = (32, 64)
 DW_TILE = (32, 64)
+#: mglu_bwd_dx_mma (fp16/bf16): 2 x 2 warps of 16 tokens x 16 columns
+DX_MMA_TILE = (32, 32)
 #: mglu_bwd_dw_mma (fp16/bf16): 2 x 2 warps of 16 rows x 16 columns
 DW_MMA_TILE = (32, 32)
 #: CUDA's limit on gridDim.y, which counts token tiles (row-dot, dx) and row tiles (dW)
@@ -99,7 +101,8 @@ def activation_id(activation: str) -> int:
 
 
 def dx_name(dtype) -> str:
-    return f"mglu_bwd_dx<{CTYPE[dtype]}>"
+    """Kernel B: ``mglu_bwd_dx_mma`` for fp16/bf16, else ``mglu_bwd_dx``."""
+    return f"{'mglu_bwd_dx_mma' if dtype in MMA_DTYPES else 'mglu_bwd_dx'}<{CTYPE[dtype]}>"
 
 
 def dw_name(dtype, dmask_dtype) -> str:
@@ -125,8 +128,10 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff) -> Launch:
 
 
 def dx_plan(dtype, tokens, d_model) -> Launch:
-    bt, bk = DX_TILE
-    return Launch(dx_name(dtype), (_cdiv(d_model, bk), _cdiv(tokens, bt), 1), (THREADS, 1, 1))
+    mma = dtype in MMA_DTYPES
+    bt, bk = DX_MMA_TILE if mma else DX_TILE
+    block = (MMA_THREADS if mma else THREADS, 1, 1)
+    return Launch(dx_name(dtype), (_cdiv(d_model, bk), _cdiv(tokens, bt), 1), block, takes_vec=mma)
 
 
 def dw_plan(dtype, dmask_dtype, d_ff, d_model) -> Launch:

@@ -265,3 +265,77 @@ __global__ void __launch_bounds__(128, 1) mglu_bwd_dw_mma(
             if (n < d_ff && k < d_model) dw[n * d_model + k] = Tr<T>::cvt(dwacc[j][r]);
         }
 }
+
+// Kernel B on tensor cores (fp16/bf16): dx = sum_p D_p @ (M_p W) + S @ W as mma.sync
+// m16n8k16 with M = 16 tokens, N = 8 columns k, K = 16 rows n of W, rows permuted per lane
+// as in mglu_rowdot_mma (lane q owns rows n0 + 8q .. + 7 of a 32-row step). A = D_p rows:
+// one 16-byte load per token row (vec: d_ff % 8 == 0, aligned). B = (M_p W)[n][k] read down
+// a column: 16-bit loads of W, one per row, shared by the planes; per plane the bit of each
+// of the 8 rows (one byte per row, bit k % 8) widened over its half of the pair register.
+// One fp32 accumulator per output for all planes, summed in a fixed order.
+// Block: 4 warps (2 x 2), 32 tokens x 32 columns; warp: 16 tokens x 16 columns.
+// Launch: block 128, grid (ceil(d_model / 32), ceil(T / 32)).
+template <class T>
+__global__ void __launch_bounds__(128, 1) mglu_bwd_dx_mma(
+    const T* __restrict__ w, const unsigned char* __restrict__ m, const T* __restrict__ dbuf,
+    const T* __restrict__ s, T* __restrict__ dx, int n_masks, int T_, int d_model, int d_ff, int vec) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, q = lane & 3;
+    const i64 t_base = (i64)blockIdx.y * 32 + (warp >> 1) * 16;
+    const i64 k_base = (i64)blockIdx.x * 32 + (warp & 1) * 16;
+    if (t_base >= T_ || k_base >= d_model) return;  // the whole warp: no block barrier here
+    const i64 PW = (d_model + 7) >> 3;
+    const i64 ta = t_base + g, tb = t_base + g + 8;
+    const bool va = ta < T_, vb = tb < T_;
+
+    float acc[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[j][r] = 0.f;
+
+    for (i64 n0 = 0; n0 < d_ff; n0 += 32) {
+        const i64 c0 = n0 + 8 * q;
+        u32 wb[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const i64 kc = k_base + 8 * j + g;
+            col_pairs(w, d_model, kc, kc < d_model, c0, d_ff, wb[j]);
+        }
+        for (int p = 0; p <= n_masks; ++p) {
+            const T* src = p < n_masks ? dbuf + (i64)p * T_ * d_ff : s;
+            u32 ra[4], rb[4];
+            load8(va, src + (va ? ta : 0) * d_ff, c0, d_ff, vec, ra);
+            load8(vb, src + (vb ? tb : 0) * d_ff, c0, d_ff, vec, rb);
+            const u32 a0[4] = {ra[0], rb[0], ra[1], rb[1]};
+            const u32 a1[4] = {ra[2], rb[2], ra[3], rb[3]};
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const i64 kc = k_base + 8 * j + g;
+                u32 b[4];
+#pragma unroll
+                for (int h = 0; h < 4; ++h) {
+                    if (p < n_masks) {
+                        const i64 n = c0 + 2 * h;
+                        const unsigned char* bytes = m + ((i64)p * d_ff + n) * PW + (kc >> 3);
+                        const u32 lo = (kc < d_model && n < d_ff) ? ((u32)__ldg(bytes) >> (kc & 7)) & 1u : 0u;
+                        const u32 hi = (kc < d_model && n + 1 < d_ff) ? ((u32)__ldg(bytes + PW) >> (kc & 7)) & 1u : 0u;
+                        b[h] = wb[j][h] & (((0u - lo) & 0xffffu) | ((0u - hi) << 16));
+                    } else {
+                        b[h] = wb[j][h];
+                    }
+                }
+                mma16816<T>(acc[j], a0, b[0], b[1]);
+                mma16816<T>(acc[j], a1, b[2], b[3]);
+            }
+        }
+    }
+
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const i64 t = t_base + g + 8 * (r >> 1), k = k_base + 8 * j + 2 * q + (r & 1);
+            if (t < T_ && k < d_model) dx[t * d_model + k] = Tr<T>::cvt(acc[j][r]);
+        }
+}

@@ -177,3 +177,22 @@ __device__ __forceinline__ u32 pair_mask(u32 byte, int b) {
     const u32 lo = (byte >> b) & 1u, hi = (byte >> (b + 1)) & 1u;
     return ((0u - lo) & 0xffffu) | ((0u - hi) << 16);
 }
+
+// Columns c0 .. c0 + 7 of a 16-bit row of length d_model as four registers (pair j =
+// columns c0 + 2j, 2j + 1, low half first); 0 past d_model or for an invalid row. vec: one
+// 16-byte load (c0 % 8 == 0, d_model % 8 == 0, 16-byte aligned base).
+template <class T>
+__device__ __forceinline__ void load8(bool valid, const T* row, i64 c0, int d_model, int vec, u32* r) {
+    if (valid && vec && c0 < d_model) {
+        const uint4 v = __ldg(reinterpret_cast<const uint4*>(row + c0));
+        r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const i64 k = c0 + 2 * j;
+        const u32 lo = (valid && k < d_model) ? (u32)__ldg(&row[k].bits) : 0u;
+        const u32 hi = (valid && k + 1 < d_model) ? (u32)__ldg(&row[k + 1].bits) : 0u;
+        r[j] = lo | (hi << 16);
+    }
+}

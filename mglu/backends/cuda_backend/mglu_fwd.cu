@@ -263,25 +263,6 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
 //     go through shared memory and are added to the first's (fixed order: deterministic).
 // Fragments come straight from global memory (L1 serves the warps sharing an x or W tile).
 // vec = 0 (d_model % 8 != 0 or unaligned bases) loads 16-bit elements one by one.
-// Columns c0 .. c0 + 7 of a 16-bit row as four registers (pair j = columns c0 + 2j, 2j + 1,
-// low half first); 0 past d_model or for an invalid row. vec: one 16-byte load (c0 % 8 == 0,
-// d_model % 8 == 0, 16-byte aligned base).
-template <class T>
-__device__ __forceinline__ void load8(bool valid, const T* row, i64 c0, int d_model, int vec, u32* r) {
-    if (valid && vec && c0 < d_model) {
-        const uint4 v = __ldg(reinterpret_cast<const uint4*>(row + c0));
-        r[0] = v.x; r[1] = v.y; r[2] = v.z; r[3] = v.w;
-        return;
-    }
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const i64 k = c0 + 2 * j;
-        const u32 lo = (valid && k < d_model) ? (u32)__ldg(&row[k].bits) : 0u;
-        const u32 hi = (valid && k + 1 < d_model) ? (u32)__ldg(&row[k + 1].bits) : 0u;
-        r[j] = lo | (hi << 16);
-    }
-}
-
 template <class T, int NM, int MODE>
 __global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
