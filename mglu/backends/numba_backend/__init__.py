@@ -14,6 +14,7 @@ NumPy views of CPU tensors, for small problems only. numba is imported on first 
 ``import mglu`` works without it.
 """
 
+import contextlib
 import importlib.util
 import os
 
@@ -25,8 +26,9 @@ from .constants import (
     DECODE_MAX_LANES,
     DECODE_MAX_TOKENS,
     ELEM_BLOCK,
-    MAX_GRID_Y,
+    SIM_MAX_BLOCKS,
     SIM_MAX_MACS,
+    SIM_MAX_WEIGHTS,
     TILE_N,
     TILE_T,
     TILE_THREADS,
@@ -59,6 +61,12 @@ def reasons(problem: Problem) -> list[str]:
     if _simulating():
         if problem.device.type != "cpu":
             out.append("under NUMBA_ENABLE_CUDASIM=1 the numba backend takes CPU tensors only")
+        weights = problem.d_ff * problem.d_model
+        if weights > SIM_MAX_WEIGHTS:
+            out.append(
+                f"too big for Numba's CUDA simulator: d_ff*d_model = {weights} threads in the dW "
+                f"kernel, the limit is {SIM_MAX_WEIGHTS}"
+            )
         macs = problem.tokens * problem.d_ff * problem.d_model * (problem.n_masks + 1)
         if macs > SIM_MAX_MACS:
             out.append(
@@ -67,8 +75,6 @@ def reasons(problem: Problem) -> list[str]:
             )
     elif problem.device.type != "cuda":
         out.append("the numba backend runs on CUDA tensors (CPU tensors only under NUMBA_ENABLE_CUDASIM=1)")
-    if -(-problem.tokens // TILE_T) > MAX_GRID_Y:
-        out.append(f"{problem.tokens} tokens exceed the tiled kernel's grid ({MAX_GRID_Y} token tiles)")
     return out
 
 
@@ -86,15 +92,33 @@ def _view(t: torch.Tensor):
     return cuda.as_cuda_array(t, sync=False)
 
 
-def _launch(kernel, grid, block, *args):
-    """``kernel[grid, block]`` on PyTorch's current stream (plain launch in the simulator)."""
+def _on_device(device: torch.device):
+    """Numba's current context on the tensors' GPU (as_cuda_array and launches use it)."""
     if _simulating():
-        kernel[grid, block](*args)
-        return
+        return contextlib.nullcontext()
     from numba import cuda
 
-    stream = cuda.external_stream(torch.cuda.current_stream().cuda_stream)
-    kernel[grid, block, stream](*args)
+    return cuda.gpus[device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _launcher(device: torch.device):
+    """``launch(kernel, blocks, block, *args)`` on PyTorch's current stream of ``device``.
+    Every kernel strides over its work by ``gridDim.x``, so the simulator launches at most
+    SIM_MAX_BLOCKS blocks."""
+    if _simulating():
+
+        def launch(kernel, blocks, block, *args):
+            kernel[min(blocks, SIM_MAX_BLOCKS), block](*args)
+
+        return launch
+    from numba import cuda
+
+    stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
+
+    def launch(kernel, blocks, block, *args):
+        kernel[blocks, block, stream](*args)
+
+    return launch
 
 
 def _products(mode, x2d, weight, packed, activation, dout, out, dg):
@@ -104,14 +128,15 @@ def _products(mode, x2d, weight, packed, activation, dout, out, dg):
     d_ff, n_masks = weight.shape[0], packed.shape[0]
     key = (n_masks, numerics.ACT_CODE[activation], x2d.dtype == torch.float64, mode)
     args = [_view(t) for t in (x2d, weight, packed, dout, out, dg)] + [tokens, d_ff, d_model]
+    launch = _launcher(x2d.device)
     if tokens <= DECODE_MAX_TOKENS:
         groups = (d_model + 7) // 8
         lanes = min(DECODE_MAX_LANES, 1 << (groups - 1).bit_length())
         rows = DECODE_BLOCK // lanes
-        _launch(kernels.decode_kernel(*key), (-(-d_ff // rows),), DECODE_BLOCK, *args, lanes)
+        launch(kernels.decode_kernel(*key), -(-d_ff // rows), DECODE_BLOCK, *args, lanes)
     else:
-        grid = (-(-d_ff // TILE_N), -(-tokens // TILE_T))
-        _launch(kernels.tiled_kernel(*key), grid, TILE_THREADS, *args)
+        tiles = -(-d_ff // TILE_N) * -(-tokens // TILE_T)
+        launch(kernels.tiled_kernel(*key), tiles, TILE_THREADS, *args)
 
 
 def forward(x2d, weight, packed, activation):
@@ -119,8 +144,9 @@ def forward(x2d, weight, packed, activation):
     kernels, _ = _numba()
     out = new_output((x2d.shape[0], weight.shape[0]), x2d.dtype, x2d.device)
     if x2d.shape[0]:
-        unused = out.new_empty(0)  # dout and D: read and written only in GRAD mode
-        _products(kernels.FORWARD, x2d, weight, packed, activation, unused, out, unused)
+        unused = out.new_empty(0)  # dout and D exist only in GRAD mode; never aliases of out
+        with _on_device(x2d.device):
+            _products(kernels.FORWARD, x2d, weight, packed, activation, unused, out, unused)
     return out
 
 
@@ -136,15 +162,19 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype):
     dx = new_output((tokens, d_model), dtype, device)
     dw = new_output((d_ff, d_model), dtype, device)
     dm = None if dmask_dtype is None else new_output((n_masks, d_ff, d_model), dmask_dtype, device)
-    if tokens:
-        _products(kernels.GRAD, x2d, weight, packed, activation, dout, s, dg)
-        grid = -(-tokens * d_model // ELEM_BLOCK)
-        args = [_view(t) for t in (weight, packed, dg, s, dx)]
-        _launch(kernels.dx_kernel(n_masks, acc64), (grid,), ELEM_BLOCK, *args, tokens, d_ff, d_model)
-    grid = -(-d_ff * d_model // ELEM_BLOCK)
-    args = [_view(t) for t in (x2d, weight, packed, dg, s, dw, dw if dm is None else dm)]
-    kernel = kernels.dw_kernel(n_masks, acc64, dm is not None)
-    _launch(kernel, (grid,), ELEM_BLOCK, *args, tokens, d_ff, d_model)
+    with _on_device(device):
+        launch = _launcher(device)
+        if tokens:
+            _products(kernels.GRAD, x2d, weight, packed, activation, dout, s, dg)
+            blocks = -(-tokens * d_model // ELEM_BLOCK)
+            args = [_view(t) for t in (weight, packed, dg, s, dx)]
+            launch(kernels.dx_kernel(n_masks, acc64), blocks, ELEM_BLOCK, *args, tokens, d_ff, d_model)
+        blocks = -(-d_ff * d_model // ELEM_BLOCK)
+        unused = dw.new_empty(0)  # no dM for frozen masks; never an alias of dw (the simulator
+        # copies each argument back after the launch)
+        args = [_view(t) for t in (x2d, weight, packed, dg, s, dw, unused if dm is None else dm)]
+        kernel = kernels.dw_kernel(n_masks, acc64, dm is not None)
+        launch(kernel, blocks, ELEM_BLOCK, *args, tokens, d_ff, d_model)
     return dx, dw, dm
 
 

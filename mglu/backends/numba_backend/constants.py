@@ -11,18 +11,24 @@ DECODE_BLOCK = 128
 #: lanes per row of the decode kernel: at most one warp, i.e. 8 * 32 = 256 elements of a
 #: row per step; fewer (a power of two) when d_model is small
 DECODE_MAX_LANES = 32
-#: tiled kernel: TILE_T tokens x TILE_N rows per block (one output per thread, 256
-#: threads), d_model in steps of TILE_K; to be measured on the H100
-TILE_T, TILE_N, TILE_K = 16, 16, 32
-TILE_THREADS = TILE_T * TILE_N
-#: shared rows of w and mask bits padded by one element, so that the 16 rows a warp reads
+#: tiled kernel: TILE_T tokens x TILE_N rows per block, each thread TILE_TPT = 2 tokens of
+#: one row (two accumulator arrays in kernels.py: a shared w and mask word feeds
+#: 2 * (n_masks + 1) FMAs), d_model in steps of TILE_K; 128 threads. Sizes to be measured
+#: on the H100; 4 tokens per thread spilled the accumulators to local memory at n_masks >= 12
+#: (sm_90 PTX, tests/test_numba_build.py)
+TILE_T, TILE_N, TILE_K, TILE_TPT = 8, 32, 32, 2
+TILE_THREADS = TILE_N * TILE_T // TILE_TPT
+#: shared rows of w and mask bits padded by one element, so that the 32 rows a warp reads
 #: at one k fall in distinct banks (32 banks of 4 bytes: a hardware fact)
 TILE_KP = TILE_K + 1
 #: threads per block of the element-wise backward kernels (dx, dw); to be measured on the H100
 ELEM_BLOCK = 128
-#: CUDA's gridDim.y limit (a hardware fact); it bounds the token tiles of the tiled kernel
-MAX_GRID_Y = 65535
-#: the simulator runs one OS thread per CUDA thread and every kernel line as Python; calls
-#: beyond this many multiply-adds (tokens * d_ff * d_model * (n_masks + 1)) take more than
-#: a few seconds there (measured on the 2-core CPU machine, DESIGN.md)
+#: Numba's simulator runs one OS thread per CUDA thread, each ~1 ms on the 2-core CPU
+#: machine (measured: its block manager polls every thread under the GIL), and every
+#: kernel line as Python (~1 us per operation). Every kernel strides over its work by
+#: gridDim.x, so simulated launches are capped at 2 blocks (block offsets still tested),
+#: and calls beyond SIM_MAX_MACS multiply-adds (tokens * d_ff * d_model * (n_masks + 1)),
+#: or beyond SIM_MAX_WEIGHTS elements of W, are refused there
+SIM_MAX_BLOCKS = 2
 SIM_MAX_MACS = 150_000
+SIM_MAX_WEIGHTS = 8192

@@ -26,7 +26,7 @@ from functools import lru_cache
 
 from numba import cuda, float32, float64, int32
 
-from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS
+from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
 from .numerics import act, act_and_grad, like, load, store
 
 FORWARD, GRAD = 0, 1
@@ -38,102 +38,122 @@ def _acc(acc64):
 
 @lru_cache(maxsize=None)
 def decode_kernel(n_masks, act_code, acc64, mode):
-    """``[ceil(N / rows), DECODE_BLOCK]`` kernel; ``rows = DECODE_BLOCK // lanes`` rows per
-    block, ``lanes`` (a power of two <= 32) threads per row, tokens looped inside."""
+    """``[blocks, DECODE_BLOCK]`` kernel; ``rows = DECODE_BLOCK // lanes`` rows per block
+    step, ``lanes`` (a power of two <= 32) threads per row; blocks stride over the
+    ``ceil(N / rows)`` row blocks, tokens are looped inside."""
     NM, NACC, ACC, ACT, MODE, BLOCK = n_masks, n_masks + 1, _acc(acc64), act_code, mode, DECODE_BLOCK
+    SHARED = NACC * BLOCK  # shared arrays need a constant size
 
     @cuda.jit(cache=True)
     def decode(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
-        part = cuda.shared.array(NACC * BLOCK, ACC)
-        sums = cuda.shared.array(NACC * BLOCK, ACC)
+        part = cuda.shared.array(SHARED, ACC)
+        sums = cuda.shared.array(SHARED, ACC)
         acc = cuda.local.array(NACC, ACC)
         bits = cuda.local.array(NM, int32)
         tid = cuda.threadIdx.x
-        lane, r = tid % lanes, tid // lanes
-        n = cuda.blockIdx.x * (BLOCK // lanes) + r
+        lane, r, rows = tid % lanes, tid // lanes, BLOCK // lanes
         groups = (d_model + 7) // 8
-        for t in range(tokens):
-            for j in range(NACC):
-                acc[j] = ACC(0)
-            if n < d_ff:
-                for g in range(lane, groups, lanes):
-                    for j in range(NM):
-                        bits[j] = packed[(j * d_ff + n) * groups + g]
-                    for b in range(8):
-                        k = 8 * g + b
-                        if k < d_model:
-                            p = load(w, n * d_model + k) * load(x, t * d_model + k)
-                            acc[NM] += p
-                            for j in range(NM):
-                                if (bits[j] >> b) & 1:
-                                    acc[j] += p
-            for j in range(NACC):
-                part[j * BLOCK + tid] = acc[j]
-            cuda.syncthreads()
-            for j in range(lane, NACC, lanes):
-                s = ACC(0)
-                for m in range(lanes):
-                    s += part[j * BLOCK + r * lanes + m]
-                sums[r * NACC + j] = s
-            cuda.syncthreads()
-            if lane == 0 and n < d_ff:
+        for row_block in range(cuda.blockIdx.x, (d_ff + rows - 1) // rows, cuda.gridDim.x):
+            n = row_block * rows + r
+            for t in range(tokens):
                 for j in range(NACC):
-                    acc[j] = sums[r * NACC + j]
-                if MODE == FORWARD:
-                    forward_epilogue(acc, NM, ACT, out, t * d_ff + n)
-                else:
-                    grad_epilogue(acc, NM, ACT, dout, out, dg, t, n, tokens, d_ff)
+                    acc[j] = ACC(0)
+                if n < d_ff:
+                    for g in range(lane, groups, lanes):
+                        for j in range(NM):
+                            bits[j] = packed[(j * d_ff + n) * groups + g]
+                        for b in range(8):
+                            k = 8 * g + b
+                            if k < d_model:
+                                p = load(w, n * d_model + k) * load(x, t * d_model + k)
+                                acc[NM] += p
+                                for j in range(NM):
+                                    if (bits[j] >> b) & 1:
+                                        acc[j] += p
+                for j in range(NACC):
+                    part[j * BLOCK + tid] = acc[j]
+                cuda.syncthreads()
+                for j in range(lane, NACC, lanes):
+                    s = ACC(0)
+                    for m in range(lanes):
+                        s += part[j * BLOCK + r * lanes + m]
+                    sums[r * NACC + j] = s
+                cuda.syncthreads()
+                if lane == 0 and n < d_ff:
+                    for j in range(NACC):
+                        acc[j] = sums[r * NACC + j]
+                    if MODE == FORWARD:
+                        forward_epilogue(acc, NM, ACT, out, t * d_ff + n)
+                    else:
+                        grad_epilogue(acc, NM, ACT, dout, out, dg, t, n, tokens, d_ff)
 
     return decode
 
 
 @lru_cache(maxsize=None)
 def tiled_kernel(n_masks, act_code, acc64, mode):
-    """``[(ceil(N / TILE_N), ceil(T / TILE_T)), TILE_THREADS]`` kernel, one ``(t, n)`` per thread."""
+    """``[blocks, TILE_THREADS]`` kernel, tokens ``t`` and ``t + 1`` of one row per thread
+    (TILE_TPT = 2: accumulators ``acc_a`` and ``acc_b``); blocks stride over the
+    ``ceil(N / TILE_N) * ceil(T / TILE_T)`` tiles, row tiles fastest."""
     NM, NACC, ACC, ACT, MODE = n_masks, n_masks + 1, _acc(acc64), act_code, mode
+    SX, SW = TILE_T * TILE_K, TILE_N * TILE_KP  # shared arrays need a constant size
 
     @cuda.jit(cache=True)
     def tiled(x, w, packed, dout, out, dg, tokens, d_ff, d_model):
-        sx = cuda.shared.array(TILE_T * TILE_K, ACC)
-        sw = cuda.shared.array(TILE_N * TILE_KP, ACC)
-        sb = cuda.shared.array(TILE_N * TILE_KP, int32)
-        acc = cuda.local.array(NACC, ACC)
+        sx = cuda.shared.array(SX, ACC)
+        sw = cuda.shared.array(SW, ACC)
+        sb = cuda.shared.array(SW, int32)
+        acc_a = cuda.local.array(NACC, ACC)  # token tq: gates 0..NM-1, then total
+        acc_b = cuda.local.array(NACC, ACC)  # token tq + 1
         tid = cuda.threadIdx.x
-        nn, tt = tid % TILE_N, tid // TILE_N
-        n0, t0 = cuda.blockIdx.x * TILE_N, cuda.blockIdx.y * TILE_T
+        nn, tq = tid % TILE_N, (tid // TILE_N) * TILE_TPT
         groups = (d_model + 7) // 8
-        for j in range(NACC):
-            acc[j] = ACC(0)
-        for k0 in range(0, d_model, TILE_K):
-            for e in range(tid, TILE_T * TILE_K, TILE_THREADS):
-                t, k = t0 + e // TILE_K, k0 + e % TILE_K
-                sx[e] = load(x, t * d_model + k) if t < tokens and k < d_model else ACC(0)
-            for e in range(tid, TILE_N * TILE_K, TILE_THREADS):
-                n, k = n0 + e // TILE_K, k0 + e % TILE_K
-                word = int32(0)
-                wv = ACC(0)
-                if n < d_ff and k < d_model:
-                    wv = load(w, n * d_model + k)
+        n_tiles = (d_ff + TILE_N - 1) // TILE_N
+        for tile in range(cuda.blockIdx.x, n_tiles * ((tokens + TILE_T - 1) // TILE_T), cuda.gridDim.x):
+            n0, t0 = (tile % n_tiles) * TILE_N, (tile // n_tiles) * TILE_T
+            for j in range(NACC):
+                acc_a[j] = ACC(0)
+                acc_b[j] = ACC(0)
+            for k0 in range(0, d_model, TILE_K):
+                cuda.syncthreads()  # the previous step's (or tile's) readers are done
+                for e in range(tid, TILE_T * TILE_K, TILE_THREADS):
+                    t, k = t0 + e // TILE_K, k0 + e % TILE_K
+                    sx[e] = load(x, t * d_model + k) if t < tokens and k < d_model else ACC(0)
+                for e in range(tid, TILE_N * TILE_K, TILE_THREADS):
+                    n, k = n0 + e // TILE_K, k0 + e % TILE_K
+                    word = int32(0)
+                    wv = ACC(0)
+                    if n < d_ff and k < d_model:
+                        wv = load(w, n * d_model + k)
+                        for j in range(NM):
+                            word |= ((int32(packed[(j * d_ff + n) * groups + k // 8]) >> (k % 8)) & 1) << j
+                    s = (e // TILE_K) * TILE_KP + e % TILE_K
+                    sw[s] = wv
+                    sb[s] = word
+                cuda.syncthreads()
+                for kk in range(TILE_K):
+                    wv = sw[nn * TILE_KP + kk]
+                    word = sb[nn * TILE_KP + kk]
+                    pa = wv * sx[tq * TILE_K + kk]
+                    pb = wv * sx[(tq + 1) * TILE_K + kk]
+                    acc_a[NM] += pa
+                    acc_b[NM] += pb
                     for j in range(NM):
-                        word |= ((int32(packed[(j * d_ff + n) * groups + k // 8]) >> (k % 8)) & 1) << j
-                s = (e // TILE_K) * TILE_KP + e % TILE_K
-                sw[s] = wv
-                sb[s] = word
-            cuda.syncthreads()
-            for kk in range(TILE_K):
-                p = sw[nn * TILE_KP + kk] * sx[tt * TILE_K + kk]
-                word = sb[nn * TILE_KP + kk]
-                acc[NM] += p
-                for j in range(NM):
-                    if (word >> j) & 1:
-                        acc[j] += p
-            cuda.syncthreads()
-        t, n = t0 + tt, n0 + nn
-        if t < tokens and n < d_ff:
-            if MODE == FORWARD:
-                forward_epilogue(acc, NM, ACT, out, t * d_ff + n)
-            else:
-                grad_epilogue(acc, NM, ACT, dout, out, dg, t, n, tokens, d_ff)
+                        if (word >> j) & 1:
+                            acc_a[j] += pa
+                            acc_b[j] += pb
+            n, t = n0 + nn, t0 + tq
+            if n < d_ff:
+                if MODE == FORWARD:
+                    if t < tokens:
+                        forward_epilogue(acc_a, NM, ACT, out, t * d_ff + n)
+                    if t + 1 < tokens:
+                        forward_epilogue(acc_b, NM, ACT, out, (t + 1) * d_ff + n)
+                else:
+                    if t < tokens:
+                        grad_epilogue(acc_a, NM, ACT, dout, out, dg, t, n, tokens, d_ff)
+                    if t + 1 < tokens:
+                        grad_epilogue(acc_b, NM, ACT, dout, out, dg, t + 1, n, tokens, d_ff)
 
     return tiled
 
@@ -150,7 +170,8 @@ def forward_epilogue(acc, n_masks, act_code, out, i):
 
 @cuda.jit(device=True)
 def grad_epilogue(acc, n_masks, act_code, dout, s_out, dg, t, n, tokens, d_ff):
-    """``D[j, t, n] = dout*(act'(g_j)*(total-g_j) - act(g_j))``, ``S[t, n] = sum_j dout*act(g_j)``."""
+    """``D[j, t, n] = dout*(act'(g_j)*(total-g_j) - act(g_j))``, ``S[t, n] = sum_j dout*act(g_j)``
+    with ``g_j = acc[j]``, ``total = acc[n_masks]``."""
     total = acc[n_masks]
     d = load(dout, t * d_ff + n)
     s = like(total, 0.0)
@@ -164,14 +185,13 @@ def grad_epilogue(acc, n_masks, act_code, dout, s_out, dg, t, n, tokens, d_ff):
 
 @lru_cache(maxsize=None)
 def dx_kernel(n_masks, acc64):
-    """``[ceil(T*K / ELEM_BLOCK), ELEM_BLOCK]`` kernel, one ``dx[t, k]`` per thread:
+    """``[blocks, ELEM_BLOCK]`` kernel, grid-stride over the ``dx[t, k]``:
     ``dx[t, k] = sum_n w[n, k] * (S[t, n] + sum_i M_i[n, k] * D[i, t, n])``."""
     NM, ACC = n_masks, _acc(acc64)
 
     @cuda.jit(cache=True)
     def dx(w, packed, dg, s, dx_out, tokens, d_ff, d_model):
-        e = cuda.grid(1)
-        if e < tokens * d_model:
+        for e in range(cuda.grid(1), tokens * d_model, cuda.gridsize(1)):
             t, k = e // d_model, e % d_model
             g, b = k // 8, k % 8
             groups = (d_model + 7) // 8
@@ -189,7 +209,7 @@ def dx_kernel(n_masks, acc64):
 
 @lru_cache(maxsize=None)
 def dw_kernel(n_masks, acc64, with_dm):
-    """``[ceil(N*K / ELEM_BLOCK), ELEM_BLOCK]`` kernel, one ``(n, k)`` per thread:
+    """``[blocks, ELEM_BLOCK]`` kernel, grid-stride over the ``(n, k)``:
     ``P_i = sum_t D[i, t, n] x[t, k]``, ``dW = sum_i M_i P_i + sum_t S[t, n] x[t, k]``,
     ``dM_i = w P_i`` (written when ``with_dm``). With 0 tokens it writes zeros."""
     NM, NACC, ACC, WITH_DM = n_masks, n_masks + 1, _acc(acc64), with_dm
@@ -197,8 +217,7 @@ def dw_kernel(n_masks, acc64, with_dm):
     @cuda.jit(cache=True)
     def dw(x, w, packed, dg, s, dw_out, dm_out, tokens, d_ff, d_model):
         p = cuda.local.array(NACC, ACC)
-        e = cuda.grid(1)
-        if e < d_ff * d_model:
+        for e in range(cuda.grid(1), d_ff * d_model, cuda.gridsize(1)):
             n, k = e // d_model, e % d_model
             for j in range(NACC):
                 p[j] = ACC(0)

@@ -1,0 +1,92 @@
+"""The numba backend's kernels build to sm_90 PTX: the GPU path's type check without a GPU.
+
+The simulator (which the conformance tests use here) runs kernels as Python and checks no
+types, so this builds, in subprocesses without NUMBA_ENABLE_CUDASIM, every kind of kernel
+the launcher can request with ``cuda.compile_ptx(..., cc=(9, 0))``: every dtype with
+n_masks 1, 4 and 16, every n_masks in bf16, every activation in fp32 and fp64 accumulators,
+dM in another dtype than x. It also requires that no specialisation spills its per-mask
+accumulators to local memory and that no fp32 kernel does fp64 arithmetic.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("numba_cuda") is None, reason="numba-cuda is not installed"
+)
+
+SCRIPT = r'''
+import sys
+import numba.cuda.dispatcher as dispatcher
+
+# compile_ptx builds the kernel for the cc given, but the device functions it calls are
+# compiled for the current device; there is none here, so report the one we target.
+class _SM90:
+    compute_capability = (9, 0)
+
+dispatcher.get_current_device = lambda: _SM90()
+
+from numba import cuda
+from mglu.backends.numba_backend import kernels as K
+from mglu.backends.numba_backend.numerics import ACT_CODE
+
+ARRAY = {"float64": "float64", "float32": "float32", "float16": "float16", "bfloat16": "int16"}
+
+
+def specs(dtype, n_masks, act, dm_dtype):
+    a, m, acc64 = ARRAY[dtype] + "[::1]", ARRAY[dm_dtype] + "[::1]", dtype == "float64"
+    code = ACT_CODE[act]
+    products = f"void({a},{a},uint8[::1],{a},{a},{a},int64,int64,int64"
+    for mode in (K.FORWARD, K.GRAD):
+        yield "decode", K.decode_kernel(n_masks, code, acc64, mode), products + ",int64)"
+        yield "tiled", K.tiled_kernel(n_masks, code, acc64, mode), products + ")"
+    yield "dx", K.dx_kernel(n_masks, acc64), f"void({a},uint8[::1],{a},{a},{a},int64,int64,int64)"
+    for with_dm in (False, True):
+        dm = m if with_dm else a
+        yield "dw", K.dw_kernel(n_masks, acc64, with_dm), f"void({a},{a},uint8[::1],{a},{a},{a},{dm},int64,int64,int64)"
+
+
+failures, count = [], 0
+for item in sys.argv[1:]:
+    dtype, n_masks, act, dm_dtype = item.split(":")
+    for name, kernel, sig in specs(dtype, int(n_masks), act, dm_dtype):
+        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
+        count += 1
+        if "__local_depot" in ptx:
+            failures.append(f"{item} {name}: uses local memory")
+        if dtype != "float64" and dm_dtype != "float64" and ".f64" in ptx:
+            failures.append(f"{item} {name}: fp64 arithmetic in an fp32 kernel")
+print(f"built {count} kernels")
+if failures:
+    sys.exit("\n".join(failures))
+'''
+
+DTYPES = ("float64", "float32", "float16", "bfloat16")
+ACTS = ("silu", "sigmoid", "gelu", "gelu_tanh", "relu", "identity")
+
+
+def _items():
+    items = {f"{d}:{n}:silu:{d}" for d in DTYPES for n in (1, 4, 16)}
+    items |= {f"bfloat16:{n}:silu:bfloat16" for n in range(1, 17)}
+    items |= {f"{d}:2:{a}:{d}" for d in ("float32", "float64") for a in ACTS}
+    items |= {"bfloat16:3:silu:float32", "float16:3:gelu:float64"}
+    return sorted(items)
+
+
+def test_every_specialisation_builds_to_sm90_ptx():
+    items = _items()
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    halves = (items[0::2], items[1::2])  # two processes: CI has two cores
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SCRIPT, *half], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for half in halves
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, (out + err)[-4000:]
+        assert "built" in out
