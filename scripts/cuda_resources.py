@@ -37,11 +37,15 @@ def kernels() -> list[str]:
 
 
 def find_cuobjdump() -> str | None:
-    import triton  # ships cuobjdump with its NVIDIA backend
+    """cuobjdump on PATH, in /usr/local/cuda/bin, or the copy triton ships with its NVIDIA backend."""
+    candidates = [Path("/usr/local/cuda/bin/cuobjdump")]
+    try:
+        import triton
 
-    bundled = Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump"
-    return shutil.which("cuobjdump") or next(
-        (str(p) for p in (Path("/usr/local/cuda/bin/cuobjdump"), bundled) if p.exists()), None)
+        candidates.append(Path(triton.__file__).parent / "backends/nvidia/bin/cuobjdump")
+    except ImportError:
+        pass
+    return shutil.which("cuobjdump") or next((str(p) for p in candidates if p.exists()), None)
 
 
 def main() -> int:
