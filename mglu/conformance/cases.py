@@ -88,7 +88,8 @@ def _cuda_cases() -> list[Case]:
     with two K halves up to 16 tokens, 32 x 32 above, 32-column steps) or the CUDA-core
     tiled kernel (fp32/fp64; 32 tokens x 32 rows, K steps of 32).
     Backward: dx tiles 32 tokens x 64 columns (16-row steps), dW tiles 32 rows x 64 columns
-    (16-token steps).
+    (16-token steps); on tensor cores (fp16/bf16) 32 x 32 tiles of 16 x 16 warps, 32-row /
+    32-token steps.
     """
     cases = [
         Case("cuda_t1_one_round", (1,), 256, 40, 1, quick=False),
