@@ -49,7 +49,7 @@ def main(argv=None) -> int:
             for T in (int(v) for v in args.tokens.split(",")):
                 jobs = []
                 g = tiles.gate_group(n)
-                c = tiles.FP64_TILES if dt == "fp64" else tiles.mma_fwd_tiles(T, g)
+                c = tiles.FP64_TILES if dt == "fp64" else tiles.mma_fwd_tiles(T, g, 4 if dt == "fp32" else 2)
                 base = {"x_ptr": p, "w_ptr": p, "p_ptr": "*u8", "out_ptr": p, "dout_ptr": p,
                         "T": "i32", "N": "i32", "K": "i32", "KB": "i32"}
                 for mode in (0, 1):

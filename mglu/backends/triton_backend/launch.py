@@ -44,7 +44,9 @@ def forward(x2d, weight, packed, activation):
 
 
 def _fwd_tiles(dtype, T: int, n: int) -> tiles.Mma:
-    return tiles.FP64_TILES if dtype == torch.float64 else tiles.mma_fwd_tiles(T, tiles.gate_group(n))
+    if dtype == torch.float64:
+        return tiles.FP64_TILES
+    return tiles.mma_fwd_tiles(T, tiles.gate_group(n), torch.empty((), dtype=dtype).element_size())
 
 
 def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):

@@ -71,14 +71,16 @@ def _pow2_at_least(v: int, lo: int) -> int:
 FP64_TILES = Mma(BN=16, BT=16, BK=16, num_warps=4, num_stages=1)
 
 
-def mma_fwd_tiles(tokens: int, group: int) -> Mma:
+def mma_fwd_tiles(tokens: int, group: int, elem_bytes: int = 2) -> Mma:
     """Forward/DS-pass tiles. H100 run 2, 4096x14336 bf16: T <= 16 with BT=16, BN=64,
     BK=128 ran 63.5 us at n=1 (65% of copy bandwidth; BN=128 was the same); prefill n=1
     best of 4 tilings BN=64, BT=128, BK=64, 4 warps (404 TF/s); n=4 best BN=128, BT=64,
     BK=64, 8 warps (194 TF/s, spilling 18 registers)."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
     if bt <= 64:
-        return Mma(BN=64, BT=bt, BK=128, num_warps=4, num_stages=4)
+        # fp32 at BT=64: 4 stages of (64x128 + 128x64) x 4 B is 262 KB, over the H100's
+        # 227 KB of shared memory per block (seen: OutOfResources on the device); BK=64 halves it
+        return Mma(BN=64, BT=bt, BK=128 if elem_bytes <= 2 else 64, num_warps=4, num_stages=4)
     if group == 1:
         return Mma(BN=64, BT=128, BK=64, num_warps=4, num_stages=3)
     return Mma(BN=128, BT=64, BK=64, num_warps=8, num_stages=3)
