@@ -8,7 +8,7 @@
 
 from . import nn
 from .activations import ACTIVATIONS
-from .backends import AUTO_PRIORITY, BACKEND_NAMES
+from .backends import BACKEND_NAMES, auto_priority
 from .dispatch import ENV_VAR, Selection
 from .errors import BackendUnavailableError, MGLUError, MGLUTypeError, MGLUValueError
 from .masks import MAX_MASKS, pack_masks, unpack_masks
@@ -18,7 +18,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS",
-    "AUTO_PRIORITY",
     "BACKEND_NAMES",
     "ENV_VAR",
     "MAX_MASKS",
@@ -32,4 +31,5 @@ __all__ = [
     "nn",
     "pack_masks",
     "unpack_masks",
+    "auto_priority",
 ]

@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from .backends import AUTO_PRIORITY, BACKEND_NAMES, REGISTRY, Problem
+from .backends import BACKEND_NAMES, REGISTRY, Problem, auto_priority
 from .bench.cli import add_arguments as add_bench_arguments
 from .bench.cli import run as run_bench
 from .bench.report import versions
@@ -31,9 +31,9 @@ def cmd_info(args) -> int:
     else:
         print(f"device   cpu ({platform.processor() or platform.machine()}, no CUDA device)")
     print(f"{ENV_VAR}={os.environ.get(ENV_VAR, '')!r} (unset means auto)")
-    print(f"auto priority: {', '.join(AUTO_PRIORITY)}")
-    print(f"backends, for a {args.dtype} call on {device.type} (1 token, d_model 4096, d_ff 11008, 4 masks):")
     problem = Problem(1, 4096, 11008, 4, DTYPE_NAMES[args.dtype], device, "silu")
+    print(f"backends, for a {args.dtype} call on {device.type} (1 token, d_model 4096, d_ff 11008, 4 masks):")
+    print(f"  auto priority (forward): {', '.join(auto_priority(problem))}")
     for name in BACKEND_NAMES:
         reasons = REGISTRY[name].reasons(problem)
         status = "available" if not reasons else "unavailable: " + "; ".join(reasons)

@@ -1,7 +1,7 @@
 """Backend choice (SPEC §5): ``backend=`` argument, else ``MGLU_BACKEND``, else ``auto``.
 
 A named backend that cannot run the call raises :class:`BackendUnavailableError` with its
-reasons; it never falls back. ``auto`` walks ``AUTO_PRIORITY`` and takes the first backend
+reasons; it never falls back. ``auto`` walks ``auto_priority(problem)`` and takes the first backend
 whose capability check passes. Each choice is logged at DEBUG on the ``mglu`` logger, and
 :func:`mglu.explain` returns the same :class:`Selection` without running anything.
 """
@@ -10,7 +10,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from .backends import AUTO, AUTO_PRIORITY, BACKEND_NAMES, REGISTRY, Backend, Problem
+from .backends import AUTO, BACKEND_NAMES, REGISTRY, Backend, Problem, auto_priority
 from .errors import BackendUnavailableError, MGLUTypeError, MGLUValueError
 
 ENV_VAR = "MGLU_BACKEND"
@@ -60,7 +60,7 @@ class Selection:
 def explain_problem(requested: str, problem: Problem) -> Selection:
     """The :class:`Selection` for ``problem`` without raising or running anything."""
     refused = {name: r for name, b in REGISTRY.items() if (r := b.reasons(problem))}
-    candidates = AUTO_PRIORITY if requested == AUTO else (requested,)
+    candidates = auto_priority(problem) if requested == AUTO else (requested,)
     chosen = next((name for name in candidates if name not in refused), None)
     return Selection(requested, chosen, refused, candidates)
 
@@ -71,7 +71,7 @@ def select(requested: str, problem: Problem) -> Backend:
     Asks the candidates in order and stops at the first that accepts; the full
     :class:`Selection` (every backend's reasons) is built only for the DEBUG log line.
     """
-    candidates = AUTO_PRIORITY if requested == AUTO else (requested,)
+    candidates = auto_priority(problem) if requested == AUTO else (requested,)
     refused = {}
     for name in candidates:
         reasons = REGISTRY[name].reasons(problem)

@@ -45,7 +45,7 @@ def backward_op(
     """``(dx, dW, dM)``; ``dM`` has the shape and dtype of ``logits``, or is empty without them."""
     dout, x2d, weight, packed = dout.contiguous(), x2d.contiguous(), weight.contiguous(), packed.contiguous()
     needs_dmask = logits is not None
-    chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation, needs_dmask))
+    chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation, needs_dmask, backward=True))
     dx, dw, dm = chosen.backward(dout, x2d, weight, packed, activation, logits.dtype if needs_dmask else None)
     return dx, dw, dm if needs_dmask else x2d.new_empty((0,))
 
@@ -134,5 +134,5 @@ def explain(x: Tensor, weight: Tensor, masks: Tensor, *, activation: str = DEFAU
     is_packed = validate(x, weight, masks, activation)
     requested = dispatch.requested_backend(backend)
     x2d = x.reshape(-1, weight.shape[1])
-    problem = Problem.of(x2d, weight, masks, activation, needs_dmask=backward and not is_packed)
+    problem = Problem.of(x2d, weight, masks, activation, needs_dmask=backward and not is_packed, backward=backward)
     return dispatch.explain_problem(requested, problem)

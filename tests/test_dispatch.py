@@ -5,7 +5,7 @@ import torch
 
 import mglu
 from mglu import BackendUnavailableError, MGLUValueError
-from mglu.backends import REGISTRY, Backend, torch_backend
+from mglu.backends import REGISTRY, Backend, Problem, torch_backend
 
 
 def _args(dtype=torch.float32):
@@ -17,21 +17,21 @@ def _args(dtype=torch.float32):
 def test_auto_picks_torch_and_explains_everyone():
     sel = mglu.explain(*_args())
     assert sel.chosen == "torch"
-    assert set(sel.refused) == {"triton", "cuda", "numba"}
+    assert set(sel.refused) == {"cuda"}
     text = str(sel)
     for name in mglu.BACKEND_NAMES:
         assert name in text
-    assert "not implemented yet" in text
+    assert "needs a CUDA tensor" in text
 
 
 def test_env_var_is_read_at_call_time(monkeypatch):
     monkeypatch.setenv("MGLU_BACKEND", "torch")
     assert mglu.explain(*_args()).requested == "torch"
-    monkeypatch.setenv("MGLU_BACKEND", "triton")
-    assert mglu.explain(*_args()).requested == "triton"
-    with pytest.raises(BackendUnavailableError, match="not implemented yet") as info:
+    monkeypatch.setenv("MGLU_BACKEND", "cuda")
+    assert mglu.explain(*_args()).requested == "cuda"
+    with pytest.raises(BackendUnavailableError, match="needs a CUDA tensor") as info:
         mglu.mglu(*_args())
-    assert info.value.backend == "triton" and info.value.reasons == ["not implemented yet"]
+    assert info.value.backend == "cuda" and info.value.reasons == ['needs a CUDA tensor (got cpu)']
 
 
 def test_argument_overrides_env(monkeypatch):
@@ -41,8 +41,9 @@ def test_argument_overrides_env(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["cuda", "numba", "triton"])
-def test_named_unavailable_backend_raises_never_falls_back(name):
-    with pytest.raises(BackendUnavailableError) as info:
+def test_named_unavailable_backend_raises_never_falls_back(name, monkeypatch):
+    monkeypatch.setitem(REGISTRY, name, Backend(name, lambda p: ["refuses for the test"]))
+    with pytest.raises(BackendUnavailableError, match="refuses for the test") as info:
         mglu.mglu(*_args(), backend=name)
     assert name in str(info.value)
 
@@ -65,10 +66,10 @@ def test_auto_walks_priority_list(monkeypatch):
     refusing = Backend("cuda", lambda p: ["refuses for the test"])
     monkeypatch.setitem(REGISTRY, "cuda", refusing)
     monkeypatch.setitem(REGISTRY, "numba", Backend("numba", lambda p: [], fwd, torch_backend.backward))
-    monkeypatch.setattr("mglu.dispatch.AUTO_PRIORITY", ("cuda", "numba", "torch"))
+    monkeypatch.setattr("mglu.dispatch.auto_priority", lambda problem: ("cuda", "numba", "torch"))
     mglu.mglu(*_args())
     assert calls == ["numba"]
-    monkeypatch.setattr("mglu.dispatch.AUTO_PRIORITY", ("cuda",))
+    monkeypatch.setattr("mglu.dispatch.auto_priority", lambda problem: ("cuda",))
     with pytest.raises(BackendUnavailableError, match="cuda: refuses for the test"):
         mglu.mglu(*_args())
 
@@ -76,4 +77,23 @@ def test_auto_walks_priority_list(monkeypatch):
 def test_choice_is_logged(caplog):
     with caplog.at_level(logging.DEBUG, logger="mglu"):
         mglu.mglu(*_args())
-    assert "runs on 'torch'" in caplog.text and "triton  refused: not implemented yet" in caplog.text
+    assert "runs on 'torch'" in caplog.text and "cuda    refused: needs a CUDA tensor" in caplog.text
+
+
+def _problem(tokens, n_masks, device="cuda", backward=False):
+    return Problem(tokens, 4096, 14336, n_masks, torch.bfloat16, torch.device(device), "silu", backward=backward)
+
+
+@pytest.mark.parametrize("tokens,n_masks,first", [
+    (1, 1, "cuda"), (1, 4, "cuda"), (1, 8, "triton"), (16, 1, "triton"), (16, 4, "cuda"),
+    (64, 4, "cuda"), (65, 1, "triton"), (8192, 4, "triton"),
+])
+def test_auto_priority_follows_the_measured_regimes(tokens, n_masks, first):
+    order = mglu.auto_priority(_problem(tokens, n_masks))
+    assert order[0] == first and set(order) == set(mglu.BACKEND_NAMES)
+    assert order[-2:] == ("numba", "torch")
+
+
+def test_auto_priority_cpu_and_backward():
+    assert mglu.auto_priority(_problem(1, 4, device="cpu")) == ("torch",)
+    assert mglu.auto_priority(_problem(2048, 4, backward=True))[0] == "torch"

@@ -1,9 +1,8 @@
 """Registry of backends and the order ``auto`` tries them in.
 
-Each module registers one :class:`~mglu.backends.base.Backend`. ``AUTO_PRIORITY`` is the
-order ``MGLU_BACKEND=auto`` walks; a backend enters it at the rank the benchmark
-(``python -m mglu bench``) measured for it. Only the torch backend runs today, so it is
-the whole list.
+Each module registers one :class:`~mglu.backends.base.Backend`. :func:`auto_priority` is
+the order ``MGLU_BACKEND=auto`` walks for one problem; each rank comes from the benchmark
+(``python -m mglu bench``) on the H100, quoted beside the rule.
 """
 
 from . import cuda_backend, numba_backend, torch_backend, triton_backend
@@ -18,11 +17,44 @@ REGISTRY: dict[str, Backend] = {
 
 BACKEND_NAMES: tuple[str, ...] = tuple(REGISTRY)
 AUTO = "auto"
-AUTO_PRIORITY: tuple[str, ...] = ("torch",)
+#: n_masks from which triton's one-token forward beats cuda's (H100, fp16, 1 token:
+#: n=8 triton 116.9 us vs cuda 140.8 us at 4096x14336, 40.2 vs 51.3 us at 2048x8192;
+#: n<=4 cuda won or tied, e.g. n=4 72.2 vs 86.7 us); n = 5..7 are not measured
+TRITON_DECODE_MIN_MASKS = 8
+#: tokens above which the forward is prefill: triton's tensor cores lead (H100, bf16,
+#: 4096x14336, 8192 tokens: n=1 4.65 ms vs cuda 33.3 ms, n=4 24.5 vs 59.8 ms)
+PREFILL_TOKENS = 64
+
+
+def auto_priority(problem: Problem) -> tuple[str, ...]:
+    """The order ``auto`` tries backends in for ``problem``, from the H100 bench (see
+    README "Choosing a backend"; numba ranks last: slowest on every measured row).
+
+    - CPU: torch (the kernel backends run on CPU only under their interpreters).
+    - CUDA backward: torch first. Training step, 4096x11008, 2048 tokens, n=4, bf16:
+      triton 20.3 ms, cuda 152 ms, eager naive PyTorch 13.4 ms.
+    - CUDA forward, 1 token: cuda, then triton (triton first from
+      ``TRITON_DECODE_MIN_MASKS`` masks).
+    - CUDA forward, 2..64 tokens: one mask, triton (16 tokens 53.8 vs 97.1 us, 64 tokens
+      75.7 vs 325.4 us at 4096x14336); more masks, cuda (n=4, 64 tokens 557.6 vs 709.2 us;
+      16 tokens: cuda faster at 4096x11008 and 8192x28672, triton at 4096x14336).
+    - CUDA forward, more tokens: triton, then cuda.
+    """
+    if problem.device.type != "cuda":
+        return ("torch",)
+    if problem.backward:
+        return ("torch", "triton", "cuda", "numba")
+    if problem.tokens <= 1:
+        first = ("triton", "cuda") if problem.n_masks >= TRITON_DECODE_MIN_MASKS else ("cuda", "triton")
+    elif problem.tokens <= PREFILL_TOKENS:
+        first = ("triton", "cuda") if problem.n_masks == 1 else ("cuda", "triton")
+    else:
+        first = ("triton", "cuda")
+    return first + ("numba", "torch")
 
 __all__ = [
     "AUTO",
-    "AUTO_PRIORITY",
+    "auto_priority",
     "BACKEND_NAMES",
     "REGISTRY",
     "Backend",

@@ -55,9 +55,10 @@ class Problem:
     device: torch.device
     activation: str
     needs_dmask: bool = False
+    backward: bool = False
 
     @classmethod
-    def of(cls, x2d, weight, packed, activation, needs_dmask=False) -> "Problem":
+    def of(cls, x2d, weight, packed, activation, needs_dmask=False, backward=False) -> "Problem":
         return cls(
             tokens=x2d.shape[0],
             d_model=x2d.shape[1],
@@ -67,6 +68,7 @@ class Problem:
             device=x2d.device,
             activation=activation,
             needs_dmask=needs_dmask,
+            backward=backward,
         )
 
 
