@@ -27,6 +27,7 @@ from .constants import (
     DECODE_MAX_TOKENS,
     ELEM_BLOCK,
     SIM_MAX_BLOCKS,
+    SIM_MAX_LANES,
     SIM_MAX_MACS,
     SIM_MAX_WEIGHTS,
     TILE_N,
@@ -131,7 +132,7 @@ def _products(mode, x2d, weight, packed, activation, dout, out, dg):
     launch = _launcher(x2d.device)
     if tokens <= DECODE_MAX_TOKENS:
         groups = (d_model + 7) // 8
-        lanes = min(DECODE_MAX_LANES, 1 << (groups - 1).bit_length())
+        lanes = min(SIM_MAX_LANES if _simulating() else DECODE_MAX_LANES, 1 << (groups - 1).bit_length())
         rows = DECODE_BLOCK // lanes
         launch(kernels.decode_kernel(*key), -(-d_ff // rows), DECODE_BLOCK, *args, lanes)
     else:

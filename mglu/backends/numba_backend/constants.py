@@ -30,5 +30,9 @@ ELEM_BLOCK = 128
 #: and calls beyond SIM_MAX_MACS multiply-adds (tokens * d_ff * d_model * (n_masks + 1)),
 #: or beyond SIM_MAX_WEIGHTS elements of W, are refused there
 SIM_MAX_BLOCKS = 2
-SIM_MAX_MACS = 150_000
+SIM_MAX_MACS = 100_000
 SIM_MAX_WEIGHTS = 8192
+#: a simulated barrier costs every thread of the block a GIL round trip, so the decode
+#: kernel's cost there grows with d_ff * lanes * tokens: the simulator runs it with at most
+#: 4 lanes per row (still a cross-lane reduction; lanes is a launch parameter)
+SIM_MAX_LANES = 4

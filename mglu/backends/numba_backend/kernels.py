@@ -27,7 +27,7 @@ from functools import lru_cache
 from numba import cuda, float32, float64, int32
 
 from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
-from .numerics import act, act_and_grad, like, load, store
+from .numerics import act, act_and_grad, device, like, load, store
 
 FORWARD, GRAD = 0, 1
 
@@ -158,7 +158,7 @@ def tiled_kernel(n_masks, act_code, acc64, mode):
     return tiled
 
 
-@cuda.jit(device=True)
+@device
 def forward_epilogue(acc, n_masks, act_code, out, i):
     """``out[i] = sum_j act(acc[j]) * (acc[n_masks] - acc[j])`` (acc = gates, then total)."""
     total = acc[n_masks]
@@ -168,7 +168,7 @@ def forward_epilogue(acc, n_masks, act_code, out, i):
     store(out, i, y)
 
 
-@cuda.jit(device=True)
+@device
 def grad_epilogue(acc, n_masks, act_code, dout, s_out, dg, t, n, tokens, d_ff):
     """``D[j, t, n] = dout*(act'(g_j)*(total-g_j) - act(g_j))``, ``S[t, n] = sum_j dout*act(g_j)``
     with ``g_j = acc[j]``, ``total = acc[n_masks]``."""

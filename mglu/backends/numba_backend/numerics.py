@@ -26,6 +26,12 @@ from ...activations import GELU_TANH_A, GELU_TANH_C  # noqa: E402
 
 SIMULATED = bool(config.ENABLE_CUDASIM)
 
+#: ``@device`` marks device functions. The simulator would wrap each in an object whose
+#: every call takes a module-wide lock (to swap in its fake ``cuda`` module), which
+#: dominates its run time; these functions never touch ``cuda``, so there they stay plain
+#: Python functions: the same source, without the lock.
+device = (lambda fn: fn) if SIMULATED else cuda.jit(device=True)
+
 #: activation codes, in the order of mglu.activations.ACTIVATIONS
 ACT_CODE = {"silu": 0, "sigmoid": 1, "gelu": 2, "gelu_tanh": 3, "relu": 4, "identity": 5}
 SILU, SIGMOID, GELU, GELU_TANH, RELU, IDENTITY = range(6)
@@ -49,13 +55,13 @@ else:
     float_as_int = libdevice.float_as_int
 
 
-@cuda.jit(device=True)
+@device
 def bf16_to_f32(v):
     """bf16 bits (int16) -> fp32: the bits are the upper half of the fp32 word."""
     return int_as_float(int32(v) << 16)
 
 
-@cuda.jit(device=True)
+@device
 def f32_to_bf16(f):
     """fp32 -> bf16 bits (int16), round to nearest even; NaN -> the canonical quiet NaN."""
     if f != f:
@@ -119,7 +125,7 @@ else:
         return lambda g, c: kind(c)
 
 
-@cuda.jit(device=True)
+@device
 def act(g, code):
     """``act(g)`` for activation ``code`` (same formulas as torch_backend.ACT)."""
     one, half = like(g, 1.0), like(g, 0.5)
@@ -136,7 +142,7 @@ def act(g, code):
     return g
 
 
-@cuda.jit(device=True)
+@device
 def act_and_grad(g, code):
     """``(act(g), act'(g))`` for activation ``code`` (same formulas as torch_backend.ACT)."""
     zero, one, half = like(g, 0.0), like(g, 1.0), like(g, 0.5)
