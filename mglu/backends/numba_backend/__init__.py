@@ -65,8 +65,8 @@ def reasons(problem: Problem) -> list[str]:
         weights = problem.d_ff * problem.d_model
         if weights > SIM_MAX_WEIGHTS:
             out.append(
-                f"too big for Numba's CUDA simulator: d_ff*d_model = {weights} threads in the dW "
-                f"kernel, the limit is {SIM_MAX_WEIGHTS}"
+                f"too big for Numba's CUDA simulator: d_ff*d_model = {weights} elements of W, "
+                f"the limit is {SIM_MAX_WEIGHTS}"
             )
         macs = problem.tokens * problem.d_ff * problem.d_model * (problem.n_masks + 1)
         if macs > SIM_MAX_MACS:

@@ -23,9 +23,9 @@ TILE_THREADS = TILE_N * TILE_T // TILE_TPT
 TILE_KP = TILE_K + 1
 #: threads per block of the element-wise backward kernels (dx, dw); to be measured on the H100
 ELEM_BLOCK = 128
-#: Numba's simulator runs one OS thread per CUDA thread, each ~1 ms on the 2-core CPU
-#: machine (measured: its block manager polls every thread under the GIL), and every
-#: kernel line as Python (~1 us per operation). Every kernel strides over its work by
+#: Numba's simulator runs one OS thread per CUDA thread, about 1 ms per thread and barrier
+#: on the 2-core CPU machine (measured: its block manager polls every thread under the
+#: GIL), and every kernel line as Python. Every kernel strides over its work by
 #: gridDim.x, so simulated launches are capped at 2 blocks (block offsets still tested),
 #: and calls beyond SIM_MAX_MACS multiply-adds (tokens * d_ff * d_model * (n_masks + 1)),
 #: or beyond SIM_MAX_WEIGHTS elements of W, are refused there

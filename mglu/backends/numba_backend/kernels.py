@@ -30,6 +30,7 @@ from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREA
 from .numerics import act, act_and_grad, device, like, load, store
 
 FORWARD, GRAD = 0, 1
+assert TILE_TPT == 2, "the tiled kernel holds two accumulator arrays (acc_a, acc_b)"
 
 
 def _acc(acc64):
