@@ -48,8 +48,8 @@ def main(argv=None) -> int:
         for n in (int(v) for v in args.masks.split(",")):
             for T in (int(v) for v in args.tokens.split(",")):
                 jobs = []
-                g = tiles.gate_group(n)
-                c = tiles.FP64_TILES if dt == "fp64" else tiles.mma_fwd_tiles(T, g, 4 if dt == "fp32" else 2)
+                c = tiles.FP64_TILES if dt == "fp64" else tiles.mma_fwd_tiles(T, n, 4 if dt == "fp32" else 2)
+                g = tiles.gate_group(n, c.gates)
                 base = {"x_ptr": p, "w_ptr": p, "p_ptr": "*u8", "out_ptr": p, "dout_ptr": p,
                         "T": "i32", "N": "i32", "K": "i32", "KB": "i32"}
                 for mode in (0, 1):

@@ -71,12 +71,12 @@ def time_gemv(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
     record(part, f"gemv {K}x{N} T={T} n={n} {dtype} {c}", ms, kern, decode_bytes(T, K, N, n), limits=limits)
 
 
-def time_mma(part, T, K, N, n, c, limits, dtype=torch.bfloat16, bits3=True):
+def time_mma(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
     x, w, p = inputs(T, K, N, n, dtype)
     out = torch.empty(T, N, device=DEV, dtype=dtype)
-    kern = launch.launch_gates(x, w, p, out, None, 0, 0, c, bits3)
-    ms = do_bench(lambda: launch.launch_gates(x, w, p, out, None, 0, 0, c, bits3), return_mode="median")
-    label = f"mma{' bits3' if bits3 else ' gather'} {K}x{N} T={T} n={n} {c}"
+    kern = launch.launch_gates(x, w, p, out, None, 0, 0, c)
+    ms = do_bench(lambda: launch.launch_gates(x, w, p, out, None, 0, 0, c), return_mode="median")
+    label = f"mma {K}x{N} T={T} n={n} {c}"
     if T <= 64:
         record(part, label, ms, kern, decode_bytes(T, K, N, n), limits=limits)
     else:
@@ -102,7 +102,6 @@ def part_batched(limits):
     for n in (1, 4):
         for c in (tiles.Mma(64, 64, 128, 4, 4), tiles.Mma(128, 64, 64, 8, 3)):
             time_mma("batched", 64, 4096, 14336, n, c, limits)
-        time_mma("batched", 64, 4096, 14336, n, tiles.Mma(64, 64, 128, 4, 4), limits, bits3=False)
 
 
 def part_prefill(limits):
@@ -110,7 +109,6 @@ def part_prefill(limits):
         for c in (tiles.Mma(128, 128, 64, 8, 3), tiles.Mma(128, 64, 64, 8, 3), tiles.Mma(64, 128, 64, 4, 3),
                   tiles.Mma(128, 64, 64, 4, 3)):
             time_mma("prefill", 8192, 4096, 14336, n, c, limits)
-        time_mma("prefill", 8192, 4096, 14336, n, tiles.Mma(128, 64, 64, 8, 3), limits, bits3=False)
 
 
 def part_bwd(limits):
@@ -119,7 +117,7 @@ def part_bwd(limits):
         x, w, p = inputs(T, K, N, n)
         ds = torch.randn(n + 1, T, N, device=DEV, dtype=torch.bfloat16)
         dout = torch.randn(T, N, device=DEV, dtype=torch.bfloat16)
-        c = tiles.mma_fwd_tiles(T, tiles.gate_group(n))
+        c = tiles.mma_fwd_tiles(T, n)
         kern = launch.launch_gates(x, w, p, ds, dout, 0, 1, c)
         ms = do_bench(lambda: launch.launch_gates(x, w, p, ds, dout, 0, 1, c), return_mode="median")
         record("bwd", f"ds-pass T={T} {c}", ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
@@ -136,7 +134,17 @@ def part_bwd(limits):
             record("bwd", f"dw+dM T={T} {c}", ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
 
 
-PARTS = {"decode": part_decode, "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd}
+def part_gates(limits):
+    """Gate accumulators per pass (Mma.gates) at n=4: decode 16 tokens, prefill 8192."""
+    for g in (4, 2, 1):
+        time_mma("gates", 16, 4096, 14336, 4, tiles.Mma(64, 16, 128, 4, 4, gates=g), limits)
+    for c in (tiles.Mma(128, 64, 64, 8, 3, gates=4), tiles.Mma(128, 64, 64, 8, 3, gates=2),
+              tiles.Mma(128, 128, 64, 8, 3, gates=2), tiles.Mma(64, 128, 64, 4, 3, gates=2),
+              tiles.Mma(64, 128, 64, 4, 3, gates=1)):
+        time_mma("gates", 8192, 4096, 14336, 4, c, limits)
+
+
+PARTS = {"gates": part_gates, "decode": part_decode, "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd}
 
 
 def main(argv=None) -> int:

@@ -46,7 +46,7 @@ def forward(x2d, weight, packed, activation):
 def _fwd_tiles(dtype, T: int, n: int) -> tiles.Mma:
     if dtype == torch.float64:
         return tiles.FP64_TILES
-    return tiles.mma_fwd_tiles(T, tiles.gate_group(n), torch.empty((), dtype=dtype).element_size())
+    return tiles.mma_fwd_tiles(T, n, torch.empty((), dtype=dtype).element_size())
 
 
 def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):
@@ -63,7 +63,7 @@ def launch_gates(x2d, weight, packed, dst, dout, act: int, mode: int, c: tiles.M
     """``fwd_mma``: ``out`` (mode 0) or the backward's ``DS`` (mode 1), tiles ``c``."""
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
-    g = tiles.gate_group(n)
+    g = tiles.gate_group(n, c.gates)
     grid = (triton.cdiv(N, c.BN) * triton.cdiv(T, c.BT),)
     return kernels.fwd_mma[grid](
         x2d, weight, packed, dst, dout, T, N, K, packed.shape[2],

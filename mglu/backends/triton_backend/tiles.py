@@ -33,6 +33,8 @@ class Mma:
     BK: int
     num_warps: int
     num_stages: int
+    #: most gate accumulators live per pass over K (fwd_mma's G; 1..MAX_GATE_ACCS)
+    gates: int = 4
 
 
 #: tl.dot's smallest tile edge is 16
@@ -71,7 +73,7 @@ def _pow2_at_least(v: int, lo: int) -> int:
 FP64_TILES = Mma(BN=16, BT=16, BK=16, num_warps=4, num_stages=1)
 
 
-def mma_fwd_tiles(tokens: int, group: int, elem_bytes: int = 2) -> Mma:
+def mma_fwd_tiles(tokens: int, n_masks: int, elem_bytes: int = 2) -> Mma:
     """Forward/DS-pass tiles. H100 run 2, 4096x14336 bf16: T <= 16 with BT=16, BN=64,
     BK=128 ran 63.5 us at n=1 (65% of copy bandwidth; BN=128 was the same); prefill n=1
     best of 4 tilings BN=64, BT=128, BK=64, 4 warps (404 TF/s); n=4 best BN=128, BT=64,
@@ -81,7 +83,7 @@ def mma_fwd_tiles(tokens: int, group: int, elem_bytes: int = 2) -> Mma:
         # fp32 at BT=64: 4 stages of (64x128 + 128x64) x 4 B is 262 KB, over the H100's
         # 227 KB of shared memory per block (seen: OutOfResources on the device); BK=64 halves it
         return Mma(BN=64, BT=bt, BK=128 if elem_bytes <= 2 else 64, num_warps=4, num_stages=4)
-    if group == 1:
+    if n_masks == 1:
         return Mma(BN=64, BT=128, BK=64, num_warps=4, num_stages=3)
     return Mma(BN=128, BT=64, BK=64, num_warps=8, num_stages=3)
 
