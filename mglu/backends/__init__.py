@@ -6,7 +6,7 @@ the order ``MGLU_BACKEND=auto`` walks for one problem; each rank comes from the 
 """
 
 from . import cuda_backend, numba_backend, torch_backend, triton_backend
-from .base import Backend, Problem, new_output, not_implemented, poisoned_outputs
+from .base import Backend, Problem, new_output, poisoned_outputs
 
 REGISTRY: dict[str, Backend] = {
     "torch": torch_backend.BACKEND,
@@ -60,6 +60,5 @@ __all__ = [
     "Backend",
     "Problem",
     "new_output",
-    "not_implemented",
     "poisoned_outputs",
 ]

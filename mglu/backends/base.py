@@ -74,8 +74,7 @@ class Problem:
 
 @dataclass(frozen=True)
 class Backend:
-    """One registered backend. ``forward``/``backward`` may be ``None`` only when
-    ``reasons`` always refuses (a backend registered before it is implemented)."""
+    """One registered backend: its capability check and its two tensor functions."""
 
     name: str
     reasons: Callable[[Problem], list[str]]
@@ -83,7 +82,3 @@ class Backend:
     backward: Optional[Callable] = None
     description: str = ""
 
-
-def not_implemented(name: str, description: str) -> Backend:
-    """A registered placeholder that refuses every call with 'not implemented yet'."""
-    return Backend(name=name, reasons=lambda problem: ["not implemented yet"], description=description)
