@@ -57,7 +57,7 @@ def main(argv=None) -> int:
                         N_MASKS=n, G=g, ACT=0, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP,
                         PREC="ieee", UPCAST=False, ACC=acc), c))
                 if T == 1 and dt != "fp64":
-                    cg = tiles.gemv_tiles(n)
+                    cg = tiles.GEMV_TILES
                     sig = {k: v for k, v in base.items() if k not in ("dout_ptr", "T")}
                     jobs.append(("fwd_gemv", kernels.fwd_gemv, sig, dict(
                         N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=cg.BN, BG=cg.BG,

@@ -5,12 +5,13 @@ ceil(d_model/8))`` uint8. Forward ``out (T, d_ff) = sum_i act(gate_i) * (total -
 backward ``(dx, dW, dM)`` of SPEC §3 in three kernels (``DS`` pass, ``dx``, ``dW``/``dM``).
 
 Regimes (``tiles.py`` holds every tile constant and where it came from): ``T <=
-GEMV_MAX_TOKENS`` runs the CUDA-core GEMV that streams ``W`` and the bit-planes once;
-larger ``T`` the tensor-core kernel. Without a GPU the same kernels run on CPU tensors
+GEMV_MAX_TOKENS`` with ``n_masks >= GEMV_MIN_MASKS`` runs the CUDA-core GEMV that streams
+``W`` and the bit-planes once; every other call the tensor-core kernel. Without a GPU the same kernels run on CPU tensors
 under Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported).
 Triton is imported on first use, so ``import mglu`` works without it.
 """
 
+import functools
 import importlib.util
 import os
 
@@ -27,9 +28,21 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@functools.cache
+def _installed() -> bool:
+    """Looked up once: ``find_spec`` of a package not yet imported searches sys.path
+    (48 us per call on our CPU machine), and ``reasons`` runs on every call of the op."""
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def reasons(problem: Problem) -> list[str]:
     """Plain-text reasons why this backend cannot run ``problem`` (empty: it can)."""
-    if importlib.util.find_spec("triton") is None:
+    if not _installed():
         return ["triton is not installed (pip install 'mglu[triton]')"]
     if problem.device.type == "cpu":
         if not interpreting():
@@ -39,7 +52,7 @@ def reasons(problem: Problem) -> list[str]:
         return [f"device type {problem.device.type!r} is not supported (cuda, or cpu under the interpreter)"]
     if interpreting():
         return ["TRITON_INTERPRET=1 is set: Triton's interpreter runs CPU tensors only"]
-    cap = torch.cuda.get_device_capability(problem.device)
+    cap = _capability(problem.device.index if problem.device.index is not None else torch.cuda.current_device())
     if cap < MIN_CAPABILITY:
         return [f"needs compute capability >= {MIN_CAPABILITY[0]}.{MIN_CAPABILITY[1]}, got {cap[0]}.{cap[1]}"]
     return []

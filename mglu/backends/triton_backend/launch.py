@@ -37,7 +37,7 @@ def forward(x2d, weight, packed, activation):
         return out
     act = ACT_ID[activation]
     if T <= tiles.GEMV_MAX_TOKENS and n >= tiles.GEMV_MIN_MASKS:
-        launch_gemv(x2d, weight, packed, out, act, tiles.gemv_tiles(n))
+        launch_gemv(x2d, weight, packed, out, act, tiles.GEMV_TILES)
     else:
         launch_gates(x2d, weight, packed, out, None, act, 0, _fwd_tiles(x2d.dtype, T, n))
     return out
@@ -46,7 +46,7 @@ def forward(x2d, weight, packed, activation):
 def _fwd_tiles(dtype, T: int, n: int) -> tiles.Mma:
     if dtype == torch.float64:
         return tiles.FP64_TILES
-    return tiles.mma_fwd_tiles(T, n, torch.empty((), dtype=dtype).element_size())
+    return tiles.mma_fwd_tiles(T, n, dtype.itemsize)
 
 
 def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):

@@ -48,11 +48,10 @@ MAX_GATE_ACCS = 4
 MAX_GEMV_ACCS = 8
 
 
-def gemv_tiles(n_masks: int) -> Gemv:
-    """GEMV tiles: a thread's 8 consecutive 16-bit elements are one 16-byte load. H100 run
-    2, 4096x14336 bf16, 10 tilings: BN=4, BG=32, 4 warps was best or within 3% of best at
-    n=4 (102.1 us) and n=8 (125.8 us)."""
-    return Gemv(BN=4, BG=32, num_warps=4)
+#: GEMV tiles: a thread's 8 consecutive 16-bit elements are one 16-byte load. H100 run 2,
+#: 4096x14336 bf16, 10 tilings: BN=4, BG=32, 4 warps was best or within 3% of best at n=4
+#: (102.1 us) and n=8 (125.8 us)
+GEMV_TILES = Gemv(BN=4, BG=32, num_warps=4)
 
 
 def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:
