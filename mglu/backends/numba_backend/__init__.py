@@ -2,8 +2,9 @@
 
 Shapes: ``x2d (T, d_model)``, ``weight (d_ff, d_model)``, ``packed (n_masks, d_ff,
 ceil(d_model/8))`` uint8. Forward ``out (T, d_ff) = sum_i act(gate_i) * (total - gate_i)``
-with ``total = x2d @ W.T``, ``gate_i = x2d @ (M_i W).T``, in one kernel: ``decode`` for
-``T <= DECODE_MAX_TOKENS``, else ``tiled`` (kernels.py). Backward (SPEC §3) in three
+with ``total = x2d @ W.T``, ``gate_i = x2d @ (M_i W).T``, in one kernel: for
+``T <= DECODE_MAX_TOKENS`` ``decode_wide`` (fp16/bf16 with 16-byte loads, where
+:func:`decode_plan` allows) or ``decode``, else ``tiled`` (kernels.py). Backward (SPEC §3) in three
 kernels: A (the forward kernel in GRAD mode) writes ``D_i`` and ``S``, B writes ``dx``,
 C writes ``dW`` and ``dM``. Design and launch shapes: DESIGN.md.
 
@@ -26,6 +27,8 @@ from .constants import (
     DECODE_BLOCK,
     DECODE_MAX_LANES,
     DECODE_MAX_TOKENS,
+    DECODE_VARIANT,
+    DECODE_VARIANTS,
     ELEM_BLOCK,
     SIM_MAX_BLOCKS,
     SIM_MAX_LANES,
@@ -87,13 +90,20 @@ def reasons(problem: Problem) -> list[str]:
     return out
 
 
-def _view(t: torch.Tensor):
-    """A flat kernel argument sharing ``t``'s memory: bf16 as int16 bits; NumPy in the
-    simulator, a numba device array (no copy, no stream sync) on the GPU."""
-    t = t.detach()
-    if t.dtype == torch.bfloat16:
+#: the array type of a mask word of ``span`` bytes in ``decode_wide`` (signed: every
+#: torch dtype here has a ``__cuda_array_interface__`` type)
+_MASK_WORD = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+
+
+def _view(t: torch.Tensor, as_dtype: torch.dtype | None = None):
+    """A flat kernel argument sharing ``t``'s memory: its bits as ``as_dtype`` if given,
+    else bf16 as int16 bits; NumPy in the simulator, a numba device array (no copy, no
+    stream sync) on the GPU."""
+    t = t.detach().reshape(-1)
+    if as_dtype is not None:
+        t = t.view(as_dtype)
+    elif t.dtype == torch.bfloat16:
         t = t.view(torch.int16)
-    t = t.reshape(-1)
     if _simulating():
         return t.numpy()
     from numba import cuda
@@ -130,32 +140,56 @@ def _launcher(device: torch.device):
     return launch
 
 
-def _products(mode, x2d, weight, packed, activation, dout, out, dg):
-    """Launch the decode or tiled kernel in ``mode`` (FORWARD: ``out``; GRAD: ``out`` = S, ``dg`` = D)."""
+def decode_plan(x2d, weight, packed, variant: str = DECODE_VARIANT) -> str:
+    """The decode kernel that runs for ``variant`` (a key of DECODE_VARIANTS): ``variant``
+    where its 16-byte loads apply (fp16/bf16, ``d_model % (8 span) == 0``, ``x`` and ``W``
+    16-byte aligned, the masks ``span``-byte aligned), else ``"scalar"`` (the element-wise
+    ``decode`` kernel: any dtype, ``d_model`` and alignment)."""
+    shape = DECODE_VARIANTS[variant]
+    if shape is None or x2d.dtype not in (torch.float16, torch.bfloat16):
+        return "scalar"
+    span = shape[0]
+    if x2d.shape[1] % (8 * span) or x2d.data_ptr() % 16 or weight.data_ptr() % 16 or packed.data_ptr() % span:
+        return "scalar"
+    return variant
+
+
+def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=DECODE_VARIANT):
+    """Launch the decode (``variant`` per :func:`decode_plan`) or tiled kernel in ``mode``
+    (FORWARD: ``out``; GRAD: ``out`` = S, ``dg`` = D)."""
     kernels, numerics = _numba()
     tokens, d_model = x2d.shape
     d_ff, n_masks = weight.shape[0], packed.shape[0]
-    key = (n_masks, numerics.ACT_CODE[activation], x2d.dtype == torch.float64, mode)
-    args = [_view(t) for t in (x2d, weight, packed, dout, out, dg)] + [tokens, d_ff, d_model]
+    code, acc64 = numerics.ACT_CODE[activation], x2d.dtype == torch.float64
+    rest = [_view(t) for t in (dout, out, dg)] + [tokens, d_ff, d_model]
     launch = _launcher(x2d.device)
-    if tokens <= DECODE_MAX_TOKENS:
-        groups = (d_model + 7) // 8
-        lanes = min(SIM_MAX_LANES if _simulating() else DECODE_MAX_LANES, 1 << (groups - 1).bit_length())
-        rows = DECODE_BLOCK // lanes
-        launch(kernels.decode_kernel(*key), -(-d_ff // rows), DECODE_BLOCK, *args, lanes)
-    else:
+    if tokens > DECODE_MAX_TOKENS:
         tiles = -(-d_ff // TILE_N) * -(-tokens // TILE_T)
-        launch(kernels.tiled_kernel(*key), tiles, TILE_THREADS, *args)
+        operands = [_view(t) for t in (x2d, weight, packed)]
+        launch(kernels.tiled_kernel(n_masks, code, acc64, mode), tiles, TILE_THREADS, *operands, *rest)
+        return
+    plan = decode_plan(x2d, weight, packed, variant)
+    if plan == "scalar":
+        kernel, block, words = kernels.decode_kernel(n_masks, code, acc64, mode), DECODE_BLOCK, (d_model + 7) // 8
+        operands = [_view(t) for t in (x2d, weight, packed)]
+    else:
+        span, unroll, block = DECODE_VARIANTS[plan]
+        kernel = kernels.decode_wide_kernel(n_masks, code, mode, x2d.dtype == torch.bfloat16, span, unroll, block)
+        words = d_model // (8 * span)
+        operands = [_view(x2d, torch.int32), _view(weight, torch.int32), _view(packed, _MASK_WORD[span])]
+    lanes = min(SIM_MAX_LANES if _simulating() else DECODE_MAX_LANES, 1 << (words - 1).bit_length())
+    launch(kernel, -(-d_ff // (block // lanes)), block, *operands, *rest, lanes)
 
 
-def forward(x2d, weight, packed, activation):
-    """``out (T, d_ff)`` = ``sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``."""
+def forward(x2d, weight, packed, activation, variant: str = DECODE_VARIANT):
+    """``out (T, d_ff)`` = ``sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``; ``variant``
+    picks the decode kernel (DECODE_VARIANTS; the tuner times each)."""
     kernels, _ = _numba()
     out = new_output((x2d.shape[0], weight.shape[0]), x2d.dtype, x2d.device)
     if x2d.shape[0]:
         unused = out.new_empty(0)  # dout and D exist only in GRAD mode; never aliases of out
         with _on_device(x2d.device):
-            _products(kernels.FORWARD, x2d, weight, packed, activation, unused, out, unused)
+            _products(kernels.FORWARD, x2d, weight, packed, activation, unused, out, unused, variant)
     return out
 
 

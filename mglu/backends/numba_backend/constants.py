@@ -6,8 +6,26 @@ No numba import here: the capability check reads these without loading numba.
 #: tokens up to which the forward uses the decode kernel (it re-reads each row of W, from
 #: cache, once per token); to be measured on the H100
 DECODE_MAX_TOKENS = 4
-#: threads per block of the decode kernel: 4 warps; to be measured on the H100
+#: threads per block of the element-wise decode kernel ("scalar"): 4 warps; to be measured on the H100
 DECODE_BLOCK = 128
+#: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
+#: ``decode`` kernel (every dtype and d_model), or (span, unroll, block) of ``decode_wide``
+#: (fp16/bf16, 16-byte loads; kernels.py): ``span`` consecutive 16-byte chunks of a row per
+#: lane and mask word (one mask byte per chunk), the loads of ``unroll`` words issued
+#: before use, ``block`` threads per block. sm_90 PTX without local memory for every
+#: n_masks 1..16 (checked on CPU): scalar, v4, v4u2, v4s2, v4u2b256; v4u4 spills from
+#: n_masks 9, v4s4 from 12 (NVVM stops unrolling the word loop)
+DECODE_VARIANTS = {
+    "scalar": None,
+    "v4": (1, 1, 128),
+    "v4u2": (1, 2, 128),
+    "v4u4": (1, 4, 128),
+    "v4s2": (2, 1, 128),
+    "v4s4": (4, 1, 128),
+    "v4u2b256": (1, 2, 256),
+}
+#: the variant the forward uses where its wide loads apply; to be measured on the H100
+DECODE_VARIANT = "v4u2"
 #: lanes per row of the decode kernel: at most one warp, i.e. 8 * 32 = 256 elements of a
 #: row per step; fewer (a power of two) when d_model is small
 DECODE_MAX_LANES = 32

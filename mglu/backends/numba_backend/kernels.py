@@ -27,7 +27,7 @@ from functools import lru_cache
 from numba import cuda, float32, float64, int32
 
 from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
-from .numerics import act, act_and_grad, device, like, load, store
+from .numerics import act, act_and_grad, bf16x2, device, f16x2, like, load, load_v4, store
 
 FORWARD, GRAD = 0, 1
 assert TILE_TPT == 2, "the tiled kernel holds two accumulator arrays (acc_a, acc_b)"
@@ -89,6 +89,92 @@ def decode_kernel(n_masks, act_code, acc64, mode):
                         grad_epilogue(acc, NM, ACT, dout, out, dg, t, n, tokens, d_ff)
 
     return decode
+
+
+@lru_cache(maxsize=None)
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block):
+    """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
+    ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
+    words of ``span`` bytes (uint8, int16, int32); ``K % (8 span) == 0`` and 16-byte aligned bases.
+    A lane reads its ``span`` consecutive 8-element chunks of a row with one 16-byte
+    ``load_v4`` each and one ``span``-byte word per bit-plane, for mask words
+    ``s = lane, lane + lanes, ...``; it issues the loads of ``unroll`` such words before
+    using them. Reduction and epilogues as ``decode``; accumulation in fp32."""
+    NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL = n_masks, n_masks + 1, act_code, mode, block, span, unroll
+    SHARED, WORDS, BITS = NACC * BLOCK, 4 * span * unroll, n_masks * unroll  # constant sizes
+    pair = bf16x2 if bf16 else f16x2
+
+    @cuda.jit(cache=True)
+    def decode_wide(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
+        part = cuda.shared.array(SHARED, float32)
+        sums = cuda.shared.array(SHARED, float32)
+        acc = cuda.local.array(NACC, float32)
+        wv = cuda.local.array(WORDS, int32)
+        bits = cuda.local.array(BITS, int32)
+        tid = cuda.threadIdx.x
+        lane, r, rows = tid % lanes, tid // lanes, BLOCK // lanes
+        chunks = d_model // 8  # 16-byte chunks per row
+        words = chunks // SPAN  # mask words per row and plane
+        for row_block in range(cuda.blockIdx.x, (d_ff + rows - 1) // rows, cuda.gridDim.x):
+            n = row_block * rows + r
+            for t in range(tokens):
+                for j in range(NACC):
+                    acc[j] = float32(0)
+                if n < d_ff:
+                    for s0 in range(lane, words, lanes * UNROLL):
+                        for u in range(UNROLL):
+                            s = s0 + u * lanes
+                            if s < words:
+                                for c in range(SPAN):
+                                    a0, a1, a2, a3 = load_v4(w, n * chunks + s * SPAN + c)
+                                    e = 4 * (u * SPAN + c)
+                                    wv[e], wv[e + 1], wv[e + 2], wv[e + 3] = a0, a1, a2, a3
+                                for j in range(NM):
+                                    bits[u * NM + j] = packed[(j * d_ff + n) * words + s]
+                        for u in range(UNROLL):
+                            s = s0 + u * lanes
+                            if s < words:
+                                for c in range(SPAN):
+                                    x0, x1, x2, x3 = load_v4(x, t * chunks + s * SPAN + c)
+                                    e, b = 4 * (u * SPAN + c), 8 * c
+                                    fma_word(acc, NM, bits, u * NM, b, pair(wv[e]), pair(x0))
+                                    fma_word(acc, NM, bits, u * NM, b + 2, pair(wv[e + 1]), pair(x1))
+                                    fma_word(acc, NM, bits, u * NM, b + 4, pair(wv[e + 2]), pair(x2))
+                                    fma_word(acc, NM, bits, u * NM, b + 6, pair(wv[e + 3]), pair(x3))
+                for j in range(NACC):
+                    part[j * BLOCK + tid] = acc[j]
+                cuda.syncthreads()
+                for j in range(lane, NACC, lanes):
+                    total = float32(0)
+                    for m in range(lanes):
+                        total += part[j * BLOCK + r * lanes + m]
+                    sums[r * NACC + j] = total
+                cuda.syncthreads()
+                if lane == 0 and n < d_ff:
+                    for j in range(NACC):
+                        acc[j] = sums[r * NACC + j]
+                    if MODE == FORWARD:
+                        forward_epilogue(acc, NM, ACT, out, t * d_ff + n)
+                    else:
+                        grad_epilogue(acc, NM, ACT, dout, out, dg, t, n, tokens, d_ff)
+
+    return decode_wide
+
+
+@device
+def fma_word(acc, n_masks, bits, base, b, w, x):
+    """Elements ``b``, ``b + 1`` of a mask word, ``w = (w_b, w_b+1)`` and ``x`` alike (fp32):
+    ``p = w_b x_b`` into the total ``acc[n_masks]``, and into ``acc[j]`` where bit ``b`` of
+    ``bits[base + j]`` is set; the same for ``b + 1``."""
+    p, q = w[0] * x[0], w[1] * x[1]
+    acc[n_masks] += p
+    acc[n_masks] += q
+    for j in range(n_masks):
+        m = bits[base + j] >> b
+        if m & 1:
+            acc[j] += p
+        if m & 2:
+            acc[j] += q
 
 
 @lru_cache(maxsize=None)

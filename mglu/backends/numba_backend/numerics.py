@@ -6,6 +6,12 @@ accumulator type (fp64 for fp64, else fp32; bf16 arrives as int16 bits);
 integer ops); ``like(g, c)`` is the constant ``c`` in the type of ``g``, so one activation
 source serves fp32 and fp64 without fp64 arithmetic in fp32 kernels.
 
+Wide loads (the ``decode_wide`` kernel): ``load_v4(a, i)`` returns the four int32 words
+``a[4i .. 4i+3]`` of an int32 view as one 16-byte load (``ld.global.nc.v4.u32``: Numba
+has no vector load from an array, so it is an inline-PTX intrinsic); ``f16x2(word)`` and
+``bf16x2(word)`` widen the two 16-bit halves of a word to fp32, low half first (the
+element at the lower address: little endian).
+
 On the GPU these three are ``numba.cuda.extending.overload`` s, chosen by the argument
 types at compile time. Numba's CUDA simulator runs device code as Python on NumPy
 scalars and knows neither overloads nor libdevice, so it gets plain-Python twins that
@@ -53,6 +59,63 @@ else:
 
     int_as_float = libdevice.int_as_float
     float_as_int = libdevice.float_as_int
+
+if SIMULATED:
+
+    def load_v4(a, i):
+        return tuple(a[4 * i : 4 * i + 4])
+
+    def f16x2(word):
+        lo, hi = np.array([word], np.int32).view(np.float16)
+        return np.float32(lo), np.float32(hi)
+
+    def bf16x2(word):
+        lo, hi = np.array([word], np.int32).view(np.int16)
+        return bf16_to_f32(lo), bf16_to_f32(hi)
+
+else:
+    from llvmlite import ir
+    from numba.cuda import cgutils
+    from numba.cuda.extending import intrinsic
+
+    _I32 = ir.IntType(32)
+
+    @intrinsic
+    def load_v4(typingctx, a, i):
+        """Words ``4i .. 4i+3`` of the int32 array ``a`` by one ``ld.global.nc.v4.u32``
+        (16-byte aligned: the caller checks the base address; W is read-only in the kernel)."""
+        sig = types.UniTuple(types.int32, 4)(a, i)
+
+        def codegen(context, builder, sig, args):
+            aty, ity = sig.args
+            ary = context.make_array(aty)(context, builder, value=args[0])
+            i = context.cast(builder, args[1], ity, types.intp)
+            first = builder.mul(i, i.type(4))
+            ptr = cgutils.get_item_pointer(context, builder, aty, ary, [first])
+            fnty = ir.FunctionType(ir.LiteralStructType([_I32] * 4), [ptr.type])
+            asm = ir.InlineAsm(fnty, "ld.global.nc.v4.u32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l")
+            words = builder.call(asm, [ptr])
+            return context.make_tuple(builder, sig.return_type, [builder.extract_value(words, q) for q in range(4)])
+
+        return sig, codegen
+
+    @intrinsic
+    def f16x2(typingctx, word):
+        """The two fp16 halves of an int32 word as fp32 (``cvt.f32.f16``), low half first."""
+        sig = types.UniTuple(types.float32, 2)(types.int32)
+
+        def codegen(context, builder, sig, args):
+            i16 = ir.IntType(16)
+            halves = (args[0], builder.lshr(args[0], _I32(16)))
+            out = [builder.fpext(builder.bitcast(builder.trunc(h, i16), ir.HalfType()), ir.FloatType()) for h in halves]
+            return context.make_tuple(builder, sig.return_type, out)
+
+        return sig, codegen
+
+    @cuda.jit(device=True)
+    def bf16x2(word):
+        """The two bf16 halves of an int32 word as fp32: each is the upper half of an fp32 word."""
+        return int_as_float(int32(word << 16)), int_as_float(int32(word & 0xFFFF0000))
 
 
 @device
