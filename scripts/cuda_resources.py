@@ -24,14 +24,19 @@ from mglu.backends.cuda_backend import build, launcher
 FWD, BWD = launcher.MODE_FWD, launcher.MODE_BWD
 DTYPES = list(launcher.CTYPE)
 #: the decode kernels that must stream W with LDG.E.128 and keep everything in registers
-DECODE_TARGETS = [launcher.rowdot_name(dt, nm, FWD, 1) for dt in (torch.float16, torch.bfloat16) for nm in (1, 2, 4)]
+DECODE_TARGETS = [launcher.rowdot_name(dt, nm, FWD, 1, var) for dt in (torch.float16, torch.bfloat16)
+                  for nm in (1, 2, 4, 8) for var in sorted({v for v, _ in launcher.GEMV_VARIANTS.values()})]
 
 
 def kernels() -> list[str]:
+    """The decode targets, then per dtype the plans of 1, 4 and 16 tokens at n_masks 1, 4, 16
+    (default variants), the tensor-core variants of the fp16/bf16 forward, dx and dW."""
     names = list(DECODE_TARGETS)
     for dt in DTYPES:
         for nm in (1, 4, 16):
-            names += [launcher.rowdot_name(dt, nm, mode, nt) for mode in (FWD, BWD) for nt in (*launcher.GEMV_TOKENS, None)]
+            names += [launcher.rowdot_plan(dt, nm, mode, tokens, 64).name for mode in (FWD, BWD) for tokens in (1, 4, 16)]
+            if dt in launcher.TUNED_DTYPES:
+                names += [launcher.rowdot_plan(dt, nm, FWD, 16, 64, v).name for v in launcher.MMA_VARIANTS]
         names += [launcher.dx_name(dt), launcher.dw_name(dt, dt)]
     return list(dict.fromkeys(names))
 

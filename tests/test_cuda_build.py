@@ -35,11 +35,13 @@ def test_every_instantiation_builds_with_nvcc():
 
 def test_nvrtc_compiles_one_of_each_kernel():
     pytest.importorskip("cuda.bindings.nvrtc", reason="cuda-bindings (NVRTC) is not installed")
-    names = [launcher.rowdot_name(torch.bfloat16, 4, launcher.MODE_FWD, 1),
-             launcher.rowdot_name(torch.float16, 16, launcher.MODE_BWD, 4),
-             launcher.rowdot_name(torch.float64, 3, launcher.MODE_BWD, None),
-             launcher.rowdot_name(torch.bfloat16, 5, launcher.MODE_FWD, None),
-             launcher.rowdot_name(torch.float16, 16, launcher.MODE_BWD, None),
+    names = [launcher.rowdot_name(torch.bfloat16, 4, launcher.MODE_FWD, 1, 0),
+             launcher.rowdot_name(torch.bfloat16, 8, launcher.MODE_FWD, 1, 1),
+             launcher.rowdot_name(torch.float16, 16, launcher.MODE_BWD, 4, 1),
+             launcher.rowdot_name(torch.float64, 3, launcher.MODE_BWD, None, 0),
+             launcher.rowdot_name(torch.bfloat16, 5, launcher.MODE_FWD, None, 0),
+             launcher.rowdot_name(torch.float16, 4, launcher.MODE_FWD, None, 1),
+             launcher.rowdot_name(torch.float16, 16, launcher.MODE_BWD, None, 1),
              launcher.dx_name(torch.float32),
              launcher.dx_name(torch.float16),
              launcher.dw_name(torch.float64, torch.bfloat16),
@@ -80,7 +82,7 @@ def test_plans_name_compiled_kernels_and_cover_the_outputs(dtype, tokens):
             plan = launcher.rowdot_plan(dtype, n_masks, mode, tokens, d_ff)
             assert plan.name in compiled
             if "gemv" in plan.name:
-                nt = int(plan.name.rstrip(">").split(",")[-1])
+                nt = int(plan.name.rstrip(">").split(",")[-2])
                 assert nt >= tokens and plan.grid[0] * launcher.GEMV_WARPS >= d_ff
             else:
                 kernel = "mglu_rowdot_mma" if dtype in launcher.MMA_DTYPES else "mglu_rowdot_tiled"
@@ -97,6 +99,27 @@ def test_plans_name_compiled_kernels_and_cover_the_outputs(dtype, tokens):
         rows, cols = launcher.DW_MMA_TILE if dtype in launcher.MMA_DTYPES else launcher.DW_TILE
         assert dw.name in compiled and dw.grid[0] * cols >= d_model and dw.grid[1] * rows >= d_ff
         assert dw.name.startswith("mglu_bwd_dw_mma<" if dtype in launcher.MMA_DTYPES else "mglu_bwd_dw<")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_every_variant_names_a_compiled_kernel_where_offered(dtype):
+    compiled = set(launcher.instantiations())
+    for tokens, table in ((1, launcher.GEMV_VARIANTS), (4, launcher.GEMV_VARIANTS), (16, launcher.MMA_VARIANTS)):
+        for variant in table:
+            for mode in (launcher.MODE_FWD, launcher.MODE_BWD):
+                offered = (dtype in launcher.TUNED_DTYPES and mode == launcher.MODE_FWD) or variant in (
+                    launcher.DEFAULT_GEMV_VARIANT, launcher.DEFAULT_MMA_VARIANT)
+                if tokens == 16 and dtype not in launcher.MMA_DTYPES:
+                    offered = False
+                if offered:
+                    plan = launcher.rowdot_plan(dtype, 8, mode, tokens, 100, variant)
+                    assert plan.name in compiled
+                    assert plan.word_masks == (table is launcher.GEMV_VARIANTS and variant.endswith("-words"))
+                else:
+                    with pytest.raises(ValueError, match="variant"):
+                        launcher.rowdot_plan(dtype, 8, mode, tokens, 100, variant)
+    with pytest.raises(ValueError, match="variant must be one of"):
+        launcher.rowdot_plan(dtype, 8, launcher.MODE_FWD, 1, 100, "fastest")
 
 
 def test_regime_switch():

@@ -30,8 +30,17 @@ def _byte(m, i, n, g, d_ff, pw):
     return int(m.reshape(-1)[(i * d_ff + n) * pw + g])
 
 
+def _gemv_chunks(lane, pw, vec):
+    """(chunk g, its mask bits' shift in the lane's mask register) in the order lane visits them."""
+    if vec == 2:  # 4 consecutive chunks per round, one 32-bit mask word per plane
+        assert pw % 4 == 0
+        return [(g0 + u, 8 * u) for g0 in range(4 * lane, pw, 128) for u in range(4)]
+    return [(g0 + 32 * u, 0) for g0 in range(lane, pw, 32 * U) for u in range(U) if g0 + 32 * u < pw]
+
+
 def emulate_gemv(x, w, m, vec):
-    """mglu_rowdot_gemv: one warp per row n, lane l takes chunks g = l + 32 * (U r + u)."""
+    """mglu_rowdot_gemv: one warp per row n; vec 1: lane l takes chunks g = l + 32 * (U r + u)
+    and a byte per plane; vec 2: chunks g = 128 r + 4 l + u, one 32-bit word per plane."""
     tokens, d_model = x.shape
     n_masks, d_ff, pw = m.shape
     out = np.full((tokens, d_ff), np.nan)
@@ -40,19 +49,19 @@ def emulate_gemv(x, w, m, vec):
         gate = np.zeros((32, tokens, n_masks))
         for lane in range(32):
             if vec:
-                for g0 in range(lane, pw, 32 * U):
-                    for u in range(U):
-                        g = g0 + 32 * u
-                        if g >= pw:
-                            break
-                        wf = w[n, 8 * g: 8 * g + 8]
+                for g, sh in _gemv_chunks(lane, pw, vec):
+                    wf = w[n, 8 * g: 8 * g + 8]
+                    if vec == 2:  # u32 index ((i d_ff + n) PW + g0) >> 2 of the packed bytes, little-endian
+                        words = m.reshape(-1).view("<u4")
+                        mb = [int(words[((i * d_ff + n) * pw + g - sh // 8) >> 2]) for i in range(n_masks)]
+                    else:
                         mb = [_byte(m, i, n, g, d_ff, pw) for i in range(n_masks)]
-                        for t in range(tokens):
-                            xf = x[t, 8 * g: 8 * g + 8]
-                            total[lane, t] += (wf * xf).sum()
-                            for i in range(n_masks):
-                                sel = np.array([(mb[i] >> e) & 1 for e in range(8)], dtype=bool)
-                                gate[lane, t, i] += (np.where(sel, wf, 0.0) * xf).sum()
+                    for t in range(tokens):
+                        xf = x[t, 8 * g: 8 * g + 8]
+                        total[lane, t] += (wf * xf).sum()
+                        for i in range(n_masks):
+                            sel = np.array([(mb[i] >> (sh + e)) & 1 for e in range(8)], dtype=bool)
+                            gate[lane, t, i] += (np.where(sel, wf, 0.0) * xf).sum()
             else:
                 for k in range(lane, d_model, 32):
                     for t in range(tokens):
@@ -150,7 +159,8 @@ def _problem(tokens, d_model, d_ff, n_masks, seed=0):
     return x.numpy(), w.numpy(), packed.numpy(), expected
 
 
-@pytest.mark.parametrize("shape, vec", [((2, 264, 5, 2), True), ((1, 64, 3, 1), True), ((3, 45, 4, 3), False)])
+@pytest.mark.parametrize("shape, vec", [((2, 264, 5, 2), 1), ((1, 64, 3, 1), 1), ((3, 45, 4, 3), 0),
+                                        ((2, 1056, 3, 3), 2), ((1, 32, 2, 2), 2)])
 def test_decode_kernel_index_math(shape, vec):
     x, w, m, expected = _problem(*shape)
     np.testing.assert_allclose(emulate_gemv(x, w, m, vec), expected, rtol=1e-12, atol=1e-12)
@@ -436,3 +446,22 @@ def test_backward_kernels_index_math(shape):
         dw, dm = emulate(x, w, m, dbuf, s)
         np.testing.assert_allclose(dw, ref_dw, rtol=1e-11, atol=1e-11)
         np.testing.assert_allclose(dm, ref_dm, rtol=1e-11, atol=1e-11)
+
+
+def _prmt_sign(a, sel):
+    """prmt.b32 d, a, 0, sel (default mode) for selector nibbles >= 8: byte b's sign bit replicated."""
+    out = 0
+    for r in range(4):
+        nib = (sel >> (4 * r)) & 0xF
+        byte = (a >> (8 * (nib & 7))) & 0xFF if nib & 7 < 4 else 0
+        out |= (0xFF if (nib & 8 and byte & 0x80) else (0 if nib & 8 else byte)) << (8 * r)
+    return out
+
+
+def test_pair_masks_equal_pair_mask_for_every_byte():
+    """pair_masks (multiply + prmt, mglu_common.cuh) against pair_mask (shifts), all 256 bytes."""
+    for byte in range(256):
+        lo, hi = ((byte & 0xF) * 0x10204080) & 0xFFFFFFFF, ((byte & 0xF0) * 0x01020408) & 0xFFFFFFFF
+        got = [_prmt_sign(lo, 0x9988), _prmt_sign(lo, 0xBBAA), _prmt_sign(hi, 0x9988), _prmt_sign(hi, 0xBBAA)]
+        want = [(0xFFFF if (byte >> 2 * j) & 1 else 0) | (0xFFFF0000 if (byte >> (2 * j + 1)) & 1 else 0) for j in range(4)]
+        assert got == want, byte

@@ -57,23 +57,32 @@ def _what(x2d, weight, packed, activation):
                     f"dtype={x2d.dtype} activation={activation}")
 
 
-def _rowdot(mode, x2d, weight, packed, activation, dout, out, dbuf):
+#: the decode kernel's 32-bit mask loads need 4-byte aligned mask rows
+MASK_WORD_BYTES = 4
+
+
+def _rowdot(mode, x2d, weight, packed, activation, dout, out, dbuf, variant=None):
     tokens, d_model = x2d.shape
     d_ff, n_masks = weight.shape[0], packed.shape[0]
-    plan = rowdot_plan(x2d.dtype, n_masks, mode, tokens, d_ff)
+    plan = rowdot_plan(x2d.dtype, n_masks, mode, tokens, d_ff, variant)
     args = [pointer(x2d), pointer(weight), pointer(packed), pointer(dout), pointer(out), pointer(dbuf),
             np.int32(tokens), np.int32(d_model), np.int32(d_ff), np.int32(launcher.activation_id(activation))]
     if plan.takes_vec:
-        args.append(np.int32(d_model % 8 == 0 and aligned(x2d, weight)))
+        vec = int(d_model % 8 == 0 and aligned(x2d, weight))
+        # 32-bit mask words: mask rows of d_model / 8 bytes, a multiple of 4
+        if vec and plan.word_masks and d_model % 32 == 0 and packed.data_ptr() % MASK_WORD_BYTES == 0:
+            vec = 2
+        args.append(np.int32(vec))
     args += [np.int32(v) for v in plan.tail]
     launch(plan, tuple(args), x2d.device, _what(x2d, weight, packed, activation))
 
 
-def forward(x2d, weight, packed, activation):
-    """``out (T, d_ff)`` = ``sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``."""
+def forward(x2d, weight, packed, activation, variant=None):
+    """``out (T, d_ff)`` = ``sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``;
+    ``variant`` (scripts/cuda_tune.py): a kernel variant of launcher.rowdot_plan, None the default."""
     out = new_output((x2d.shape[0], weight.shape[0]), x2d.dtype, x2d.device)
     if x2d.shape[0] > 0:
-        _rowdot(MODE_FWD, x2d, weight, packed, activation, None, out, None)
+        _rowdot(MODE_FWD, x2d, weight, packed, activation, None, out, None, variant)
     return out
 
 

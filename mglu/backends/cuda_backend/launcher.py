@@ -51,6 +51,19 @@ MMA_THREADS = 128
 #: so no warp idles on absent tokens and twice the blocks stream W; whether layout 1 also
 #: wins from 17 to 32 tokens is to be measured on the H100
 MMA_SPLIT_TOKENS = 16
+#: decode kernel variants (template VAR, mask loads): the masked arithmetic, VAR_SELECT
+#: (``acc += masked(bits, e, w) * x``) or VAR_PRED (predicated FMA), and the mask loads, a
+#: byte per plane and chunk (``vec = 1``) or, where d_model % 32 == 0, a 32-bit word per
+#: plane and 4 consecutive chunks (``vec = 2``); see mglu_rowdot_gemv
+GEMV_VARIANTS = {"select-bytes": (0, False), "select-words": (0, True), "pred-bytes": (1, False), "pred-words": (1, True)}
+#: tensor-core kernel variants (template VAR): the pair masks by shifts or multiply + prmt
+MMA_VARIANTS = {"shift": 0, "prmt": 1}
+#: the variants the launcher takes by default (set from the H100 runs of scripts/cuda_tune.py)
+DEFAULT_GEMV_VARIANT = "pred-words"
+DEFAULT_MMA_VARIANT = "prmt"
+#: the non-default variants are instantiated (and selectable) only in the regime they were
+#: written and timed for: the fp16/bf16 forward
+TUNED_DTYPES = (torch.float16, torch.bfloat16)
 #: warps per decode block, one W row per warp (8 x 32 = 256 threads, the launch bound)
 GEMV_WARPS = 8
 THREADS = 256
@@ -80,19 +93,32 @@ class Launch:
     takes_vec: bool = False
     #: further int arguments, after ``vec`` (the mma kernel's warp layout)
     tail: tuple[int, ...] = ()
+    #: decode: read the mask bits as 32-bit words where the rows allow it (``vec = 2``)
+    word_masks: bool = False
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def rowdot_name(dtype, n_masks: int, mode: int, nt: int | None) -> str:
-    """``mglu_rowdot_gemv<T, NM, MODE, NT>`` (``nt`` given), else the many-token kernel:
-    ``mglu_rowdot_mma<T, NM, MODE>`` for fp16/bf16, ``mglu_rowdot_tiled<T, NM, MODE>``."""
+def rowdot_name(dtype, n_masks: int, mode: int, nt: int | None, var: int) -> str:
+    """``mglu_rowdot_gemv<T, NM, MODE, NT, VAR>`` (``nt`` given), else the many-token kernel:
+    ``mglu_rowdot_mma<T, NM, MODE, VAR>`` for fp16/bf16, ``mglu_rowdot_tiled<T, NM, MODE>``."""
     if nt is not None:
-        return f"mglu_rowdot_gemv<{CTYPE[dtype]}, {n_masks}, {mode}, {nt}>"
-    kernel = "mglu_rowdot_mma" if dtype in MMA_DTYPES else "mglu_rowdot_tiled"
-    return f"{kernel}<{CTYPE[dtype]}, {n_masks}, {mode}>"
+        return f"mglu_rowdot_gemv<{CTYPE[dtype]}, {n_masks}, {mode}, {nt}, {var}>"
+    if dtype in MMA_DTYPES:
+        return f"mglu_rowdot_mma<{CTYPE[dtype]}, {n_masks}, {mode}, {var}>"
+    return f"mglu_rowdot_tiled<{CTYPE[dtype]}, {n_masks}, {mode}>"
+
+
+def _variant(table: dict, default: str, variant: str | None, dtype, mode):
+    """``table[variant]`` (``default`` for None); a non-default one only where instantiated."""
+    name = default if variant is None else variant
+    if name not in table:
+        raise ValueError(f"variant must be one of {sorted(table)} (got {variant!r})")
+    if name != default and not (dtype in TUNED_DTYPES and mode == MODE_FWD):
+        raise ValueError(f"variant {name!r} exists for the fp16/bf16 forward only (got {dtype}, mode {mode})")
+    return table[name]
 
 
 def activation_id(activation: str) -> int:
@@ -112,16 +138,21 @@ def dw_name(dtype, dmask_dtype) -> str:
     return f"{kernel}<{CTYPE[dtype]}, {CTYPE[dmask_dtype or dtype]}>"
 
 
-def rowdot_plan(dtype, n_masks, mode, tokens, d_ff) -> Launch:
-    """Decode kernel (one warp per W row) for ``tokens <= max(GEMV_TOKENS)``, else the tile."""
+def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, variant: str | None = None) -> Launch:
+    """Decode kernel (one warp per W row) for ``tokens <= max(GEMV_TOKENS)``, else the tile;
+    ``variant``: a key of GEMV_VARIANTS or MMA_VARIANTS (None: the default)."""
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     if nt is not None:
+        var, words = _variant(GEMV_VARIANTS, DEFAULT_GEMV_VARIANT, variant, dtype, mode)
         grid = (_cdiv(d_ff, GEMV_WARPS), 1, 1)
-        return Launch(rowdot_name(dtype, n_masks, mode, nt), grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True)
+        name = rowdot_name(dtype, n_masks, mode, nt, var)
+        return Launch(name, grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True, word_masks=words)
     bt, bn = ROWDOT_TILE
-    name = rowdot_name(dtype, n_masks, mode, None)
     if dtype not in MMA_DTYPES:
-        return Launch(name, (_cdiv(d_ff, bn), _cdiv(tokens, bt), 1), (THREADS, 1, 1))
+        if variant is not None:
+            raise ValueError(f"the tiled kernel ({dtype}, {tokens} tokens) has no variants (got {variant!r})")
+        return Launch(rowdot_name(dtype, n_masks, mode, None, 0), (_cdiv(d_ff, bn), _cdiv(tokens, bt), 1), (THREADS, 1, 1))
+    name = rowdot_name(dtype, n_masks, mode, None, _variant(MMA_VARIANTS, DEFAULT_MMA_VARIANT, variant, dtype, mode))
     layout = 1 if tokens <= MMA_SPLIT_TOKENS else 0
     grid = (_cdiv(d_ff, bn), _cdiv(tokens, 16 if layout else bt), 1)
     return Launch(name, grid, (MMA_THREADS, 1, 1), takes_vec=True, tail=(layout,))
@@ -157,7 +188,11 @@ def instantiations(dtype=None) -> list[str]:
     for dt in [dtype] if dtype is not None else list(CTYPE):
         for nm in range(MIN_MASKS, MAX_MASKS + 1):
             for mode in (MODE_FWD, MODE_BWD):
-                names += [rowdot_name(dt, nm, mode, nt) for nt in (*GEMV_TOKENS, None)]
+                tuned = dt in TUNED_DTYPES and mode == MODE_FWD
+                gemv = {v for v, _ in GEMV_VARIANTS.values()} if tuned else {GEMV_VARIANTS[DEFAULT_GEMV_VARIANT][0]}
+                mma = set(MMA_VARIANTS.values()) if tuned else {MMA_VARIANTS[DEFAULT_MMA_VARIANT]}
+                names += [rowdot_name(dt, nm, mode, nt, v) for nt in GEMV_TOKENS for v in sorted(gemv)]
+                names += [rowdot_name(dt, nm, mode, None, v) for v in sorted(mma if dt in MMA_DTYPES else {0})]
         names.append(dx_name(dt))
         names += [dw_name(dt, dm) for dm in CTYPE]
     return names

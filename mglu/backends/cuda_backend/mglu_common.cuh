@@ -153,6 +153,31 @@ __device__ __forceinline__ void activation(int ACT, A g, A& a, A& da) {
 template <class A>
 __device__ __forceinline__ A masked(u32 bits, int e, A w) { return ((bits >> e) & 1u) ? w : (A)0; }
 
+// acc += w * x where bit e of bits is set: a predicated FMA. ptxas turns the bit tests of
+// one word into R2P (7 predicates per instruction), so a mask costs ~1.15 instructions per
+// element against FSEL + FADD (+ the bit test) for acc += masked(bits, e, w) * x (SASS of
+// a test kernel, nvcc 13.0 sm_90: 152 against 240 instructions for 8 planes x 8 elements).
+__device__ __forceinline__ void fma_if(float& acc, u32 bits, int e, float w, float x) {
+    asm("{\n.reg .pred p;\n.reg .b32 t;\nand.b32 t, %1, %2;\nsetp.ne.b32 p, t, 0;\n@p fma.rn.f32 %0, %3, %4, %0;\n}"
+        : "+f"(acc) : "r"(bits), "r"(1u << e), "f"(w), "f"(x));
+}
+__device__ __forceinline__ void fma_if(double& acc, u32 bits, int e, double w, double x) {
+    asm("{\n.reg .pred p;\n.reg .b32 t;\nand.b32 t, %1, %2;\nsetp.ne.b32 p, t, 0;\n@p fma.rn.f64 %0, %3, %4, %0;\n}"
+        : "+d"(acc) : "r"(bits), "r"(1u << e), "d"(w), "d"(x));
+}
+
+// Arithmetic variants of the CUDA-core row-dot loops (template parameter VAR), chosen per
+// regime by the launcher from H100 measurements (scripts/cuda_tune.py):
+//   VAR_SELECT: acc += masked(bits, e, w) * x;   VAR_PRED: fma_if(acc, bits, e, w, x).
+enum { VAR_SELECT = 0, VAR_PRED = 1 };
+// Bit expansion variants of the tensor-core row-dot kernel (its VAR): pair_mask, pair_masks.
+enum { MMA_SHIFT = 0, MMA_PRMT = 1 };
+template <int VAR, class A>
+__device__ __forceinline__ void acc_masked(A& acc, u32 bits, int e, A w, A x) {
+    if (VAR == VAR_PRED) fma_if(acc, bits, e, w, x);
+    else acc += masked(bits, e, w) * x;
+}
+
 // D += A B on tensor cores: mma.sync.aligned.m16n8k16, fp32 accumulators, fp16 or bf16
 // operands (fragment layout in mglu_fwd.cu above mglu_rowdot_mma).
 template <class T>
@@ -176,6 +201,26 @@ __device__ __forceinline__ void mma16816<mglu_f16>(float* c, const u32* a, u32 b
 __device__ __forceinline__ u32 pair_mask(u32 byte, int b) {
     const u32 lo = (byte >> b) & 1u, hi = (byte >> (b + 1)) & 1u;
     return ((0u - lo) & 0xffffu) | ((0u - hi) << 16);
+}
+
+__device__ __forceinline__ u32 prmt(u32 a, u32 sel) {
+    u32 d;
+    asm("prmt.b32 %0, %1, 0, %2;" : "=r"(d) : "r"(a), "r"(sel));
+    return d;
+}
+
+// The four pair masks of a mask byte (pm[j] = pair_mask(byte, 2j)) in 8 instructions.
+// lo = (byte & 0xf) * 0x10204080 puts bit k (k < 4) at bit 8k + 7, the sign bit of byte k
+// (shifts 7, 14, 21, 28: the partial products land on distinct bits, so no carries);
+// hi = (byte & 0xf0) * 0x01020408 does the same for bits 4..7 (shifts 3, 10, 17, 24).
+// prmt with selector nibble 8 + b replicates the sign bit of byte b over a result byte:
+// 0x9988 -> bytes 0, 0, 1, 1, 0xbbaa -> bytes 2, 2, 3, 3.
+__device__ __forceinline__ void pair_masks(u32 byte, u32* pm) {
+    const u32 lo = (byte & 0xfu) * 0x10204080u, hi = (byte & 0xf0u) * 0x01020408u;
+    pm[0] = prmt(lo, 0x9988u);
+    pm[1] = prmt(lo, 0xbbaau);
+    pm[2] = prmt(hi, 0x9988u);
+    pm[3] = prmt(hi, 0xbbaau);
 }
 
 // Columns c0 .. c0 + 7 of a 16-bit row of length d_model as four registers (pair j =

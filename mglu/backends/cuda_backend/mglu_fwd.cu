@@ -40,14 +40,45 @@ __device__ __forceinline__ void rowdot_epilogue(int act, A total, const A* gate,
     }
 }
 
-// Decode (1 .. NT tokens): one warp per row n of W. A lane takes 8-element chunks g = lane,
-// lane + 32, ...: VPC 16-byte loads of W (8 fp16/bf16 = one LDG.128) and one byte of each
-// mask bit-plane, U chunks in flight per lane (U * 16 * VPC bytes). NT * (NM + 1) fp32
-// accumulators in registers, summed over the warp with shuffles; lane t < T runs the
-// epilogue of token t. vec = 0 (d_model % 8 != 0 or a pointer not 16-byte aligned) takes
-// the scalar path over k = lane, lane + 32, ...
+// One 8-element chunk g of a W row (VPC 16-byte words q) against NT tokens of x: total +=
+// w . x, gate_i += (M_i w) . x with the chunk's bits of plane i at bits sh .. sh + 7 of mb[i].
+template <class T, int NM, int NT, int VAR, class A>
+__device__ __forceinline__ void gemv_chunk(const uint4* q, const u32* mb, int sh, const T* x, i64 g, int T_,
+                                           int d_model, A* total, A (*gate)[NM]) {
+    enum { VPC = Tr<T>::VPC };
+    A wf[8];
+    Tr<T>::unpack(q, wf);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+        if (t >= T_) break;
+        A xf[8];
+        uint4 xq[VPC];
+        const uint4* xv = reinterpret_cast<const uint4*>(x + (i64)t * d_model);
+#pragma unroll
+        for (int v = 0; v < VPC; ++v) xq[v] = __ldg(xv + g * VPC + v);
+        Tr<T>::unpack(xq, xf);
+#pragma unroll
+        for (int e = 0; e < 8; ++e) total[t] += wf[e] * xf[e];
+#pragma unroll
+        for (int i = 0; i < NM; ++i) {
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc_masked<VAR>(gate[t][i], mb[i], sh + e, wf[e], xf[e]);
+        }
+    }
+}
+
+// Decode (1 .. NT tokens): one warp per row n of W. VPC 16-byte loads of W per 8-element
+// chunk (8 fp16/bf16 = one LDG.128) and one byte of each mask bit-plane, U chunks in flight
+// per lane (U * 16 * VPC bytes). NT * (NM + 1) accumulators in registers, summed over the
+// warp with shuffles; lane t < T runs the epilogue of token t. VAR: the masked arithmetic
+// (acc_masked in mglu_common.cuh). vec picks the path:
+//   2 (d_model % 32 == 0, 16-byte aligned x / W, 4-byte aligned masks): lane l takes the 4
+//     consecutive chunks g = 128 r + 4 l + u (u < 4), whose mask bytes are one 32-bit load
+//     per plane (NM registers, not 4 NM; one load instead of four);
+//   1 (d_model % 8 == 0, aligned): lane l takes chunks g = l + 32 (U r + u), a byte per plane;
+//   0: the scalar path over k = lane, lane + 32, ...
 // Launch: block (GEMV_WARPS * 32), grid ceil(d_ff / GEMV_WARPS).
-template <class T, int NM, int MODE, int NT>
+template <class T, int NM, int MODE, int NT, int VAR>
 __global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
@@ -55,7 +86,8 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
     typedef typename Tr<T>::acc A;
     enum { VPC = Tr<T>::VPC };
     // chunks in flight per lane: 64 bytes of W (4 x LDG.128) up to 8 masks, 32 bytes above
-    // (the mask bytes take U * NM registers); to be tuned on the H100
+    // (the mask bytes take U * NM registers); a hardware estimate (DESIGN.md), kept after
+    // the H100 runs (n_masks 1: 91.4% of copy bandwidth at 8192 x 28672)
     enum { U0 = (NM <= 8 ? 4 : 2) / VPC, U = U0 > 0 ? U0 : 1 };
     const int lane = threadIdx.x & 31;
     const i64 n = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -71,8 +103,22 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
         for (int i = 0; i < NM; ++i) gate[t][i] = (A)0;
     }
 
-    if (vec) {
-        const uint4* wv = reinterpret_cast<const uint4*>(wrow);
+    const uint4* wv = reinterpret_cast<const uint4*>(wrow);
+    if (vec == 2) {
+        const u32* mw = reinterpret_cast<const u32*>(m);
+        for (i64 g0 = 4 * lane; g0 < PW; g0 += 128) {
+            uint4 q[4][VPC];
+            u32 mb[NM];
+#pragma unroll
+            for (int u = 0; u < 4; ++u)
+#pragma unroll
+                for (int v = 0; v < VPC; ++v) q[u][v] = __ldg(wv + (g0 + u) * VPC + v);
+#pragma unroll
+            for (int i = 0; i < NM; ++i) mb[i] = __ldg(mw + ((((i64)i * d_ff + n) * PW + g0) >> 2));
+#pragma unroll
+            for (int u = 0; u < 4; ++u) gemv_chunk<T, NM, NT, VAR>(q[u], mb, 8 * u, x, g0 + u, T_, d_model, total, gate);
+        }
+    } else if (vec) {
         for (i64 g0 = lane; g0 < PW; g0 += 32 * U) {
             uint4 q[U][VPC];
             u32 mb[U][NM];
@@ -95,25 +141,7 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
             for (int u = 0; u < U; ++u) {
                 const i64 g = g0 + 32 * u;
                 if (g >= PW) break;
-                A wf[8];
-                Tr<T>::unpack(q[u], wf);
-#pragma unroll
-                for (int t = 0; t < NT; ++t) {
-                    if (t >= T_) break;
-                    A xf[8];
-                    uint4 xq[VPC];
-                    const uint4* xv = reinterpret_cast<const uint4*>(x + (i64)t * d_model);
-#pragma unroll
-                    for (int v = 0; v < VPC; ++v) xq[v] = __ldg(xv + g * VPC + v);
-                    Tr<T>::unpack(xq, xf);
-#pragma unroll
-                    for (int e = 0; e < 8; ++e) total[t] += wf[e] * xf[e];
-#pragma unroll
-                    for (int i = 0; i < NM; ++i) {
-#pragma unroll
-                        for (int e = 0; e < 8; ++e) gate[t][i] += masked(mb[u][i], e, wf[e]) * xf[e];
-                    }
-                }
+                gemv_chunk<T, NM, NT, VAR>(q[u], mb[u], 0, x, g, T_, d_model, total, gate);
             }
         }
     } else {
@@ -129,7 +157,7 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
                 const A xk = Tr<T>::ld(x, (i64)t * d_model + k);
                 total[t] += wk * xk;
 #pragma unroll
-                for (int i = 0; i < NM; ++i) gate[t][i] += masked(mb[i], e, wk) * xk;
+                for (int i = 0; i < NM; ++i) acc_masked<VAR>(gate[t][i], mb[i], e, wk, xk);
             }
         }
     }
@@ -254,7 +282,8 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
 // the same for A and B (a function of k and s only), so register j of the lane's 8 columns
 // (pair j = columns c0 + 2j, 2j + 1) is b0 (j = 2s) or b1 (j = 2s + 1) of step s.
 // The masked fragment M_i * W is the register AND pair_mask(byte, 2j): the pair's two bits
-// widened to 0xffff halves. n_masks + 1 mma per (A, B) fragment pair: total, every gate_i.
+// widened to 0xffff halves, by shifts (VAR = MMA_SHIFT) or multiply + prmt (MMA_PRMT,
+// pair_masks in mglu_common.cuh). n_masks + 1 mma per (A, B) fragment pair: total, every gate_i.
 //
 // Block: 4 warps, each 16 tokens x 16 rows (two n8 tiles), 8 (NM + 1) accumulators.
 //   layout 0: warps 2 (tokens) x 2 (rows): 32 tokens x 32 rows, grid (ceil(d_ff/32), ceil(T/32)).
@@ -263,7 +292,7 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
 //     go through shared memory and are added to the first's (fixed order: deterministic).
 // Fragments come straight from global memory (L1 serves the warps sharing an x or W tile).
 // vec = 0 (d_model % 8 != 0 or unaligned bases) loads 16-bit elements one by one.
-template <class T, int NM, int MODE>
+template <class T, int NM, int MODE, int VAR>
 __global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
@@ -317,8 +346,15 @@ __global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
 #pragma unroll
             for (int i = 0; i < NM; ++i) {
                 const u32 byte = (vn[j] && gb < PW) ? (u32)__ldg(mr[j] + (i64)i * d_ff * PW + gb) : 0u;
-                mma16816<T>(acc[i + 1][j], a0, b[0] & pair_mask(byte, 0), b[1] & pair_mask(byte, 2));
-                mma16816<T>(acc[i + 1][j], a1, b[2] & pair_mask(byte, 4), b[3] & pair_mask(byte, 6));
+                u32 pm[4];
+                if (VAR == MMA_PRMT) {
+                    pair_masks(byte, pm);
+                } else {
+#pragma unroll
+                    for (int h = 0; h < 4; ++h) pm[h] = pair_mask(byte, 2 * h);
+                }
+                mma16816<T>(acc[i + 1][j], a0, b[0] & pm[0], b[1] & pm[1]);
+                mma16816<T>(acc[i + 1][j], a1, b[2] & pm[2], b[3] & pm[3]);
             }
         }
     }

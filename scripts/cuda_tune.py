@@ -1,0 +1,152 @@
+"""Time the CUDA backend's forward kernel variants side by side on a GPU; the source of the
+launcher's defaults (launcher.DEFAULT_GEMV_VARIANT, DEFAULT_MMA_VARIANT).
+
+    out (T, d_ff) = sum_i act(gate_i) * (total - gate_i),   x (T, d_model), W (d_ff, d_model),
+    packed masks (n_masks, d_ff, d_model / 8)
+
+Usage: python scripts/cuda_tune.py [--json PATH] [--shapes 4096x14336 ...] [--n-masks 1 4 ...]
+
+For every dtype (bf16, fp16), shape (d_model x d_ff), n_masks and token count (1: the decode
+kernel's variants, launcher.GEMV_VARIANTS; 16: the tensor-core kernel's, MMA_VARIANTS) it
+
+- compiles each instantiation once and reports that first-call compile time (NVRTC through
+  CuPy, plus module load), kept out of every timing;
+- checks the output against the float64 torch backend with SPEC §4's rule
+  (mglu.conformance.tolerances: rel_error <= bound(dtype, e_torch), e_torch the torch
+  backend's error in the same dtype);
+- times it with triton.testing.do_bench (median; L2 flushed before each run) on random
+  inputs (never zeros) and prints us, GB/s and % of the copy bandwidth measured in the same
+  run (torch copy of a 1 GiB buffer, bytes read + written), with decode bytes
+  d_ff * d_model * (2 + n_masks / 8).
+
+A variant that fails (compile, launch, wrong numbers) is reported as FAIL and the sweep goes
+on; the exit status is 1 if any failed. The JSON file is rewritten after every row.
+"""
+
+import argparse
+import json
+import sys
+import time
+import traceback
+
+import torch
+from triton.testing import do_bench
+
+from mglu.backends import REGISTRY
+from mglu.backends import cuda_backend
+from mglu.backends.base import poisoned_outputs
+from mglu.backends.cuda_backend import launcher
+from mglu.bench.harness import copy_GBps, device_name
+from mglu.conformance.tolerances import bound, rel_error
+
+DEV = torch.device("cuda")
+SHAPES = ("4096x14336", "4096x11008", "8192x28672")
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+#: 1 GiB: far above the 50 MB L2, so the copy streams from HBM
+COPY_BYTES = 1 << 30
+#: do_bench windows (ms): 144 timings must fit the 240 s device-call limit with compiles
+WARMUP_MS, REP_MS = 10, 40
+
+
+def inputs(tokens, d_model, d_ff, n_masks, dtype, seed):
+    gen = torch.Generator(device=DEV).manual_seed(seed)
+    x = torch.randn(tokens, d_model, device=DEV, generator=gen).to(dtype)
+    w = (torch.randn(d_ff, d_model, device=DEV, generator=gen) / d_model**0.5).to(dtype)
+    packed = torch.randint(0, 256, (n_masks, d_ff, d_model // 8), device=DEV, dtype=torch.uint8, generator=gen)
+    return x, w, packed
+
+
+def judge(x, w, packed):
+    """(reference out in float64, the SPEC bound for x.dtype)."""
+    torch_fwd = REGISTRY["torch"].forward
+    ref = torch_fwd(x.double(), w.double(), packed, "silu")
+    e_torch = rel_error(torch_fwd(x, w, packed, "silu"), ref.cpu())
+    return ref.cpu(), bound(x.dtype, e_torch)
+
+
+def compile_seconds(plan, compiled: dict) -> float:
+    """First-call compile (and load) time of the plan's instantiation, once per name."""
+    if plan.name not in compiled:
+        t0 = time.perf_counter()
+        launcher._function(plan.name, launcher._capability(DEV.index or 0))
+        compiled[plan.name] = time.perf_counter() - t0
+    return compiled[plan.name]
+
+
+def run_variant(x, w, packed, variant, ref, tol, compiled, copy_gbps) -> dict:
+    tokens, d_model = x.shape
+    d_ff, n_masks = w.shape[0], packed.shape[0]
+    plan = launcher.rowdot_plan(x.dtype, n_masks, launcher.MODE_FWD, tokens, d_ff, variant)
+    row = {"kernel": plan.name, "compile_s": compile_seconds(plan, compiled)}
+    with poisoned_outputs():  # NaN where the kernel skipped an output
+        out = cuda_backend.forward(x, w, packed, "silu", variant=variant)
+    torch.cuda.synchronize()
+    err = rel_error(out, ref)
+    row.update(rel_error=err, bound=tol, ok=err <= tol)
+    if not row["ok"]:
+        raise AssertionError(f"rel_error {err:.3g} > bound {tol:.3g}")
+    ms = do_bench(lambda: cuda_backend.forward(x, w, packed, "silu", variant=variant),
+                  warmup=WARMUP_MS, rep=REP_MS, return_mode="median")
+    nbytes = d_ff * d_model * (2 + n_masks / 8)
+    row.update(us=ms * 1e3, GBps=nbytes / (ms * 1e-3) / 1e9)
+    row["pct_copy"] = 100 * row["GBps"] / copy_gbps
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", help="write the rows here (rewritten after each row)")
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), help="d_model x d_ff")
+    ap.add_argument("--n-masks", nargs="+", type=int, default=[1, 2, 4, 8])
+    ap.add_argument("--tokens", nargs="+", type=int, default=[1, 16])
+    ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    args = ap.parse_args()
+
+    start = time.perf_counter()
+    copy_gbps = copy_GBps(DEV, COPY_BYTES, reps=20, warm=3)
+    report = {"device": device_name(DEV), "copy_GBps": copy_gbps, "copy_bytes": COPY_BYTES,
+              "defaults": {"gemv": launcher.DEFAULT_GEMV_VARIANT, "mma": launcher.DEFAULT_MMA_VARIANT},
+              "rows": [], "compile_s": {}}
+    print(f"{report['device']}: copy {copy_gbps:.0f} GB/s (1 GiB, read + write)", flush=True)
+    print(f"{'dtype':5} {'shape':>10} {'n':>2} {'T':>3} {'variant':14} {'us':>8} {'GB/s':>6} {'%copy':>6} "
+          f"{'rel err':>9} {'bound':>8} {'compile s':>9}", flush=True)
+    failed = 0
+    for dname in args.dtypes:
+        for shape in args.shapes:
+            d_model, d_ff = (int(v) for v in shape.split("x"))
+            for n_masks in args.n_masks:
+                for tokens in args.tokens:
+                    x, w, packed = inputs(tokens, d_model, d_ff, n_masks, DTYPES[dname], seed=n_masks * 100 + tokens)
+                    ref, tol = judge(x, w, packed)
+                    gemv = tokens <= max(launcher.GEMV_TOKENS)
+                    variants = launcher.GEMV_VARIANTS if gemv else launcher.MMA_VARIANTS
+                    default = launcher.DEFAULT_GEMV_VARIANT if gemv else launcher.DEFAULT_MMA_VARIANT
+                    for variant in variants:
+                        row = {"dtype": dname, "d_model": d_model, "d_ff": d_ff, "n_masks": n_masks,
+                               "tokens": tokens, "variant": variant, "default": variant == default}
+                        try:
+                            row.update(run_variant(x, w, packed, variant, ref, tol, report["compile_s"], copy_gbps))
+                            print(f"{dname:5} {shape:>10} {n_masks:2d} {tokens:3d} {variant + ('*' if row['default'] else ''):14} "
+                                  f"{row['us']:8.1f} {row['GBps']:6.0f} {row['pct_copy']:6.1f} {row['rel_error']:9.2e} "
+                                  f"{row['bound']:8.1e} {row['compile_s']:9.2f}", flush=True)
+                        except Exception as exc:
+                            failed += 1
+                            row.update(ok=False, error=f"{type(exc).__name__}: {exc}")
+                            print(f"{dname:5} {shape:>10} {n_masks:2d} {tokens:3d} {variant:14} FAIL {row['error']}", flush=True)
+                            traceback.print_exc()
+                        report["rows"].append(row)
+                        if args.json:
+                            with open(args.json, "w") as f:
+                                json.dump(report, f, indent=1)
+                    del x, w, packed, ref
+                    torch.cuda.empty_cache()
+    names = sorted(report["compile_s"])
+    print(f"first-call compile per instantiation (NVRTC + load), {len(names)} of them:")
+    for name in names:
+        print(f"  {name:44} {report['compile_s'][name]:6.2f} s")
+    print(f"total {time.perf_counter() - start:.0f} s, {failed} failed", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
