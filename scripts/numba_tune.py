@@ -17,7 +17,7 @@ float64 (a stand-in for the NumPy oracle that the conformance suite holds to 1e-
 torch backend's error in the same dtype. Bytes per call ``d_ff d_model (2 + n_masks/8)``;
 % of the copy bandwidth of a 1 GiB ``copy_`` measured in the same run. A variant or
 backend that fails is reported and the sweep goes on; points past ``--budget`` seconds
-are reported as skipped.
+are reported as skipped. ``*`` marks the variant the forward uses by default.
 """
 
 import argparse
@@ -116,12 +116,13 @@ def point(d_model, d_ff, n_masks, dtype, copy, l2, variants):
     timed = [r for r in rows if "us" in r and r.get("ok")]
     best = min((r["us"] for r in timed), default=None)
     for r in rows:
-        r.update(dtype=str(dtype).replace("torch.", ""), d_model=d_model, d_ff=d_ff, n_masks=n_masks, bytes=nbytes)
+        r.update(dtype=str(dtype).replace("torch.", ""), d_model=d_model, d_ff=d_ff, n_masks=n_masks, bytes=nbytes,
+                 default=r["impl"] == f"numba:{nb.decode_plan(x, w, p)}")
         if "us" in r:
             r["GBps"] = nbytes / (r["us"] * 1e-6) / 1e9
             r["pct_copy"] = 100 * r["GBps"] / copy
             r["x_fastest"] = r["us"] / best if best else None
-        print(f"{r['dtype']:8s} {d_model}x{d_ff} n={n_masks} {r['impl']:18s} "
+        print(f"{r['dtype']:8s} {d_model}x{d_ff} n={n_masks} {r['impl'] + ('*' if r['default'] else ''):18s} "
               + (f"{r['us']:8.1f} us {r['GBps']:6.0f} GB/s {r['pct_copy']:5.1f}% copy "
                  f"x{r['x_fastest'] or 0:.2f} of fastest  err {r['rel_err']:.2e} <= {r['bound']:.1e} "
                  f"{'ok' if r['ok'] else 'FAIL'}  first call {r['first_call_s']} s "
@@ -146,7 +147,7 @@ def main():
     l2, l2_source = l2_bytes(DEV)
     copy = copy_GBps(DEV, 1 << 30, reps=20, warm=3)
     print(f"{device_name(DEV)}: copy {copy:.0f} GB/s (1 GiB copy_, read + write), L2 {l2} B ({l2_source})",
-          f"default variant {nb.DECODE_VARIANT}", flush=True)
+          flush=True)
     rows, skipped = [], []
     for n_masks in N_MASKS:
         for dtype in DTYPES:
@@ -164,7 +165,7 @@ def main():
                 if args.json:  # after every point: a run cut short keeps what it measured
                     with open(args.json, "w") as f:
                         json.dump({"device": device_name(DEV), "copy_GBps": copy, "l2_bytes": l2,
-                                   "default_variant": nb.DECODE_VARIANT, "torch": torch.__version__,
+                                   "torch": torch.__version__,
                                    "seconds": time.perf_counter() - start, "rows": rows, "skipped": skipped},
                                   f, indent=1)
     print(f"total {time.perf_counter() - start:.0f} s", flush=True)

@@ -5,7 +5,7 @@ types, so this builds, in subprocesses without NUMBA_ENABLE_CUDASIM, every kind 
 the launcher can request with ``cuda.compile_ptx(..., cc=(9, 0))``: every dtype with
 n_masks 1, 4 and 16, every n_masks in bf16, every activation in fp32 and fp64 accumulators,
 dM in another dtype than x; in fp16/bf16 also the wide-load decode kernel of the default
-variant (constants.DECODE_VARIANT). It also requires that no specialisation spills its
+variant for that n_masks (constants.default_variant). It also requires that no specialisation spills its
 per-mask accumulators to local memory, that no fp32 kernel does fp64 arithmetic and that
 the wide decode kernel reads W with 16-byte loads (``ld.global.nc.v4.u32``).
 """
@@ -34,11 +34,10 @@ dispatcher.get_current_device = lambda: _SM90()
 
 from numba import cuda
 from mglu.backends.numba_backend import kernels as K
-from mglu.backends.numba_backend.constants import DECODE_VARIANT, DECODE_VARIANTS
+from mglu.backends.numba_backend.constants import DECODE_VARIANTS, default_variant
 from mglu.backends.numba_backend.numerics import ACT_CODE
 
-SPAN, UNROLL, BLOCK = DECODE_VARIANTS[DECODE_VARIANT]
-MASK_WORD = {1: "uint8", 2: "int16", 4: "int32"}[SPAN]
+MASK_WORD = {1: "uint8", 2: "int16", 4: "int32"}
 
 ARRAY = {"float64": "float64", "float32": "float32", "float16": "float16", "bfloat16": "int16"}
 
@@ -50,8 +49,10 @@ def specs(dtype, n_masks, act, dm_dtype):
     for mode in (K.FORWARD, K.GRAD):
         yield "decode", K.decode_kernel(n_masks, code, acc64, mode), products + ",int64)"
         if dtype in ("float16", "bfloat16"):
-            kernel = K.decode_wide_kernel(n_masks, code, mode, dtype == "bfloat16", SPAN, UNROLL, BLOCK)
-            yield "decode_wide", kernel, f"void(int32[::1],int32[::1],{MASK_WORD}[::1],{a},{a},{a},int64,int64,int64,int64)"
+            span, unroll, block = DECODE_VARIANTS[default_variant(n_masks)]
+            kernel = K.decode_wide_kernel(n_masks, code, mode, dtype == "bfloat16", span, unroll, block)
+            words = MASK_WORD[span]
+            yield "decode_wide", kernel, f"void(int32[::1],int32[::1],{words}[::1],{a},{a},{a},int64,int64,int64,int64)"
         yield "tiled", K.tiled_kernel(n_masks, code, acc64, mode), products + ")"
     yield "dx", K.dx_kernel(n_masks, acc64), f"void({a},uint8[::1],{a},{a},{a},int64,int64,int64)"
     for with_dm in (False, True):

@@ -63,3 +63,6 @@ def test_decode_plan_takes_the_element_wise_kernel_where_wide_loads_do_not_apply
     x48, w48, p48 = _inputs(1, 48, 9, 2, torch.bfloat16, seed=2)
     assert nb.decode_plan(x48, w48, p48, "v4") == "v4"
     assert nb.decode_plan(x48, w48, p48, "v4s4") == "scalar"  # 48 % 32 != 0
+    many = mglu.pack_masks(torch.randn(nb.DECODE_MANY_MASKS, 9, 64)).to(DEVICE)
+    assert nb.decode_plan(x, w, packed) == nb.DECODE_VARIANT  # the measured default
+    assert nb.decode_plan(x, w, many) == nb.DECODE_VARIANT_MANY_MASKS

@@ -12,7 +12,8 @@ On the GPU the kernels run on PyTorch's current stream on views of the torch ten
 (bf16 viewed as int16), with nothing in the launch path that synchronises or reads device
 values. Under ``NUMBA_ENABLE_CUDASIM=1`` the same kernels run in Numba's simulator on
 NumPy views of CPU tensors, for small problems only. numba is imported on first use, so
-``import mglu`` works without it.
+``import mglu`` works without it. The decode launch constants are re-exported here for
+the tuner and the tests (scripts/numba_tune.py, tests/test_numba_wide.py).
 """
 
 import contextlib
@@ -26,9 +27,12 @@ from ..base import Backend, Problem, new_output
 from .constants import (
     DECODE_BLOCK,
     DECODE_MAX_LANES,
+    DECODE_MANY_MASKS,
     DECODE_MAX_TOKENS,
     DECODE_VARIANT,
+    DECODE_VARIANT_MANY_MASKS,
     DECODE_VARIANTS,
+    default_variant,
     ELEM_BLOCK,
     SIM_MAX_BLOCKS,
     SIM_MAX_LANES,
@@ -140,11 +144,13 @@ def _launcher(device: torch.device):
     return launch
 
 
-def decode_plan(x2d, weight, packed, variant: str = DECODE_VARIANT) -> str:
-    """The decode kernel that runs for ``variant`` (a key of DECODE_VARIANTS): ``variant``
+def decode_plan(x2d, weight, packed, variant: str | None = None) -> str:
+    """The decode kernel that runs for ``variant`` (a key of DECODE_VARIANTS; ``None``: the
+    measured default for ``n_masks``, :func:`constants.default_variant`): ``variant``
     where its 16-byte loads apply (fp16/bf16, ``d_model % (8 span) == 0``, ``x`` and ``W``
     16-byte aligned, the masks ``span``-byte aligned), else ``"scalar"`` (the element-wise
     ``decode`` kernel: any dtype, ``d_model`` and alignment)."""
+    variant = default_variant(packed.shape[0]) if variant is None else variant
     shape = DECODE_VARIANTS[variant]
     if shape is None or x2d.dtype not in (torch.float16, torch.bfloat16):
         return "scalar"
@@ -154,7 +160,7 @@ def decode_plan(x2d, weight, packed, variant: str = DECODE_VARIANT) -> str:
     return variant
 
 
-def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=DECODE_VARIANT):
+def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=None):
     """Launch the decode (``variant`` per :func:`decode_plan`) or tiled kernel in ``mode``
     (FORWARD: ``out``; GRAD: ``out`` = S, ``dg`` = D)."""
     kernels, numerics = _numba()
@@ -181,9 +187,10 @@ def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=DECO
     launch(kernel, -(-d_ff // (block // lanes)), block, *operands, *rest, lanes)
 
 
-def forward(x2d, weight, packed, activation, variant: str = DECODE_VARIANT):
+def forward(x2d, weight, packed, activation, variant: str | None = None):
     """``out (T, d_ff)`` = ``sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``; ``variant``
-    picks the decode kernel (DECODE_VARIANTS; the tuner times each)."""
+    picks the decode kernel (DECODE_VARIANTS; ``None``: the measured default; the tuner
+    times each)."""
     kernels, _ = _numba()
     out = new_output((x2d.shape[0], weight.shape[0]), x2d.dtype, x2d.device)
     if x2d.shape[0]:

@@ -24,8 +24,23 @@ DECODE_VARIANTS = {
     "v4s4": (4, 1, 128),
     "v4u2b256": (1, 2, 256),
 }
-#: the variant the forward uses where its wide loads apply; to be measured on the H100
-DECODE_VARIANT = "v4u2"
+#: the variant the forward uses where its wide loads apply: v4s4 was the fastest variant at
+#: every point measured (H100, scripts/numba_tune.py, 1 token, fp16 and bf16, 4096x14336
+#: and 4096x11008, n_masks 1, 2, 4, 8), e.g. fp16 4096x14336: n=1 60.0 us (v4s2 62.6,
+#: v4u2 68.8, scalar 135.3), n=4 75.5 us (v4u4 93.9, v4u2 101.4, scalar 172.8), n=8 113.6 us
+#: (v4s2 120.3); DESIGN.md has the table
+DECODE_VARIANT = "v4s4"
+#: from this n_masks on, v4s4's sm_90 PTX holds its mask words in local memory (NVVM stops
+#: unrolling; checked on CPU), so the forward takes DECODE_VARIANT_MANY_MASKS, the fastest
+#: variant without local memory at n_masks 8 (v4s2: 120.3 us, fp16 4096x14336); neither is
+#: measured at n_masks >= 12
+DECODE_MANY_MASKS = 12
+DECODE_VARIANT_MANY_MASKS = "v4s2"
+
+
+def default_variant(n_masks: int) -> str:
+    """The decode variant the forward uses for ``n_masks`` masks (see DECODE_VARIANT)."""
+    return DECODE_VARIANT if n_masks < DECODE_MANY_MASKS else DECODE_VARIANT_MANY_MASKS
 #: lanes per row of the decode kernel: at most one warp, i.e. 8 * 32 = 256 elements of a
 #: row per step; fewer (a power of two) when d_model is small
 DECODE_MAX_LANES = 32

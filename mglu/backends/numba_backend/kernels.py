@@ -27,7 +27,7 @@ from functools import lru_cache
 from numba import cuda, float32, float64, int32
 
 from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
-from .numerics import act, act_and_grad, bf16x2, device, f16x2, like, load, load_v4, store
+from .numerics import act, act_and_grad, device, halves, like, load, load_v4, store
 
 FORWARD, GRAD = 0, 1
 assert TILE_TPT == 2, "the tiled kernel holds two accumulator arrays (acc_a, acc_b)"
@@ -100,9 +100,8 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block):
     ``load_v4`` each and one ``span``-byte word per bit-plane, for mask words
     ``s = lane, lane + lanes, ...``; it issues the loads of ``unroll`` such words before
     using them. Reduction and epilogues as ``decode``; accumulation in fp32."""
-    NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL = n_masks, n_masks + 1, act_code, mode, block, span, unroll
+    NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
     SHARED, WORDS, BITS = NACC * BLOCK, 4 * span * unroll, n_masks * unroll  # constant sizes
-    pair = bf16x2 if bf16 else f16x2
 
     @cuda.jit(cache=True)
     def decode_wide(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
@@ -137,10 +136,10 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block):
                                 for c in range(SPAN):
                                     x0, x1, x2, x3 = load_v4(x, t * chunks + s * SPAN + c)
                                     e, b = 4 * (u * SPAN + c), 8 * c
-                                    fma_word(acc, NM, bits, u * NM, b, pair(wv[e]), pair(x0))
-                                    fma_word(acc, NM, bits, u * NM, b + 2, pair(wv[e + 1]), pair(x1))
-                                    fma_word(acc, NM, bits, u * NM, b + 4, pair(wv[e + 2]), pair(x2))
-                                    fma_word(acc, NM, bits, u * NM, b + 6, pair(wv[e + 3]), pair(x3))
+                                    fma_word(acc, NM, bits, u * NM, b, halves(wv[e], BF16), halves(x0, BF16))
+                                    fma_word(acc, NM, bits, u * NM, b + 2, halves(wv[e + 1], BF16), halves(x1, BF16))
+                                    fma_word(acc, NM, bits, u * NM, b + 4, halves(wv[e + 2], BF16), halves(x2, BF16))
+                                    fma_word(acc, NM, bits, u * NM, b + 6, halves(wv[e + 3], BF16), halves(x3, BF16))
                 for j in range(NACC):
                     part[j * BLOCK + tid] = acc[j]
                 cuda.syncthreads()

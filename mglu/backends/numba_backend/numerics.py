@@ -119,6 +119,17 @@ else:
 
 
 @device
+def halves(word, bf16):
+    """The two 16-bit elements of an int32 word as fp32, low half first: ``bf16x2`` or
+    ``f16x2``. Kernels pass ``bf16`` as a closure constant (a bool: the on-disk cache keys
+    on the closure's pickled bytes, and an intrinsic object pickles differently in every
+    process), so the branch folds at compile time."""
+    if bf16:
+        return bf16x2(word)
+    return f16x2(word)
+
+
+@device
 def bf16_to_f32(v):
     """bf16 bits (int16) -> fp32: the bits are the upper half of the fp32 word."""
     return int_as_float(int32(v) << 16)
