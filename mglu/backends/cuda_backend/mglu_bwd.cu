@@ -86,6 +86,20 @@ __global__ void __launch_bounds__(256, 1) mglu_bwd_dx(
         }
 }
 
+// Kernel C's fold of plane p at (n, k), for both its kernels: dW += M_p[n,k] P_p[n,k] (S, p
+// = n_masks, unmasked) and dM_p[n,k] = W[n,k] P_p[n,k] when dm is given.
+template <class TM, class A>
+__device__ __forceinline__ void fold_plane(const unsigned char* m, TM* dm, int p, int n_masks, i64 n, i64 k, i64 PW,
+                                           int d_ff, int d_model, A wv, A pv, A& dwacc) {
+    if (p < n_masks) {
+        const u32 byte = __ldg(m + ((i64)p * d_ff + n) * PW + (k >> 3));
+        dwacc += masked(byte, (int)(k & 7), pv);
+        if (dm) dm[((i64)p * d_ff + n) * d_model + k] = Tr<TM>::cvt(wv * pv);
+    } else {
+        dwacc += pv;
+    }
+}
+
 // Kernel C. Block 256 = (ty, tx) 16 x 16 computes a 32-row x 64-column tile of dW (and of
 // each dM_i); thread owns rows ty, ty + 16 and columns tx + 16 j (j < 4). For each plane
 // p = 0 .. NM the tokens are reduced in steps of BT = 16 (x tile [token][col], D_p / S tile
@@ -153,13 +167,7 @@ __global__ void __launch_bounds__(256, 1) mglu_bwd_dw(
             for (int j = 0; j < 4; ++j) {
                 const i64 n = n0 + ty + 16 * a, k = k0 + tx + 16 * j;
                 if (n >= d_ff || k >= d_model) continue;
-                if (p < n_masks) {
-                    const u32 byte = __ldg(m + ((i64)p * d_ff + n) * PW + (k >> 3));
-                    dwacc[a][j] += masked(byte, (int)(k & 7), pacc[a][j]);
-                    if (dm) dm[((i64)p * d_ff + n) * d_model + k] = Tr<TM>::cvt(wreg[a][j] * pacc[a][j]);
-                } else {
-                    dwacc[a][j] += pacc[a][j];
-                }
+                fold_plane(m, dm, p, n_masks, n, k, PW, d_ff, d_model, wreg[a][j], pacc[a][j], dwacc[a][j]);
             }
     }
 
@@ -247,13 +255,7 @@ __global__ void __launch_bounds__(128, 1) mglu_bwd_dw_mma(
             for (int r = 0; r < 4; ++r) {
                 const i64 n = n_base + g + 8 * (r >> 1), k = k_base + 8 * j + 2 * q + (r & 1);
                 if (n >= d_ff || k >= d_model) continue;
-                if (p < n_masks) {
-                    const u32 byte = __ldg(m + ((i64)p * d_ff + n) * PW + (k >> 3));
-                    dwacc[j][r] += masked(byte, (int)(k & 7), pacc[j][r]);
-                    if (dm) dm[((i64)p * d_ff + n) * d_model + k] = Tr<TM>::cvt(wreg[j][r] * pacc[j][r]);
-                } else {
-                    dwacc[j][r] += pacc[j][r];
-                }
+                fold_plane(m, dm, p, n_masks, n, k, PW, d_ff, d_model, wreg[j][r], pacc[j][r], dwacc[j][r]);
             }
     }
 
