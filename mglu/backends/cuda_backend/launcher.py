@@ -36,7 +36,7 @@ MODE_FWD, MODE_BWD = 0, 1
 
 #: token counts the decode kernel is instantiated for; T tokens take the smallest NT >= T
 #: (tokens >= T are skipped, not computed). Up to 4 tokens, NT * (n_masks + 1) accumulators
-#: stay in registers at n_masks = 16 (68 fp32; ptxas: 254 registers, no spill, for bf16);
+#: stay in registers at n_masks = 16 (68 fp32; ptxas: 196 registers, no spill, for bf16, pred);
 #: above, the tiled kernel (32 tokens x 32 rows per block) takes over. The switch point is
 #: to be measured on the H100. NT = 2 is left out to keep the nvcc build test near 1 minute
 #: per dtype on one core (each rowdot variant costs 16 x 2 instantiations per dtype).
@@ -58,7 +58,14 @@ MMA_SPLIT_TOKENS = 16
 GEMV_VARIANTS = {"select-bytes": (0, False), "select-words": (0, True), "pred-bytes": (1, False), "pred-words": (1, True)}
 #: tensor-core kernel variants (template VAR): the pair masks by shifts or multiply + prmt
 MMA_VARIANTS = {"shift": 0, "prmt": 1}
-#: the variants the launcher takes by default (set from the H100 runs of scripts/cuda_tune.py)
+#: the variants the launcher takes by default, from one H100 run of scripts/cuda_tune.py
+#: (commit 8c31847; do_bench median, L2 flushed; DESIGN.md "Measured"): at 1 token
+#: pred-words was the fastest of the four in 22 of 24 (dtype, shape, n_masks) points, e.g.
+#: fp16 4096x14336 n_masks 8: 84.1 us against 95.9 (pred-bytes), 131.4 (select-words) and
+#: 144.8 (select-bytes, the previous kernel); the two others are bf16 at n_masks 1, where
+#: select-words was 0.7% (4096x11008) and 2.2% (8192x28672) faster, too little to split
+#: the default on one run. At 16 tokens prmt beat shift in all 24, by 1.01x (n_masks 1) to
+#: 1.39x (n_masks 8): bf16 4096x14336 n_masks 4, 138.8 against 174.9 us.
 DEFAULT_GEMV_VARIANT = "pred-words"
 DEFAULT_MMA_VARIANT = "prmt"
 #: the non-default variants are instantiated (and selectable) only in the regime they were

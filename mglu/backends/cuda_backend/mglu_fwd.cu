@@ -85,9 +85,9 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
     int T_, int d_model, int d_ff, int act, int vec) {
     typedef typename Tr<T>::acc A;
     enum { VPC = Tr<T>::VPC };
-    // chunks in flight per lane: 64 bytes of W (4 x LDG.128) up to 8 masks, 32 bytes above
-    // (the mask bytes take U * NM registers); a hardware estimate (DESIGN.md), kept after
-    // the H100 runs (n_masks 1: 91.4% of copy bandwidth at 8192 x 28672)
+    // vec = 1: chunks in flight per lane, 64 bytes of W (4 x LDG.128) up to 8 masks, 32
+    // bytes above (the mask bytes take U * NM registers); a hardware estimate (DESIGN.md),
+    // not swept (the vec = 2 path fixes 4 chunks: one 32-bit mask word per plane)
     enum { U0 = (NM <= 8 ? 4 : 2) / VPC, U = U0 > 0 ? U0 : 1 };
     const int lane = threadIdx.x & 31;
     const i64 n = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
