@@ -5,6 +5,8 @@ launcher's defaults (launcher.DEFAULT_GEMV_VARIANT, DEFAULT_MMA_VARIANT).
     packed masks (n_masks, d_ff, d_model / 8)
 
 Usage: python scripts/cuda_tune.py [--json PATH] [--shapes 4096x14336 ...] [--n-masks 1 4 ...]
+(from the repo root with mglu importable: on the device tool `pip install -e . --no-deps
+--no-build-isolation` left it unimportable once, `PYTHONPATH=$PWD` worked)
 
 For every dtype (bf16, fp16), shape (d_model x d_ff), n_masks and token count (1: the decode
 kernel's variants, launcher.GEMV_VARIANTS; 16: the tensor-core kernel's, MMA_VARIANTS) it
