@@ -25,48 +25,71 @@ from .masks import check_n_masks, check_packed, pack_masks
 
 @torch.library.custom_op("mglu::forward", mutates_args=())
 def forward_op(
-    x2d: Tensor, weight: Tensor, packed: Tensor, logits: Optional[Tensor], activation: str, backend: str
-) -> Tensor:
-    """``out (T, d_ff)`` on the backend ``backend`` resolves to; ``logits`` only routes grads."""
+    x2d: Tensor, weight: Tensor, packed: Tensor, logits: Optional[Tensor], activation: str, backend: str,
+    save_gates: bool,
+) -> tuple[Tensor, Tensor]:
+    """``(out (T, d_ff), gates)`` on the backend ``backend`` resolves to; ``logits`` only
+    routes grads. ``gates``: ``(n_masks + 1, T, d_ff)`` in ``x2d``'s dtype, ``gate_i`` then
+    ``total``, written when ``save_gates`` and the backend keeps them for its backward
+    (``Backend.saves_gates``); else empty."""
+    x2d, weight, packed = x2d.contiguous(), weight.contiguous(), packed.contiguous()
+    chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation))
+    if not (save_gates and chosen.saves_gates):
+        return chosen.forward(x2d, weight, packed, activation), x2d.new_empty((0,))
+    gates = x2d.new_empty((packed.shape[0] + 1, x2d.shape[0], weight.shape[0]))
+    return chosen.forward(x2d, weight, packed, activation, gates=gates), gates
+
+
+def _run_forward(x2d: Tensor, weight: Tensor, packed: Tensor, activation: str, backend: str) -> Tensor:
     x2d, weight, packed = x2d.contiguous(), weight.contiguous(), packed.contiguous()
     chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation))
     return chosen.forward(x2d, weight, packed, activation)
 
 
 @forward_op.register_fake
-def _forward_fake(x2d, weight, packed, logits, activation, backend):
-    return x2d.new_empty((x2d.shape[0], weight.shape[0]))
+def _forward_fake(x2d, weight, packed, logits, activation, backend, save_gates):
+    out = x2d.new_empty((x2d.shape[0], weight.shape[0]))
+    if save_gates and dispatch.select(backend, Problem.of(x2d, weight, packed, activation)).saves_gates:
+        return out, x2d.new_empty((packed.shape[0] + 1, x2d.shape[0], weight.shape[0]))
+    return out, x2d.new_empty((0,))
 
 
 @torch.library.custom_op("mglu::backward", mutates_args=())
 def backward_op(
-    dout: Tensor, x2d: Tensor, weight: Tensor, packed: Tensor, logits: Optional[Tensor], activation: str, backend: str
+    dout: Tensor, x2d: Tensor, weight: Tensor, packed: Tensor, logits: Optional[Tensor], gates: Tensor,
+    activation: str, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dx, dW, dM)``; ``dM`` has the shape and dtype of ``logits``, or is empty without them."""
+    """``(dx, dW, dM)``; ``dM`` has the shape and dtype of ``logits``, or is empty without them.
+    ``gates``: the forward's saved gates (see :func:`forward_op`), or empty."""
     dout, x2d, weight, packed = dout.contiguous(), x2d.contiguous(), weight.contiguous(), packed.contiguous()
     needs_dmask = logits is not None
     chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation, needs_dmask, backward=True))
-    dx, dw, dm = chosen.backward(dout, x2d, weight, packed, activation, logits.dtype if needs_dmask else None)
+    args = (dout, x2d, weight, packed, activation, logits.dtype if needs_dmask else None)
+    if gates.numel() and chosen.saves_gates:
+        dx, dw, dm = chosen.backward(*args, gates=gates)
+    else:
+        dx, dw, dm = chosen.backward(*args)
     return dx, dw, dm if needs_dmask else x2d.new_empty((0,))
 
 
 @backward_op.register_fake
-def _backward_fake(dout, x2d, weight, packed, logits, activation, backend):
+def _backward_fake(dout, x2d, weight, packed, logits, gates, activation, backend):
     dm = logits.new_empty(logits.shape) if logits is not None else x2d.new_empty((0,))
     return x2d.new_empty(x2d.shape), weight.new_empty(weight.shape), dm
 
 
 def _setup_context(ctx, inputs, output):
-    x2d, weight, packed, logits, activation, backend = inputs
-    ctx.save_for_backward(x2d, weight, packed, logits)
+    x2d, weight, packed, logits, activation, backend, _ = inputs
+    ctx.save_for_backward(x2d, weight, packed, logits, output[1])
     ctx.activation, ctx.backend = activation, backend
 
 
-def _backward(ctx, dout):
-    x2d, weight, packed, logits = ctx.saved_tensors
+def _backward(ctx, dout, _dgates):
+    x2d, weight, packed, logits, gates = ctx.saved_tensors
     wants_dmask = logits is not None and ctx.needs_input_grad[3]
-    dx, dw, dm = backward_op(dout, x2d, weight, packed, logits if wants_dmask else None, ctx.activation, ctx.backend)
-    return dx, dw, None, dm if wants_dmask else None, None, None
+    dx, dw, dm = backward_op(dout, x2d, weight, packed, logits if wants_dmask else None, gates,
+                             ctx.activation, ctx.backend)
+    return dx, dw, None, dm if wants_dmask else None, None, None, None
 
 
 forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -112,6 +135,24 @@ def validate(x, weight, masks, activation) -> bool:
     return False
 
 
+def _plain_call(*tensors: Tensor) -> bool:
+    """Whether this call may run the backend directly instead of through ``mglu::forward``.
+
+    The registered op is what autograd, ``torch.compile``, functorch transforms and
+    dispatch modes see; a plain eager call without gradients needs none of them, and the op
+    layer costs more host time than a decode kernel's launch (``scripts/host_loop.py
+    --profile`` on the H100: ``custom_ops.backend_impl`` was the largest host cost per call).
+    Both paths run the same ``dispatch.select`` and backend function.
+    """
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    return all(type(t) is Tensor for t in tensors)
+
+
 def mglu(x: Tensor, weight: Tensor, masks: Tensor, *, activation: str = DEFAULT_ACTIVATION, backend: str | None = None) -> Tensor:
     """``out (..., d_ff) = sum_i act(x @ (M_i W).T) * (x @ ((1 - M_i) W).T)``.
 
@@ -125,7 +166,12 @@ def mglu(x: Tensor, weight: Tensor, masks: Tensor, *, activation: str = DEFAULT_
     requested = dispatch.requested_backend(backend)
     d_ff, d_model = weight.shape
     packed, logits = (masks, None) if is_packed else (pack_masks(masks), masks)
-    out = forward_op(x.reshape(-1, d_model), weight, packed, logits, activation, requested)
+    x2d = x.reshape(-1, d_model)
+    if _plain_call(x, weight, masks):
+        out = _run_forward(x2d, weight, packed, activation, requested)
+    else:
+        save = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, masks))
+        out = forward_op(x2d, weight, packed, logits, activation, requested, save)[0]
     return out.reshape(*x.shape[:-1], d_ff)
 
 

@@ -11,12 +11,17 @@ For each backend, ``mglu.mglu(x, W, packed, backend=B)`` at 1 token, bf16:
   around the whole loop, per call; the ratio eager / device is the host overhead left
   visible (1.0: the GPU never waits for the host);
 - the graph's output against the eager output, bitwise;
-- ``torch.compile(mode="reduce-overhead")`` of a function calling the op, bitwise.
+- ``torch.compile(mode="reduce-overhead")`` of a function calling the op, bitwise;
+- ``--profile``: the host time per call by function (cProfile over the eager loop, host
+  clock, GPU left to run), to see where the host cost goes.
 """
 
 import argparse
+import cProfile
+import pstats
 import statistics
 import sys
+import time
 
 import torch
 
@@ -61,16 +66,44 @@ def run(backend: str, d_model: int, d_ff: int, n_masks: int, calls: int) -> dict
             "graph_bitwise": same_graph, "compiled_bitwise": torch.equal(out_c, eager)}
 
 
+def profile(backend: str, d_model: int, d_ff: int, n_masks: int, calls: int) -> None:
+    """Host microseconds per eager call (wall, then cProfile's top functions by own time)."""
+    x = torch.randn(1, d_model, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(d_ff, d_model, device="cuda", dtype=torch.bfloat16) / d_model**0.5
+    packed = mglu.pack_masks(torch.randn(n_masks, d_ff, d_model, device="cuda") > 0)
+    for _ in range(3):
+        mglu.mglu(x, w, packed, backend=backend)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        mglu.mglu(x, w, packed, backend=backend)
+    host_us = (time.perf_counter() - start) / calls * 1e6
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        mglu.mglu(x, w, packed, backend=backend)
+    prof.disable()
+    torch.cuda.synchronize()
+    print(f"  {backend}: host {host_us:.1f} us per call (wall, no profiler); cProfile, {calls} calls:")
+    pstats.Stats(prof).sort_stats("tottime").print_stats(14)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backends", default="triton,cuda,numba")
     ap.add_argument("--shape", default="4096x14336")
     ap.add_argument("--n-masks", dest="n_masks", type=int, default=4)
     ap.add_argument("--calls", type=int, default=200)
+    ap.add_argument("--profile", action="store_true", help="profile the host path instead")
     args = ap.parse_args(argv)
     d_model, d_ff = (int(v) for v in args.shape.split("x"))
     print(f"{torch.cuda.get_device_name()}: 1 token, {d_model}x{d_ff}, n_masks {args.n_masks}, bf16, "
           f"{args.calls} calls")
+    if args.profile:
+        for b in args.backends.split(","):
+            profile(b, d_model, d_ff, args.n_masks, args.calls)
+        return 0
     status = 0
     for b in args.backends.split(","):
         try:

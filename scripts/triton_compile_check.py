@@ -24,8 +24,11 @@ TL = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "fp64": "fp64"}
 
 def _compile(fn, sig: dict, consts: dict, c) -> str:
     sig = dict(sig, **{k: "constexpr" for k in consts})
+    # as launched on sizes divisible by 16 (Triton specialises such arguments): vector loads
+    names = list(fn.arg_names)
+    attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items() if t != "constexpr" and a != "T"}
     try:
-        k = triton.compile(ASTSource(fn, sig, consts), target=TARGET,
+        k = triton.compile(ASTSource(fn, sig, consts, attrs), target=TARGET,
                            options={"num_warps": c.num_warps, "num_stages": getattr(c, "num_stages", 3)})
     except Exception as exc:
         lines = [ln for ln in str(exc).splitlines() if "rror" in ln or "ssert" in ln]
@@ -50,23 +53,28 @@ def main(argv=None) -> int:
                 jobs = []
                 c = tiles.FP64_TILES if dt == "fp64" else tiles.mma_fwd_tiles(T, n, 4 if dt == "fp32" else 2)
                 g = tiles.gate_group(n, c.gates)
-                base = {"x_ptr": p, "w_ptr": p, "p_ptr": "*u8", "out_ptr": p, "dout_ptr": p,
+                base = {"x_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p, "out_ptr": p, "dout_ptr": p,
                         "T": "i32", "N": "i32", "K": "i32", "KB": "i32"}
                 for mode in (0, 1):
                     jobs.append((f"fwd_mma mode={mode}", kernels.fwd_mma, base, dict(
                         N_MASKS=n, G=g, ACT=0, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP,
-                        PREC="ieee", UPCAST=False, ACC=acc), c))
+                        STAGED=c.staged, PREC="ieee", UPCAST=False, ACC=acc), c))
+                if c.staged:
+                    ce = tiles.EXPAND_TILES
+                    jobs.append(("expand_masks", kernels.expand_masks, {
+                        "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p, "N": "i32", "K": "i32", "KB": "i32"},
+                        dict(N_MASKS=n, BN=ce.BN, BK=ce.BK), ce))
                 if T == 1 and dt != "fp64":
                     cg = tiles.GEMV_TILES
-                    sig = {k: v for k, v in base.items() if k not in ("dout_ptr", "T")}
+                    sig = {k: v for k, v in base.items() if k not in ("dout_ptr", "T", "wm_ptr")}
                     jobs.append(("fwd_gemv", kernels.fwd_gemv, sig, dict(
                         N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=cg.BN, BG=cg.BG,
                         ACC=acc), cg))
-                cx = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dx_tiles(T)
-                jobs.append(("bwd_dx", kernels.bwd_dx, {"ds_ptr": p, "w_ptr": p, "p_ptr": "*u8", "dx_ptr": p,
-                                                        "T": "i32", "N": "i32", "K": "i32", "KB": "i32"},
-                             dict(N_MASKS=n, BT=cx.BT, BN=cx.BN, BK=cx.BK, GROUP=tiles.GROUP, PREC="ieee",
-                                  UPCAST=False, ACC=acc), cx))
+                cx = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dx_tiles(T, c.staged)
+                jobs.append(("bwd_dx", kernels.bwd_dx, {"ds_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p,
+                                                        "dx_ptr": p, "T": "i32", "N": "i32", "K": "i32", "KB": "i32"},
+                             dict(N_MASKS=n, BT=cx.BT, BN=cx.BN, BK=cx.BK, GROUP=tiles.GROUP, STAGED=cx.staged,
+                                  PREC="ieee", UPCAST=False, ACC=acc), cx))
                 cw = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dw_tiles()
                 jobs.append(("bwd_dw", kernels.bwd_dw, {"ds_ptr": p, "x_ptr": p, "w_ptr": p, "p_ptr": "*u8",
                                                         "dw_ptr": p, "dm_ptr": p, "T": "i32", "N": "i32",

@@ -1,6 +1,6 @@
 """Sweep the Triton backend's tiles on a GPU; the source of the constants in tiles.py.
 
-Usage: python scripts/triton_tune.py [decode] [batched] [prefill] [bwd] [--json PATH]
+Usage: python scripts/triton_tune.py [staged] [gates] [decode] [batched] [prefill] [bwd] [--json PATH]
 
 For each part it times the kernels with explicit tiles (``launch.launch_*``) by
 ``triton.testing.do_bench`` (median of 100 ms after 25 ms warm-up) on random inputs whose
@@ -59,6 +59,19 @@ def record(part, label, ms, kernel, bytes_=None, flops=None, limits=None):
           flush=True)
 
 
+def timed(part, label, run, limits, bytes_=None, flops=None):
+    """Compile (first call), time ``run`` by do_bench's median and record it; a config that
+    fails (out of shared memory, say) is reported and the sweep goes on."""
+    try:
+        kern = run()
+        ms = do_bench(run, return_mode="median")
+    except Exception as exc:
+        print(f"{part:8s} {label:58s} FAILED {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+        ROWS.append({"part": part, "label": label, "error": f"{type(exc).__name__}: {exc}"[:300]})
+        return
+    record(part, label, ms, kern, bytes_, flops, limits)
+
+
 def decode_bytes(T, K, N, n, e=2):
     return N * K * (e + n / 8) + T * (K + N) * e
 
@@ -66,21 +79,22 @@ def decode_bytes(T, K, N, n, e=2):
 def time_gemv(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
     x, w, p = inputs(T, K, N, n, dtype)
     out = torch.empty(T, N, device=DEV, dtype=dtype)
-    kern = launch.launch_gemv(x, w, p, out, 0, c)
-    ms = do_bench(lambda: launch.launch_gemv(x, w, p, out, 0, c), return_mode="median")
-    record(part, f"gemv {K}x{N} T={T} n={n} {dtype} {c}", ms, kern, decode_bytes(T, K, N, n), limits=limits)
+    timed(part, f"gemv {K}x{N} T={T} n={n} {dtype} {c}", lambda: launch.launch_gemv(x, w, p, out, 0, c), limits,
+          decode_bytes(T, K, N, n))
 
 
 def time_mma(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
     x, w, p = inputs(T, K, N, n, dtype)
     out = torch.empty(T, N, device=DEV, dtype=dtype)
-    kern = launch.launch_gates(x, w, p, out, None, 0, 0, c)
-    ms = do_bench(lambda: launch.launch_gates(x, w, p, out, None, 0, 0, c), return_mode="median")
     label = f"mma {K}x{N} T={T} n={n} {c}"
+
+    def run():
+        return launch.launch_gates(x, w, p, out, None, 0, 0, c)
+
     if T <= 64:
-        record(part, label, ms, kern, decode_bytes(T, K, N, n), limits=limits)
+        timed(part, label, run, limits, decode_bytes(T, K, N, n))
     else:
-        record(part, label, ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
+        timed(part, label, run, limits, flops=2 * T * N * K * (n + 1))
 
 
 def part_decode(limits):
@@ -111,27 +125,61 @@ def part_prefill(limits):
             time_mma("prefill", 8192, 4096, 14336, n, c, limits)
 
 
+def time_staged(part, T, K, N, n, c, limits):
+    """``expand_masks`` + ``fwd_mma`` reading the staged planes (``c.staged``), or
+    ``fwd_mma`` on the bits; flops count the ``n + 1`` products, time includes the expansion."""
+    x, w, p = inputs(T, K, N, n)
+    out = torch.empty(T, N, device=DEV, dtype=torch.bfloat16)
+
+    def run():
+        return launch.launch_gates(x, w, p, out, None, 0, 0, c, launch.expand(w, p) if c.staged else None)
+
+    timed(part, f"fwd{' staged' if c.staged else ''} {K}x{N} T={T} n={n} {c}", run, limits,
+          flops=2 * T * N * K * (n + 1))
+
+
+def part_staged(limits):
+    """Masked weights staged in HBM vs built from the bits: prefill, and the token switch."""
+    w, p = inputs(1, 4096, 14336, 4)[1:]
+    timed("staged", "expand_masks 4096x14336 n=4", lambda: launch.expand(w, p), limits,
+          bytes_=w.numel() * (2 + 4 / 8 + 8))
+    S = tiles.Mma
+    for n, cands in ((1, (S(64, 128, 64, 4, 3), S(128, 64, 64, 8, 4, gates=1, staged=True),
+                          S(128, 128, 64, 8, 3, gates=1, staged=True), S(64, 128, 64, 4, 4, gates=1, staged=True))),
+                     (4, (S(128, 64, 64, 8, 3, gates=2), S(128, 64, 64, 8, 3, gates=2, staged=True),
+                          S(128, 64, 64, 8, 4, gates=1, staged=True), S(128, 64, 32, 8, 3, gates=4, staged=True),
+                          S(128, 128, 64, 8, 3, gates=1, staged=True)))):
+        for c in cands:
+            time_staged("staged", 8192, 4096, 14336, n, c, limits)
+    for T in (256, 512, 1024, 2048):
+        for staged in (False, True):
+            time_staged("staged", T, 4096, 14336, 4, S(128, 64, 64, 8, 3, gates=2, staged=staged), limits)
+
+
 def part_bwd(limits):
     K, N, n = 4096, 11008, 4
+    S = tiles.Mma
     for T in (2048, 8192):
         x, w, p = inputs(T, K, N, n)
+        wm = launch.expand(w, p)
         ds = torch.randn(n + 1, T, N, device=DEV, dtype=torch.bfloat16)
         dout = torch.randn(T, N, device=DEV, dtype=torch.bfloat16)
-        c = tiles.mma_fwd_tiles(T, n)
-        kern = launch.launch_gates(x, w, p, ds, dout, 0, 1, c)
-        ms = do_bench(lambda: launch.launch_gates(x, w, p, ds, dout, 0, 1, c), return_mode="median")
-        record("bwd", f"ds-pass T={T} {c}", ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
+        flops = 2 * T * N * K * (n + 1)
+        for c in (S(128, 64, 64, 8, 3, gates=2), S(128, 64, 64, 8, 3, gates=2, staged=True),
+                  S(128, 64, 64, 8, 4, gates=1, staged=True)):
+            src = wm if c.staged else None
+            timed("bwd", f"ds-pass T={T} {c}", lambda: launch.launch_gates(x, w, p, ds, dout, 0, 1, c, src),
+                  limits, flops=flops)
         dx = torch.empty(T, K, device=DEV, dtype=torch.bfloat16)
-        for c in (tiles.Mma(64, 128, 128, 8, 3), tiles.Mma(64, 128, 64, 8, 3)):
-            kern = launch.launch_dx(ds, w, p, dx, c)
-            ms = do_bench(lambda: launch.launch_dx(ds, w, p, dx, c), return_mode="median")
-            record("bwd", f"dx T={T} {c}", ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
+        for c in (S(64, 128, 64, 8, 3), S(64, 128, 128, 8, 3, staged=True), S(64, 128, 128, 8, 4, staged=True),
+                  S(128, 128, 64, 8, 3, staged=True), S(64, 128, 256, 8, 3, staged=True)):
+            src = wm if c.staged else None
+            timed("bwd", f"dx T={T} {c}", lambda: launch.launch_dx(ds, w, p, dx, c, src), limits, flops=flops)
         dw = torch.empty(N, K, device=DEV, dtype=torch.bfloat16)
         dm = torch.empty(n, N, K, device=DEV, dtype=torch.bfloat16)
-        for c in (tiles.Mma(128, 64, 128, 8, 3), tiles.Mma(128, 64, 64, 8, 3)):
-            kern = launch.launch_dw(ds, x, w, p, dw, dm, c)
-            ms = do_bench(lambda: launch.launch_dw(ds, x, w, p, dw, dm, c), return_mode="median")
-            record("bwd", f"dw+dM T={T} {c}", ms, kern, flops=2 * T * N * K * (n + 1), limits=limits)
+        for c in (S(128, 64, 64, 8, 3), S(128, 64, 64, 8, 4), S(128, 32, 64, 8, 4), S(64, 64, 128, 4, 3),
+                  S(128, 64, 128, 8, 3)):
+            timed("bwd", f"dw+dM T={T} {c}", lambda: launch.launch_dw(ds, x, w, p, dw, dm, c), limits, flops=flops)
 
 
 def part_gates(limits):
@@ -144,7 +192,7 @@ def part_gates(limits):
         time_mma("gates", 8192, 4096, 14336, 4, c, limits)
 
 
-PARTS = {"gates": part_gates, "decode": part_decode, "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd}
+PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd}
 
 
 def main(argv=None) -> int:

@@ -24,11 +24,11 @@ def test_opcheck(permuted, form):
         w = torch.randn(20, 12, dtype=torch.float64).T.requires_grad_()
     packed = mglu.pack_masks(logits)
     torch.library.opcheck(torch.ops.mglu.forward.default,
-                          (x, w, packed, logits if form == "logits" else None, "silu", "auto"))
+                          (x, w, packed, logits if form == "logits" else None, "silu", "auto", True))
     dout = torch.randn(5, 12, dtype=torch.float64)
     torch.library.opcheck(torch.ops.mglu.backward.default,
                           (dout, x.detach(), w.detach(), packed, logits.detach() if form == "logits" else None,
-                           "gelu", "torch"))
+                           x.new_empty((0,)), "gelu", "torch"))
 
 
 def test_compile_fullgraph_matches_eager_forward_and_grads():
@@ -106,3 +106,31 @@ def test_zero_tokens_backward_gives_zero_weight_grad():
     x = torch.empty(0, 20, dtype=torch.float64, requires_grad=True)
     mglu.mglu(x, w, logits).sum().backward()
     assert torch.equal(w.grad, torch.zeros_like(w)) and torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_plain_eager_calls_skip_the_op_and_match_it(monkeypatch):
+    from mglu import ops
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = []
+    real = ops.forward_op
+    monkeypatch.setattr(ops, "forward_op", lambda *a: calls.append(1) or real(*a))
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    x, w, logits = _inputs(grad=False)
+    packed = mglu.pack_masks(logits)
+    plain = mglu.mglu(x, w, packed)
+    assert calls == []
+    with Passthrough():
+        through_op = mglu.mglu(x, w, packed)
+    assert calls == [1]
+    assert torch.equal(plain, through_op) and torch.equal(plain, real(x, w, packed, None, "silu", "auto", False)[0])
+    xg = x.clone().requires_grad_()
+    mglu.mglu(xg, w, packed)
+    assert calls == [1, 1]
+    with torch.no_grad():
+        mglu.mglu(xg, w, logits.requires_grad_())
+    assert calls == [1, 1]

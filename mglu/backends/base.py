@@ -10,6 +10,11 @@ A backend is a :class:`Backend` record:
   d_model)`` in ``dmask_dtype``, or ``None`` when ``dmask_dtype`` is ``None`` (frozen masks).
 - ``reasons(problem) -> list[str]``: empty when the backend can run the call, else
   plain-text reasons why not.
+- ``saves_gates``: when true, ``forward`` also takes ``gates=G``, a ``(n_masks + 1, T,
+  d_ff)`` buffer of the input dtype that it fills with ``gate_0 .. gate_{n-1}, total``
+  (rounded to the input dtype), and ``backward`` takes ``gates=G`` from such a forward
+  to skip recomputing them. The op layer passes ``gates`` only when autograd will run the
+  backward; both functions must still work without it.
 
 Inputs arrive validated and contiguous. Backends allocate outputs with :func:`new_output`
 so that the conformance checker can poison them (NaN) before a kernel writes them.
@@ -81,4 +86,5 @@ class Backend:
     forward: Optional[Callable] = None
     backward: Optional[Callable] = None
     description: str = ""
+    saves_gates: bool = False
 

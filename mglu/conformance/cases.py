@@ -36,6 +36,9 @@ class Case:
     form: str = "packed"
     noncontig: bool = False
     quick: bool = True
+    #: the dtypes the quick subset keeps this case in (None: all), for a case whose point
+    #: is one dtype's code path and whose other dtypes are slow under Triton's interpreter
+    quick_dtypes: tuple[torch.dtype, ...] | None = None
 
     @property
     def id(self) -> str:
@@ -78,12 +81,16 @@ def _triton_cases() -> list[Case]:
     """Boundaries of mglu/backends/triton_backend (tiles.py): the GEMV serves 1 token with
     n_masks >= 2 and reads 256 columns (BG=32 byte groups) of 4 rows per step; the tensor-
     core kernel takes 16-token, 64-row tiles 128 columns deep (64 in fp32, 16 in fp64) and
-    groups masks (n=5: 3 + 2 in a pass)."""
+    groups masks (n=5: 3 + 2 in a pass); from STAGED_MIN_TOKENS = 512 tokens (fp16/bf16) it
+    reads the masked weights staged in HBM instead of building them from the bits."""
     return [
         Case("triton_one_token_one_mask", (1,), 40, 37, 1, quick=False),
         Case("triton_gemv_k_tail", (1,), 257, 30, 5, masks="garbage_tail"),
         Case("triton_mma_k_tail", (17,), 129, 67, 5, masks="garbage_tail"),
         Case("triton_token_tile_edge", (16,), 128, 64, 2, quick=False),
+        Case("triton_staged_below", (511,), 26, 20, 2, masks="garbage_tail", quick=False),
+        Case("triton_staged", (512,), 20, 136, 3, masks="garbage_tail",
+             quick_dtypes=(torch.float16, torch.bfloat16)),
     ]
 
 
@@ -129,7 +136,9 @@ def _numba_cases() -> list[Case]:
 def catalogue(quick: bool = False) -> list[Case]:
     """Every base case in every dtype; ``quick`` keeps the cases marked quick."""
     cases = [replace(c, dtype=d) for d in DTYPES for c in _base_cases()]
-    return [c for c in cases if c.quick] if quick else cases
+    if not quick:
+        return cases
+    return [c for c in cases if c.quick and (c.quick_dtypes is None or c.dtype in c.quick_dtypes)]
 
 
 @dataclass

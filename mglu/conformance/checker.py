@@ -16,7 +16,8 @@ import torch
 from .. import reference
 from ..backends import REGISTRY, Problem, poisoned_outputs
 from ..errors import BackendUnavailableError
-from ..ops import mglu
+from ..masks import pack_masks
+from ..ops import backward_op, mglu
 from .cases import Case, make_inputs
 from .tolerances import bound, rel_error
 
@@ -83,8 +84,18 @@ class CaseResult:
         return " | ".join(parts)
 
 
+#: suffix of the gradients a gate-saving backend computes again without the saved gates
+RECOMPUTED = " (recomputed gates)"
+
+
+def _base(name: str) -> str:
+    return name.removesuffix(RECOMPUTED)
+
+
 def _run(backend: str, case: Case, inputs) -> dict[str, torch.Tensor]:
-    """``out`` and the gradients through the public op, outputs poisoned with NaN."""
+    """``out`` and the gradients through the public op, outputs poisoned with NaN. A
+    backend whose forward saves the gates (``Backend.saves_gates``) is also run through
+    ``mglu::backward`` without them, so both of its backward paths are judged."""
     x = inputs.x.detach().requires_grad_()
     weight = inputs.weight.detach().requires_grad_()
     masks = inputs.masks.detach()
@@ -96,6 +107,16 @@ def _run(backend: str, case: Case, inputs) -> dict[str, torch.Tensor]:
     got = {"out": out.detach(), "dx": x.grad, "dW": weight.grad}
     if case.form == "logits":
         got["dS"] = masks.grad
+    if REGISTRY[backend].saves_gates:
+        logits = masks.detach() if case.form == "logits" else None
+        packed = pack_masks(logits) if logits is not None else masks
+        d_ff, d_model = weight.shape
+        with poisoned_outputs():
+            dx, dw, ds = backward_op(inputs.dout.reshape(-1, d_ff), x.detach().reshape(-1, d_model),
+                                     weight.detach(), packed, logits, x.new_empty((0,)), case.activation, backend)
+        got["dx" + RECOMPUTED], got["dW" + RECOMPUTED] = dx.reshape(x.shape), dw
+        if logits is not None:
+            got["dS" + RECOMPUTED] = ds
     return got
 
 
@@ -110,7 +131,7 @@ def _reference(case: Case, inputs):
 
 def _errors(got, ref) -> dict[str, float]:
     values, magnitudes = ref
-    return {name: rel_error(y, values[name], magnitudes[name]) for name, y in got.items()}
+    return {name: rel_error(y, values[_base(name)], magnitudes[_base(name)]) for name, y in got.items()}
 
 
 def _same_bits(a: dict, b: dict) -> bool:
@@ -149,7 +170,7 @@ def check_case(backend: str, case: Case, device="cpu", seed: int | None = None) 
         errors = _errors(got, ref)
         e_torch = None if backend == TORCH else _errors(_run(TORCH, case, inputs), ref)
         result.quantities = [
-            Quantity(name, err, bound(case.dtype, None if e_torch is None else e_torch[name]))
+            Quantity(name, err, bound(case.dtype, None if e_torch is None else e_torch[_base(name)]))
             for name, err in errors.items()
         ]
         result.deterministic = _same_bits(got, _run(backend, case, inputs))

@@ -58,18 +58,19 @@ def reasons(problem: Problem) -> list[str]:
     return []
 
 
-def forward(x2d, weight, packed, activation):
-    """``out (T, d_ff)`` in ``x2d.dtype``."""
+def forward(x2d, weight, packed, activation, gates=None):
+    """``out (T, d_ff)`` in ``x2d.dtype``; fills ``gates`` (``Backend.saves_gates``) when given."""
     from . import launch
 
-    return launch.forward(x2d, weight, packed, activation)
+    return launch.forward(x2d, weight, packed, activation, gates)
 
 
-def backward(dout, x2d, weight, packed, activation, dmask_dtype):
-    """``(dx, dW, dM)``; ``dM`` is ``None`` when ``dmask_dtype`` is ``None``."""
+def backward(dout, x2d, weight, packed, activation, dmask_dtype, gates=None):
+    """``(dx, dW, dM)``; ``dM`` is ``None`` when ``dmask_dtype`` is ``None``; ``gates``: the
+    forward's, when it saved them."""
     from . import launch
 
-    return launch.backward(dout, x2d, weight, packed, activation, dmask_dtype)
+    return launch.backward(dout, x2d, weight, packed, activation, dmask_dtype, gates)
 
 
 BACKEND = Backend(
@@ -78,4 +79,5 @@ BACKEND = Backend(
     forward=forward,
     backward=backward,
     description="Triton: CUDA-core GEMV at decode, tensor cores (tl.dot on bit-masked W) above",
+    saves_gates=True,
 )

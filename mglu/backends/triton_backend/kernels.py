@@ -9,10 +9,14 @@ Shapes: ``x (T, K)``, ``W (N, K)`` with ``K = d_model``, ``N = d_ff``; packed ma
   W is read as ``(BN, BG, 8)`` tiles: the 8 elements of a group share one byte per mask.
 - :func:`fwd_mma` (tensor cores): the same ``n_masks + 1`` products, ``tl.dot`` on
   ``where(bit_i, W, 0)`` built on chip, computed transposed (``acc (BN, BT) = W_i @ x.T``)
-  so the masked tile is the register operand. ``MODE = 0`` writes ``out``; ``MODE = 1``
-  (backward pass 1) writes ``DS[i] = dout * (act'(g_i) (total - g_i) - act(g_i))`` for
+  so the masked tile is the register operand. ``MODE = 0`` writes ``out``; ``MODE = 2``
+  also the gates and ``total`` for the backward; ``MODE = 1`` (backward pass 1 without
+  saved gates) writes ``DS[i] = dout * (act'(g_i) (total - g_i) - act(g_i))`` for
   ``i < n_masks`` and ``DS[n_masks] = sum_i dout * act(g_i)`` in the input dtype.
+- :func:`ds_from_gates`: the same ``DS`` element-wise from saved gates.
 - :func:`bwd_dx`: ``dx = sum_{i <= n} DS[i] @ (M_i W)`` with ``M_n = 1``.
+- :func:`expand_masks`: ``WM[i] = M_i W`` staged in HBM, the operand :func:`fwd_mma` and
+  :func:`bwd_dx` read instead of building it from the bits (prefill and training sizes).
 - :func:`bwd_dw`: ``P_i = DS[i].T @ x``; ``dW = sum_{i <= n} M_i * P_i``; ``dM_i = W * P_i``
   written from the accumulator (no ``(n_masks, N, K)`` fp32 buffer).
 
@@ -149,30 +153,82 @@ def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _gate_epilogue(g, total, dout, res, ds_ptr, m, offs_t, offs_n, T, N,
-                   N_MASKS: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr):
-    """Add mask ``m``'s term to ``res``: ``act(g) (total - g)`` (MODE 0) or ``dout act(g)``
-    (MODE 1, also writing ``DS[m]``); nothing for ``m >= N_MASKS``."""
-    if MODE == 0:
-        term = act(g, ACT) * (total - g)
+def _masked(w, wm_ptr, p_ptr, m, offs_n, kcol, kb0, N, K, KB, valid, BK: tl.constexpr, STAGED: tl.constexpr):
+    """``(BN, BK)`` tile of ``M_m W`` at columns ``kcol = 8 kb0 ..``: loaded from the staged planes
+    ``WM (n_masks, N, K)`` (``STAGED``), or built from the bits as ``where(bit, w, 0)``."""
+    if STAGED:
+        r = tl.load(wm_ptr + m * N * K + offs_n[:, None] * K + kcol[None, :],
+                    mask=valid & (offs_n[:, None] < N) & (kcol[None, :] < K), other=0.0)
     else:
+        r = tl.where(_bits(p_ptr, m, offs_n, kb0, N, KB, valid, BK // 8), w, 0.0)
+    return r
+
+
+@triton.jit
+def expand_masks(w_ptr, p_ptr, wm_ptr, N, K, KB, N_MASKS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    """``WM[i] = M_i * W`` for ``i < n_masks``: ``WM (n_masks, N, K)`` in W's dtype, one
+    ``BN x BK`` tile of every plane per program (the staged operand of :func:`fwd_mma` and
+    :func:`bwd_dx` at prefill sizes)."""
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    kcol = tl.program_id(1) * BK + tl.arange(0, BK)
+    tile = (offs_n[:, None] < N) & (kcol[None, :] < K)
+    w = tl.load(w_ptr + offs_n[:, None] * K + kcol[None, :], mask=tile, other=0.0)
+    for i in tl.static_range(N_MASKS):
+        m = tl.where(_bits(p_ptr, i, offs_n, tl.program_id(1) * (BK // 8), N, KB, True, BK // 8), w, 0.0)
+        tl.store(wm_ptr + i * N * K + offs_n[:, None] * K + kcol[None, :], m, mask=tile)
+
+
+@triton.jit
+def _gate_epilogue(g, total, dout, res, aux_ptr, m, offs_t, offs_n, T, N,
+                   N_MASKS: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr):
+    """Add mask ``m``'s term to ``res``: ``act(g) (total - g)`` (MODE 0; MODE 2 also writes
+    ``g`` to ``GATES[m]``) or ``dout act(g)`` (MODE 1, also writing ``DS[m]``); nothing for
+    ``m >= N_MASKS``."""
+    om = (offs_n[:, None] < N) & (offs_t[None, :] < T) & (m < N_MASKS)
+    plane = aux_ptr + m * T * N + offs_t[None, :] * N + offs_n[:, None]
+    if MODE == 1:
         a, da = act_grad(g, ACT)
         dv = dout * a
-        om = (offs_n[:, None] < N) & (offs_t[None, :] < T) & (m < N_MASKS)
-        dsp = ds_ptr + m * T * N + offs_t[None, :] * N + offs_n[:, None]
-        tl.store(dsp, (dout * da * (total - g) - dv).to(ds_ptr.dtype.element_ty), mask=om)
+        tl.store(plane, (dout * da * (total - g) - dv).to(aux_ptr.dtype.element_ty), mask=om)
         term = dv
+    else:
+        term = act(g, ACT) * (total - g)
+        if MODE == 2:
+            tl.store(plane, g.to(aux_ptr.dtype.element_ty), mask=om)
     return res + tl.where(m < N_MASKS, term, 0.0)
 
 
 @triton.jit
-def fwd_mma(x_ptr, w_ptr, p_ptr, out_ptr, dout_ptr, T, N, K, KB,
+def ds_from_gates(g_ptr, dout_ptr, ds_ptr, TN, N_MASKS: tl.constexpr, ACT: tl.constexpr, BLOCK: tl.constexpr,
+                  ACC: tl.constexpr):
+    """``DS`` from the forward's saved ``GATES (n + 1, T, N)`` (``gate_i``, then ``total``):
+    ``DS[i] = dout (act'(g_i) (total - g_i) - act(g_i))``, ``DS[n] = sum_i dout act(g_i)``,
+    element-wise over the ``TN = T * N`` positions, in the input dtype."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < TN
+    total = tl.load(g_ptr + N_MASKS * TN + offs, mask=ok, other=0.0).to(ACC)
+    dout = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)
+    s = tl.zeros((BLOCK,), ACC)
+    for i in range(N_MASKS):
+        g = tl.load(g_ptr + i * TN + offs, mask=ok, other=0.0).to(ACC)
+        a, da = act_grad(g, ACT)
+        tl.store(ds_ptr + i * TN + offs, (dout * da * (total - g) - dout * a).to(ds_ptr.dtype.element_ty), mask=ok)
+        s += dout * a
+    tl.store(ds_ptr + N_MASKS * TN + offs, s.to(ds_ptr.dtype.element_ty), mask=ok)
+
+
+@triton.jit
+def fwd_mma(x_ptr, w_ptr, p_ptr, wm_ptr, out_ptr, aux_ptr, T, N, K, KB,
             N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr,
             BN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr,
-            PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
+            STAGED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
     """Tile ``(BN rows of W) x (BT tokens)``; masks in groups of ``G`` (1..4) accumulators.
 
-    ``out_ptr``: ``out (T, N)`` (MODE 0) or ``DS (n_masks + 1, T, N)`` (MODE 1).
+    ``out_ptr``: ``out (T, N)`` (MODE 0 and 2) or ``DS (n_masks + 1, T, N)`` (MODE 1).
+    ``aux_ptr``: ``dout (T, N)`` (MODE 1), ``GATES (n_masks + 1, T, N)`` to fill with the
+    gates and ``total`` (MODE 2), unused in MODE 0.
+    ``STAGED``: the masked tiles are read from ``WM`` (:func:`expand_masks`), else built
+    from the bits in registers.
     """
     n_tiles = tl.cdiv(N, BN)
     pid_n, pid_t = _grouped(tl.program_id(0), n_tiles, tl.cdiv(T, BT), GROUP)
@@ -184,9 +240,14 @@ def fwd_mma(x_ptr, w_ptr, p_ptr, out_ptr, dout_ptr, T, N, K, KB,
     total = tl.zeros((BN, BT), ACC)
     res = tl.zeros((BN, BT), ACC)
     dout = tl.zeros((BN, BT), ACC)
+    # where the epilogue writes each gate's plane: DS (MODE 1), GATES (MODE 2)
+    if MODE == 2:
+        planes = aux_ptr
+    else:
+        planes = out_ptr
     if MODE == 1:
         om = (offs_n[:, None] < N) & (offs_t[None, :] < T)
-        dout = tl.load(dout_ptr + offs_t[None, :] * N + offs_n[:, None], mask=om, other=0.0).to(ACC)
+        dout = tl.load(aux_ptr + offs_t[None, :] * N + offs_n[:, None], mask=om, other=0.0).to(ACC)
     for grp in tl.static_range(0, N_MASKS, G):
         g0 = tl.zeros((BN, BT), ACC)
         g1 = tl.zeros((BN, BT), ACC)
@@ -198,36 +259,45 @@ def fwd_mma(x_ptr, w_ptr, p_ptr, out_ptr, dout_ptr, T, N, K, KB,
             xt = tl.load(xp + kcol[:, None], mask=(offs_t[None, :] < T) & (kcol[:, None] < K), other=0.0)
             if grp == 0:
                 total = _dot(w, xt, total, PREC, UPCAST)
-            g0 = _dot(tl.where(_bits(p_ptr, grp, offs_n, k0 // 8, N, KB, True, BK // 8), w, 0.0),
+            kb0 = k0 // 8
+            g0 = _dot(_masked(w, wm_ptr, p_ptr, grp, offs_n, kcol, kb0, N, K, KB, True, BK, STAGED),
                       xt, g0, PREC, UPCAST)
             if G > 1:
-                g1 = _dot(tl.where(_bits(p_ptr, grp + 1, offs_n, k0 // 8, N, KB, grp + 1 < N_MASKS, BK // 8),
-                                   w, 0.0), xt, g1, PREC, UPCAST)
+                g1 = _dot(_masked(w, wm_ptr, p_ptr, grp + 1, offs_n, kcol, kb0, N, K, KB, grp + 1 < N_MASKS, BK,
+                                  STAGED),
+                      xt, g1, PREC, UPCAST)
             if G > 2:
-                g2 = _dot(tl.where(_bits(p_ptr, grp + 2, offs_n, k0 // 8, N, KB, grp + 2 < N_MASKS, BK // 8),
-                                   w, 0.0), xt, g2, PREC, UPCAST)
+                g2 = _dot(_masked(w, wm_ptr, p_ptr, grp + 2, offs_n, kcol, kb0, N, K, KB, grp + 2 < N_MASKS, BK,
+                                  STAGED),
+                      xt, g2, PREC, UPCAST)
             if G > 3:
-                g3 = _dot(tl.where(_bits(p_ptr, grp + 3, offs_n, k0 // 8, N, KB, grp + 3 < N_MASKS, BK // 8),
-                                   w, 0.0), xt, g3, PREC, UPCAST)
-        res = _gate_epilogue(g0, total, dout, res, out_ptr, grp, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+                g3 = _dot(_masked(w, wm_ptr, p_ptr, grp + 3, offs_n, kcol, kb0, N, K, KB, grp + 3 < N_MASKS, BK,
+                                  STAGED),
+                      xt, g3, PREC, UPCAST)
+        res = _gate_epilogue(g0, total, dout, res, planes, grp, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
         if G > 1:
-            res = _gate_epilogue(g1, total, dout, res, out_ptr, grp + 1, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+            res = _gate_epilogue(g1, total, dout, res, planes, grp + 1, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
         if G > 2:
-            res = _gate_epilogue(g2, total, dout, res, out_ptr, grp + 2, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+            res = _gate_epilogue(g2, total, dout, res, planes, grp + 2, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
         if G > 3:
-            res = _gate_epilogue(g3, total, dout, res, out_ptr, grp + 3, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+            res = _gate_epilogue(g3, total, dout, res, planes, grp + 3, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
     om = (offs_n[:, None] < N) & (offs_t[None, :] < T)
     dst = out_ptr + offs_t[None, :] * N + offs_n[:, None]
     if MODE == 1:
         dst += N_MASKS * T * N
+    if MODE == 2:
+        tl.store(aux_ptr + N_MASKS * T * N + offs_t[None, :] * N + offs_n[:, None],
+                 total.to(aux_ptr.dtype.element_ty), mask=om)
     tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=om)
 
 
 @triton.jit
-def bwd_dx(ds_ptr, w_ptr, p_ptr, dx_ptr, T, N, K, KB,
+def bwd_dx(ds_ptr, w_ptr, p_ptr, wm_ptr, dx_ptr, T, N, K, KB,
            N_MASKS: tl.constexpr, BT: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-           GROUP: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
-    """``dx (T, K) = sum_{i <= n} DS[i] @ (M_i W)``, ``M_n = 1``; tile ``BT x BK``."""
+           GROUP: tl.constexpr, STAGED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
+           ACC: tl.constexpr):
+    """``dx (T, K) = DS[n] @ W + sum_{i < n} DS[i] @ (M_i W)``; tile ``BT x BK``; the masked
+    tiles come from ``WM`` (``STAGED``) or from the bits."""
     pid_t, pid_k = _grouped(tl.program_id(0), tl.cdiv(T, BT), tl.cdiv(K, BK), GROUP)
     offs_t = pid_t * BT + tl.arange(0, BT)
     offs_k = pid_k * BK + tl.arange(0, BK)
@@ -238,10 +308,12 @@ def bwd_dx(ds_ptr, w_ptr, p_ptr, dx_ptr, T, N, K, KB,
         wm = (offs_n[:, None] < N) & (offs_k[None, :] < K)
         w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=wm, other=0.0)
         dm = (offs_t[:, None] < T) & (offs_n[None, :] < N)
-        for i in range(N_MASKS + 1):
-            ds = tl.load(ds_ptr + i * T * N + offs_t[:, None] * N + offs_n[None, :], mask=dm, other=0.0)
-            bits = _bits(p_ptr, i, offs_n, pid_k * (BK // 8), N, KB, i < N_MASKS, BK // 8)
-            acc = _dot(ds, tl.where(bits, w, 0.0), acc, PREC, UPCAST)
+        dsp = ds_ptr + offs_t[:, None] * N + offs_n[None, :]
+        acc = _dot(tl.load(dsp + N_MASKS * T * N, mask=dm, other=0.0), w, acc, PREC, UPCAST)
+        for i in range(N_MASKS):
+            ds = tl.load(dsp + i * T * N, mask=dm, other=0.0)
+            masked = _masked(w, wm_ptr, p_ptr, i, offs_n, offs_k, pid_k * (BK // 8), N, K, KB, True, BK, STAGED)
+            acc = _dot(ds, masked, acc, PREC, UPCAST)
     om = (offs_t[:, None] < T) & (offs_k[None, :] < K)
     tl.store(dx_ptr + offs_t[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty), mask=om)
 

@@ -28,19 +28,33 @@ def _upcast(dtype: torch.dtype) -> bool:
     return interpreting() and dtype in _UPCAST
 
 
-def forward(x2d, weight, packed, activation):
-    """``out (T, d_ff) = sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``."""
+def forward(x2d, weight, packed, activation, gates=None):
+    """``out (T, d_ff) = sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``; with
+    ``gates`` (``(n + 1, T, d_ff)``), the tensor-core kernel also writes the gates and
+    ``total`` there for the backward."""
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
     out = new_output((T, N), x2d.dtype, x2d.device)
     if T == 0:
         return out
     act = ACT_ID[activation]
-    if T <= tiles.GEMV_MAX_TOKENS and n >= tiles.GEMV_MIN_MASKS:
+    if gates is None and T <= tiles.GEMV_MAX_TOKENS and n >= tiles.GEMV_MIN_MASKS:
         launch_gemv(x2d, weight, packed, out, act, tiles.GEMV_TILES)
     else:
-        launch_gates(x2d, weight, packed, out, None, act, 0, _fwd_tiles(x2d.dtype, T, n))
+        c = _fwd_tiles(x2d.dtype, T, n)
+        launch_gates(x2d, weight, packed, out, gates, act, 0 if gates is None else 2, c,
+                     expand(weight, packed) if c.staged else None)
     return out
+
+
+def expand(weight, packed):
+    """``WM (n_masks, N, K)``: the masked weights ``M_i W`` staged in HBM (``expand_masks``)."""
+    (N, K), n = weight.shape, packed.shape[0]
+    wm = torch.empty((n, N, K), dtype=weight.dtype, device=weight.device)
+    c = tiles.EXPAND_TILES
+    kernels.expand_masks[(triton.cdiv(N, c.BN), triton.cdiv(K, c.BK))](
+        weight, packed, wm, N, K, packed.shape[2], N_MASKS=n, BN=c.BN, BK=c.BK, num_warps=c.num_warps)
+    return wm
 
 
 def _fwd_tiles(dtype, T: int, n: int) -> tiles.Mma:
@@ -59,25 +73,28 @@ def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):
         ACC=_acc(x2d.dtype), num_warps=c.num_warps)
 
 
-def launch_gates(x2d, weight, packed, dst, dout, act: int, mode: int, c: tiles.Mma):
-    """``fwd_mma``: ``out`` (mode 0) or the backward's ``DS`` (mode 1), tiles ``c``."""
+def launch_gates(x2d, weight, packed, dst, aux, act: int, mode: int, c: tiles.Mma, wm=None):
+    """``fwd_mma``: ``out`` (mode 0; mode 2 also fills ``aux``, the gates) or the backward's
+    ``DS`` from ``aux = dout`` (mode 1), tiles ``c``; the masked tiles are read from ``wm``
+    (:func:`expand`) when given, else built from the bits."""
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
     g = tiles.gate_group(n, c.gates)
     grid = (triton.cdiv(N, c.BN) * triton.cdiv(T, c.BT),)
     return kernels.fwd_mma[grid](
-        x2d, weight, packed, dst, dout, T, N, K, packed.shape[2],
-        N_MASKS=n, G=g, ACT=act, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP,
+        x2d, weight, packed, wm, dst, aux, T, N, K, packed.shape[2],
+        N_MASKS=n, G=g, ACT=act, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP, STAGED=wm is not None,
         PREC=PRECISION, UPCAST=_upcast(x2d.dtype), ACC=_acc(x2d.dtype),
         num_warps=c.num_warps, num_stages=c.num_stages)
 
 
-def backward(dout, x2d, weight, packed, activation, dmask_dtype):
+def backward(dout, x2d, weight, packed, activation, dmask_dtype, gates=None):
     """``(dx, dW, dM)`` of SPEC §3; ``dM`` is ``None`` when ``dmask_dtype`` is ``None``.
 
-    Pass 1 recomputes ``total`` and the gates (``fwd_mma``, MODE 1) and writes
-    ``DS (n + 1, T, N)`` in the input dtype: ``DS[i] = dout * (act' (total - g_i) - act)``,
-    ``DS[n] = sum_i dout * act(g_i)`` (rounded like the torch backend's ``D_i`` and ``S``).
+    Pass 1 writes ``DS (n + 1, T, N)`` in the input dtype: ``DS[i] = dout * (act'(g_i)
+    (total - g_i) - act(g_i))``, ``DS[n] = sum_i dout * act(g_i)`` (rounded like the torch
+    backend's ``D_i`` and ``S``), element-wise from the forward's saved ``gates`` when
+    given, else recomputing the gates (``fwd_mma``, MODE 1).
     """
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
@@ -92,20 +109,29 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype):
         return dx, dw, dm
     ds = torch.empty((n + 1, T, N), dtype=dtype, device=dev)
     fp64 = dtype == torch.float64
-    launch_gates(x2d, weight, packed, ds, dout, ACT_ID[activation], 1, _fwd_tiles(dtype, T, n))
-    launch_dx(ds, weight, packed, dx, tiles.FP64_TILES if fp64 else tiles.mma_dx_tiles(T))
+    c = _fwd_tiles(dtype, T, n)
+    wm = expand(weight, packed) if c.staged else None
+    if gates is not None:
+        b = tiles.DS_BLOCK
+        kernels.ds_from_gates[(triton.cdiv(T * N, b),)](gates, dout, ds, T * N, N_MASKS=n, ACT=ACT_ID[activation],
+                                                         BLOCK=b, ACC=_acc(dtype), num_warps=4)
+    else:
+        launch_gates(x2d, weight, packed, ds, dout, ACT_ID[activation], 1, c, wm)
+    launch_dx(ds, weight, packed, dx, tiles.FP64_TILES if fp64 else tiles.mma_dx_tiles(T, c.staged), wm)
+    del wm
     launch_dw(ds, x2d, weight, packed, dw, dm, tiles.FP64_TILES if fp64 else tiles.mma_dw_tiles())
     return dx, dw, dm
 
 
-def launch_dx(ds, weight, packed, dx, c: tiles.Mma):
-    """``bwd_dx``: ``dx = sum_{i <= n} DS[i] @ (M_i W)`` with tiles ``c``."""
+def launch_dx(ds, weight, packed, dx, c: tiles.Mma, wm=None):
+    """``bwd_dx``: ``dx = sum_{i <= n} DS[i] @ (M_i W)`` with tiles ``c``, the masked tiles
+    from ``wm`` when given."""
     T, K = dx.shape
     N, n = weight.shape[0], packed.shape[0]
     grid = (triton.cdiv(T, c.BT) * triton.cdiv(K, c.BK),)
     return kernels.bwd_dx[grid](
-        ds, weight, packed, dx, T, N, K, packed.shape[2],
-        N_MASKS=n, BT=c.BT, BN=c.BN, BK=c.BK, GROUP=tiles.GROUP, PREC=PRECISION,
+        ds, weight, packed, wm, dx, T, N, K, packed.shape[2],
+        N_MASKS=n, BT=c.BT, BN=c.BN, BK=c.BK, GROUP=tiles.GROUP, STAGED=wm is not None, PREC=PRECISION,
         UPCAST=_upcast(dx.dtype), ACC=_acc(dx.dtype), num_warps=c.num_warps, num_stages=c.num_stages)
 
 

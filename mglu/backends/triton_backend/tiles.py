@@ -35,6 +35,18 @@ class Mma:
     num_stages: int
     #: most gate accumulators live per pass over K (fwd_mma's G; 1..MAX_GATE_ACCS)
     gates: int = 4
+    #: read the masked tiles from ``M_i W`` staged in HBM (kernels.expand_masks) instead of
+    #: building them from the bits in registers
+    staged: bool = False
+
+
+@dataclass(frozen=True)
+class Expand:
+    """``expand_masks``: a ``BN x BK`` tile of W per program, written once per mask."""
+
+    BN: int
+    BK: int
+    num_warps: int
 
 
 #: tl.dot's smallest tile edge is 16
@@ -67,9 +79,27 @@ def _pow2_at_least(v: int, lo: int) -> int:
     return p
 
 
+#: expand_masks is a copy (2 + n/8 bytes read, 2n written per weight): 16-byte rows of
+#: 64 columns, 4 warps, as Triton's elementwise tutorial
+EXPAND_TILES = Expand(BN=32, BK=64, num_warps=4)
+
+
+#: ds_from_gates is element-wise (reads n + 2 planes, writes n + 1): 1024 elements of 4
+#: warps per program, 8 per thread (16-byte accesses in 16-bit dtypes), Triton's tutorial size
+DS_BLOCK = 1024
+
+
 #: fp64 runs on CUDA cores (Triton 3.6 cannot lower an fp64 tl.dot whose operand is
 #: built in registers); the (BN, BK, BT) product is BN*BK*BT/threads registers
 FP64_TILES = Mma(BN=16, BT=16, BK=16, num_warps=4, num_stages=1)
+
+
+#: from this many tokens (fp16/bf16) the forward, the backward's DS pass and dx read the
+#: masked weights staged in HBM (kernels.expand_masks, 268 us at 4096x14336 n=4, 76.5% of
+#: copy bandwidth) instead of building them in registers. H100 run 6, 4096x14336 bf16 n=4
+#: (128x64x64 tile, 2 gates, expansion included): 256 tokens 665 vs 846 us, 512: 956 vs
+#: 1505 us, 2048: 3.03 vs 5.89 ms
+STAGED_MIN_TOKENS = 256
 
 
 def mma_fwd_tiles(tokens: int, n_masks: int, elem_bytes: int = 2) -> Mma:
@@ -77,25 +107,40 @@ def mma_fwd_tiles(tokens: int, n_masks: int, elem_bytes: int = 2) -> Mma:
     BK=128 ran 63.5 us at n=1 (65% of copy bandwidth; BN=128 was the same); prefill n=1
     best of 4 tilings BN=64, BT=128, BK=64, 4 warps (404 TF/s); n=4 best BN=128, BT=64,
     BK=64, 8 warps (194 TF/s, spilling 18 registers); run 5: the same tile with 2 gate
-    accumulators per pass (two passes over K) 212.4 TF/s vs 195.0 with 4, spilling 6."""
+    accumulators per pass (two passes over K) 212.4 TF/s vs 195.0 with 4, spilling 6.
+    Staged (run 6, 8192 tokens, expansion included): n=1 BN=BT=128, 8 warps 581.5 TF/s
+    (73.9% of matmul; 128x64: 405, the unstaged 64x128: 412); n=4 BN=128, BT=64 with 2
+    gates per pass 426.8 TF/s (4 gates at BK=32: 427.8; 128x128 with 1 gate spilled 2.2 KB
+    and ran 162 TF/s: total, the running sum and a gate are 3 x 64 fp32 registers a thread).
+    The DS pass (MODE 1, 2048 tokens, 4096x11008): 2 gates 392.5 TF/s, 1 gate 365.7."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
     if bt <= 64:
         # fp32 at BT=64: 4 stages of (64x128 + 128x64) x 4 B is 262 KB, over the H100's
         # 227 KB of shared memory per block (seen: OutOfResources on the device); BK=64 halves it
         return Mma(BN=64, BT=bt, BK=128 if elem_bytes <= 2 else 64, num_warps=4, num_stages=4)
+    if tokens >= STAGED_MIN_TOKENS and elem_bytes == 2:
+        if n_masks == 1:
+            return Mma(BN=128, BT=128, BK=64, num_warps=8, num_stages=3, gates=1, staged=True)
+        return Mma(BN=128, BT=64, BK=64, num_warps=8, num_stages=3, gates=2, staged=True)
     if n_masks == 1:
         return Mma(BN=64, BT=128, BK=64, num_warps=4, num_stages=3)
     return Mma(BN=128, BT=64, BK=64, num_warps=8, num_stages=3, gates=2)
 
 
-def mma_dx_tiles(tokens: int) -> Mma:
+def mma_dx_tiles(tokens: int, staged: bool = False) -> Mma:
     """``bwd_dx``: one accumulator (BT x BK), the loop runs over d_ff in BN steps. H100 run
-    2 (byte-gather bits): BK 64 and 128 within 2%."""
+    2 (byte-gather bits): BK 64 and 128 within 2%. Staged (run 6, 4096x11008, n=4, 2048
+    and 8192 tokens): BT=128, BN=64, BK=256 463.5 / 461.7 TF/s; BK=128 332 / 336; the
+    unstaged 64-deep tile 220 / 218."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
+    if staged:
+        return Mma(BN=64, BT=bt, BK=256, num_warps=8, num_stages=3, staged=True)
     return Mma(BN=64, BT=bt, BK=64, num_warps=8, num_stages=3)
 
 
 def mma_dw_tiles() -> Mma:
-    """``bwd_dw``: two accumulators (dW, P_i) of BN x BK, the loop runs over tokens. H100
-    run 2: BK=64 did not spill (BK=128 spilled 152 registers)."""
-    return Mma(BN=128, BT=64, BK=64, num_warps=8, num_stages=3)
+    """``bwd_dw``: two accumulators (dW, P_i) of BN x BK, the loop runs over tokens BT at a
+    time. H100 run 6, 4096x11008, n=4, 2048 / 8192 tokens: BN=128, BT=64, BK=128 386.2 /
+    456.7 TF/s (spilling 66 registers), BK=64 with 4 stages 342.5 / 322.6, with 3 stages
+    285.9 / 279.2 (run 2's choice)."""
+    return Mma(BN=128, BT=64, BK=128, num_warps=8, num_stages=3)
