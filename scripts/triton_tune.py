@@ -16,9 +16,10 @@ import sys
 
 import torch
 import triton
+import triton.language as tl
 from triton.testing import do_bench
 
-from mglu.backends.triton_backend import launch, tiles
+from mglu.backends.triton_backend import kernels, launch, tiles
 from mglu.bench.harness import copy_GBps, matmul_TFLOPs
 
 DEV = torch.device("cuda")
@@ -151,9 +152,11 @@ def part_staged(limits):
                           S(128, 128, 64, 8, 3, gates=1, staged=True)))):
         for c in cands:
             time_staged("staged", 8192, 4096, 14336, n, c, limits)
-    for T in (256, 512, 1024, 2048):
+    for T in (128, 256, 512, 1024, 2048):
         for staged in (False, True):
             time_staged("staged", T, 4096, 14336, 4, S(128, 64, 64, 8, 3, gates=2, staged=staged), limits)
+            time_staged("staged", T, 4096, 14336, 1, S(128, 128, 64, 8, 3, gates=1, staged=True) if staged
+                        else S(64, 128, 64, 4, 3), limits)
 
 
 def part_bwd(limits):
@@ -165,20 +168,24 @@ def part_bwd(limits):
         ds = torch.randn(n + 1, T, N, device=DEV, dtype=torch.bfloat16)
         dout = torch.randn(T, N, device=DEV, dtype=torch.bfloat16)
         flops = 2 * T * N * K * (n + 1)
-        for c in (S(128, 64, 64, 8, 3, gates=2), S(128, 64, 64, 8, 3, gates=2, staged=True),
-                  S(128, 64, 64, 8, 4, gates=1, staged=True)):
+        gates = torch.randn(n + 1, T, N, device=DEV, dtype=torch.bfloat16)
+        b = tiles.DS_BLOCK
+        timed("bwd", f"ds_from_gates T={T} BLOCK={b}", lambda: kernels.ds_from_gates[(triton.cdiv(T * N, b),)](
+            gates, dout, ds, T * N, N_MASKS=n, ACT=0, BLOCK=b, ACC=tl.float32, num_warps=4), limits,
+            bytes_=(2 * n + 3) * T * N * 2)
+        for c in (S(128, 64, 64, 8, 3, gates=2, staged=True),):
             src = wm if c.staged else None
             timed("bwd", f"ds-pass T={T} {c}", lambda: launch.launch_gates(x, w, p, ds, dout, 0, 1, c, src),
                   limits, flops=flops)
         dx = torch.empty(T, K, device=DEV, dtype=torch.bfloat16)
-        for c in (S(64, 128, 64, 8, 3), S(64, 128, 128, 8, 3, staged=True), S(64, 128, 128, 8, 4, staged=True),
-                  S(128, 128, 64, 8, 3, staged=True), S(64, 128, 256, 8, 3, staged=True)):
+        for c in (S(64, 128, 256, 8, 3, staged=True), S(32, 128, 256, 8, 4, staged=True),
+                  S(32, 128, 256, 8, 3, staged=True), S(64, 256, 128, 16, 3, staged=True)):
             src = wm if c.staged else None
             timed("bwd", f"dx T={T} {c}", lambda: launch.launch_dx(ds, w, p, dx, c, src), limits, flops=flops)
         dw = torch.empty(N, K, device=DEV, dtype=torch.bfloat16)
         dm = torch.empty(n, N, K, device=DEV, dtype=torch.bfloat16)
-        for c in (S(128, 64, 64, 8, 3), S(128, 64, 64, 8, 4), S(128, 32, 64, 8, 4), S(64, 64, 128, 4, 3),
-                  S(128, 64, 128, 8, 3)):
+        for c in (S(128, 64, 128, 8, 3), S(128, 64, 128, 8, 4), S(128, 128, 128, 8, 3), S(128, 64, 128, 16, 3),
+                  S(128, 128, 128, 16, 3)):
             timed("bwd", f"dw+dM T={T} {c}", lambda: launch.launch_dw(ds, x, w, p, dw, dm, c), limits, flops=flops)
 
 
