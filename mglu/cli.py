@@ -72,7 +72,9 @@ def cmd_conformance(args) -> int:
             if args.verbose or not result.passed:
                 rows.append(_fmt(result))
             if result.verdict == "FAIL":
-                print(result.describe(), file=sys.stderr)
+                print(result.describe(), file=sys.stderr, flush=True)
+            elif args.verbose:
+                print(f"{result.verdict} {name} {case.id}", file=sys.stderr, flush=True)
         if rows:
             widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
             for row in [header] + rows:
@@ -108,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--dtype", choices=DTYPE_NAMES, help="only cases of this dtype")
     conf.add_argument("--device", default=_default_device(), help="cpu or cuda (default: cuda if present)")
     conf.add_argument("--seed", type=int, help="seed every case with this (default: fresh per case, printed on failure)")
-    conf.add_argument("--verbose", "-v", action="store_true", help="print every row, not only failures")
+    conf.add_argument("--verbose", "-v", action="store_true",
+                      help="print every row, not only failures (and each verdict on stderr as it comes)")
     conf.set_defaults(func=cmd_conformance)
 
     bench = sub.add_parser(

@@ -34,7 +34,7 @@ def forward_op(
     (``Backend.saves_gates``); else empty."""
     x2d, weight, packed = x2d.contiguous(), weight.contiguous(), packed.contiguous()
     chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation))
-    if not (save_gates and chosen.saves_gates):
+    if not _saves(chosen, backend, x2d, weight, packed, logits, activation, save_gates):
         return chosen.forward(x2d, weight, packed, activation), x2d.new_empty((0,))
     gates = x2d.new_empty((packed.shape[0] + 1, x2d.shape[0], weight.shape[0]))
     return chosen.forward(x2d, weight, packed, activation, gates=gates), gates
@@ -46,10 +46,20 @@ def _run_forward(x2d: Tensor, weight: Tensor, packed: Tensor, activation: str, b
     return chosen.forward(x2d, weight, packed, activation)
 
 
+def _saves(chosen, backend, x2d, weight, packed, logits, activation, save_gates) -> bool:
+    """Whether the forward keeps the gates: asked to, and both the forward's backend and the
+    one the backward will run on (``auto`` may pick another) use them."""
+    if not (save_gates and chosen.saves_gates):
+        return False
+    problem = Problem.of(x2d, weight, packed, activation, logits is not None, backward=True)
+    return dispatch.select(backend, problem).saves_gates
+
+
 @forward_op.register_fake
 def _forward_fake(x2d, weight, packed, logits, activation, backend, save_gates):
     out = x2d.new_empty((x2d.shape[0], weight.shape[0]))
-    if save_gates and dispatch.select(backend, Problem.of(x2d, weight, packed, activation)).saves_gates:
+    chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation))
+    if _saves(chosen, backend, x2d, weight, packed, logits, activation, save_gates):
         return out, x2d.new_empty((packed.shape[0] + 1, x2d.shape[0], weight.shape[0]))
     return out, x2d.new_empty((0,))
 

@@ -17,10 +17,6 @@ REGISTRY: dict[str, Backend] = {
 
 BACKEND_NAMES: tuple[str, ...] = tuple(REGISTRY)
 AUTO = "auto"
-#: n_masks from which triton's one-token forward beats cuda's (H100, fp16, 1 token:
-#: n=8 triton 116.9 us vs cuda 140.8 us at 4096x14336, 40.2 vs 51.3 us at 2048x8192;
-#: n<=4 cuda won or tied, e.g. n=4 72.2 vs 86.7 us); n = 5..7 are not measured
-TRITON_DECODE_MIN_MASKS = 8
 #: tokens above which the forward is prefill: triton's tensor cores lead (H100, bf16,
 #: 4096x14336, 8192 tokens: n=1 4.65 ms vs cuda 33.3 ms, n=4 24.5 vs 59.8 ms)
 PREFILL_TOKENS = 64
@@ -28,13 +24,17 @@ PREFILL_TOKENS = 64
 
 def auto_priority(problem: Problem) -> tuple[str, ...]:
     """The order ``auto`` tries backends in for ``problem``, from the H100 bench (see
-    README "Choosing a backend"; numba ranks last: slowest on every measured row).
+    README "Choosing a backend").
 
     - CPU: torch (the kernel backends run on CPU only under their interpreters).
     - CUDA backward: torch first. Training step, 4096x11008, 2048 tokens, n=4, bf16:
-      triton 20.3 ms, cuda 152 ms, eager naive PyTorch 13.4 ms.
-    - CUDA forward, 1 token: cuda, then triton (triton first from
-      ``TRITON_DECODE_MIN_MASKS`` masks).
+      triton 11.1 ms (run 7 of triton_backend/DESIGN.md), eager naive PyTorch 13.4 ms;
+      the torch backend's own step is not measured against it yet.
+    - CUDA forward, 1 token: cuda first (scripts/numba_tune.py on the H100, bench timer,
+      4096x14336 and 4096x11008, fp16/bf16: cuda fastest at every n_masks in 1, 2, 4, 8,
+      e.g. n=4 fp16 57.5 us, numba 75.5, triton 86.5), then triton. numba's kernel beats
+      triton's from two masks, but an eager numba call costs about 785 us of host time
+      (scripts/host_loop.py) against triton's 92 us, so numba stays after triton.
     - CUDA forward, 2..64 tokens: one mask, triton (16 tokens 53.8 vs 97.1 us, 64 tokens
       75.7 vs 325.4 us at 4096x14336); more masks, cuda (n=4, 64 tokens 557.6 vs 709.2 us;
       16 tokens: cuda faster at 4096x11008 and 8192x28672, triton at 4096x14336).
@@ -45,12 +45,13 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
     if problem.backward:
         return ("torch", "triton", "cuda", "numba")
     if problem.tokens <= 1:
-        first = ("triton", "cuda") if problem.n_masks >= TRITON_DECODE_MIN_MASKS else ("cuda", "triton")
+        first = ("cuda", "triton")
     elif problem.tokens <= PREFILL_TOKENS:
         first = ("triton", "cuda") if problem.n_masks == 1 else ("cuda", "triton")
     else:
         first = ("triton", "cuda")
     return first + ("numba", "torch")
+
 
 __all__ = [
     "AUTO",

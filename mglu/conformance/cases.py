@@ -81,15 +81,17 @@ def _triton_cases() -> list[Case]:
     """Boundaries of mglu/backends/triton_backend (tiles.py): the GEMV serves 1 token with
     n_masks >= 2 and reads 256 columns (BG=32 byte groups) of 4 rows per step; the tensor-
     core kernel takes 16-token, 64-row tiles 128 columns deep (64 in fp32, 16 in fp64) and
-    groups masks (n=5: 3 + 2 in a pass); from STAGED_MIN_TOKENS = 512 tokens (fp16/bf16) it
+    groups masks (n=5: 3 + 2 in a pass); from 256 tokens (1024 at one mask; fp16/bf16) it
     reads the masked weights staged in HBM instead of building them from the bits."""
     return [
         Case("triton_one_token_one_mask", (1,), 40, 37, 1, quick=False),
         Case("triton_gemv_k_tail", (1,), 257, 30, 5, masks="garbage_tail"),
         Case("triton_mma_k_tail", (17,), 129, 67, 5, masks="garbage_tail"),
         Case("triton_token_tile_edge", (16,), 128, 64, 2, quick=False),
-        Case("triton_staged_below", (511,), 26, 20, 2, masks="garbage_tail", quick=False),
-        Case("triton_staged", (512,), 20, 136, 3, masks="garbage_tail",
+        Case("triton_staged_below", (255,), 26, 20, 2, masks="garbage_tail", quick=False),
+        Case("triton_staged", (256,), 20, 136, 3, masks="garbage_tail",
+             quick_dtypes=(torch.float16, torch.bfloat16)),
+        Case("triton_staged_one_mask", (1024,), 12, 24, 1, masks="garbage_tail",
              quick_dtypes=(torch.float16, torch.bfloat16)),
     ]
 

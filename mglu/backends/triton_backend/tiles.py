@@ -96,10 +96,17 @@ FP64_TILES = Mma(BN=16, BT=16, BK=16, num_warps=4, num_stages=1)
 
 #: from this many tokens (fp16/bf16) the forward, the backward's DS pass and dx read the
 #: masked weights staged in HBM (kernels.expand_masks, 268 us at 4096x14336 n=4, 76.5% of
-#: copy bandwidth) instead of building them in registers. H100 run 6, 4096x14336 bf16 n=4
-#: (128x64x64 tile, 2 gates, expansion included): 256 tokens 665 vs 846 us, 512: 956 vs
-#: 1505 us, 2048: 3.03 vs 5.89 ms
+#: copy bandwidth) instead of building them in registers. H100 run 7, 4096x14336 bf16,
+#: expansion included, staged vs unstaged: n=4 (128x64x64, 2 gates) 128 tokens 523 vs
+#: 428 us, 256: 663 vs 855 us, 2048: 2.93 vs 6.00 ms; n=1 (128x128 vs 64x128) 256 tokens
+#: 226 vs 179 us, 512: 321 vs 322 us, 1024: 488 vs 597 us
 STAGED_MIN_TOKENS = 256
+STAGED_MIN_TOKENS_ONE_MASK = 1024
+
+
+def staged(tokens: int, n_masks: int, elem_bytes: int) -> bool:
+    """Whether the tensor-core kernels read staged masked weights (fp16/bf16 only)."""
+    return elem_bytes == 2 and tokens >= (STAGED_MIN_TOKENS_ONE_MASK if n_masks == 1 else STAGED_MIN_TOKENS)
 
 
 def mma_fwd_tiles(tokens: int, n_masks: int, elem_bytes: int = 2) -> Mma:
@@ -118,7 +125,7 @@ def mma_fwd_tiles(tokens: int, n_masks: int, elem_bytes: int = 2) -> Mma:
         # fp32 at BT=64: 4 stages of (64x128 + 128x64) x 4 B is 262 KB, over the H100's
         # 227 KB of shared memory per block (seen: OutOfResources on the device); BK=64 halves it
         return Mma(BN=64, BT=bt, BK=128 if elem_bytes <= 2 else 64, num_warps=4, num_stages=4)
-    if tokens >= STAGED_MIN_TOKENS and elem_bytes == 2:
+    if staged(tokens, n_masks, elem_bytes):
         if n_masks == 1:
             return Mma(BN=128, BT=128, BK=64, num_warps=8, num_stages=3, gates=1, staged=True)
         return Mma(BN=128, BT=64, BK=64, num_warps=8, num_stages=3, gates=2, staged=True)
@@ -131,7 +138,8 @@ def mma_dx_tiles(tokens: int, staged: bool = False) -> Mma:
     """``bwd_dx``: one accumulator (BT x BK), the loop runs over d_ff in BN steps. H100 run
     2 (byte-gather bits): BK 64 and 128 within 2%. Staged (run 6, 4096x11008, n=4, 2048
     and 8192 tokens): BT=128, BN=64, BK=256 463.5 / 461.7 TF/s; BK=128 332 / 336; the
-    unstaged 64-deep tile 220 / 218."""
+    unstaged 64-deep tile 220 / 218. Run 7: the same 466.3 / 470.0; BN=32 (no spill)
+    404 / 410; BT=256 with 16 warps 437 / 387."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
     if staged:
         return Mma(BN=64, BT=bt, BK=256, num_warps=8, num_stages=3, staged=True)
@@ -142,5 +150,6 @@ def mma_dw_tiles() -> Mma:
     """``bwd_dw``: two accumulators (dW, P_i) of BN x BK, the loop runs over tokens BT at a
     time. H100 run 6, 4096x11008, n=4, 2048 / 8192 tokens: BN=128, BT=64, BK=128 386.2 /
     456.7 TF/s (spilling 66 registers), BK=64 with 4 stages 342.5 / 322.6, with 3 stages
-    285.9 / 279.2 (run 2's choice)."""
-    return Mma(BN=128, BT=64, BK=128, num_warps=8, num_stages=3)
+    285.9 / 279.2 (run 2's choice). Run 7: BK=128 with 4 stages 386.0 / 487.6, 3 stages
+    390.4 / 443.6; 16 warps and BT=128 were slower."""
+    return Mma(BN=128, BT=64, BK=128, num_warps=8, num_stages=4)
