@@ -18,6 +18,8 @@ MIN_MASKS = 1
 #: the paper trains with up to 16 masks (SPEC §2)
 MAX_MASKS = 16
 BITS = 8
+#: multiplier that gathers bit 0 of each byte of an int64 word into its top byte (pack_masks)
+GATHER_BITS = 0x0102040810204080
 
 
 def packed_width(d_model: int) -> int:
@@ -70,11 +72,17 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
     check_n_masks(bits.shape[0], "masks")
     n, d_ff, d_model = bits.shape
     width = packed_width(d_model)
-    pad = width * BITS - d_model
-    planes = torch.nn.functional.pad(bits.to(torch.uint8), (0, pad))
-    planes = planes.reshape(n, d_ff, width, BITS)
-    shifts = torch.arange(BITS, dtype=torch.uint8, device=bits.device)
-    return (planes << shifts).sum(dim=-1, dtype=torch.uint8)
+    planes = bits.contiguous().view(torch.uint8)
+    if width * BITS != d_model:
+        planes = torch.nn.functional.pad(planes, (0, width * BITS - d_model))
+    # the 8 bytes (0 or 1) of a group, read as one little-endian int64 word, times
+    # GATHER_BITS put byte b's bit at bit 56 + b with no carries (every partial product
+    # lands on its own bit); byte 7 of the product is the packed byte. The product wraps
+    # modulo 2**64 (two's complement), which leaves byte 7 exact. Three passes over the
+    # masks instead of a shift and a byte reduction (which cost 2.2 ms of a 4096x11008,
+    # n=4 training step on the H100: scripts/profile_step.py)
+    words = planes.view(torch.int64) * GATHER_BITS
+    return words.view(torch.uint8)[..., BITS - 1::BITS].contiguous()
 
 
 def unpack_masks(packed: torch.Tensor, d_model: int) -> torch.Tensor:

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from hypothesis import given
@@ -22,6 +24,12 @@ def test_bit_order_and_zero_tail():
     masks[0, 0, [0, 2, 8, 10]] = True
     packed = pack_masks(masks)
     assert packed.tolist() == [[[0b00000101, 0b00000101]]]
+
+
+def test_every_byte_pattern_packs_to_its_value():
+    patterns = torch.tensor(list(itertools.product([0, 1], repeat=8)), dtype=torch.bool).reshape(1, 256, 8)
+    want = (patterns.to(torch.int64) << torch.arange(8)).sum(-1).to(torch.uint8)
+    assert torch.equal(pack_masks(patterns).reshape(-1), want.reshape(-1))
 
 
 def test_logits_threshold_is_strictly_positive():
