@@ -72,7 +72,14 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
     check_n_masks(bits.shape[0], "masks")
     n, d_ff, d_model = bits.shape
     width = packed_width(d_model)
-    planes = bits.contiguous().view(torch.uint8)
+    if bits.numel() == 0:
+        return torch.zeros((n, d_ff, width), dtype=torch.uint8, device=bits.device)
+    if bits is masks:
+        # caller's bool tensor, maybe a view at any storage offset: a fresh copy is 8-byte
+        # aligned for the int64 view below (frozen masks are packed once, not per step)
+        planes = bits.to(torch.uint8, memory_format=torch.contiguous_format)
+    else:
+        planes = bits.contiguous().view(torch.uint8)  # the fresh result of S > 0
     if width * BITS != d_model:
         planes = torch.nn.functional.pad(planes, (0, width * BITS - d_model))
     # the 8 bytes (0 or 1) of a group, read as one little-endian int64 word, times

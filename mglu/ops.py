@@ -17,7 +17,7 @@ from torch import Tensor
 
 from . import dispatch
 from .activations import DEFAULT_ACTIVATION, check_activation
-from .backends import Problem
+from .backends import Problem, new_output
 from .dtypes import DTYPE_NAMES, SUPPORTED_DTYPES
 from .errors import MGLUTypeError, MGLUValueError
 from .masks import check_n_masks, check_packed, pack_masks
@@ -32,18 +32,19 @@ def forward_op(
     routes grads. ``gates``: ``(n_masks + 1, T, d_ff)`` in ``x2d``'s dtype, ``gate_i`` then
     ``total``, written when ``save_gates`` and the backend keeps them for its backward
     (``Backend.saves_gates``); else empty."""
+    out, gates = _run_forward(x2d, weight, packed, logits, activation, backend, save_gates)
+    return out, gates if gates is not None else x2d.new_empty((0,))
+
+
+def _run_forward(x2d, weight, packed, logits, activation, backend, save_gates):
+    """``(out, gates or None)`` on the chosen backend: the body of :func:`forward_op`, and
+    what a plain eager call (:func:`_plain_call`) runs without the op."""
     x2d, weight, packed = x2d.contiguous(), weight.contiguous(), packed.contiguous()
     chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation))
     if not _saves(chosen, backend, x2d, weight, packed, logits, activation, save_gates):
-        return chosen.forward(x2d, weight, packed, activation), x2d.new_empty((0,))
-    gates = x2d.new_empty((packed.shape[0] + 1, x2d.shape[0], weight.shape[0]))
+        return chosen.forward(x2d, weight, packed, activation), None
+    gates = new_output((packed.shape[0] + 1, x2d.shape[0], weight.shape[0]), x2d.dtype, x2d.device)
     return chosen.forward(x2d, weight, packed, activation, gates=gates), gates
-
-
-def _run_forward(x2d: Tensor, weight: Tensor, packed: Tensor, activation: str, backend: str) -> Tensor:
-    x2d, weight, packed = x2d.contiguous(), weight.contiguous(), packed.contiguous()
-    chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation))
-    return chosen.forward(x2d, weight, packed, activation)
 
 
 def _saves(chosen, backend, x2d, weight, packed, logits, activation, save_gates) -> bool:
@@ -75,6 +76,10 @@ def backward_op(
     needs_dmask = logits is not None
     chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation, needs_dmask, backward=True))
     args = (dout, x2d, weight, packed, activation, logits.dtype if needs_dmask else None)
+    want = (packed.shape[0] + 1, x2d.shape[0], weight.shape[0])
+    if gates.numel() and (tuple(gates.shape) != want or gates.dtype != x2d.dtype):
+        raise MGLUValueError(f"gates: expected the forward's saved gates {want} of dtype {x2d.dtype} or an "
+                             f"empty tensor, got {tuple(gates.shape)} of dtype {gates.dtype}")
     if gates.numel() and chosen.saves_gates:
         dx, dw, dm = chosen.backward(*args, gates=gates)
     else:
@@ -92,9 +97,14 @@ def _setup_context(ctx, inputs, output):
     x2d, weight, packed, logits, activation, backend, _ = inputs
     ctx.save_for_backward(x2d, weight, packed, logits, output[1])
     ctx.activation, ctx.backend = activation, backend
+    # the gates output gets no gradient: without this autograd would allocate and zero an
+    # (n_masks + 1, T, d_ff) tensor for it on every backward
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dout, _dgates):
+    if dout is None:
+        return None, None, None, None, None, None, None
     x2d, weight, packed, logits, gates = ctx.saved_tensors
     wants_dmask = logits is not None and ctx.needs_input_grad[3]
     dx, dw, dm = backward_op(dout, x2d, weight, packed, logits if wants_dmask else None, gates,
@@ -160,7 +170,7 @@ def _plain_call(*tensors: Tensor) -> bool:
         return False
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False
-    return all(type(t) is Tensor for t in tensors)
+    return all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
 
 
 def mglu(x: Tensor, weight: Tensor, masks: Tensor, *, activation: str = DEFAULT_ACTIVATION, backend: str | None = None) -> Tensor:
@@ -178,7 +188,7 @@ def mglu(x: Tensor, weight: Tensor, masks: Tensor, *, activation: str = DEFAULT_
     packed, logits = (masks, None) if is_packed else (pack_masks(masks), masks)
     x2d = x.reshape(-1, d_model)
     if _plain_call(x, weight, masks):
-        out = _run_forward(x2d, weight, packed, activation, requested)
+        out = _run_forward(x2d, weight, packed, None, activation, requested, False)[0]
     else:
         save = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, masks))
         out = forward_op(x2d, weight, packed, logits, activation, requested, save)[0]

@@ -21,6 +21,9 @@ out=${OUT:-device-out}
 log="$out/run.log"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
+# the editable install left `import mglu` failing in scripts/*.py on the device (seen in
+# three calls this session): the repo root goes on the path explicitly
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 -m pip install -q -e . --no-deps --no-build-isolation >>"$log" 2>&1 || { cat "$log"; exit 1; }
 { echo "commit $MGLU_GIT_COMMIT"; date -u; nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv; } 2>&1 | tee -a "$log"
 python3 -m mglu info --dtype bfloat16 2>&1 | tee -a "$log"

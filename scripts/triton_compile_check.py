@@ -10,6 +10,7 @@ time is spent (registers and spills are reported on the GPU by scripts/triton_tu
 
 import argparse
 import sys
+from types import SimpleNamespace
 
 import triton
 import triton.language as tl
@@ -53,12 +54,15 @@ def main(argv=None) -> int:
                 jobs = []
                 c = tiles.FP64_TILES if dt == "fp64" else tiles.mma_fwd_tiles(T, n, 4 if dt == "fp32" else 2)
                 g = tiles.gate_group(n, c.gates)
-                base = {"x_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p, "out_ptr": p, "dout_ptr": p,
+                base = {"x_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p, "out_ptr": p, "aux_ptr": p,
                         "T": "i32", "N": "i32", "K": "i32", "KB": "i32"}
-                for mode in (0, 1):
+                for mode in (0, 1, 2):
                     jobs.append((f"fwd_mma mode={mode}", kernels.fwd_mma, base, dict(
                         N_MASKS=n, G=g, ACT=0, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP,
                         STAGED=c.staged, PREC="ieee", UPCAST=False, ACC=acc), c))
+                jobs.append(("ds_from_gates", kernels.ds_from_gates, {
+                    "g_ptr": p, "dout_ptr": p, "ds_ptr": p, "TN": "i32"},
+                    dict(N_MASKS=n, ACT=0, BLOCK=tiles.DS_BLOCK, ACC=acc), SimpleNamespace(num_warps=tiles.DS_WARPS)))
                 if c.staged:
                     ce = tiles.EXPAND_TILES
                     jobs.append(("expand_masks", kernels.expand_masks, {
@@ -66,7 +70,7 @@ def main(argv=None) -> int:
                         dict(N_MASKS=n, BN=ce.BN, BK=ce.BK), ce))
                 if T == 1 and dt != "fp64":
                     cg = tiles.GEMV_TILES
-                    sig = {k: v for k, v in base.items() if k not in ("dout_ptr", "T", "wm_ptr")}
+                    sig = {k: v for k, v in base.items() if k not in ("aux_ptr", "T", "wm_ptr")}
                     jobs.append(("fwd_gemv", kernels.fwd_gemv, sig, dict(
                         N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=cg.BN, BG=cg.BG,
                         ACC=acc), cg))

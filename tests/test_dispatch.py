@@ -96,4 +96,5 @@ def test_auto_priority_follows_the_measured_regimes(tokens, n_masks, first):
 
 def test_auto_priority_cpu_and_backward():
     assert mglu.auto_priority(_problem(1, 4, device="cpu")) == ("torch",)
-    assert mglu.auto_priority(_problem(2048, 4, backward=True))[0] == "torch"
+    assert mglu.auto_priority(_problem(2048, 4, backward=True))[0] == "triton"
+    assert mglu.auto_priority(_problem(64, 4, backward=True))[0] == "torch"

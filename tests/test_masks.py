@@ -32,6 +32,15 @@ def test_every_byte_pattern_packs_to_its_value():
     assert torch.equal(pack_masks(patterns).reshape(-1), want.reshape(-1))
 
 
+def test_empty_and_offset_masks_pack():
+    assert pack_masks(torch.zeros(1, 0, 5, dtype=torch.bool)).shape == (1, 0, 1)
+    assert pack_masks(torch.zeros(1, 3, 0, dtype=torch.bool)).shape == (1, 3, 0)
+    base = torch.randn(65) > 0
+    offset = base[1:].view(2, 2, 16)
+    assert offset.storage_offset() == 1
+    assert torch.equal(unpack_masks(pack_masks(offset), 16), offset)
+
+
 def test_logits_threshold_is_strictly_positive():
     logits = torch.tensor([[[-1.0, 0.0, 1e-30, 2.0]]])
     assert unpack_masks(pack_masks(logits), 4).tolist() == [[[False, False, True, True]]]

@@ -15,20 +15,33 @@ def _inputs(tokens=5, d_model=20, d_ff=12, n=3, dtype=torch.float64, grad=True):
     return x, w, logits
 
 
+@pytest.mark.parametrize("backend,save", [("torch", True), ("triton", True), ("triton", False)])
 @pytest.mark.parametrize("permuted", [False, True])
 @pytest.mark.parametrize("form", ["packed", "logits"])
-def test_opcheck(permuted, form):
+def test_opcheck(permuted, form, backend, save):
     x, w, logits = _inputs()
+    problem = mglu.backends.Problem.of(x, w, logits, "silu")
+    if mglu.backends.REGISTRY[backend].reasons(problem):
+        pytest.skip(f"{backend} cannot run here")
     if permuted:
         x = torch.randn(20, 5, dtype=torch.float64).T.requires_grad_()
         w = torch.randn(20, 12, dtype=torch.float64).T.requires_grad_()
     packed = mglu.pack_masks(logits)
     torch.library.opcheck(torch.ops.mglu.forward.default,
-                          (x, w, packed, logits if form == "logits" else None, "silu", "auto", True))
+                          (x, w, packed, logits if form == "logits" else None, "silu", backend, save))
+    _, gates = torch.ops.mglu.forward(x.detach(), w.detach(), packed, None, "gelu", backend, save)
+    assert gates.shape == ((4, 5, 12) if save and backend == "triton" else (0,))
     dout = torch.randn(5, 12, dtype=torch.float64)
     torch.library.opcheck(torch.ops.mglu.backward.default,
                           (dout, x.detach(), w.detach(), packed, logits.detach() if form == "logits" else None,
-                           x.new_empty((0,)), "gelu", "torch"))
+                           gates, "gelu", backend))
+
+
+def test_backward_rejects_gates_of_another_call():
+    x, w, logits = _inputs(grad=False)
+    with pytest.raises(mglu.MGLUValueError, match="gates"):
+        torch.ops.mglu.backward(torch.randn(5, 12, dtype=torch.float64), x, w, mglu.pack_masks(logits), None,
+                                torch.zeros(4, 5, 11, dtype=torch.float64), "silu", "torch")
 
 
 def test_compile_fullgraph_matches_eager_forward_and_grads():

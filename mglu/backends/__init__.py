@@ -27,14 +27,16 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
     README "Choosing a backend").
 
     - CPU: torch (the kernel backends run on CPU only under their interpreters).
-    - CUDA backward: torch first. Training step, 4096x11008, 2048 tokens, n=4, bf16:
-      triton 11.1 ms (run 7 of triton_backend/DESIGN.md), eager naive PyTorch 13.4 ms;
-      the torch backend's own step is not measured against it yet.
+    - CUDA backward, more than ``PREFILL_TOKENS`` tokens: triton first (training step
+      forward + backward on one backend, 4096x11008, 2048 tokens, n=4, bf16, H100 runs 8
+      and 9 of triton_backend/DESIGN.md: triton 11.1 then 9.3 ms, the torch backend 19.7
+      ms); fewer tokens: torch first (triton's backward is not measured there).
     - CUDA forward, 1 token: cuda first (scripts/numba_tune.py on the H100, bench timer,
       4096x14336 and 4096x11008, fp16/bf16: cuda fastest at every n_masks in 1, 2, 4, 8,
       e.g. n=4 fp16 57.5 us, numba 75.5, triton 86.5), then triton. numba's kernel beats
-      triton's from two masks, but an eager numba call costs about 785 us of host time
-      (scripts/host_loop.py) against triton's 92 us, so numba stays after triton.
+      triton's from two masks, but an eager numba call costs 742 us against triton's 102
+      us (scripts/host_loop.py, 4096x14336, n=4, bf16, H100 run 8 of
+      triton_backend/DESIGN.md), so numba stays after triton.
     - CUDA forward, 2..64 tokens: one mask, triton (16 tokens 53.8 vs 97.1 us, 64 tokens
       75.7 vs 325.4 us at 4096x14336); more masks, cuda (n=4, 64 tokens 557.6 vs 709.2 us;
       16 tokens: cuda faster at 4096x11008 and 8192x28672, triton at 4096x14336).
@@ -43,6 +45,8 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
     if problem.device.type != "cuda":
         return ("torch",)
     if problem.backward:
+        if problem.tokens > PREFILL_TOKENS:
+            return ("triton", "torch", "cuda", "numba")
         return ("torch", "triton", "cuda", "numba")
     if problem.tokens <= 1:
         first = ("cuda", "triton")

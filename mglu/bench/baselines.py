@@ -20,7 +20,8 @@ Shapes: ``x (T, d_model)``, ``W, Wg, Wu (d_ff, d_model)``, ``dout (T, d_ff)``, m
 - a backend ``name``: ``REGISTRY[name].forward`` / ``.backward`` called directly, the
   kernels without the public op's validation and dispatch. ``bwd`` times the backend's
   backward on masks packed beforehand (the step's forward packed them); ``fwdbwd`` times
-  ``pack_masks(logits)`` + forward + backward, what a training step of the op runs.
+  ``pack_masks(logits)`` + forward + backward, what a training step of the op runs,
+  including the gates a ``saves_gates`` backend passes from its forward to its backward.
 """
 
 import math
@@ -298,6 +299,7 @@ class BackendRunner(Runner):
                 p = inp.frozen
                 return Bound(step=lambda: {"out": be.forward(x, w, p, act)}, read_bytes=x.nbytes + w.nbytes + p.nbytes)
             s, dout = inp.logits, inp.dout
+            out_shape = (x.shape[0], w.shape[0])
             if mode == "bwd":
                 p = inp.trained
 
@@ -308,9 +310,14 @@ class BackendRunner(Runner):
                 return Bound(step=step, read_bytes=x.nbytes + w.nbytes + p.nbytes + dout.nbytes)
 
             def step_all():
+                # as the public op under autograd: a backend that keeps its gates
+                # (Backend.saves_gates) hands them from its forward to its backward
                 packed = pack_masks(s)
-                out = be.forward(x, w, packed, act)
-                dx, dw, ds = be.backward(dout, x, w, packed, act, s.dtype)
+                kept = {}
+                if be.saves_gates:
+                    kept["gates"] = torch.empty((packed.shape[0] + 1, *out_shape), dtype=x.dtype, device=x.device)
+                out = be.forward(x, w, packed, act, **kept)
+                dx, dw, ds = be.backward(dout, x, w, packed, act, s.dtype, **kept)
                 return {"out": out, "dx": dx, "dW": dw, "dS": ds}
 
             return Bound(step=step_all, read_bytes=x.nbytes + w.nbytes + s.nbytes + dout.nbytes)

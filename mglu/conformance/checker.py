@@ -86,16 +86,21 @@ class CaseResult:
 
 #: suffix of the gradients a gate-saving backend computes again without the saved gates
 RECOMPUTED = " (recomputed gates)"
+#: suffix of ``out`` from a call without gradients (the op layer's direct path, and for a
+#: gate-saving backend the kernels that do not keep gates, e.g. Triton's one-token GEMV)
+NO_GRAD = " (no grad)"
 
 
-def _base(name: str) -> str:
-    return name.removesuffix(RECOMPUTED)
+def base_quantity(name: str) -> str:
+    """The reference quantity a checked name is judged against (``dx`` for ``dx`` + suffix)."""
+    return name.removesuffix(RECOMPUTED).removesuffix(NO_GRAD)
 
 
 def _run(backend: str, case: Case, inputs) -> dict[str, torch.Tensor]:
-    """``out`` and the gradients through the public op, outputs poisoned with NaN. A
-    backend whose forward saves the gates (``Backend.saves_gates``) is also run through
-    ``mglu::backward`` without them, so both of its backward paths are judged."""
+    """``out`` and the gradients through the public op, outputs poisoned with NaN; ``out``
+    again from a call without gradients. A backend whose forward saves the gates
+    (``Backend.saves_gates``) is also run through ``mglu::backward`` without them, so both
+    of its backward paths are judged."""
     x = inputs.x.detach().requires_grad_()
     weight = inputs.weight.detach().requires_grad_()
     masks = inputs.masks.detach()
@@ -107,6 +112,9 @@ def _run(backend: str, case: Case, inputs) -> dict[str, torch.Tensor]:
     got = {"out": out.detach(), "dx": x.grad, "dW": weight.grad}
     if case.form == "logits":
         got["dS"] = masks.grad
+    with poisoned_outputs(), torch.no_grad():
+        got["out" + NO_GRAD] = mglu(inputs.x, inputs.weight, inputs.masks, activation=case.activation,
+                                    backend=backend)
     if REGISTRY[backend].saves_gates:
         logits = masks.detach() if case.form == "logits" else None
         packed = pack_masks(logits) if logits is not None else masks
@@ -131,7 +139,8 @@ def _reference(case: Case, inputs):
 
 def _errors(got, ref) -> dict[str, float]:
     values, magnitudes = ref
-    return {name: rel_error(y, values[_base(name)], magnitudes[_base(name)]) for name, y in got.items()}
+    return {name: rel_error(y, values[base_quantity(name)], magnitudes[base_quantity(name)])
+            for name, y in got.items()}
 
 
 def _same_bits(a: dict, b: dict) -> bool:
@@ -170,7 +179,7 @@ def check_case(backend: str, case: Case, device="cpu", seed: int | None = None) 
         errors = _errors(got, ref)
         e_torch = None if backend == TORCH else _errors(_run(TORCH, case, inputs), ref)
         result.quantities = [
-            Quantity(name, err, bound(case.dtype, None if e_torch is None else e_torch[_base(name)]))
+            Quantity(name, err, bound(case.dtype, None if e_torch is None else e_torch[base_quantity(name)]))
             for name, err in errors.items()
         ]
         result.deterministic = _same_bits(got, _run(backend, case, inputs))

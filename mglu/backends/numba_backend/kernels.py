@@ -71,22 +71,8 @@ def decode_kernel(n_masks, act_code, acc64, mode):
                                 for j in range(NM):
                                     if (bits[j] >> b) & 1:
                                         acc[j] += p
-                for j in range(NACC):
-                    part[j * BLOCK + tid] = acc[j]
-                cuda.syncthreads()
-                for j in range(lane, NACC, lanes):
-                    s = ACC(0)
-                    for m in range(lanes):
-                        s += part[j * BLOCK + r * lanes + m]
-                    sums[r * NACC + j] = s
-                cuda.syncthreads()
-                if lane == 0 and n < d_ff:
-                    for j in range(NACC):
-                        acc[j] = sums[r * NACC + j]
-                    if MODE == FORWARD:
-                        forward_epilogue(acc, NM, ACT, out, t * d_ff + n)
-                    else:
-                        grad_epilogue(acc, NM, ACT, dout, out, dg, t, n, tokens, d_ff)
+                finish_row(acc, part, sums, NACC, BLOCK, tid, lane, lanes, r, n, t, MODE, ACT, out, dout, dg,
+                           tokens, d_ff)
 
     return decode
 
@@ -140,24 +126,34 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block):
                                     fma_word(acc, NM, bits, u * NM, b + 2, halves(wv[e + 1], BF16), halves(x1, BF16))
                                     fma_word(acc, NM, bits, u * NM, b + 4, halves(wv[e + 2], BF16), halves(x2, BF16))
                                     fma_word(acc, NM, bits, u * NM, b + 6, halves(wv[e + 3], BF16), halves(x3, BF16))
-                for j in range(NACC):
-                    part[j * BLOCK + tid] = acc[j]
-                cuda.syncthreads()
-                for j in range(lane, NACC, lanes):
-                    total = float32(0)
-                    for m in range(lanes):
-                        total += part[j * BLOCK + r * lanes + m]
-                    sums[r * NACC + j] = total
-                cuda.syncthreads()
-                if lane == 0 and n < d_ff:
-                    for j in range(NACC):
-                        acc[j] = sums[r * NACC + j]
-                    if MODE == FORWARD:
-                        forward_epilogue(acc, NM, ACT, out, t * d_ff + n)
-                    else:
-                        grad_epilogue(acc, NM, ACT, dout, out, dg, t, n, tokens, d_ff)
+                finish_row(acc, part, sums, NACC, BLOCK, tid, lane, lanes, r, n, t, MODE, ACT, out, dout, dg,
+                           tokens, d_ff)
 
     return decode_wide
+
+
+@device
+def finish_row(acc, part, sums, nacc, block, tid, lane, lanes, r, n, t, mode, act_code, out, dout, dg, tokens, d_ff):
+    """End of one token of row ``n`` in the decode kernels: each of the ``nacc``
+    accumulators is summed over the ``lanes`` threads of row slot ``r`` in lane order
+    (through shared ``part`` and ``sums``, two barriers every thread of the block passes),
+    then lane 0 runs the FORWARD or GRAD epilogue for token ``t``."""
+    for j in range(nacc):
+        part[j * block + tid] = acc[j]
+    cuda.syncthreads()
+    for j in range(lane, nacc, lanes):
+        s = part[j * block + r * lanes]
+        for m in range(1, lanes):
+            s += part[j * block + r * lanes + m]
+        sums[r * nacc + j] = s
+    cuda.syncthreads()
+    if lane == 0 and n < d_ff:
+        for j in range(nacc):
+            acc[j] = sums[r * nacc + j]
+        if mode == FORWARD:
+            forward_epilogue(acc, nacc - 1, act_code, out, t * d_ff + n)
+        else:
+            grad_epilogue(acc, nacc - 1, act_code, dout, out, dg, t, n, tokens, d_ff)
 
 
 @device

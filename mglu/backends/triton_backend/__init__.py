@@ -6,8 +6,11 @@ backward ``(dx, dW, dM)`` of SPEC §3 in three kernels (``DS`` pass, ``dx``, ``d
 
 Regimes (``tiles.py`` holds every tile constant and where it came from): ``T <=
 GEMV_MAX_TOKENS`` with ``n_masks >= GEMV_MIN_MASKS`` runs the CUDA-core GEMV that streams
-``W`` and the bit-planes once; every other call the tensor-core kernel. Without a GPU the same kernels run on CPU tensors
-under Triton's interpreter (``TRITON_INTERPRET=1`` set before triton is imported).
+``W`` and the bit-planes once, unless the forward must keep the gates for autograd; every
+other call the tensor-core kernel, which from ``STAGED_MIN_TOKENS`` (fp16/bf16) reads the
+masked weights staged in HBM. The forward keeps the gates for its backward when asked
+(``saves_gates``). Without a GPU the same kernels run on CPU tensors under Triton's
+interpreter (``TRITON_INTERPRET=1`` set before triton is imported).
 Triton is imported on first use, so ``import mglu`` works without it.
 """
 

@@ -1,5 +1,6 @@
 """Triton kernels of MGLU: the decode GEMV, the tensor-core forward (also the backward's
-first pass) and the two backward products.
+first pass), the masked-weight expansion, the saved-gates DS pass and the two backward
+products.
 
 Shapes: ``x (T, K)``, ``W (N, K)`` with ``K = d_model``, ``N = d_ff``; packed masks
 ``P (n_masks, N, KB)`` uint8, ``KB = ceil(K / 8)``; bit ``b`` of ``P[i, n, g]`` is
@@ -31,9 +32,17 @@ from .act import act, act_grad
 
 
 @triton.jit
+def _wide(v):
+    """``v`` (a constexpr or an int32 scalar) as int64, the first factor of every plane
+    offset: ``m T N`` or ``i N K`` pass 2**31 at SPEC sizes (n=4, d_ff 28672, 18.7k tokens;
+    n >= 11 planes of 8192x28672), where int32 products wrap."""
+    return tl.cast(v, tl.int64)
+
+
+@triton.jit
 def _mask_part(byte_ptr, m, NKB, bmask, prod, b3, valid):
     """``(BN, BG)``: per 8-column group, the sum of ``prod`` where mask ``m``'s bit is set."""
-    byte = tl.load(byte_ptr + m * NKB, mask=bmask & valid, other=0)
+    byte = tl.load(byte_ptr + _wide(m) * NKB, mask=bmask & valid, other=0)
     return tl.sum(tl.where(((byte >> b3.to(tl.uint8)) & 1) != 0, prod, 0.0), axis=2)
 
 
@@ -132,7 +141,7 @@ def _bits(p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
     load per 8 columns, expanded in registers (``(BN, BG, 8)`` reshaped): a per-column
     byte gather ran 5-7x slower on the H100 (DESIGN.md)."""
     g = kb0 + tl.arange(0, BG)
-    byte = tl.load(p_ptr + m * (N * KB) + offs_n[:, None] * KB + g[None, :],
+    byte = tl.load(p_ptr + _wide(m) * N * KB + offs_n[:, None] * KB + g[None, :],
                    mask=valid & (offs_n[:, None] < N) & (g[None, :] < KB), other=255)
     bits = (byte[:, :, None] >> tl.arange(0, 8).to(tl.uint8)[None, None, :]) & 1
     return tl.reshape(bits, (offs_n.shape[0], 8 * BG)) != 0
@@ -157,7 +166,7 @@ def _masked(w, wm_ptr, p_ptr, m, offs_n, kcol, kb0, N, K, KB, valid, BK: tl.cons
     """``(BN, BK)`` tile of ``M_m W`` at columns ``kcol = 8 kb0 ..``: loaded from the staged planes
     ``WM (n_masks, N, K)`` (``STAGED``), or built from the bits as ``where(bit, w, 0)``."""
     if STAGED:
-        r = tl.load(wm_ptr + m * N * K + offs_n[:, None] * K + kcol[None, :],
+        r = tl.load(wm_ptr + _wide(m) * N * K + offs_n[:, None] * K + kcol[None, :],
                     mask=valid & (offs_n[:, None] < N) & (kcol[None, :] < K), other=0.0)
     else:
         r = tl.where(_bits(p_ptr, m, offs_n, kb0, N, KB, valid, BK // 8), w, 0.0)
@@ -175,7 +184,7 @@ def expand_masks(w_ptr, p_ptr, wm_ptr, N, K, KB, N_MASKS: tl.constexpr, BN: tl.c
     w = tl.load(w_ptr + offs_n[:, None] * K + kcol[None, :], mask=tile, other=0.0)
     for i in tl.static_range(N_MASKS):
         m = tl.where(_bits(p_ptr, i, offs_n, tl.program_id(1) * (BK // 8), N, KB, True, BK // 8), w, 0.0)
-        tl.store(wm_ptr + i * N * K + offs_n[:, None] * K + kcol[None, :], m, mask=tile)
+        tl.store(wm_ptr + _wide(i) * N * K + offs_n[:, None] * K + kcol[None, :], m, mask=tile)
 
 
 @triton.jit
@@ -185,7 +194,7 @@ def _gate_epilogue(g, total, dout, res, aux_ptr, m, offs_t, offs_n, T, N,
     ``g`` to ``GATES[m]``) or ``dout act(g)`` (MODE 1, also writing ``DS[m]``); nothing for
     ``m >= N_MASKS``."""
     om = (offs_n[:, None] < N) & (offs_t[None, :] < T) & (m < N_MASKS)
-    plane = aux_ptr + m * T * N + offs_t[None, :] * N + offs_n[:, None]
+    plane = aux_ptr + _wide(m) * T * N + offs_t[None, :] * N + offs_n[:, None]
     if MODE == 1:
         a, da = act_grad(g, ACT)
         dv = dout * a
@@ -206,15 +215,16 @@ def ds_from_gates(g_ptr, dout_ptr, ds_ptr, TN, N_MASKS: tl.constexpr, ACT: tl.co
     element-wise over the ``TN = T * N`` positions, in the input dtype."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < TN
-    total = tl.load(g_ptr + N_MASKS * TN + offs, mask=ok, other=0.0).to(ACC)
+    total = tl.load(g_ptr + _wide(N_MASKS) * TN + offs, mask=ok, other=0.0).to(ACC)
     dout = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)
     s = tl.zeros((BLOCK,), ACC)
     for i in range(N_MASKS):
-        g = tl.load(g_ptr + i * TN + offs, mask=ok, other=0.0).to(ACC)
+        g = tl.load(g_ptr + _wide(i) * TN + offs, mask=ok, other=0.0).to(ACC)
         a, da = act_grad(g, ACT)
-        tl.store(ds_ptr + i * TN + offs, (dout * da * (total - g) - dout * a).to(ds_ptr.dtype.element_ty), mask=ok)
+        ds = dout * da * (total - g) - dout * a
+        tl.store(ds_ptr + _wide(i) * TN + offs, ds.to(ds_ptr.dtype.element_ty), mask=ok)
         s += dout * a
-    tl.store(ds_ptr + N_MASKS * TN + offs, s.to(ds_ptr.dtype.element_ty), mask=ok)
+    tl.store(ds_ptr + _wide(N_MASKS) * TN + offs, s.to(ds_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -284,9 +294,9 @@ def fwd_mma(x_ptr, w_ptr, p_ptr, wm_ptr, out_ptr, aux_ptr, T, N, K, KB,
     om = (offs_n[:, None] < N) & (offs_t[None, :] < T)
     dst = out_ptr + offs_t[None, :] * N + offs_n[:, None]
     if MODE == 1:
-        dst += N_MASKS * T * N
+        dst += _wide(N_MASKS) * T * N
     if MODE == 2:
-        tl.store(aux_ptr + N_MASKS * T * N + offs_t[None, :] * N + offs_n[:, None],
+        tl.store(aux_ptr + _wide(N_MASKS) * T * N + offs_t[None, :] * N + offs_n[:, None],
                  total.to(aux_ptr.dtype.element_ty), mask=om)
     tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=om)
 
@@ -309,9 +319,9 @@ def bwd_dx(ds_ptr, w_ptr, p_ptr, wm_ptr, dx_ptr, T, N, K, KB,
         w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=wm, other=0.0)
         dm = (offs_t[:, None] < T) & (offs_n[None, :] < N)
         dsp = ds_ptr + offs_t[:, None] * N + offs_n[None, :]
-        acc = _dot(tl.load(dsp + N_MASKS * T * N, mask=dm, other=0.0), w, acc, PREC, UPCAST)
+        acc = _dot(tl.load(dsp + _wide(N_MASKS) * T * N, mask=dm, other=0.0), w, acc, PREC, UPCAST)
         for i in range(N_MASKS):
-            ds = tl.load(dsp + i * T * N, mask=dm, other=0.0)
+            ds = tl.load(dsp + _wide(i) * T * N, mask=dm, other=0.0)
             masked = _masked(w, wm_ptr, p_ptr, i, offs_n, offs_k, pid_k * (BK // 8), N, K, KB, True, BK, STAGED)
             acc = _dot(ds, masked, acc, PREC, UPCAST)
     om = (offs_t[:, None] < T) & (offs_k[None, :] < K)
@@ -335,7 +345,7 @@ def bwd_dw(ds_ptr, x_ptr, w_ptr, p_ptr, dw_ptr, dm_ptr, T, N, K, KB,
         p = tl.zeros((BN, BK), ACC)
         for t0 in range(0, T, BT):
             offs_t = t0 + offs_tt
-            dst = tl.load(ds_ptr + i * T * N + offs_t[None, :] * N + offs_n[:, None],
+            dst = tl.load(ds_ptr + _wide(i) * T * N + offs_t[None, :] * N + offs_n[:, None],
                           mask=(offs_n[:, None] < N) & (offs_t[None, :] < T), other=0.0)
             xt = tl.load(x_ptr + offs_t[:, None] * K + offs_k[None, :],
                          mask=(offs_t[:, None] < T) & (offs_k[None, :] < K), other=0.0)
@@ -343,6 +353,6 @@ def bwd_dw(ds_ptr, x_ptr, w_ptr, p_ptr, dw_ptr, dm_ptr, T, N, K, KB,
         bits = _bits(p_ptr, i, offs_n, pid_k * (BK // 8), N, KB, i < N_MASKS, BK // 8)
         dw += tl.where(bits, p, 0.0)
         if HAS_DM:
-            tl.store(dm_ptr + i * N * K + offs_n[:, None] * K + offs_k[None, :],
+            tl.store(dm_ptr + _wide(i) * N * K + offs_n[:, None] * K + offs_k[None, :],
                      (w * p).to(dm_ptr.dtype.element_ty), mask=tile & (i < N_MASKS))
     tl.store(dw_ptr + offs_n[:, None] * K + offs_k[None, :], dw.to(dw_ptr.dtype.element_ty), mask=tile)

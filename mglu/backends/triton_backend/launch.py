@@ -50,7 +50,7 @@ def forward(x2d, weight, packed, activation, gates=None):
 def expand(weight, packed):
     """``WM (n_masks, N, K)``: the masked weights ``M_i W`` staged in HBM (``expand_masks``)."""
     (N, K), n = weight.shape, packed.shape[0]
-    wm = torch.empty((n, N, K), dtype=weight.dtype, device=weight.device)
+    wm = new_output((n, N, K), weight.dtype, weight.device)
     c = tiles.EXPAND_TILES
     kernels.expand_masks[(triton.cdiv(N, c.BN), triton.cdiv(K, c.BK))](
         weight, packed, wm, N, K, packed.shape[2], N_MASKS=n, BN=c.BN, BK=c.BK, num_warps=c.num_warps)
@@ -107,14 +107,14 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype, gates=None):
         if dm is not None:
             dm.zero_()
         return dx, dw, dm
-    ds = torch.empty((n + 1, T, N), dtype=dtype, device=dev)
+    ds = new_output((n + 1, T, N), dtype, dev)
     fp64 = dtype == torch.float64
     c = _fwd_tiles(dtype, T, n)
     wm = expand(weight, packed) if c.staged else None
     if gates is not None:
         b = tiles.DS_BLOCK
         kernels.ds_from_gates[(triton.cdiv(T * N, b),)](gates, dout, ds, T * N, N_MASKS=n, ACT=ACT_ID[activation],
-                                                         BLOCK=b, ACC=_acc(dtype), num_warps=4)
+                                                         BLOCK=b, ACC=_acc(dtype), num_warps=tiles.DS_WARPS)
     else:
         launch_gates(x2d, weight, packed, ds, dout, ACT_ID[activation], 1, c, wm)
     launch_dx(ds, weight, packed, dx, tiles.FP64_TILES if fp64 else tiles.mma_dx_tiles(T, c.staged), wm)

@@ -79,14 +79,17 @@ def _pow2_at_least(v: int, lo: int) -> int:
     return p
 
 
-#: expand_masks is a copy (2 + n/8 bytes read, 2n written per weight): 16-byte rows of
-#: 64 columns, 4 warps, as Triton's elementwise tutorial
+#: expand_masks is a copy (2 + n/8 bytes read, 2n written per weight): 32 x 64 tiles, 4
+#: warps (16 elements, 32 bytes of a 16-bit row per thread). H100 run 6: 268.4 us at
+#: 4096x14336, n=4, 76.5% of copy bandwidth (no other tile timed)
 EXPAND_TILES = Expand(BN=32, BK=64, num_warps=4)
 
 
-#: ds_from_gates is element-wise (reads n + 2 planes, writes n + 1): 1024 elements of 4
-#: warps per program, 8 per thread (16-byte accesses in 16-bit dtypes), Triton's tutorial size
+#: ds_from_gates is element-wise (reads n + 2 planes, writes n + 1): DS_BLOCK elements
+#: per program of DS_WARPS warps, 8 per thread (16-byte accesses in 16-bit dtypes). H100
+#: run 7: 172.7 us at 2048 tokens x 11008, n=4, 95.6% of copy bandwidth (no other size timed)
 DS_BLOCK = 1024
+DS_WARPS = 4
 
 
 #: fp64 runs on CUDA cores (Triton 3.6 cannot lower an fp64 tl.dot whose operand is
@@ -99,7 +102,9 @@ FP64_TILES = Mma(BN=16, BT=16, BK=16, num_warps=4, num_stages=1)
 #: copy bandwidth) instead of building them in registers. H100 run 7, 4096x14336 bf16,
 #: expansion included, staged vs unstaged: n=4 (128x64x64, 2 gates) 128 tokens 523 vs
 #: 428 us, 256: 663 vs 855 us, 2048: 2.93 vs 6.00 ms; n=1 (128x128 vs 64x128) 256 tokens
-#: 226 vs 179 us, 512: 321 vs 322 us, 1024: 488 vs 597 us
+#: 226 vs 179 us, 512: 321 vs 322 us, 1024: 488 vs 597 us. The backward's DS pass and dx
+#: follow the forward's choice (their staged and unstaged tiles were timed at 2048 and
+#: 8192 tokens only)
 STAGED_MIN_TOKENS = 256
 STAGED_MIN_TOKENS_ONE_MASK = 1024
 
@@ -134,14 +139,14 @@ def mma_fwd_tiles(tokens: int, n_masks: int, elem_bytes: int = 2) -> Mma:
     return Mma(BN=128, BT=64, BK=64, num_warps=8, num_stages=3, gates=2)
 
 
-def mma_dx_tiles(tokens: int, staged: bool = False) -> Mma:
+def mma_dx_tiles(tokens: int, from_staged: bool = False) -> Mma:
     """``bwd_dx``: one accumulator (BT x BK), the loop runs over d_ff in BN steps. H100 run
     2 (byte-gather bits): BK 64 and 128 within 2%. Staged (run 6, 4096x11008, n=4, 2048
     and 8192 tokens): BT=128, BN=64, BK=256 463.5 / 461.7 TF/s; BK=128 332 / 336; the
     unstaged 64-deep tile 220 / 218. Run 7: the same 466.3 / 470.0; BN=32 (no spill)
     404 / 410; BT=256 with 16 warps 437 / 387."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
-    if staged:
+    if from_staged:
         return Mma(BN=64, BT=bt, BK=256, num_warps=8, num_stages=3, staged=True)
     return Mma(BN=64, BT=bt, BK=64, num_warps=8, num_stages=3)
 
