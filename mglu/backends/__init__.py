@@ -28,9 +28,10 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
 
     - CPU: torch (the kernel backends run on CPU only under their interpreters).
     - CUDA backward, more than ``PREFILL_TOKENS`` tokens: triton first (training step
-      forward + backward on one backend, 4096x11008, 2048 tokens, n=4, bf16, H100 runs 8
-      and 9 of triton_backend/DESIGN.md: triton 11.1 then 9.3 ms, the torch backend 19.7
-      ms); fewer tokens: torch first (triton's backward is not measured there).
+      forward + backward on one backend, 4096x11008, 2048 tokens, n=4, bf16, H100 run 8 of
+      triton_backend/DESIGN.md: triton 11.1 ms, the torch backend 19.7 ms; run 9, with the
+      faster mask packing, triton 9.3 ms); fewer tokens: torch first (triton's backward is
+      not measured there).
     - CUDA forward, 1 token: cuda first (scripts/numba_tune.py on the H100, bench timer,
       4096x14336 and 4096x11008, fp16/bf16: cuda fastest at every n_masks in 1, 2, 4, 8,
       e.g. n=4 fp16 57.5 us, numba 75.5, triton 86.5), then triton. numba's kernel beats
