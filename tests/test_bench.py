@@ -305,6 +305,7 @@ def test_help_lists_every_option_and_preset():
     cli.add_arguments(p)
     text = p.format_help()
     for opt in ("--preset", "--quick", "--shapes", "--tokens", "--n-masks", "--dtype", "--backends", "--baselines",
+                "--eager",
                 "--activation", "--mode", "--device", "--rep-ms", "--json", "--plot"):
         assert opt in text, opt
     for word in ("paper", "decode", "prefill", "quick", "fwd", "bwd", "fwdbwd"):
@@ -349,3 +350,15 @@ def test_progress_bar_on_tty_only():
         bar.close()
     assert tty.text.count("\r") == 3 and "3/3 rows" in tty.text
     assert pipe.text == ""  # short sweep, not a terminal: silent
+
+
+def test_eager_rows_time_the_public_op_forward_only(tmp_path):
+    out = tmp_path / "b.json"
+    args = TINY + ["--backends", "torch", "--baselines", "none", "--eager", "--json", str(out)]
+    assert run_cli(args) == 0
+    rows = {r["runner"]: r for r in _rows(out)}
+    assert rows["torch eager"]["kind"] == "eager" and rows["torch eager"]["status"] == "ok"
+    assert rows["torch"]["kind"] == "backend"
+    assert run_cli(args + ["--mode", "fwdbwd"]) == 0
+    rows = {r["runner"]: r for r in _rows(out)}
+    assert rows["torch eager"]["status"] == "unavailable" and "forward" in rows["torch eager"]["reason"]

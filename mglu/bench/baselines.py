@@ -17,6 +17,8 @@ Shapes: ``x (T, d_model)``, ``W, Wg, Wu (d_ff, d_model)``, ``dout (T, d_ff)``, m
 - ``swiglu``: ``act(x @ Wg.T) * (x @ Wu.T)``, two products and the elementwise
   ``act * mul``, with the case's activation (SwiGLU for the default ``silu``);
   ``swiglu+compile`` the same under ``torch.compile``.
+- ``<name> eager`` (``--eager``): the public op ``mglu.mglu(..., backend=name)`` called
+  back to back with the host's work included (forward only).
 - a backend ``name``: ``REGISTRY[name].forward`` / ``.backward`` called directly, the
   kernels without the public op's validation and dispatch. ``bwd`` times the backend's
   backward on masks packed beforehand (the step's forward packed them); ``fwdbwd`` times
@@ -321,6 +323,36 @@ class BackendRunner(Runner):
                 return {"out": out, "dx": dx, "dW": dw, "dS": ds}
 
             return Bound(step=step_all, read_bytes=x.nbytes + w.nbytes + s.nbytes + dout.nbytes)
+
+        return bind
+
+
+class OpRunner(BackendRunner):
+    """``mglu.mglu(x, W, packed, backend=name)`` back to back, host time included
+    (``Bound.host_inclusive``): the public op's validation, dispatch and launches as an
+    eager decode loop meets them, beside the backend's device-time row. Forward only."""
+
+    kind = "eager"
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.backend = name
+        self.name = f"{name} eager"
+
+    def reasons(self, case, device):
+        if case.mode != "fwd":
+            return ["the eager row times the forward (inference) only"]
+        return list(REGISTRY[self.backend].reasons(problem_of(case, device)))
+
+    def prepare(self, case, device):
+        from ..ops import mglu as public_op
+
+        act, backend = case.activation, self.backend
+
+        def bind(inp: Inputs) -> Bound:
+            x, w, p = inp.x, inp.w, inp.frozen
+            return Bound(step=lambda: {"out": public_op(x, w, p, activation=act, backend=backend)},
+                         read_bytes=x.nbytes + w.nbytes + p.nbytes, host_inclusive=True)
 
         return bind
 

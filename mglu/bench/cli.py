@@ -14,7 +14,7 @@ from ..activations import ACTIVATIONS, DEFAULT_ACTIVATION
 from ..backends import BACKEND_NAMES
 from ..masks import MAX_MASKS
 from . import cases, report, sweep
-from .baselines import BASELINES, BackendRunner
+from .baselines import BASELINES, BackendRunner, OpRunner
 from .harness import measure_limits
 
 DESCRIPTION = """\
@@ -64,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--backends", metavar="NAME[,...]",
                    help=f"registered backends ({', '.join(BACKEND_NAMES)}); default every available one; "
                         "one named here that cannot run a case is shown as 'unavailable: <reasons>'")
+    g.add_argument("--eager", action="store_true",
+                   help="also time the public op mglu.mglu per backend, calls back to back with the "
+                        "host's work included ('<backend> eager' rows; fwd only)")
     g.add_argument("--baselines", metavar="NAME[,...]",
                    help=f"baselines ({', '.join(BASELINES)}) or 'none'; default all")
     g.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda when available, else cpu")
@@ -128,7 +131,8 @@ def resolve(args: argparse.Namespace) -> dict:
         "preset": name,
         "cases": cases.expand(shapes, tokens, n_masks, dtypes, args.activation, args.mode),
         "baselines": [BASELINES[n] for n in BASELINES if n in base_names],
-        "backends": [BackendRunner(n) for n in dict.fromkeys(names)],
+        "backends": [BackendRunner(n) for n in dict.fromkeys(names)]
+        + ([OpRunner(n) for n in dict.fromkeys(names)] if args.eager else []),
         "explicit_backends": explicit,
         "dtypes": list(dtypes),
     }

@@ -12,7 +12,9 @@ untimed work that must precede it (the autograd forward before a timed backward)
           the stream while the host queues the events and the call's launches, so the
           events time the kernels back to back: device time, without the host's launch
           latency or torch.compile's guard checks (seen on the H100: without it the
-          compiled SwiGLU timed slower than eager at 1 token).
+          compiled SwiGLU timed slower than eager at 1 token). A host-inclusive Bound
+          (the ``eager`` rows of the public op) is timed instead as ``EAGER_LOOPS`` loops
+          of back-to-back calls, no sleep: host and device time together, per call.
     CPU:  ``time.perf_counter`` around ``step()``; at least ``CPU_MIN_REPS`` calls.
 
 Inputs of one copy that are smaller than ``ROTATE_L2_FACTOR`` x L2 are rotated through
@@ -45,6 +47,9 @@ MIN_REPS = 10
 CPU_MIN_REPS = 5
 #: bounds the event bookkeeping for very short calls (2000 x ~5 us is already 10 ms)
 MAX_REPS = 2000
+#: host-inclusive rows (Bound.host_inclusive) split their calls into this many loops,
+#: one sample each: enough for p20 and p80 to be distinct order statistics
+EAGER_LOOPS = 5
 #: calls used to estimate the time per call before choosing the rep count
 ESTIMATE_CALLS = 3
 #: the blocking sleep lasts this many times the measured host enqueue time of one call
@@ -84,6 +89,8 @@ class Bound:
     step: Callable[[], dict]
     read_bytes: int
     pre: Optional[Callable[[], None]] = None
+    #: time back-to-back calls with the host's work included (no blocking sleep)
+    host_inclusive: bool = False
 
 
 @dataclass
@@ -183,6 +190,8 @@ def time_bounds(bounds: list[Bound], device: torch.device, rep_s: float | None =
     n_rep = min(max(math.ceil(rep_s / est), MIN_REPS if cuda else CPU_MIN_REPS), MAX_REPS)
     if not cuda:
         return Timing(_time_cpu(bounds, n_rep), copies=n, l2_cold=l2_cold)
+    if any(b.host_inclusive for b in bounds):
+        return Timing(_time_cuda_loops(bounds, n_rep), copies=n, l2_cold=l2_cold)
     hold_us = max(HOLD_FACTOR * percentile(host_s, 50) * 1e6, HOLD_MIN_US)
     return Timing(_time_cuda(bounds, n_rep, flush, hold_us), copies=n, l2_cold=l2_cold)
 
@@ -221,6 +230,25 @@ def _time_cuda(bounds: list[Bound], n_rep: int, flush, hold_us: float) -> list[f
         ends[r].record()
     torch.cuda.synchronize()
     return [s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends)]
+
+
+def _time_cuda_loops(bounds: list[Bound], n_rep: int) -> list[float]:
+    """Host-inclusive timing: ``EAGER_LOOPS`` loops of back-to-back calls (no sleep, no
+    ``pre``) between two events each; a sample is one loop's time per call, so the host's
+    validation, dispatch and launch cost shows wherever it exceeds the device time."""
+    per_loop = max(n_rep // EAGER_LOOPS, 1)
+    n = len(bounds)
+    samples = []
+    torch.cuda.synchronize()
+    for _ in range(EAGER_LOOPS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for r in range(per_loop):
+            bounds[r % n].step()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end) * 1e3 / per_loop)
+    return samples
 
 
 def _time_cpu(bounds: list[Bound], n_rep: int) -> list[float]:
