@@ -4,6 +4,8 @@
 #   swiglu        scripts/swiglu_independent.py (cross-check of the bench's SwiGLU row)
 #   paper|decode|prefill   python -m mglu bench --preset P, writing JSON and PNG
 #   bwd|fwdbwd    the training modes at 4096x11008, 1/64/2048 tokens, 4 masks
+#   eager         1 token, 4096x14336, n_masks 4, bf16: device rows and the public op's
+#                 host-inclusive rows (bench --eager)
 #   suite         the pytest-benchmark suite over the paper preset
 #   conf:B[:quick]   python -m mglu conformance --backend B --device cuda [--quick]
 #   confp:B[:quick]  the same, one process per dtype in parallel (compiles overlap)
@@ -35,6 +37,7 @@ for step in "${steps[@]}"; do
     swiglu) python3 scripts/swiglu_independent.py ;;
     paper|decode|prefill) python3 -m mglu bench --preset "$step" --json "$out/bench_$step.json" --plot "$out/bench_$step.png" ;;
     bwd|fwdbwd) python3 -m mglu bench --mode "$step" --shapes 4096x11008 --tokens 1,64,2048 --n-masks 4 ;;
+    eager) python3 -m mglu bench --shapes 4096x14336 --tokens 1 --n-masks 4 --dtype bf16 --eager --baselines none ;;
     conf:*) b=${step#conf:}; python3 -m mglu conformance --device cuda --backend "${b%%:*}" $([[ $b == *:quick ]] && echo --quick) ;;
     confp:*) b=${step#confp:}; q=$([[ $b == *:quick ]] && echo --quick)
       for d in float64 float32 float16 bfloat16; do
