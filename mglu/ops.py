@@ -18,7 +18,7 @@ from torch import Tensor
 from . import dispatch
 from .activations import DEFAULT_ACTIVATION, check_activation
 from .backends import Problem, new_output
-from .dtypes import DTYPE_NAMES, SUPPORTED_DTYPES
+from .dtypes import DTYPE_NAMES, SUPPORTED_DTYPES, accum_dtype
 from .errors import MGLUTypeError, MGLUValueError
 from .masks import check_n_masks, check_packed, pack_masks
 
@@ -29,8 +29,8 @@ def forward_op(
     save_gates: bool,
 ) -> tuple[Tensor, Tensor]:
     """``(out (T, d_ff), gates)`` on the backend ``backend`` resolves to; ``logits`` only
-    routes grads. ``gates``: ``(n_masks + 1, T, d_ff)`` in ``x2d``'s dtype, ``gate_i`` then
-    ``total``, written when ``save_gates`` and the backend keeps them for its backward
+    routes grads. ``gates``: ``(n_masks + 1, T, d_ff)`` in the accumulation dtype (fp32;
+    fp64 for fp64), ``gate_i`` then ``total``, written when ``save_gates`` and the backend keeps them for its backward
     (``Backend.saves_gates``); else empty."""
     out, gates = _run_forward(x2d, weight, packed, logits, activation, backend, save_gates)
     return out, gates if gates is not None else x2d.new_empty((0,))
@@ -43,8 +43,12 @@ def _run_forward(x2d, weight, packed, logits, activation, backend, save_gates):
     chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation))
     if not _saves(chosen, backend, x2d, weight, packed, logits, activation, save_gates):
         return chosen.forward(x2d, weight, packed, activation), None
-    gates = new_output((packed.shape[0] + 1, x2d.shape[0], weight.shape[0]), x2d.dtype, x2d.device)
+    gates = new_output(_gates_shape(x2d, weight, packed), accum_dtype(x2d.dtype), x2d.device)
     return chosen.forward(x2d, weight, packed, activation, gates=gates), gates
+
+
+def _gates_shape(x2d, weight, packed) -> tuple[int, int, int]:
+    return packed.shape[0] + 1, x2d.shape[0], weight.shape[0]
 
 
 def _saves(chosen, backend, x2d, weight, packed, logits, activation, save_gates) -> bool:
@@ -61,7 +65,7 @@ def _forward_fake(x2d, weight, packed, logits, activation, backend, save_gates):
     out = x2d.new_empty((x2d.shape[0], weight.shape[0]))
     chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation))
     if _saves(chosen, backend, x2d, weight, packed, logits, activation, save_gates):
-        return out, x2d.new_empty((packed.shape[0] + 1, x2d.shape[0], weight.shape[0]))
+        return out, x2d.new_empty(_gates_shape(x2d, weight, packed), dtype=accum_dtype(x2d.dtype))
     return out, x2d.new_empty((0,))
 
 
@@ -76,9 +80,9 @@ def backward_op(
     needs_dmask = logits is not None
     chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation, needs_dmask, backward=True))
     args = (dout, x2d, weight, packed, activation, logits.dtype if needs_dmask else None)
-    want = (packed.shape[0] + 1, x2d.shape[0], weight.shape[0])
-    if gates.numel() and (tuple(gates.shape) != want or gates.dtype != x2d.dtype):
-        raise MGLUValueError(f"gates: expected the forward's saved gates {want} of dtype {x2d.dtype} or an "
+    want, want_dtype = _gates_shape(x2d, weight, packed), accum_dtype(x2d.dtype)
+    if gates.numel() and (tuple(gates.shape) != want or gates.dtype != want_dtype):
+        raise MGLUValueError(f"gates: expected the forward's saved gates {want} of dtype {want_dtype} or an "
                              f"empty tensor, got {tuple(gates.shape)} of dtype {gates.dtype}")
     if gates.numel() and chosen.saves_gates:
         dx, dw, dm = chosen.backward(*args, gates=gates)

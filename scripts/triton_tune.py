@@ -168,11 +168,11 @@ def part_bwd(limits):
         ds = torch.randn(n + 1, T, N, device=DEV, dtype=torch.bfloat16)
         dout = torch.randn(T, N, device=DEV, dtype=torch.bfloat16)
         flops = 2 * T * N * K * (n + 1)
-        gates = torch.randn(n + 1, T, N, device=DEV, dtype=torch.bfloat16)
+        gates = torch.randn(n + 1, T, N, device=DEV, dtype=torch.float32)  # kept as accumulated
         b = tiles.DS_BLOCK
         timed("bwd", f"ds_from_gates T={T} BLOCK={b}", lambda: kernels.ds_from_gates[(triton.cdiv(T * N, b),)](
             gates, dout, ds, T * N, N_MASKS=n, ACT=0, BLOCK=b, ACC=tl.float32, num_warps=4), limits,
-            bytes_=(2 * n + 3) * T * N * 2)
+            bytes_=((n + 1) * 4 + (n + 2) * 2) * T * N)
         for c in (S(128, 64, 64, 8, 3, gates=2, staged=True),):
             src = wm if c.staged else None
             timed("bwd", f"ds-pass T={T} {c}", lambda: launch.launch_gates(x, w, p, ds, dout, 0, 1, c, src),

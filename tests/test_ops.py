@@ -31,6 +31,12 @@ def test_opcheck(permuted, form, backend, save):
                           (x, w, packed, logits if form == "logits" else None, "silu", backend, save))
     _, gates = torch.ops.mglu.forward(x.detach(), w.detach(), packed, None, "gelu", backend, save)
     assert gates.shape == ((4, 5, 12) if save and backend == "triton" else (0,))
+    if save and backend == "triton":
+        half = [t.detach().to(torch.bfloat16) for t in (x, w)]
+        out16, gates16 = torch.ops.mglu.forward(*half, packed, None, "gelu", backend, True)
+        assert gates16.dtype == torch.float32  # kept as accumulated, not rounded to bf16
+        total = half[0].float() @ half[1].float().T
+        torch.testing.assert_close(gates16[-1], total, rtol=1e-5, atol=1e-5)
     dout = torch.randn(5, 12, dtype=torch.float64)
     torch.library.opcheck(torch.ops.mglu.backward.default,
                           (dout, x.detach(), w.detach(), packed, logits.detach() if form == "logits" else None,

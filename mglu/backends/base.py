@@ -11,8 +11,8 @@ A backend is a :class:`Backend` record:
 - ``reasons(problem) -> list[str]``: empty when the backend can run the call, else
   plain-text reasons why not.
 - ``saves_gates``: when true, ``forward`` also takes ``gates=G``, a ``(n_masks + 1, T,
-  d_ff)`` buffer of the input dtype that it fills with ``gate_0 .. gate_{n-1}, total``
-  (rounded to the input dtype), and ``backward`` takes ``gates=G`` from such a forward
+  d_ff)`` buffer of the accumulation dtype (fp32; fp64 for fp64 inputs) that it fills
+  with ``gate_0 .. gate_{n-1}, total`` as accumulated (no rounding to the input dtype), and ``backward`` takes ``gates=G`` from such a forward
   to skip recomputing them. The op layer passes ``gates`` only when autograd will run the
   backward; both functions must still work without it.
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..activations import ACTIVATIONS, GELU_TANH_A, GELU_TANH_C
+from ..dtypes import accum_dtype
 from ..masks import unpack_bits
 from .base import Backend, Problem, new_output
 
@@ -66,11 +67,6 @@ ACT = {
     "identity": _act_identity,
 }
 assert tuple(ACT) == ACTIVATIONS
-
-
-def accum_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 for fp64 inputs, else fp32 (SPEC §4)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _mm(a, b, acc_t):

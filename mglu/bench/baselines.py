@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..activations import ACTIVATIONS
 from ..backends import REGISTRY, Problem
+from ..dtypes import accum_dtype
 from ..masks import pack_masks, packed_width, unpack_masks
 from ..nn import LOGIT_INIT_STD
 from .cases import Case
@@ -317,7 +318,8 @@ class BackendRunner(Runner):
                 packed = pack_masks(s)
                 kept = {}
                 if be.saves_gates:
-                    kept["gates"] = torch.empty((packed.shape[0] + 1, *out_shape), dtype=x.dtype, device=x.device)
+                    kept["gates"] = torch.empty((packed.shape[0] + 1, *out_shape), dtype=accum_dtype(x.dtype),
+                                                device=x.device)
                 out = be.forward(x, w, packed, act, **kept)
                 dx, dw, ds = be.backward(dout, x, w, packed, act, s.dtype, **kept)
                 return {"out": out, "dx": dx, "dW": dw, "dS": ds}
