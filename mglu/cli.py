@@ -55,10 +55,20 @@ def _fmt(result) -> list[str]:
     return [result.case.id, *(errs.get(k, "-") for k in ("out", "dx", "dW", "dS")), grad, det, result.verdict]
 
 
+def _shard(text: str) -> tuple[int, int]:
+    part, _, parts = text.partition("/")
+    if not (part.isdigit() and parts.isdigit() and 1 <= int(part) <= int(parts)):
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N, got {text!r}")
+    return int(part), int(parts)
+
+
 def cmd_conformance(args) -> int:
     cases = catalogue(quick=args.quick)
     if args.dtype:
         cases = [c for c in cases if c.dtype == DTYPE_NAMES[args.dtype]]
+    if args.shard:
+        part, parts = args.shard
+        cases = cases[part - 1::parts]
     named = args.backend or []
     backends = named or list(BACKEND_NAMES)
     status = 0
@@ -116,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     conf.add_argument("--quick", action="store_true", help="the quick subset of the catalogue")
     conf.add_argument("--dtype", choices=DTYPE_NAMES, help="only cases of this dtype")
     conf.add_argument("--device", default=_default_device(), help="cpu or cuda (default: cuda if present)")
+    conf.add_argument("--shard", type=_shard, metavar="K/N",
+                      help="only every N-th case from the K-th (1-based), so N processes cover the catalogue")
     conf.add_argument("--seed", type=int, help="seed every case with this (default: fresh per case, printed on failure)")
     conf.add_argument("--verbose", "-v", action="store_true",
                       help="print every row, not only failures (and each verdict on stderr as it comes)")

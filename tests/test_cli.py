@@ -54,3 +54,16 @@ def test_unknown_subcommand_exits_nonzero():
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_conformance_shards_cover_the_catalogue_once(capsys):
+    quick = [c for c in catalogue(quick=True) if c.dtype == torch.float32]
+    counts = []
+    for part in (1, 2, 3):
+        args = ["conformance", "--quick", "--dtype", "float32", "--device", "cpu", "--backend", "torch"]
+        assert main(args + ["--shard", f"{part}/3", "-v"]) == 0
+        out = capsys.readouterr().out
+        counts.append(int(re.search(r"torch: (\d+) passed, 0 failed", out).group(1)))
+    assert counts == [len(quick[k::3]) for k in range(3)] and sum(counts) == len(quick)
+    with pytest.raises(SystemExit):
+        main(["conformance", "--shard", "4/3"])
