@@ -75,8 +75,8 @@ def main(argv=None) -> int:
                     cg = tiles.GEMV_TILES
                     sig = {k: v for k, v in base.items() if k not in ("aux_ptr", "T", "wm_ptr")}
                     jobs.append(("fwd_gemv", kernels.fwd_gemv, sig, dict(
-                        N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=cg.BN, BG=cg.BG,
-                        ACC=acc), cg))
+                        N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=cg.BN, BG=cg.BG, UNROLL=cg.UNROLL,
+                        ASM=True, ACC=acc), cg))
                 cx = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dx_tiles(T, c.staged)
                 jobs.append(("bwd_dx", kernels.bwd_dx, {"ds_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p,
                                                         "dx_ptr": p, "T": "i32", "N": "i32", "K": "i32", "KB": "i32"},

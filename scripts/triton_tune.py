@@ -87,7 +87,7 @@ def time_gemv(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
 def time_mma(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
     x, w, p = inputs(T, K, N, n, dtype)
     out = torch.empty(T, N, device=DEV, dtype=dtype)
-    label = f"mma {K}x{N} T={T} n={n} {c}"
+    label = f"mma {K}x{N} T={T} n={n} {dtype} {c}"
 
     def run():
         return launch.launch_gates(x, w, p, out, None, 0, 0, c)
@@ -99,13 +99,18 @@ def time_mma(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
 
 
 def part_decode(limits):
-    for n in (1, 4, 8):
-        for bn, bg, nw in ((4, 16, 4), (4, 32, 4), (8, 16, 4), (8, 32, 4), (16, 16, 4), (16, 32, 4),
-                           (8, 64, 4), (16, 32, 8), (32, 16, 8), (4, 64, 2)):
-            time_gemv("decode", 1, 4096, 14336, n, tiles.Gemv(bn, bg, nw), limits)
+    """The GEMV's tiles and unroll at 1 token (n=1: against the tensor-core tile that serves
+    it), then the three decode shapes of issue #6 in fp16 and bf16."""
+    for n in (1, 2, 4, 8):
+        for bn, bg, nw, u in ((4, 32, 4, 1), (4, 32, 4, 2), (4, 32, 4, 4), (8, 32, 8, 4), (2, 32, 2, 4),
+                              (4, 16, 2, 4), (8, 16, 4, 4), (4, 32, 4, 8)):
+            time_gemv("decode", 1, 4096, 14336, n, tiles.Gemv(bn, bg, nw, u), limits)
+    time_mma("decode", 1, 4096, 14336, 1, tiles.mma_fwd_tiles(1, 1, 2), limits)
     for dt in (torch.float16, torch.bfloat16):
-        for shape in ((4096, 11008), (8192, 28672)):
-            time_gemv("decode", 1, *shape, 4, tiles.GEMV_TILES, limits, dt)
+        for shape in ((4096, 14336), (4096, 11008), (8192, 28672)):
+            for n in (1, 4, 8):
+                time_gemv("decode", 1, *shape, n, tiles.GEMV_TILES, limits, dt)
+            time_mma("decode", 1, *shape, 1, tiles.mma_fwd_tiles(1, 1, 2), limits, dt)
 
 
 def part_batched(limits):

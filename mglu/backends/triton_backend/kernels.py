@@ -40,70 +40,125 @@ def _wide(v):
 
 
 @triton.jit
-def _mask_part(byte_ptr, m, NKB, bmask, prod, b3, valid):
-    """``(BN, BG)``: per 8-column group, the sum of ``prod`` where mask ``m``'s bit is set."""
-    byte = tl.load(byte_ptr + _wide(m) * NKB, mask=bmask & valid, other=0)
-    return tl.sum(tl.where(((byte >> b3.to(tl.uint8)) & 1) != 0, prod, 0.0), axis=2)
+def _add_where(acc, byte, bit, prod, ASM: tl.constexpr):
+    """``acc + prod`` where ``byte & bit`` is nonzero, else ``acc`` (all ``(BN, BG, 8)``).
+
+    With ``ASM`` a predicated add in inline PTX (``and``, ``setp``, ``@p add.f32``), which
+    ptxas turns into one ``R2P`` per 7 bits and one predicated ``FADD`` per element, as in
+    the cuda backend's ``fma_if``: about 1.15 instructions per element and mask instead of
+    the bit test, select and add of ``tl.where`` (SASS of triton 3.6 for sm_90,
+    DESIGN.md run 10). Without it (Triton's interpreter, which runs no PTX, and fp64) the
+    same sum through ``tl.where``."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "{\n.reg .pred p;\n.reg .b32 t;\nand.b32 t, $2, $3;\nsetp.ne.b32 p, t, 0;\n"
+            "mov.b32 $0, $1;\n@p add.f32 $0, $0, $4;\n}",
+            "=r,r,r,r,r", [acc, byte, bit, prod], dtype=tl.float32, is_pure=True, pack=1)
+    return tl.where((byte & bit) != 0, acc + prod, acc)
+
+
+@triton.jit
+def _gemv_chunk(x_ptr, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, at, a0, a1, a2, a3, a4, a5, a6, a7,
+                N_MASKS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
+                TAIL: tl.constexpr, ASM: tl.constexpr, ACC: tl.constexpr):
+    """Columns ``k0 .. k0 + 8 BG`` of the rows ``rows (BN, 1)`` (clamped in range): ``at``
+    (first pass) and the gate accumulators ``a0..a{G-1}`` of masks ``grp..``, each
+    ``(BN, BG, 8)`` per-element partial sums. Without ``TAIL`` the chunk lies inside K
+    and no load is masked (no predicate for ptxas to keep beside the mask bits' ``R2P``)."""
+    cols = k0 + tl.arange(0, 8 * BG)[None, :]
+    gcol = k0 // 8 + tl.arange(0, BG)[None, :]
+    if TAIL:
+        w = tl.load(w_ptr + rows * K + cols, mask=cols < K, other=0.0)
+        # x in W's layout (a broadcast pointer): no layout conversion between the two
+        xv = tl.load(x_ptr + cols + rows * 0, mask=cols < K, other=0.0)
+    else:
+        w = tl.load(w_ptr + rows * K + cols)
+        xv = tl.load(x_ptr + cols + rows * 0)
+    prod = tl.reshape(w.to(ACC) * xv.to(ACC), (BN, BG, 8))
+    if grp == 0:
+        at += prod
+    bit = 1 << tl.arange(0, 8)[None, None, :]
+    bp = p_ptr + rows * KB + gcol + _wide(grp) * NKB
+    for j in tl.static_range(G):
+        if grp + j >= N_MASKS:
+            byte = tl.zeros((BN, BG), tl.uint8)
+        elif TAIL:
+            byte = tl.load(bp + j * NKB, mask=gcol < KB, other=0)
+        else:
+            byte = tl.load(bp + j * NKB)
+        byte = byte.to(tl.int32)[:, :, None]
+        if j == 0:
+            a0 = _add_where(a0, byte, bit, prod, ASM)
+        elif j == 1:
+            a1 = _add_where(a1, byte, bit, prod, ASM)
+        elif j == 2:
+            a2 = _add_where(a2, byte, bit, prod, ASM)
+        elif j == 3:
+            a3 = _add_where(a3, byte, bit, prod, ASM)
+        elif j == 4:
+            a4 = _add_where(a4, byte, bit, prod, ASM)
+        elif j == 5:
+            a5 = _add_where(a5, byte, bit, prod, ASM)
+        elif j == 6:
+            a6 = _add_where(a6, byte, bit, prod, ASM)
+        else:
+            a7 = _add_where(a7, byte, bit, prod, ASM)
+    return at, a0, a1, a2, a3, a4, a5, a6, a7
 
 
 @triton.jit
 def _gemv_term(acc, total, res, valid, ACT: tl.constexpr):
-    g = tl.sum(acc, axis=1)
+    g = tl.sum(tl.sum(acc, axis=2), axis=1)
     return res + tl.where(valid, act(g, ACT) * (total - g), 0.0)
 
 
 @triton.jit
 def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
              N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr,
-             BN: tl.constexpr, BG: tl.constexpr, ACC: tl.constexpr):
+             BN: tl.constexpr, BG: tl.constexpr, UNROLL: tl.constexpr, ASM: tl.constexpr,
+             ACC: tl.constexpr):
     """``out[t, rows]`` for one token ``t = program_id(0)`` and ``BN`` rows of W.
 
-    ``G`` (1..8) gate accumulators per pass over K; ``total`` comes from the first pass.
+    A ``(BN, 8 BG)`` tile of W per step, 8 consecutive elements a thread (one 16-byte
+    load at 16 bits), reshaped to ``(BN, BG, 8)`` so that the byte of each bit-plane
+    covering them is a ``(BN, BG)`` load in the same threads (no layout conversion).
+    ``UNROLL`` such steps per loop iteration put their loads in flight together. ``G``
+    (1..8) gate accumulators per pass over K; ``total`` comes from the first pass.
     """
     t = tl.program_id(0)
     offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
-    n3 = offs_n[:, None, None]
-    g3 = tl.arange(0, BG)[None, :, None]
-    b3 = tl.arange(0, 8)[None, None, :]
+    rows = tl.minimum(offs_n, N - 1)[:, None]
+    x_row = x_ptr + t * K
     NKB = N * KB
+    k_full = K - K % (8 * BG)
+    k_main = K - K % (UNROLL * 8 * BG)
     total = tl.zeros((BN,), ACC)
     res = tl.zeros((BN,), ACC)
     for grp in tl.static_range(0, N_MASKS, G):
-        acc_t = tl.zeros((BN, BG), ACC)
-        a0 = tl.zeros((BN, BG), ACC)
-        a1 = tl.zeros((BN, BG), ACC)
-        a2 = tl.zeros((BN, BG), ACC)
-        a3 = tl.zeros((BN, BG), ACC)
-        a4 = tl.zeros((BN, BG), ACC)
-        a5 = tl.zeros((BN, BG), ACC)
-        a6 = tl.zeros((BN, BG), ACC)
-        a7 = tl.zeros((BN, BG), ACC)
-        for kb0 in range(0, KB, BG):
-            col = (kb0 + g3) * 8 + b3
-            w = tl.load(w_ptr + n3 * K + col, mask=(n3 < N) & (col < K), other=0.0).to(ACC)
-            xv = tl.load(x_ptr + t * K + col, mask=col < K, other=0.0).to(ACC)
-            prod = w * xv
-            if grp == 0:
-                acc_t += tl.sum(prod, axis=2)
-            byte_ptr = p_ptr + n3 * KB + (kb0 + g3)
-            bmask = (n3 < N) & (kb0 + g3 < KB)
-            a0 += _mask_part(byte_ptr, grp, NKB, bmask, prod, b3, True)
-            if G > 1:
-                a1 += _mask_part(byte_ptr, grp + 1, NKB, bmask, prod, b3, grp + 1 < N_MASKS)
-            if G > 2:
-                a2 += _mask_part(byte_ptr, grp + 2, NKB, bmask, prod, b3, grp + 2 < N_MASKS)
-            if G > 3:
-                a3 += _mask_part(byte_ptr, grp + 3, NKB, bmask, prod, b3, grp + 3 < N_MASKS)
-            if G > 4:
-                a4 += _mask_part(byte_ptr, grp + 4, NKB, bmask, prod, b3, grp + 4 < N_MASKS)
-            if G > 5:
-                a5 += _mask_part(byte_ptr, grp + 5, NKB, bmask, prod, b3, grp + 5 < N_MASKS)
-            if G > 6:
-                a6 += _mask_part(byte_ptr, grp + 6, NKB, bmask, prod, b3, grp + 6 < N_MASKS)
-            if G > 7:
-                a7 += _mask_part(byte_ptr, grp + 7, NKB, bmask, prod, b3, grp + 7 < N_MASKS)
+        at = tl.zeros((BN, BG, 8), ACC)
+        a0 = tl.zeros((BN, BG, 8), ACC)
+        a1 = tl.zeros((BN, BG, 8), ACC)
+        a2 = tl.zeros((BN, BG, 8), ACC)
+        a3 = tl.zeros((BN, BG, 8), ACC)
+        a4 = tl.zeros((BN, BG, 8), ACC)
+        a5 = tl.zeros((BN, BG, 8), ACC)
+        a6 = tl.zeros((BN, BG, 8), ACC)
+        a7 = tl.zeros((BN, BG, 8), ACC)
+        for k0 in range(0, k_main, UNROLL * 8 * BG):
+            for u in tl.static_range(UNROLL):
+                at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_chunk(
+                    x_row, w_ptr, p_ptr, rows, k0 + u * 8 * BG, K, KB, NKB, grp,
+                    at, a0, a1, a2, a3, a4, a5, a6, a7, N_MASKS, G, BN, BG, False, ASM, ACC)
+        for k0 in range(k_main, k_full, 8 * BG):
+            at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_chunk(
+                x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, at, a0, a1, a2, a3, a4, a5, a6, a7,
+                N_MASKS, G, BN, BG, False, ASM, ACC)
+        if k_full < K:
+            at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_chunk(
+                x_row, w_ptr, p_ptr, rows, k_full, K, KB, NKB, grp, at, a0, a1, a2, a3, a4, a5, a6, a7,
+                N_MASKS, G, BN, BG, True, ASM, ACC)
         if grp == 0:
-            total = tl.sum(acc_t, axis=1)
+            total = tl.sum(tl.sum(at, axis=2), axis=1)
         res = _gemv_term(a0, total, res, True, ACT)
         if G > 1:
             res = _gemv_term(a1, total, res, grp + 1 < N_MASKS, ACT)

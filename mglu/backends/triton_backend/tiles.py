@@ -17,11 +17,13 @@ GEMV_MIN_MASKS = 2
 
 @dataclass(frozen=True)
 class Gemv:
-    """``fwd_gemv``: ``BN`` rows x ``BG`` byte groups (8 columns each) per iteration."""
+    """``fwd_gemv``: ``BN`` rows x ``BG`` byte groups (8 columns each) per step, ``UNROLL``
+    steps per loop iteration (their loads in flight together)."""
 
     BN: int
     BG: int
     num_warps: int
+    UNROLL: int = 1
 
 
 @dataclass(frozen=True)
@@ -56,14 +58,16 @@ GROUP = 8
 #: the tensor-core forward keeps total, the running sum and G gate accumulators of
 #: BN x BT fp32 live: at most 4 gates
 MAX_GATE_ACCS = 4
-#: the GEMV's gate accumulators are BN x BG partial sums: at most 8 (kernels.fwd_gemv)
+#: the GEMV's gate accumulators are (BN, BG, 8) per-element partial sums, 8 registers a
+#: thread each: at most 8 per pass (n=8, unroll 4: 136 registers, ptxas for sm_90)
 MAX_GEMV_ACCS = 8
 
 
-#: GEMV tiles: a thread's 8 consecutive 16-bit elements are one 16-byte load. H100 run 2,
-#: 4096x14336 bf16, 10 tilings: BN=4, BG=32, 4 warps was best or within 3% of best at n=4
-#: (102.1 us) and n=8 (125.8 us)
-GEMV_TILES = Gemv(BN=4, BG=32, num_warps=4)
+#: GEMV tiles: a thread's 8 consecutive 16-bit elements are one 16-byte load. BN=4, BG=32,
+#: 4 warps was best or within 3% of best of 10 tilings in H100 run 2 (the old kernel).
+#: UNROLL=4 keeps 64 bytes of W a thread in flight at 80 registers (n=4; ptxas for sm_90,
+#: DESIGN.md run 10): chosen from the SASS, to be measured by triton_tune.py decode
+GEMV_TILES = Gemv(BN=4, BG=32, num_warps=4, UNROLL=4)
 
 
 def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:
