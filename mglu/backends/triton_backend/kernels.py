@@ -58,13 +58,13 @@ def _add_where(acc, byte, bit, prod, ASM: tl.constexpr):
 
 
 @triton.jit
-def _gemv_chunk(x_ptr, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, at, a0, a1, a2, a3, a4, a5, a6, a7,
-                N_MASKS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
-                TAIL: tl.constexpr, ASM: tl.constexpr, ACC: tl.constexpr):
-    """Columns ``k0 .. k0 + 8 BG`` of the rows ``rows (BN, 1)`` (clamped in range): ``at``
-    (first pass) and the gate accumulators ``a0..a{G-1}`` of masks ``grp..``, each
-    ``(BN, BG, 8)`` per-element partial sums. Without ``TAIL`` the chunk lies inside K
-    and no load is masked (no predicate for ptxas to keep beside the mask bits' ``R2P``)."""
+def _gemv_load(x_ptr, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp,
+               N_MASKS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
+               TAIL: tl.constexpr):
+    """The loads of one step: columns ``k0 .. k0 + 8 BG`` of W's rows ``rows (BN, 1)``
+    (clamped in range) and of x, and the ``(BN, BG)`` bytes of masks ``grp .. grp + G``
+    covering them (zeros past ``N_MASKS``). Without ``TAIL`` the step lies inside K and no
+    load is masked (no predicate for ptxas to keep beside the mask bits' ``R2P``)."""
     cols = k0 + tl.arange(0, 8 * BG)[None, :]
     gcol = k0 // 8 + tl.arange(0, BG)[None, :]
     if TAIL:
@@ -74,11 +74,8 @@ def _gemv_chunk(x_ptr, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, at, a0, a1, a2, 
     else:
         w = tl.load(w_ptr + rows * K + cols)
         xv = tl.load(x_ptr + cols + rows * 0)
-    prod = tl.reshape(w.to(ACC) * xv.to(ACC), (BN, BG, 8))
-    if grp == 0:
-        at += prod
-    bit = 1 << tl.arange(0, 8)[None, None, :]
     bp = p_ptr + rows * KB + gcol + _wide(grp) * NKB
+    bytes = ()
     for j in tl.static_range(G):
         if grp + j >= N_MASKS:
             byte = tl.zeros((BN, BG), tl.uint8)
@@ -86,7 +83,23 @@ def _gemv_chunk(x_ptr, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, at, a0, a1, a2, 
             byte = tl.load(bp + j * NKB, mask=gcol < KB, other=0)
         else:
             byte = tl.load(bp + j * NKB)
-        byte = byte.to(tl.int32)[:, :, None]
+        bytes = bytes + (byte,)
+    return w, xv, bytes
+
+
+@triton.jit
+def _gemv_step(loaded, grp, at, a0, a1, a2, a3, a4, a5, a6, a7,
+               G: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr, ASM: tl.constexpr, ACC: tl.constexpr):
+    """One step's arithmetic on :func:`_gemv_load`'s ``loaded``: ``at += w x`` (first
+    pass) and ``a_j += w x`` where mask ``grp + j``'s bit is set, all ``(BN, BG, 8)``
+    per-element partial sums."""
+    w, xv, bytes = loaded
+    prod = tl.reshape(w.to(ACC) * xv.to(ACC), (BN, BG, 8))
+    if grp == 0:
+        at += prod
+    bit = 1 << tl.arange(0, 8)[None, None, :]
+    for j in tl.static_range(G):
+        byte = bytes[j].to(tl.int32)[:, :, None]
         if j == 0:
             a0 = _add_where(a0, byte, bit, prod, ASM)
         elif j == 1:
@@ -122,8 +135,9 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
     A ``(BN, 8 BG)`` tile of W per step, 8 consecutive elements a thread (one 16-byte
     load at 16 bits), reshaped to ``(BN, BG, 8)`` so that the byte of each bit-plane
     covering them is a ``(BN, BG)`` load in the same threads (no layout conversion).
-    ``UNROLL`` such steps per loop iteration put their loads in flight together. ``G``
-    (1..8) gate accumulators per pass over K; ``total`` comes from the first pass.
+    ``UNROLL`` (1, 2 or 4) such steps per loop iteration put their loads in flight
+    together. ``G`` (1..8) gate accumulators per pass over K; ``total`` comes from the
+    first pass.
     """
     t = tl.program_id(0)
     offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -145,18 +159,31 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
         a6 = tl.zeros((BN, BG, 8), ACC)
         a7 = tl.zeros((BN, BG, 8), ACC)
         for k0 in range(0, k_main, UNROLL * 8 * BG):
-            for u in tl.static_range(UNROLL):
-                at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_chunk(
-                    x_row, w_ptr, p_ptr, rows, k0 + u * 8 * BG, K, KB, NKB, grp,
-                    at, a0, a1, a2, a3, a4, a5, a6, a7, N_MASKS, G, BN, BG, False, ASM, ACC)
+            # every load of the UNROLL steps first, so that they are in flight together
+            l0 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
+            if UNROLL > 1:
+                l1 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 8 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
+            if UNROLL > 2:
+                l2 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 16 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
+                l3 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 24 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
+            at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
+                l0, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
+            if UNROLL > 1:
+                at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
+                    l1, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
+            if UNROLL > 2:
+                at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
+                    l2, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
+                at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
+                    l3, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
         for k0 in range(k_main, k_full, 8 * BG):
-            at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_chunk(
-                x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, at, a0, a1, a2, a3, a4, a5, a6, a7,
-                N_MASKS, G, BN, BG, False, ASM, ACC)
+            at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
+                _gemv_load(x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, N_MASKS, G, BN, BG, False),
+                grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
         if k_full < K:
-            at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_chunk(
-                x_row, w_ptr, p_ptr, rows, k_full, K, KB, NKB, grp, at, a0, a1, a2, a3, a4, a5, a6, a7,
-                N_MASKS, G, BN, BG, True, ASM, ACC)
+            at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
+                _gemv_load(x_row, w_ptr, p_ptr, rows, k_full, K, KB, NKB, grp, N_MASKS, G, BN, BG, True),
+                grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
         if grp == 0:
             total = tl.sum(tl.sum(at, axis=2), axis=1)
         res = _gemv_term(a0, total, res, True, ACT)

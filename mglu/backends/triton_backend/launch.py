@@ -70,7 +70,8 @@ def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):
     return kernels.fwd_gemv[(T, triton.cdiv(N, c.BN))](
         x2d, weight, packed, out, N, K, packed.shape[2],
         N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=act, BN=c.BN, BG=c.BG, UNROLL=c.UNROLL,
-        ASM=not interpreting() and x2d.dtype != torch.float64, ACC=_acc(x2d.dtype), num_warps=c.num_warps)
+        ASM=not interpreting() and x2d.dtype != torch.float64, ACC=_acc(x2d.dtype),
+        num_warps=c.num_warps, maxnreg=c.maxnreg)
 
 
 def launch_gates(x2d, weight, packed, dst, aux, act: int, mode: int, c: tiles.Mma, wm=None):

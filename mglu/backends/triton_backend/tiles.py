@@ -18,12 +18,14 @@ GEMV_MIN_MASKS = 2
 @dataclass(frozen=True)
 class Gemv:
     """``fwd_gemv``: ``BN`` rows x ``BG`` byte groups (8 columns each) per step, ``UNROLL``
-    steps per loop iteration (their loads in flight together)."""
+    steps per loop iteration (their loads in flight together); ``maxnreg`` caps ptxas's
+    registers (None: its own choice), which also moves where it schedules the loads."""
 
     BN: int
     BG: int
     num_warps: int
     UNROLL: int = 1
+    maxnreg: int | None = None
 
 
 @dataclass(frozen=True)
