@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                         "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p, "N": "i32", "K": "i32", "KB": "i32"},
                         dict(N_MASKS=n, BN=ce.BN, BK=ce.BK), ce))
                 if T == 1 and dt != "fp64":
-                    cg = tiles.GEMV_TILES
+                    cg = tiles.gemv_tiles(n)
                     sig = {k: v for k, v in base.items() if k not in ("aux_ptr", "T", "wm_ptr")}
                     jobs.append(("fwd_gemv", kernels.fwd_gemv, sig, dict(
                         N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=cg.BN, BG=cg.BG, UNROLL=cg.UNROLL,

@@ -114,14 +114,14 @@ def part_decode(limits):
     for dt in (torch.float16, torch.bfloat16):
         for shape in ((4096, 14336), (4096, 11008), (8192, 28672)):
             for n in (1, 4, 8):
-                time_gemv("decode", 1, *shape, n, best.get(n, (tiles.GEMV_TILES,))[0], limits, dt)
+                time_gemv("decode", 1, *shape, n, best.get(n, (tiles.gemv_tiles(n),))[0], limits, dt)
             time_mma("decode", 1, *shape, 1, tiles.mma_fwd_tiles(1, 1, 2), limits, dt)
 
 
 def part_batched(limits):
     for T in (2, 4, 8, 16):
         for n in (1, 4):
-            time_gemv("batched", T, 4096, 14336, n, tiles.GEMV_TILES, limits)
+            time_gemv("batched", T, 4096, 14336, n, tiles.gemv_tiles(n), limits)
             for c in (tiles.Mma(64, 16, 128, 4, 4), tiles.Mma(128, 16, 128, 8, 3)):
                 time_mma("batched", T, 4096, 14336, n, c, limits)
     for n in (1, 4):

@@ -38,8 +38,8 @@ def forward(x2d, weight, packed, activation, gates=None):
     if T == 0:
         return out
     act = ACT_ID[activation]
-    if gates is None and T <= tiles.GEMV_MAX_TOKENS and n >= tiles.GEMV_MIN_MASKS:
-        launch_gemv(x2d, weight, packed, out, act, tiles.GEMV_TILES)
+    if gates is None and T <= tiles.GEMV_MAX_TOKENS:
+        launch_gemv(x2d, weight, packed, out, act, tiles.gemv_tiles(n))
     else:
         c = _fwd_tiles(x2d.dtype, T, n)
         launch_gates(x2d, weight, packed, out, gates, act, 0 if gates is None else 2, c,

@@ -7,12 +7,11 @@ follow from a hardware fact stated beside them.
 
 from dataclasses import dataclass
 
-#: the CUDA-core GEMV serves one token when n_masks >= GEMV_MIN_MASKS; every other
-#: forward runs on tensor cores. H100, 4096x14336 bf16 (DESIGN.md, run 2): n=1 GEMV
-#: 75.1 us vs tl.dot tile 63.5 us; n=4 GEMV 102.1 us vs 163.7 us; at T=2 n=4 GEMV
-#: 193.1 us vs 163.7 us
+#: the CUDA-core GEMV serves one token (every n_masks); every other forward runs on
+#: tensor cores. H100, 4096x14336 bf16: run 2 (the first GEMV) at T=2, n=4: GEMV 193.1 us
+#: vs tl.dot tile 163.7 us; run 11 (this GEMV) at T=1, n=1: 54.7 us vs the tl.dot tile's
+#: 63.5 us (run 2's first GEMV had lost at n=1: 75.1 vs 63.5)
 GEMV_MAX_TOKENS = 1
-GEMV_MIN_MASKS = 2
 
 
 @dataclass(frozen=True)
@@ -65,11 +64,24 @@ MAX_GATE_ACCS = 4
 MAX_GEMV_ACCS = 8
 
 
-#: GEMV tiles: a thread's 8 consecutive 16-bit elements are one 16-byte load. BN=4, BG=32,
-#: 4 warps was best or within 3% of best of 10 tilings in H100 run 2 (the old kernel).
-#: UNROLL=4 keeps 64 bytes of W a thread in flight at 80 registers (n=4; ptxas for sm_90,
-#: DESIGN.md run 10): chosen from the SASS, to be measured by triton_tune.py decode
-GEMV_TILES = Gemv(BN=4, BG=32, num_warps=4, UNROLL=4)
+def gemv_tiles(n_masks: int) -> Gemv:
+    """GEMV tiles: a thread's 8 consecutive 16-bit elements are one 16-byte load; BN=4,
+    BG=32, 4 warps was best or within 3% of best of 10 tilings in H100 run 2 (the first
+    GEMV). Unroll and register cap by gate accumulators a pass, H100 run 11 (4096x14336
+    bf16, 1 token, do_bench; 8 settings each): n=1 unroll 4 at 200 registers 54.7 us
+    (uncapped 61.8), n=2 unroll 4 at 168 58.6 us (uncapped 65.2), n=4 unroll 4 at 128
+    71.7 us (no unroll 77.7, at 168: 80.9), n=8 unroll 2 uncapped 96.9 us (unroll 4:
+    169.2). A cap lets ptxas keep the loads of all the unrolled steps ahead of their
+    arithmetic (SASS); at n=4 a higher cap costs occupancy (121 registers, 4 programs of
+    128 threads an SM, against 133 registers and 3 at 168)."""
+    g = gate_group(n_masks, MAX_GEMV_ACCS)
+    if g == 1:
+        return Gemv(BN=4, BG=32, num_warps=4, UNROLL=4, maxnreg=200)
+    if g == 2:
+        return Gemv(BN=4, BG=32, num_warps=4, UNROLL=4, maxnreg=168)
+    if g <= 4:
+        return Gemv(BN=4, BG=32, num_warps=4, UNROLL=4, maxnreg=128)
+    return Gemv(BN=4, BG=32, num_warps=4, UNROLL=2)
 
 
 def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:
