@@ -30,13 +30,17 @@ DECODE_VARIANTS = {
     "v4s4r2w": (4, 1, 128, 2, True),
     "v4s8w": (8, 1, 128, 1, True),
 }
-#: the variant the forward uses where its wide loads apply: PENDING the H100 run of this
-#: session (scripts/numba_tune.py); v4s4w is the prediction (DESIGN.md)
+#: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
+#: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and
+#: bf16, 4096x14336 and 4096x11008, n_masks 1, 2, 4, 8; DESIGN.md has the table), e.g. fp16
+#: 4096x14336: n=1 49.6 us (v4s4wb256 50.7, v4s4r2w 52.3, v4s4 58.2, v4s8w 68.0), n=4 60.1 us
+#: (v4s4r2w 61.9, v4s4wb256 65.0, v4s4 70.3), n=8 75.4 us (v4s4wb256 79.3, v4s4 88.8)
 DECODE_VARIANT = "v4s4w"
-#: from this n_masks on, v4s4's sm_90 PTX holds its mask words in local memory (NVVM stops
-#: unrolling; checked on CPU), so the forward takes DECODE_VARIANT_MANY_MASKS, the fastest
-#: variant without local memory at n_masks 8 (v4s2: 120.3 us, fp16 4096x14336); neither is
-#: measured at n_masks >= 12
+#: near this n_masks the span-4 kernels' sm_90 PTX holds their mask words in local memory
+#: (NVVM stops unrolling; checked on CPU: v4s4 at 86fa957 from 12, v4s4w's FORWARD from 13 in
+#: fp16 and bf16; the threshold stays at 12), so from it on the forward takes
+#: DECODE_VARIANT_MANY_MASKS, the fastest variant without local memory at n_masks 8 in the
+#: sweep recorded at commit 86fa957 (its DESIGN.md); neither is measured at n_masks >= 12
 DECODE_MANY_MASKS = 12
 DECODE_VARIANT_MANY_MASKS = "v4s2"
 

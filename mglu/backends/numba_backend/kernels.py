@@ -134,7 +134,8 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                 first = int64(int32(t * chunks + s * SPAN))
                                 for c in range(SPAN):
                                     x0, x1, x2, x3 = load_v4(x, first + c)
-                                    h0, h1, h2, h3 = halves(x0, BF16), halves(x1, BF16), halves(x2, BF16), halves(x3, BF16)
+                                    h0, h1 = halves(x0, BF16), halves(x1, BF16)
+                                    h2, h3 = halves(x2, BF16), halves(x3, BF16)
                                     for r in range(ROWS):
                                         e, q, b = 4 * ((u * ROWS + r) * SPAN + c), (u * ROWS + r) * NM, 8 * c
                                         fma_word(acc, r * NACC, NM, bits, q, b, halves(wv[e], BF16), h0)
