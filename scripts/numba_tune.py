@@ -60,8 +60,7 @@ def kernel_resources(d_model, n_masks, dtype, variant):
     if shape is None:
         disp = kernels.decode_kernel(n_masks, code, False, kernels.FORWARD)
     else:
-        span, unroll, block = shape
-        disp = kernels.decode_wide_kernel(n_masks, code, kernels.FORWARD, dtype == torch.bfloat16, span, unroll, block)
+        disp = kernels.decode_wide_kernel(n_masks, code, kernels.FORWARD, dtype == torch.bfloat16, *shape)
     try:
         return {"regs": list(disp.get_regs_per_thread().values()),
                 "local_bytes": list(disp.get_local_mem_per_thread().values())}

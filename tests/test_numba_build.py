@@ -37,7 +37,7 @@ from mglu.backends.numba_backend import kernels as K
 from mglu.backends.numba_backend.constants import DECODE_VARIANTS, default_variant
 from mglu.backends.numba_backend.numerics import ACT_CODE
 
-MASK_WORD = {1: "uint8", 2: "int16", 4: "int32"}
+MASK_WORD = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}
 
 ARRAY = {"float64": "float64", "float32": "float32", "float16": "float16", "bfloat16": "int16"}
 
@@ -49,8 +49,9 @@ def specs(dtype, n_masks, act, dm_dtype):
     for mode in (K.FORWARD, K.GRAD):
         yield "decode", K.decode_kernel(n_masks, code, acc64, mode), products + ",int64)"
         if dtype in ("float16", "bfloat16"):
-            span, unroll, block = DECODE_VARIANTS[default_variant(n_masks)]
-            kernel = K.decode_wide_kernel(n_masks, code, mode, dtype == "bfloat16", span, unroll, block)
+            shape = DECODE_VARIANTS[default_variant(n_masks)]
+            span = shape[0]
+            kernel = K.decode_wide_kernel(n_masks, code, mode, dtype == "bfloat16", *shape)
             words = MASK_WORD[span]
             yield "decode_wide", kernel, f"void(int32[::1],int32[::1],{words}[::1],{a},{a},{a},int64,int64,int64,int64)"
         yield "tiled", K.tiled_kernel(n_masks, code, acc64, mode), products + ")"

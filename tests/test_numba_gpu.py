@@ -51,8 +51,8 @@ w = torch.randn(96, 64, device="cuda", dtype=torch.float16)
 packed = mglu.pack_masks(torch.randn(2, 96, 64, device="cuda"))
 REGISTRY["numba"].forward(x, w, packed, "gelu")
 torch.cuda.synchronize()
-span, unroll, block = DECODE_VARIANTS[decode_plan(x, w, packed)]  # a wide-load kernel here
-stats = kernels.decode_wide_kernel(2, 2, kernels.FORWARD, False, span, unroll, block).stats
+shape = DECODE_VARIANTS[decode_plan(x, w, packed)]  # a wide-load kernel here
+stats = kernels.decode_wide_kernel(2, 2, kernels.FORWARD, False, *shape).stats
 print("hits", sum(stats.cache_hits.values()), "misses", sum(stats.cache_misses.values()))
 """
 

@@ -37,12 +37,14 @@ def _inputs(tokens, d_model, d_ff, n_masks, dtype, seed):
 
 
 # d_model 64: every lane reads two mask words (4 lanes in the simulator); 96: three, so
-# unrolled words run past the row end and a lane of the span-4 layout idles
+# unrolled words run past the row end and a lane of the span-4 layout idles (span 8: 128
+# and 192); d_ff 9 is odd, so the two-row layout clamps its last row
 @pytest.mark.parametrize("variant", [v for v, shape in _numba_backend().DECODE_VARIANTS.items() if shape])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("tokens,d_model,n_masks", [(1, 64, 1), (2, 96, 3)])
 def test_decode_variant_matches_reference(variant, dtype, tokens, d_model, n_masks):
     nb, d_ff = _numba_backend(), 9
+    d_model *= max(1, nb.DECODE_VARIANTS[variant][0] // 4)  # span 8: two and three mask words too
     x, w, packed = _inputs(tokens, d_model, d_ff, n_masks, dtype, seed=tokens * 1000 + d_model)
     assert nb.decode_plan(x, w, packed, variant) == variant
     got = nb.forward(x, w, packed, "silu", variant=variant)
@@ -66,3 +68,20 @@ def test_decode_plan_takes_the_element_wise_kernel_where_wide_loads_do_not_apply
     many = mglu.pack_masks(torch.randn(nb.DECODE_MANY_MASKS, 9, 64)).to(DEVICE)
     assert nb.decode_plan(x, w, packed) == nb.DECODE_VARIANT  # the measured default
     assert nb.decode_plan(x, w, many) == nb.DECODE_VARIANT_MANY_MASKS
+
+
+def test_decode_plan_refuses_the_wide_kernel_where_an_int32_index_could_overflow():
+    """The wide kernel forms int32 indices: chunk ``< d_ff d_model / 8``, mask byte ``<
+    n_masks d_ff d_model / 8``, token chunk ``< T d_model / 8``. Meta tensors: shapes only."""
+    nb = _numba_backend()
+
+    def plan(tokens, d_model, d_ff, n_masks):
+        x = torch.empty(tokens, d_model, dtype=torch.float16, device="meta")
+        w = torch.empty(d_ff, d_model, dtype=torch.float16, device="meta")
+        packed = torch.empty(n_masks, d_ff, d_model // 8, dtype=torch.uint8, device="meta")
+        return nb.decode_plan(x, w, packed, "v4s4w")
+
+    assert plan(1, 8192, 28672, 16) == "v4s4w"  # the largest benchmark shape, 16 masks
+    assert plan(1, 65536, 262144, 1) == "scalar"  # d_ff d_model / 8 = 2**31
+    assert plan(1, 8192, 131072, 16) == "scalar"  # n_masks d_ff d_model / 8 = 2**31
+

@@ -96,7 +96,7 @@ def reasons(problem: Problem) -> list[str]:
 
 #: the array type of a mask word of ``span`` bytes in ``decode_wide`` (signed: every
 #: torch dtype here has a ``__cuda_array_interface__`` type)
-_MASK_WORD = {1: torch.uint8, 2: torch.int16, 4: torch.int32}
+_MASK_WORD = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def _view(t: torch.Tensor, as_dtype: torch.dtype | None = None):
@@ -148,14 +148,18 @@ def decode_plan(x2d, weight, packed, variant: str | None = None) -> str:
     """The decode kernel that runs for ``variant`` (a key of DECODE_VARIANTS; ``None``: the
     measured default for ``n_masks``, :func:`constants.default_variant`): ``variant``
     where its 16-byte loads apply (fp16/bf16, ``d_model % (8 span) == 0``, ``x`` and ``W``
-    16-byte aligned, the masks ``span``-byte aligned), else ``"scalar"`` (the element-wise
-    ``decode`` kernel: any dtype, ``d_model`` and alignment)."""
+    16-byte aligned, the masks ``span``-byte aligned) and its int32 indices do not overflow
+    (a chunk index ``< d_ff d_model / 8``, a mask word index ``< n_masks d_ff d_model /
+    (8 span)``, a token's chunk ``< T d_model / 8``: all below 2**31), else ``"scalar"``
+    (the element-wise ``decode`` kernel: any dtype, ``d_model`` and alignment)."""
     variant = default_variant(packed.shape[0]) if variant is None else variant
     shape = DECODE_VARIANTS[variant]
     if shape is None or x2d.dtype not in (torch.float16, torch.bfloat16):
         return "scalar"
     span = shape[0]
     if x2d.shape[1] % (8 * span) or x2d.data_ptr() % 16 or weight.data_ptr() % 16 or packed.data_ptr() % span:
+        return "scalar"
+    if max(weight.numel() // 8, packed.numel(), x2d.numel() // 8) >= 2**31:
         return "scalar"
     return variant
 
@@ -179,12 +183,14 @@ def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=None
         kernel, block, words = kernels.decode_kernel(n_masks, code, acc64, mode), DECODE_BLOCK, (d_model + 7) // 8
         operands = [_view(t) for t in (x2d, weight, packed)]
     else:
-        span, unroll, block = DECODE_VARIANTS[plan]
-        kernel = kernels.decode_wide_kernel(n_masks, code, mode, x2d.dtype == torch.bfloat16, span, unroll, block)
+        span, unroll, block, rows, shuffle = DECODE_VARIANTS[plan]
+        bf16 = x2d.dtype == torch.bfloat16
+        kernel = kernels.decode_wide_kernel(n_masks, code, mode, bf16, span, unroll, block, rows, shuffle)
         words = d_model // (8 * span)
         operands = [_view(x2d, torch.int32), _view(weight, torch.int32), _view(packed, _MASK_WORD[span])]
     lanes = min(SIM_MAX_LANES if _simulating() else DECODE_MAX_LANES, 1 << (words - 1).bit_length())
-    launch(kernel, -(-d_ff // (block // lanes)), block, *operands, *rest, lanes)
+    rows = 1 if plan == "scalar" else DECODE_VARIANTS[plan][3]
+    launch(kernel, -(-d_ff // (block // lanes * rows)), block, *operands, *rest, lanes)
 
 
 def forward(x2d, weight, packed, activation, variant: str | None = None):

@@ -9,31 +9,38 @@ DECODE_MAX_TOKENS = 4
 #: threads per block of the element-wise decode kernel ("scalar"): 4 warps; to be measured on the H100
 DECODE_BLOCK = 128
 #: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
-#: ``decode`` kernel (every dtype and d_model), or (span, unroll, block) of ``decode_wide``
-#: (fp16/bf16, 16-byte loads; kernels.py): ``span`` consecutive 16-byte chunks of a row per
-#: lane and mask word (one mask byte per chunk), the loads of ``unroll`` words issued
-#: before use, ``block`` threads per block. sm_90 PTX without local memory for every
-#: n_masks 1..16 (checked on CPU): scalar, v4, v4u2, v4s2, v4u2b256; v4u4 spills from
-#: n_masks 9, v4s4 from 12 (NVVM stops unrolling the word loop)
+#: ``decode`` kernel (every dtype and d_model), or (span, unroll, block, rows, shuffle) of
+#: ``decode_wide`` (fp16/bf16, 16-byte loads; kernels.py): ``span`` consecutive 16-byte
+#: chunks of a row per lane and mask word (one mask byte per chunk), the loads of ``unroll``
+#: words issued before use, ``block`` threads per block, ``rows`` rows per slot of lanes
+#: (x read once for them), lanes summed by warp shuffles (``shuffle``) or through shared
+#: memory. The first seven are last session's sweep (DESIGN.md); sm_90 PTX without local
+#: memory for every n_masks 1..16 (checked on CPU): scalar, v4, v4u2, v4s2, v4u2b256;
+#: v4u4 spills from n_masks 9, v4s4 from 12 (NVVM stops unrolling the word loop)
 DECODE_VARIANTS = {
     "scalar": None,
-    "v4": (1, 1, 128),
-    "v4u2": (1, 2, 128),
-    "v4u4": (1, 4, 128),
-    "v4s2": (2, 1, 128),
-    "v4s4": (4, 1, 128),
-    "v4u2b256": (1, 2, 256),
+    "v4": (1, 1, 128, 1, False),
+    "v4u2": (1, 2, 128, 1, False),
+    "v4u4": (1, 4, 128, 1, False),
+    "v4s2": (2, 1, 128, 1, False),
+    "v4s4": (4, 1, 128, 1, False),
+    "v4u2b256": (1, 2, 256, 1, False),
+    "v4s4w": (4, 1, 128, 1, True),
+    "v4s4wb256": (4, 1, 256, 1, True),
+    "v4s4r2w": (4, 1, 128, 2, True),
+    "v4s8w": (8, 1, 128, 1, True),
 }
-#: the variant the forward uses where its wide loads apply: v4s4 was the fastest variant at
-#: every point measured (H100, scripts/numba_tune.py, 1 token, fp16 and bf16, 4096x14336
-#: and 4096x11008, n_masks 1, 2, 4, 8), e.g. fp16 4096x14336: n=1 60.0 us (v4s2 62.6,
-#: v4u2 68.8, scalar 135.3), n=4 75.5 us (v4u4 93.9, v4u2 101.4, scalar 172.8), n=8 113.6 us
-#: (v4s2 120.3); DESIGN.md has the table
-DECODE_VARIANT = "v4s4"
-#: from this n_masks on, v4s4's sm_90 PTX holds its mask words in local memory (NVVM stops
-#: unrolling; checked on CPU), so the forward takes DECODE_VARIANT_MANY_MASKS, the fastest
-#: variant without local memory at n_masks 8 (v4s2: 120.3 us, fp16 4096x14336); neither is
-#: measured at n_masks >= 12
+#: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
+#: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and
+#: bf16, 4096x14336 and 4096x11008, n_masks 1, 2, 4, 8; DESIGN.md has the table), e.g. fp16
+#: 4096x14336: n=1 49.6 us (v4s4wb256 50.7, v4s4r2w 52.3, v4s4 58.2, v4s8w 68.0), n=4 60.1 us
+#: (v4s4r2w 61.9, v4s4wb256 65.0, v4s4 70.3), n=8 75.4 us (v4s4wb256 79.3, v4s4 88.8)
+DECODE_VARIANT = "v4s4w"
+#: near this n_masks the span-4 kernels' sm_90 PTX holds their mask words in local memory
+#: (NVVM stops unrolling; checked on CPU: v4s4 at 86fa957 from 12, v4s4w's FORWARD from 13 in
+#: fp16 and bf16; the threshold stays at 12), so from it on the forward takes
+#: DECODE_VARIANT_MANY_MASKS, the fastest variant without local memory at n_masks 8 in the
+#: sweep recorded at commit 86fa957 (its DESIGN.md); neither is measured at n_masks >= 12
 DECODE_MANY_MASKS = 12
 DECODE_VARIANT_MANY_MASKS = "v4s2"
 

@@ -24,10 +24,10 @@ Each factory is cached in memory (``lru_cache``) and its kernel on disk (``cache
 
 from functools import lru_cache
 
-from numba import cuda, float32, float64, int32
+from numba import cuda, float32, float64, int32, int64
 
 from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
-from .numerics import act, act_and_grad, device, halves, like, load, load_v4, store
+from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_v4, store
 
 FORWARD, GRAD = 0, 1
 assert TILE_TPT == 2, "the tiled kernel holds two accumulator arrays (acc_a, acc_b)"
@@ -78,58 +78,122 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
-    words of ``span`` bytes (uint8, int16, int32); ``K % (8 span) == 0`` and 16-byte aligned bases.
-    A lane reads its ``span`` consecutive 8-element chunks of a row with one 16-byte
-    ``load_v4`` each and one ``span``-byte word per bit-plane, for mask words
-    ``s = lane, lane + lanes, ...``; it issues the loads of ``unroll`` such words before
-    using them. Reduction and epilogues as ``decode``; accumulation in fp32."""
+    words of ``span`` bytes (uint8, int16, int32, int64); ``K % (8 span) == 0``, 16-byte
+    aligned bases, every index below 2**31 (the launcher checks). A slot of ``lanes`` threads
+    owns ``rows`` consecutive rows ``n0 .. n0 + rows - 1``; a lane reads, for mask words
+    ``s = lane, lane + lanes, ...``, its ``span`` consecutive 8-element chunks of ``x``
+    (once, shared by the ``rows`` rows) and of each row with one 16-byte ``load_v4`` each,
+    and one ``span``-byte word per bit-plane and row; it issues the loads of ``unroll``
+    such words before using them. Indices are int32 arithmetic. Each accumulator is summed
+    over the slot's lanes by ``lane_sum`` (``shuffle``: a butterfly of warp shuffles, no
+    barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
-    SHARED, WORDS, BITS = NACC * BLOCK, 4 * span * unroll, n_masks * unroll  # constant sizes
+    ROWS, SHUFFLE, BITS_T = rows, shuffle, int64 if span == 8 else int32
+    # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
+    SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
+    WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
 
     @cuda.jit(cache=True)
     def decode_wide(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
         part = cuda.shared.array(SHARED, float32)
         sums = cuda.shared.array(SHARED, float32)
-        acc = cuda.local.array(NACC, float32)
+        acc = cuda.local.array(RACC, float32)
+        row = cuda.local.array(NACC, float32)
         wv = cuda.local.array(WORDS, int32)
-        bits = cuda.local.array(BITS, int32)
-        tid = cuda.threadIdx.x
-        lane, r, rows = tid % lanes, tid // lanes, BLOCK // lanes
-        chunks = d_model // 8  # 16-byte chunks per row
+        bits = cuda.local.array(BITS, BITS_T)
+        tid, n_ff, n_lanes = int32(cuda.threadIdx.x), int32(d_ff), int32(lanes)
+        lane, slot = tid % n_lanes, tid // n_lanes
+        chunks = int32(d_model) // 8  # 16-byte chunks per row
         words = chunks // SPAN  # mask words per row and plane
-        for row_block in range(cuda.blockIdx.x, (d_ff + rows - 1) // rows, cuda.gridDim.x):
-            n = row_block * rows + r
-            for t in range(tokens):
-                for j in range(NACC):
+        per_block = (BLOCK // n_lanes) * ROWS
+        for row_block in range(int32(cuda.blockIdx.x), (n_ff + per_block - 1) // per_block, int32(cuda.gridDim.x)):
+            n0 = int32(row_block * per_block + slot * ROWS)
+            for t in range(int32(tokens)):
+                for j in range(RACC):
                     acc[j] = float32(0)
-                if n < d_ff:
-                    for s0 in range(lane, words, lanes * UNROLL):
+                if n0 < n_ff:
+                    for s0 in range(lane, words, n_lanes * UNROLL):
                         for u in range(UNROLL):
-                            s = s0 + u * lanes
+                            s = int32(s0 + u * n_lanes)
                             if s < words:
-                                for c in range(SPAN):
-                                    a0, a1, a2, a3 = load_v4(w, n * chunks + s * SPAN + c)
-                                    e = 4 * (u * SPAN + c)
-                                    wv[e], wv[e + 1], wv[e + 2], wv[e + 3] = a0, a1, a2, a3
-                                for j in range(NM):
-                                    bits[u * NM + j] = packed[(j * d_ff + n) * words + s]
+                                for r in range(ROWS):
+                                    nr = min(n0 + r, n_ff - 1)  # a row past the end re-reads the last
+                                    first = int64(int32(nr * chunks + s * SPAN))  # c in 64 bits: an address offset
+                                    for c in range(SPAN):
+                                        a0, a1, a2, a3 = load_v4(w, first + c)
+                                        e = 4 * ((u * ROWS + r) * SPAN + c)
+                                        wv[e], wv[e + 1], wv[e + 2], wv[e + 3] = a0, a1, a2, a3
+                                    for j in range(NM):
+                                        bits[(u * ROWS + r) * NM + j] = packed[int32((j * n_ff + nr) * words + s)]
                         for u in range(UNROLL):
-                            s = s0 + u * lanes
+                            s = int32(s0 + u * n_lanes)
                             if s < words:
+                                first = int64(int32(t * chunks + s * SPAN))
                                 for c in range(SPAN):
-                                    x0, x1, x2, x3 = load_v4(x, t * chunks + s * SPAN + c)
-                                    e, b = 4 * (u * SPAN + c), 8 * c
-                                    fma_word(acc, NM, bits, u * NM, b, halves(wv[e], BF16), halves(x0, BF16))
-                                    fma_word(acc, NM, bits, u * NM, b + 2, halves(wv[e + 1], BF16), halves(x1, BF16))
-                                    fma_word(acc, NM, bits, u * NM, b + 4, halves(wv[e + 2], BF16), halves(x2, BF16))
-                                    fma_word(acc, NM, bits, u * NM, b + 6, halves(wv[e + 3], BF16), halves(x3, BF16))
-                finish_row(acc, part, sums, NACC, BLOCK, tid, lane, lanes, r, n, t, MODE, ACT, out, dout, dg,
-                           tokens, d_ff)
+                                    x0, x1, x2, x3 = load_v4(x, first + c)
+                                    h0, h1 = halves(x0, BF16), halves(x1, BF16)
+                                    h2, h3 = halves(x2, BF16), halves(x3, BF16)
+                                    for r in range(ROWS):
+                                        e, q, b = 4 * ((u * ROWS + r) * SPAN + c), (u * ROWS + r) * NM, 8 * c
+                                        fma_word(acc, r * NACC, NM, bits, q, b, halves(wv[e], BF16), h0)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 2, halves(wv[e + 1], BF16), h1)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 4, halves(wv[e + 2], BF16), h2)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 6, halves(wv[e + 3], BF16), h3)
+                for r in range(ROWS):
+                    for j in range(NACC):
+                        row[j] = acc[r * NACC + j]
+                    if SHUFFLE:
+                        for j in range(NACC):
+                            row[j] = lane_sum(row[j], n_lanes, part, tid)
+                        if lane == 0 and n0 + r < n_ff:
+                            epilogue(row, NM, MODE, ACT, out, dout, dg, t, n0 + r, tokens, d_ff)
+                    else:
+                        finish_row(row, part, sums, NACC, BLOCK, tid, lane, n_lanes, slot, n0 + r, t, MODE, ACT, out,
+                                   dout, dg, tokens, d_ff)
 
     return decode_wide
+
+
+if SIMULATED:
+
+    def lane_sum(v, lanes, scratch, tid):
+        """The simulator's twin of the shuffle butterfly below (it has no warp intrinsics):
+        the same sums in the same order, exchanged through shared ``scratch`` (one float per
+        thread) with barriers that every thread of the block passes."""
+        m = lanes >> 1
+        while m:
+            cuda.syncthreads()
+            scratch[tid] = v
+            cuda.syncthreads()
+            v += scratch[tid ^ m]
+            m >>= 1
+        return v
+
+else:
+
+    @cuda.jit(device=True)
+    def lane_sum(v, lanes, scratch, tid):
+        """``v`` summed over the ``lanes`` (a power of two <= 32) lanes of an aligned group of
+        the warp by a butterfly of ``shfl_xor``: ``v += v[lane ^ m]`` for ``m = lanes/2 .. 1``
+        (lane 0's sum has a fixed order: bitwise the same every run). Every lane of the warp
+        calls it; ``scratch`` is the simulator twin's and unused here."""
+        for k in range(5):  # m = 16, 8, 4, 2, 1 below lanes: constant operands, unrolled
+            m = int32(16 >> k)
+            if m < lanes:
+                v += cuda.shfl_xor_sync(0xFFFFFFFF, v, m)
+        return v
+
+
+@device
+def epilogue(acc, n_masks, mode, act_code, out, dout, dg, t, n, tokens, d_ff):
+    """The FORWARD or GRAD epilogue of token ``t`` of row ``n`` (acc = gates, then total)."""
+    if mode == FORWARD:
+        forward_epilogue(acc, n_masks, act_code, out, t * d_ff + n)
+    else:
+        grad_epilogue(acc, n_masks, act_code, dout, out, dg, t, n, tokens, d_ff)
 
 
 @device
@@ -150,26 +214,22 @@ def finish_row(acc, part, sums, nacc, block, tid, lane, lanes, r, n, t, mode, ac
     if lane == 0 and n < d_ff:
         for j in range(nacc):
             acc[j] = sums[r * nacc + j]
-        if mode == FORWARD:
-            forward_epilogue(acc, nacc - 1, act_code, out, t * d_ff + n)
-        else:
-            grad_epilogue(acc, nacc - 1, act_code, dout, out, dg, t, n, tokens, d_ff)
+        epilogue(acc, nacc - 1, mode, act_code, out, dout, dg, t, n, tokens, d_ff)
 
 
 @device
-def fma_word(acc, n_masks, bits, base, b, w, x):
+def fma_word(acc, a0, n_masks, bits, base, b, w, x):
     """Elements ``b``, ``b + 1`` of a mask word, ``w = (w_b, w_b+1)`` and ``x`` alike (fp32):
-    ``p = w_b x_b`` into the total ``acc[n_masks]``, and into ``acc[j]`` where bit ``b`` of
-    ``bits[base + j]`` is set; the same for ``b + 1``."""
+    ``p = w_b x_b`` into the total ``acc[a0 + n_masks]``, and into ``acc[a0 + j]`` where bit
+    ``b`` of ``bits[base + j]`` is set; the same for ``b + 1``."""
     p, q = w[0] * x[0], w[1] * x[1]
-    acc[n_masks] += p
-    acc[n_masks] += q
-    for j in range(n_masks):
-        m = bits[base + j] >> b
-        if m & 1:
-            acc[j] += p
-        if m & 2:
-            acc[j] += q
+    acc[a0 + n_masks] += p
+    acc[a0 + n_masks] += q
+    for j in range(n_masks):  # b is a constant after unrolling: each test becomes a bit test of a constant mask
+        if (bits[base + j] >> b) & 1:
+            acc[a0 + j] += p
+        if (bits[base + j] >> (b + 1)) & 1:
+            acc[a0 + j] += q
 
 
 @lru_cache(maxsize=None)
