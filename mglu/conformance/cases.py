@@ -130,9 +130,12 @@ def _numba_cases() -> list[Case]:
     """Boundaries of mglu/backends/numba_backend (numba_backend/constants.py): the decode
     kernel up to DECODE_MAX_TOKENS = 4 tokens, 8 elements per lane, up to 32 lanes per row
     (256 elements a step); the tiled kernel above, tiles of 8 tokens x 32 rows x 32 of
-    d_model, 2 tokens per thread. Small enough for the simulator (SIM_MAX_MACS)."""
+    d_model, 2 tokens per thread. Small enough for the simulator (SIM_MAX_MACS), except
+    numba_wide_full_warp (GPU only): the 16-byte decode kernel (v4s4w) with 33 mask words
+    a row, so all 32 lanes meet in the shuffle sum and lane 0 takes two words."""
     return [
         Case("numba_decode_at_switch", (4,), 200, 5, 3, quick=False),
+        Case("numba_wide_full_warp", (3,), 1056, 40, 3, quick_dtypes=(torch.float16, torch.bfloat16)),
         Case("numba_tiled_above_switch", (5,), 33, 17, 2, quick=False),
         Case("numba_tiled_two_by_two_tiles", (9,), 12, 40, 2, quick=False),
     ]
