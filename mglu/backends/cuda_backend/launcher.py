@@ -51,21 +51,32 @@ MMA_THREADS = 128
 #: so no warp idles on absent tokens and twice the blocks stream W; whether layout 1 also
 #: wins from 17 to 32 tokens is to be measured on the H100
 MMA_SPLIT_TOKENS = 16
-#: decode kernel variants (template VAR, mask loads): the masked arithmetic, VAR_SELECT
-#: (``acc += masked(bits, e, w) * x``) or VAR_PRED (predicated FMA), and the mask loads, a
-#: byte per plane and chunk (``vec = 1``) or, where d_model % 32 == 0, a 32-bit word per
-#: plane and 4 consecutive chunks (``vec = 2``); see mglu_rowdot_gemv
-GEMV_VARIANTS = {"select-bytes": (0, False), "select-words": (0, True), "pred-bytes": (1, False), "pred-words": (1, True)}
-#: tensor-core kernel variants (template VAR): the pair masks by shifts or multiply + prmt
-MMA_VARIANTS = {"shift": 0, "prmt": 1}
+#: decode kernel variants: name -> (template VAR, 32-bit mask words, warps per row). VAR_PRED
+#: (1): a round's loads, then its predicated FMAs; VAR_PIPE (2): on the words path the loads
+#: of the next round are issued before this round's arithmetic; VAR_SPLIT (3) and
+#: VAR_PIPE_SPLIT (4): the same with each row's rounds split over 2 or 4 warps (the
+#: kernel's run-time ``split_arg``), the parts added in shared memory: smaller pieces of
+#: work, against the wave quantisation of DESIGN.md. Mask loads: a byte per plane and chunk
+#: (``vec = 1``) or, where d_model % 32 == 0, a 32-bit word per plane and 4 consecutive
+#: chunks (``vec = 2``). See mglu_rowdot_gemv.
+GEMV_VARIANTS = {
+    "pred-bytes": (1, False, 1),
+    "pred-words": (1, True, 1),
+    "pipe-words": (2, True, 1),
+    "pred-words-split2": (3, True, 2),
+    "pred-words-split4": (3, True, 4),
+    "pipe-words-split2": (4, True, 2),
+}
+#: tensor-core kernel variants: name -> (template VAR, 32-bit mask words): MMA_PRMT (1), 32-column
+#: steps; MMA_WORDS (2), 128-column steps with a 32-bit mask word per plane (``vec = 2``)
+MMA_VARIANTS = {"prmt": (1, False), "prmt-words": (2, True)}
 #: the variants the launcher takes by default, from one H100 run of scripts/cuda_tune.py
 #: (commit 8c31847; do_bench median, L2 flushed; DESIGN.md "Measured"): at 1 token
-#: pred-words was the fastest of the four in 22 of 24 (dtype, shape, n_masks) points, e.g.
-#: fp16 4096x14336 n_masks 8: 84.1 us against 95.9 (pred-bytes), 131.4 (select-words) and
-#: 144.8 (select-bytes, the previous kernel); the two others are bf16 at n_masks 1, where
-#: select-words was 0.7% (4096x11008) and 2.2% (8192x28672) faster, too little to split
-#: the default on one run. At 16 tokens prmt beat shift in all 24, by 1.01x (n_masks 1) to
-#: 1.39x (n_masks 8): bf16 4096x14336 n_masks 4, 138.8 against 174.9 us.
+#: pred-words was the fastest of the four then offered (select/pred x bytes/words) in 22
+#: of 24 (dtype, shape, n_masks) points, e.g. fp16 4096x14336 n_masks 8: 84.1 us against
+#: 95.9 (pred-bytes), 131.4 (select-words) and 144.8 (select-bytes); select-words was 0.7%
+#: (4096x11008) and 2.2% (8192x28672) faster at bf16 n_masks 1. At 16 tokens prmt beat the
+#: shift pair masks in all 24, by 1.01x (n_masks 1) to 1.39x (n_masks 8).
 DEFAULT_GEMV_VARIANT = "pred-words"
 DEFAULT_MMA_VARIANT = "prmt"
 #: the non-default variants are instantiated (and selectable) only in the regime they were
@@ -98,9 +109,9 @@ class Launch:
     block: tuple[int, int, int]
     #: the kernel takes a ``vec`` argument after ``act`` (16-byte aligned rows: vector loads)
     takes_vec: bool = False
-    #: further int arguments, after ``vec`` (the mma kernel's warp layout)
+    #: further int arguments, after ``vec`` (decode: warps per row; mma: the warp layout)
     tail: tuple[int, ...] = ()
-    #: decode: read the mask bits as 32-bit words where the rows allow it (``vec = 2``)
+    #: read the mask bits as 32-bit words where the rows allow it (``vec = 2``)
     word_masks: bool = False
 
 
@@ -150,19 +161,20 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, variant: str | None = None) 
     ``variant``: a key of GEMV_VARIANTS or MMA_VARIANTS (None: the default)."""
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     if nt is not None:
-        var, words = _variant(GEMV_VARIANTS, DEFAULT_GEMV_VARIANT, variant, dtype, mode)
-        grid = (_cdiv(d_ff, GEMV_WARPS), 1, 1)
+        var, words, split = _variant(GEMV_VARIANTS, DEFAULT_GEMV_VARIANT, variant, dtype, mode)
+        grid = (_cdiv(d_ff, GEMV_WARPS // split), 1, 1)
         name = rowdot_name(dtype, n_masks, mode, nt, var)
-        return Launch(name, grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True, word_masks=words)
+        return Launch(name, grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True, tail=(split,), word_masks=words)
     bt, bn = ROWDOT_TILE
     if dtype not in MMA_DTYPES:
         if variant is not None:
             raise ValueError(f"the tiled kernel ({dtype}, {tokens} tokens) has no variants (got {variant!r})")
         return Launch(rowdot_name(dtype, n_masks, mode, None, 0), (_cdiv(d_ff, bn), _cdiv(tokens, bt), 1), (THREADS, 1, 1))
-    name = rowdot_name(dtype, n_masks, mode, None, _variant(MMA_VARIANTS, DEFAULT_MMA_VARIANT, variant, dtype, mode))
+    var, words = _variant(MMA_VARIANTS, DEFAULT_MMA_VARIANT, variant, dtype, mode)
     layout = 1 if tokens <= MMA_SPLIT_TOKENS else 0
     grid = (_cdiv(d_ff, bn), _cdiv(tokens, 16 if layout else bt), 1)
-    return Launch(name, grid, (MMA_THREADS, 1, 1), takes_vec=True, tail=(layout,))
+    name = rowdot_name(dtype, n_masks, mode, None, var)
+    return Launch(name, grid, (MMA_THREADS, 1, 1), takes_vec=True, tail=(layout,), word_masks=words)
 
 
 def dx_plan(dtype, tokens, d_model) -> Launch:
@@ -196,8 +208,8 @@ def instantiations(dtype=None) -> list[str]:
         for nm in range(MIN_MASKS, MAX_MASKS + 1):
             for mode in (MODE_FWD, MODE_BWD):
                 tuned = dt in TUNED_DTYPES and mode == MODE_FWD
-                gemv = {v for v, _ in GEMV_VARIANTS.values()} if tuned else {GEMV_VARIANTS[DEFAULT_GEMV_VARIANT][0]}
-                mma = set(MMA_VARIANTS.values()) if tuned else {MMA_VARIANTS[DEFAULT_MMA_VARIANT]}
+                gemv = {v[0] for v in GEMV_VARIANTS.values()} if tuned else {GEMV_VARIANTS[DEFAULT_GEMV_VARIANT][0]}
+                mma = {v[0] for v in MMA_VARIANTS.values()} if tuned else {MMA_VARIANTS[DEFAULT_MMA_VARIANT][0]}
                 names += [rowdot_name(dt, nm, mode, nt, v) for nt in GEMV_TOKENS for v in sorted(gemv)]
                 names += [rowdot_name(dt, nm, mode, None, v) for v in sorted(mma if dt in MMA_DTYPES else {0})]
         names.append(dx_name(dt))
