@@ -25,7 +25,7 @@ FWD, BWD = launcher.MODE_FWD, launcher.MODE_BWD
 DTYPES = list(launcher.CTYPE)
 #: the decode kernels that must stream W with LDG.E.128 and keep everything in registers
 DECODE_TARGETS = [launcher.rowdot_name(dt, nm, FWD, 1, var) for dt in (torch.float16, torch.bfloat16)
-                  for nm in (1, 2, 4, 8) for var in sorted({v for v, _ in launcher.GEMV_VARIANTS.values()})]
+                  for nm in (1, 2, 4, 8) for var in sorted({v[0] for v in launcher.GEMV_VARIANTS.values()})]
 
 
 def kernels() -> list[str]:

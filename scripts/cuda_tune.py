@@ -113,10 +113,11 @@ def run_variant(sets, variant, ref, tol, compiled, copy_gbps, l2) -> dict:
     return row
 
 
-def variants_for(tokens):
+def variants_for(tokens, dtype, n_masks):
+    """(the variants of the kernel that runs ``tokens``, the one the launcher takes by default)."""
     gemv = tokens <= max(launcher.GEMV_TOKENS)
     table = launcher.GEMV_VARIANTS if gemv else launcher.MMA_VARIANTS
-    return list(table), launcher.DEFAULT_GEMV_VARIANT if gemv else launcher.DEFAULT_MMA_VARIANT
+    return list(table), launcher.default_variant(dtype, n_masks, launcher.MODE_FWD, tokens)
 
 
 def record(report, row, path):
@@ -140,7 +141,8 @@ def main() -> int:
     copy_gbps = copy_GBps(DEV, COPY_BYTES, reps=20, warm=3)
     l2, _ = l2_bytes(DEV)
     report = {"device": device_name(DEV), "copy_GBps": copy_gbps, "copy_bytes": COPY_BYTES, "l2_bytes": l2,
-              "rep_s": REP_S, "defaults": {"gemv": launcher.DEFAULT_GEMV_VARIANT, "mma": launcher.DEFAULT_MMA_VARIANT},
+              "rep_s": REP_S, "defaults": {"gemv_1_token": launcher.GEMV_DEFAULTS_1_TOKEN,
+                                            "mma_few_tokens": launcher.MMA_DEFAULT_FEW_TOKENS},
               "rows": [], "compile_s": {}}
     print(f"{report['device']}: copy {copy_gbps:.0f} GB/s (1 GiB, read + write)", flush=True)
     failed = 0
@@ -151,7 +153,7 @@ def main() -> int:
                 for tokens in (1, 3, 16):
                     x, w, packed = inputs(tokens, d_model, d_ff, n_masks, DTYPES[dname], seed=n_masks * 7 + tokens)
                     ref, tol = judge(x, w, packed)
-                    for variant in variants_for(tokens)[0]:
+                    for variant in variants_for(tokens, DTYPES[dname], n_masks)[0]:
                         row = {"check_only": True, "dtype": dname, "d_model": d_model, "d_ff": d_ff,
                                "n_masks": n_masks, "tokens": tokens, "variant": variant}
                         try:
@@ -163,7 +165,7 @@ def main() -> int:
                         record(report, row, args.json)
     checked = [r for r in report["rows"] if r.get("check_only")]
     print(f"check shapes: {sum(bool(r.get('ok')) for r in checked)} of {len(checked)} rows within SPEC bound", flush=True)
-    print(f"{'dtype':5} {'shape':>10} {'n':>2} {'T':>3} {'variant':18} {'us':>8} {'GB/s':>6} {'%copy':>6} "
+    print(f"{'dtype':5} {'shape':>10} {'n':>2} {'T':>3} {'variant':22} {'us':>8} {'GB/s':>6} {'%copy':>6} "
           f"{'rel err':>9} {'bound':>8} {'compile s':>9}", flush=True)
     for shape in args.shapes:
         d_model, d_ff = (int(v) for v in shape.split("x"))
@@ -175,19 +177,19 @@ def main() -> int:
                     sets = [inputs(tokens, d_model, d_ff, n_masks, DTYPES[dname], seed=n_masks * 100 + tokens + 1000 * c)
                             for c in range(copies)]
                     ref, tol = judge(*sets[0])
-                    variants, default = variants_for(tokens)
+                    variants, default = variants_for(tokens, DTYPES[dname], n_masks)
                     for variant in variants:
                         row = {"dtype": dname, "d_model": d_model, "d_ff": d_ff, "n_masks": n_masks,
                                "tokens": tokens, "variant": variant, "default": variant == default}
                         try:
                             row.update(run_variant(sets, variant, ref, tol, report["compile_s"], copy_gbps, l2))
-                            print(f"{dname:5} {shape:>10} {n_masks:2d} {tokens:3d} {variant + ('*' if row['default'] else ''):18} "
+                            print(f"{dname:5} {shape:>10} {n_masks:2d} {tokens:3d} {variant + ('*' if row['default'] else ''):22} "
                                   f"{row['us']:8.1f} {row['GBps']:6.0f} {row['pct_copy']:6.1f} {row['rel_error']:9.2e} "
                                   f"{row['bound']:8.1e} {row['compile_s']:9.2f}", flush=True)
                         except Exception as exc:
                             failed += 1
                             row.update(ok=False, error=f"{type(exc).__name__}: {exc}")
-                            print(f"{dname:5} {shape:>10} {n_masks:2d} {tokens:3d} {variant:18} FAIL {row['error']}", flush=True)
+                            print(f"{dname:5} {shape:>10} {n_masks:2d} {tokens:3d} {variant:22} FAIL {row['error']}", flush=True)
                             traceback.print_exc()
                         record(report, row, args.json)
                     del sets, ref

@@ -52,33 +52,49 @@ MMA_THREADS = 128
 #: wins from 17 to 32 tokens is to be measured on the H100
 MMA_SPLIT_TOKENS = 16
 #: decode kernel variants: name -> (template VAR, 32-bit mask words, warps per row). VAR_PRED
-#: (1): a round's loads, then its predicated FMAs; VAR_PIPE (2): on the words path the loads
-#: of the next round are issued before this round's arithmetic; VAR_SPLIT (3) and
-#: VAR_PIPE_SPLIT (4): the same with each row's rounds split over 2 or 4 warps (the
+#: (1): one warp per row; VAR_SPLIT (3): each row's rounds split over 2 or 4 warps (the
 #: kernel's run-time ``split_arg``), the parts added in shared memory: smaller pieces of
-#: work, against the wave quantisation of DESIGN.md. Mask loads: a byte per plane and chunk
-#: (``vec = 1``) or, where d_model % 32 == 0, a 32-bit word per plane and 4 consecutive
-#: chunks (``vec = 2``). See mglu_rowdot_gemv.
+#: work, against the wave quantisation of DESIGN.md; VAR_PRED_OCC (2), VAR_SPLIT_OCC (4):
+#: the same under a register cap for more blocks per SM (GemvMinBlocks, mglu_common.cuh).
+#: Mask loads: a byte per plane and chunk (``vec = 1``) or, where d_model % 32 == 0, a
+#: 32-bit word per plane and 4 consecutive chunks (``vec = 2``). See mglu_rowdot_gemv.
 GEMV_VARIANTS = {
     "pred-bytes": (1, False, 1),
     "pred-words": (1, True, 1),
-    "pipe-words": (2, True, 1),
+    "pred-words-occ": (2, True, 1),
     "pred-words-split2": (3, True, 2),
     "pred-words-split4": (3, True, 4),
-    "pipe-words-split2": (4, True, 2),
+    "pred-words-split2-occ": (4, True, 2),
+    "pred-words-split4-occ": (4, True, 4),
 }
-#: tensor-core kernel variants: name -> (template VAR, 32-bit mask words): MMA_PRMT (1), 32-column
-#: steps; MMA_WORDS (2), 128-column steps with a 32-bit mask word per plane (``vec = 2``)
-MMA_VARIANTS = {"prmt": (1, False), "prmt-words": (2, True)}
-#: the variants the launcher takes by default, from one H100 run of scripts/cuda_tune.py
-#: (commit 8c31847; do_bench median, L2 flushed; DESIGN.md "Measured"): at 1 token
-#: pred-words was the fastest of the four then offered (select/pred x bytes/words) in 22
-#: of 24 (dtype, shape, n_masks) points, e.g. fp16 4096x14336 n_masks 8: 84.1 us against
-#: 95.9 (pred-bytes), 131.4 (select-words) and 144.8 (select-bytes); select-words was 0.7%
-#: (4096x11008) and 2.2% (8192x28672) faster at bf16 n_masks 1. At 16 tokens prmt beat the
-#: shift pair masks in all 24, by 1.01x (n_masks 1) to 1.39x (n_masks 8).
+#: tensor-core kernel variants: name -> (template VAR, 32-bit mask words, K parts up to
+#: MMA_SPLIT_TOKENS tokens): MMA_PRMT (1), 32-column steps; MMA_WORDS (2), 128-column steps
+#: with a 32-bit mask word per plane (``vec = 2``); MMA_WORDS_OCC (3), the same under a
+#: register cap (MmaMinBlocks). K parts 2: layout 1; 4 (``-k4``): layout 2, four warps on
+#: the K quarters of one 16 x 16 tile, twice the blocks (more warps per SM on small grids)
+MMA_VARIANTS = {
+    "prmt": (1, False, 2),
+    "prmt-words": (2, True, 2),
+    "prmt-words-occ": (3, True, 2),
+    "prmt-words-k4": (2, True, 4),
+    "prmt-words-k4-occ": (3, True, 4),
+}
+#: the variants of every regime but the tuned ones below, from one H100 run of
+#: scripts/cuda_tune.py (commit 8c31847; do_bench; DESIGN.md "Measured"): pred-words was the
+#: fastest of select/pred x bytes/words in 22 of 24 points at 1 token, prmt beat the shift
+#: pair masks in all 24 at 16 tokens
 DEFAULT_GEMV_VARIANT = "pred-words"
 DEFAULT_MMA_VARIANT = "prmt"
+#: the fp16/bf16 forward at 1 token: (largest n_masks, variant), from the H100 run of
+#: scripts/cuda_tune.py at commit d311605 (bench timer; DESIGN.md "Round 3"): at n_masks 1
+#: split4 took 46.1 / 163.5 / 37.2 us (fp16 4096x14336 / 8192x28672 / 4096x11008) against
+#: pred-words' 47.6 / 173.7 / 43.9, and 509.3 us against 530.4 summed over both dtypes;
+#: split lost at n_masks 4 and 8 (96-104 registers, 2 blocks per SM)
+GEMV_DEFAULTS_1_TOKEN = ((1, "pred-words-split4"), (MAX_MASKS, "pred-words"))
+#: the fp16/bf16 forward at 5..MMA_SPLIT_TOKENS tokens (mma layout 1), same run: prmt-words
+#: beat prmt at every shape, dtype and n_masks (1, 4, 8) at 16 tokens, 1.25x to 2.22x (bf16
+#: 4096x11008 n_masks 1: 40.9 against 90.8 us)
+MMA_DEFAULT_FEW_TOKENS = "prmt-words"
 #: the non-default variants are instantiated (and selectable) only in the regime they were
 #: written and timed for: the fp16/bf16 forward
 TUNED_DTYPES = (torch.float16, torch.bfloat16)
@@ -130,13 +146,27 @@ def rowdot_name(dtype, n_masks: int, mode: int, nt: int | None, var: int) -> str
 
 
 def _variant(table: dict, default: str, variant: str | None, dtype, mode):
-    """``table[variant]`` (``default`` for None); a non-default one only where instantiated."""
+    """``table[variant]`` (``default`` for None); outside the fp16/bf16 forward only the
+    base default (DEFAULT_GEMV_VARIANT, DEFAULT_MMA_VARIANT) is instantiated."""
     name = default if variant is None else variant
     if name not in table:
         raise ValueError(f"variant must be one of {sorted(table)} (got {variant!r})")
-    if name != default and not (dtype in TUNED_DTYPES and mode == MODE_FWD):
+    if name not in (DEFAULT_GEMV_VARIANT, DEFAULT_MMA_VARIANT) and not (dtype in TUNED_DTYPES and mode == MODE_FWD):
         raise ValueError(f"variant {name!r} exists for the fp16/bf16 forward only (got {dtype}, mode {mode})")
     return table[name]
+
+
+def default_variant(dtype, n_masks: int, mode: int, tokens: int) -> str:
+    """The variant a call gets without ``variant=``: the measured winners of the fp16/bf16
+    forward at 1 token (by n_masks) and at 5..MMA_SPLIT_TOKENS tokens, the base defaults
+    elsewhere."""
+    tuned = dtype in TUNED_DTYPES and mode == MODE_FWD
+    nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
+    if nt is not None:
+        if tuned and nt == 1:
+            return next(v for top, v in GEMV_DEFAULTS_1_TOKEN if n_masks <= top)
+        return DEFAULT_GEMV_VARIANT
+    return MMA_DEFAULT_FEW_TOKENS if tuned and tokens <= MMA_SPLIT_TOKENS else DEFAULT_MMA_VARIANT
 
 
 def activation_id(activation: str) -> int:
@@ -160,8 +190,9 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, variant: str | None = None) 
     """Decode kernel (one warp per W row) for ``tokens <= max(GEMV_TOKENS)``, else the tile;
     ``variant``: a key of GEMV_VARIANTS or MMA_VARIANTS (None: the default)."""
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
+    default = default_variant(dtype, n_masks, mode, tokens)
     if nt is not None:
-        var, words, split = _variant(GEMV_VARIANTS, DEFAULT_GEMV_VARIANT, variant, dtype, mode)
+        var, words, split = _variant(GEMV_VARIANTS, default, variant, dtype, mode)
         grid = (_cdiv(d_ff, GEMV_WARPS // split), 1, 1)
         name = rowdot_name(dtype, n_masks, mode, nt, var)
         return Launch(name, grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True, tail=(split,), word_masks=words)
@@ -170,9 +201,11 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, variant: str | None = None) 
         if variant is not None:
             raise ValueError(f"the tiled kernel ({dtype}, {tokens} tokens) has no variants (got {variant!r})")
         return Launch(rowdot_name(dtype, n_masks, mode, None, 0), (_cdiv(d_ff, bn), _cdiv(tokens, bt), 1), (THREADS, 1, 1))
-    var, words = _variant(MMA_VARIANTS, DEFAULT_MMA_VARIANT, variant, dtype, mode)
-    layout = 1 if tokens <= MMA_SPLIT_TOKENS else 0
-    grid = (_cdiv(d_ff, bn), _cdiv(tokens, 16 if layout else bt), 1)
+    var, words, kparts = _variant(MMA_VARIANTS, default, variant, dtype, mode)
+    if tokens > MMA_SPLIT_TOKENS and kparts == 4:
+        raise ValueError(f"variant {variant!r} splits K four ways for up to {MMA_SPLIT_TOKENS} tokens (got {tokens})")
+    layout = 0 if tokens > MMA_SPLIT_TOKENS else 2 if kparts == 4 else 1
+    grid = (_cdiv(d_ff, 16 if layout == 2 else bn), _cdiv(tokens, 16 if layout else bt), 1)
     name = rowdot_name(dtype, n_masks, mode, None, var)
     return Launch(name, grid, (MMA_THREADS, 1, 1), takes_vec=True, tail=(layout,), word_masks=words)
 

@@ -168,18 +168,35 @@ __device__ __forceinline__ void fma_if(double& acc, u32 bits, int e, double w, d
 
 // Variants of the row-dot kernels (template parameter VAR), chosen per regime by the
 // launcher from H100 measurements (scripts/cuda_tune.py, DESIGN.md "Measured"). Decode
-// (mglu_rowdot_gemv), both with the predicated FMA (fma_if) for the masked products:
-//   VAR_PRED: each round's loads, then its arithmetic;
-//   VAR_PIPE: on the words path (vec = 2) the loads of round r + 1 are issued before the
-//             arithmetic of round r (software pipelining, two rounds in registers);
-//   VAR_SPLIT, VAR_PIPE_SPLIT: the same, with each row split over several warps.
-// Tensor cores (mglu_rowdot_mma), pair masks by multiply + prmt (pair_masks) in both:
+// (mglu_rowdot_gemv), all with the predicated FMA (fma_if) for the masked products:
+//   VAR_PRED: one warp per row;  VAR_SPLIT: each row split over the run-time split_arg warps;
+//   VAR_PRED_OCC, VAR_SPLIT_OCC: the same under a register cap (GemvMinBlocks) that
+//   raises the blocks per SM.
+// Tensor cores (mglu_rowdot_mma), pair masks by multiply + prmt (pair_masks) in all:
 //   MMA_PRMT: 32-column steps, one 16-byte load per row and a mask byte per plane;
 //   MMA_WORDS: 128-column steps where the rows allow (vec = 2): four 16-byte loads per row
-//              and one 32-bit mask word per plane, all issued before the step's mma.
-// (VAR 0 was the select arithmetic / shift pair masks: slower at every measured point, gone.)
-enum { VAR_PRED = 1, VAR_PIPE = 2, VAR_SPLIT = 3, VAR_PIPE_SPLIT = 4 };
-enum { MMA_PRMT = 1, MMA_WORDS = 2 };
+//              and one 32-bit mask word per plane, all issued before the step's mma;
+//   MMA_WORDS_OCC: MMA_WORDS under a register cap (MmaMinBlocks).
+// Dropped after the H100 runs (DESIGN.md): select arithmetic and shift pair masks (VAR 0),
+// software pipelining of the decode rounds (slower at every point: more registers).
+enum { VAR_PRED = 1, VAR_PRED_OCC = 2, VAR_SPLIT = 3, VAR_SPLIT_OCC = 4 };
+enum { MMA_PRMT = 1, MMA_WORDS = 2, MMA_WORDS_OCC = 3 };
+
+// Minimum blocks per SM for __launch_bounds__ (ptxas caps registers at 65536 / (threads x
+// blocks)): 1 (no cap) but for the _OCC variants. Decode at 1 token: 5 blocks of 256
+// threads (48 registers) at 1 mask, 4 (64) up to 4, 3 (80) up to 8; ptxas without the cap
+// (bf16/fp16): 48 / 59-63 (split) at 1 mask, 71-72 / 96 at 4, 90 / 104 at 8; with it no
+// spill but split at 4 and 8 masks (20 and 28 bytes). Tensor cores at up to 4 masks: 4
+// blocks of 128 threads (128 registers; 128-134 without), 3 (168) up to 8 (173 without).
+template <int NM, int NT, int VAR>
+struct GemvMinBlocks {
+    enum { occ = VAR == VAR_PRED_OCC || VAR == VAR_SPLIT_OCC,
+           value = occ && NT == 1 ? (NM == 1 ? 5 : NM <= 4 ? 4 : NM <= 8 ? 3 : 1) : 1 };
+};
+template <int NM, int VAR>
+struct MmaMinBlocks {
+    enum { value = VAR == MMA_WORDS_OCC ? (NM <= 4 ? 4 : NM <= 8 ? 3 : 1) : 1 };
+};
 
 // D += A B on tensor cores: mma.sync.aligned.m16n8k16, fp32 accumulators, fp16 or bf16
 // operands (fragment layout in mglu_fwd.cu above mglu_rowdot_mma).

@@ -82,7 +82,7 @@ __device__ __forceinline__ void gemv_load_round(const uint4* wv, const u32* mw, 
     for (int i = 0; i < NM; ++i) mb[i] = __ldg(mw + ((((i64)i * d_ff + n) * PW + g0) >> 2));
 }
 
-// Decode (1 .. NT tokens): split warps (VAR_SPLIT, VAR_PIPE_SPLIT: the run-time split_arg,
+// Decode (1 .. NT tokens): split warps (VAR_SPLIT, VAR_SPLIT_OCC: the run-time split_arg,
 // 2 or 4; else 1) per row n of W, 8
 // warps per block: warp w takes row blockIdx.x * (8 / split) + w / split and part
 // p = w % split of its rounds. VPC 16-byte loads of W per 8-element chunk (8 fp16/bf16 = one
@@ -92,19 +92,18 @@ __device__ __forceinline__ void gemv_load_round(const uint4* wv, const u32* mw, 
 // token t. vec picks the path (a round of part p is round r = p + split * j of the row):
 //   2 (d_model % 32 == 0, 16-byte aligned x / W, 4-byte aligned masks): lane l takes the 4
 //     consecutive chunks g = 128 r + 4 l + u (u < 4), whose mask bytes are one 32-bit load
-//     per plane (NM registers, not 4 NM; one load instead of four); VAR_PIPE(_SPLIT) loads
-//     round r + split before the arithmetic of round r;
+//     per plane (NM registers, not 4 NM; one load instead of four);
 //   1 (d_model % 8 == 0, aligned): lane l takes chunks g = l + 32 (U r + u), a byte per plane;
 //   0: the scalar path over k = lane + 32 r.
 // Launch: block (GEMV_WARPS * 32), grid ceil(d_ff / (GEMV_WARPS / split)).
 template <class T, int NM, int MODE, int NT, int VAR>
-__global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
+__global__ void __launch_bounds__(256, GemvMinBlocks<NM, NT, VAR>::value) mglu_rowdot_gemv(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
     int T_, int d_model, int d_ff, int act, int vec, int split_arg) {
     typedef typename Tr<T>::acc A;
     enum { VPC = Tr<T>::VPC, WARPS = 8 };
-    enum { PIPE = VAR == VAR_PIPE || VAR == VAR_PIPE_SPLIT, SPLIT = VAR == VAR_SPLIT || VAR == VAR_PIPE_SPLIT };
+    enum { SPLIT = VAR == VAR_SPLIT || VAR == VAR_SPLIT_OCC };
     // a compile-time 1 unless VAR splits rows: the run-time split costs registers (ptxas,
     // bf16 n_masks 1: 59 against 48, 4 blocks per SM instead of 5)
     const int split = SPLIT ? split_arg : 1;
@@ -131,33 +130,12 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
     const uint4* wv = reinterpret_cast<const uint4*>(wrow);
     if (active && vec == 2) {
         const u32* mw = reinterpret_cast<const u32*>(m);
-        const i64 stride = 128 * split;
-        i64 g0 = 4 * lane + 128 * part;
-        if (PIPE) {
+        for (i64 g0 = 4 * lane + 128 * part; g0 < PW; g0 += 128 * split) {
             uint4 q[4][VPC];
             u32 mb[NM];
-            if (g0 < PW) gemv_load_round<T, NM>(wv, mw, g0, n, d_ff, PW, q, mb);
-            for (; g0 < PW; g0 += stride) {
-                uint4 qn[4][VPC];
-                u32 mbn[NM];
-                if (g0 + stride < PW) gemv_load_round<T, NM>(wv, mw, g0 + stride, n, d_ff, PW, qn, mbn);
+            gemv_load_round<T, NM>(wv, mw, g0, n, d_ff, PW, q, mb);
 #pragma unroll
-                for (int u = 0; u < 4; ++u) gemv_chunk<T, NM, NT>(q[u], mb, 8 * u, x, g0 + u, T_, d_model, total, gate);
-#pragma unroll
-                for (int u = 0; u < 4; ++u)
-#pragma unroll
-                    for (int v = 0; v < VPC; ++v) q[u][v] = qn[u][v];
-#pragma unroll
-                for (int i = 0; i < NM; ++i) mb[i] = mbn[i];
-            }
-        } else {
-            for (; g0 < PW; g0 += stride) {
-                uint4 q[4][VPC];
-                u32 mb[NM];
-                gemv_load_round<T, NM>(wv, mw, g0, n, d_ff, PW, q, mb);
-#pragma unroll
-                for (int u = 0; u < 4; ++u) gemv_chunk<T, NM, NT>(q[u], mb, 8 * u, x, g0 + u, T_, d_model, total, gate);
-            }
+            for (int u = 0; u < 4; ++u) gemv_chunk<T, NM, NT>(q[u], mb, 8 * u, x, g0 + u, T_, d_model, total, gate);
         }
     } else if (active && vec) {
         for (i64 g0 = lane + 32 * U * part; g0 < PW; g0 += 32 * U * split) {
@@ -330,6 +308,26 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
         }
 }
 
+// The mma kernel's accumulators [product][n tile][reg] to / from a shared slot [..][lane].
+template <int NM>
+__device__ __forceinline__ void mma_acc_store(float (*slot)[2][4][32], const float (*acc)[2][4], int lane) {
+#pragma unroll
+    for (int p = 0; p <= NM; ++p)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) slot[p][j][r][lane] = acc[p][j][r];
+}
+template <int NM>
+__device__ __forceinline__ void mma_acc_add(const float (*slot)[2][4][32], float (*acc)[2][4], int lane) {
+#pragma unroll
+    for (int p = 0; p <= NM; ++p)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[p][j][r] += slot[p][j][r][lane];
+}
+
 // Tensor cores (fp16/bf16, 5 tokens and more): mma.sync.aligned.m16n8k16, A = 16 tokens x
 // 16 k of x, B = 16 k x 8 rows of W (W rows are B's columns, "col" layout), fp32
 // accumulators. Fragment ownership (PTX ISA, m16n8k16 .f16/.bf16), g = lane / 4,
@@ -354,21 +352,23 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
 //   layout 1 (T <= 16, decode): warps 2 (rows) x 2 (K halves, 32-column steps alternating):
 //     16 tokens x 32 rows, grid (ceil(d_ff/32), ceil(T/16)); the second half's partial sums
 //     go through shared memory and are added to the first's (fixed order: deterministic).
+//   layout 2 (T <= 16, variants *-k4): 4 warps = 4 K quarters of one 16 x 16 tile, grid
+//     (ceil(d_ff/16), ceil(T/16)): twice the blocks of layout 1; sums (0 + 2) + (1 + 3).
 // Fragments come straight from global memory (L1 serves the warps sharing an x or W tile).
 // vec = 0 (d_model % 8 != 0 or unaligned bases) loads 16-bit elements one by one; vec = 1
 // and 2 use 16-byte loads (2: 4-byte aligned mask rows of d_model / 8 bytes, d_model % 32 == 0).
 template <class T, int NM, int MODE, int VAR>
-__global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
+__global__ void __launch_bounds__(128, MmaMinBlocks<NM, VAR>::value) mglu_rowdot_mma(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
     int T_, int d_model, int d_ff, int act, int vec, int layout) {
-    __shared__ float red[2][NM + 1][2][4][32];  // layout 1: [row warp][product][n tile][reg][lane]
+    __shared__ float red[2][NM + 1][2][4][32];  // layouts 1, 2: [slot][product][n tile][reg][lane]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, q = lane & 3;
-    const bool split = layout == 1;
-    const int kh = split ? (warp >> 1) : 0;
-    const i64 t_base = split ? (i64)blockIdx.y * 16 : (i64)blockIdx.y * 32 + (warp >> 1) * 16;
-    const i64 n_base = (i64)blockIdx.x * 32 + (warp & 1) * 16;
+    const int kparts = layout == 2 ? 4 : layout == 1 ? 2 : 1;  // warps sharing an output tile
+    const int kh = layout == 2 ? warp : layout == 1 ? (warp >> 1) : 0;
+    const i64 t_base = layout ? (i64)blockIdx.y * 16 : (i64)blockIdx.y * 32 + (warp >> 1) * 16;
+    const i64 n_base = layout == 2 ? (i64)blockIdx.x * 16 : (i64)blockIdx.x * 32 + (warp & 1) * 16;
     const bool active = t_base < T_ && n_base < d_ff;  // no return before the barrier below
     const i64 PW = (d_model + 7) >> 3;
     const i64 ta = t_base + g, tb = t_base + g + 8;
@@ -402,9 +402,9 @@ __global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
     // Rows past T or d_ff read row 0 (clamped pointers): their products land only in
     // outputs that are not written, so the step needs no guards.
     i64 k_rest = 0;
-    if (VAR == MMA_WORDS && vec == 2) {
+    if ((VAR == MMA_WORDS || VAR == MMA_WORDS_OCC) && vec == 2) {
         const i64 k_full = (i64)(d_model / 128) * 128;
-        for (i64 k0 = active ? 128 * kh : k_full; k0 < k_full; k0 += split ? 256 : 128) {
+        for (i64 k0 = active ? 128 * kh : k_full; k0 < k_full; k0 += 128 * kparts) {
             const i64 cq = k0 + 32 * q;
             uint4 xa4[4], xb4[4], w4[2][4];
             u32 mw[2][NM];
@@ -442,8 +442,7 @@ __global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
         }
         k_rest = k_full;
     }
-    const i64 kstep = split ? 64 : 32;
-    for (i64 k0 = active ? k_rest + 32 * kh : d_model; k0 < d_model; k0 += kstep) {
+    for (i64 k0 = active ? k_rest + 32 * kh : d_model; k0 < d_model; k0 += 32 * kparts) {
         const i64 c0 = k0 + 8 * q, gb = (k0 >> 3) + q;
         u32 ra[4], rb[4];
         load8(va, xa, c0, d_model, vec, ra);
@@ -467,25 +466,21 @@ __global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
         }
     }
 
-    if (split) {
-        if (kh == 1 && active) {
-#pragma unroll
-            for (int p = 0; p <= NM; ++p)
-#pragma unroll
-                for (int j = 0; j < 2; ++j)
-#pragma unroll
-                    for (int r = 0; r < 4; ++r) red[warp & 1][p][j][r][lane] = acc[p][j][r];
-        }
+    if (layout == 1) {
+        if (kh == 1 && active) mma_acc_store<NM>(red[warp & 1], acc, lane);
         __syncthreads();
         if (kh == 1) return;
-        if (active) {
-#pragma unroll
-            for (int p = 0; p <= NM; ++p)
-#pragma unroll
-                for (int j = 0; j < 2; ++j)
-#pragma unroll
-                    for (int r = 0; r < 4; ++r) acc[p][j][r] += red[warp & 1][p][j][r][lane];
-        }
+        if (active) mma_acc_add<NM>(red[warp & 1], acc, lane);
+    } else if (layout == 2) {
+        // K quarters kh: (0 + 2) + (1 + 3), a fixed order; active is uniform over the block
+        if (kh >= 2 && active) mma_acc_store<NM>(red[kh - 2], acc, lane);
+        __syncthreads();
+        if (kh < 2 && active) mma_acc_add<NM>(red[kh], acc, lane);
+        __syncthreads();
+        if (kh == 1 && active) mma_acc_store<NM>(red[0], acc, lane);
+        __syncthreads();
+        if (kh != 0) return;
+        if (active) mma_acc_add<NM>(red[0], acc, lane);
     }
     if (!active) return;
 
