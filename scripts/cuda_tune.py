@@ -142,7 +142,7 @@ def main() -> int:
     l2, _ = l2_bytes(DEV)
     report = {"device": device_name(DEV), "copy_GBps": copy_gbps, "copy_bytes": COPY_BYTES, "l2_bytes": l2,
               "rep_s": REP_S, "defaults": {"gemv_1_token": launcher.GEMV_DEFAULTS_1_TOKEN,
-                                            "mma_few_tokens": launcher.MMA_DEFAULT_FEW_TOKENS},
+                                            "mma_few_tokens": launcher.MMA_DEFAULTS_FEW_TOKENS},
               "rows": [], "compile_s": {}}
     print(f"{report['device']}: copy {copy_gbps:.0f} GB/s (1 GiB, read + write)", flush=True)
     failed = 0

@@ -54,7 +54,7 @@ MMA_SPLIT_TOKENS = 16
 #: decode kernel variants: name -> (template VAR, 32-bit mask words, warps per row). VAR_PRED
 #: (1): one warp per row; VAR_SPLIT (3): each row's rounds split over 2 or 4 warps (the
 #: kernel's run-time ``split_arg``), the parts added in shared memory: smaller pieces of
-#: work, against the wave quantisation of DESIGN.md; VAR_PRED_OCC (2), VAR_SPLIT_OCC (4):
+#: work, against the wave quantisation of MEASUREMENTS.md; VAR_PRED_OCC (2), VAR_SPLIT_OCC (4):
 #: the same under a register cap for more blocks per SM (GemvMinBlocks, mglu_common.cuh).
 #: Mask loads: a byte per plane and chunk (``vec = 1``) or, where d_model % 32 == 0, a
 #: 32-bit word per plane and 4 consecutive chunks (``vec = 2``). See mglu_rowdot_gemv.
@@ -67,34 +67,33 @@ GEMV_VARIANTS = {
     "pred-words-split2-occ": (4, True, 2),
     "pred-words-split4-occ": (4, True, 4),
 }
-#: tensor-core kernel variants: name -> (template VAR, 32-bit mask words, K parts up to
-#: MMA_SPLIT_TOKENS tokens): MMA_PRMT (1), 32-column steps; MMA_WORDS (2), 128-column steps
-#: with a 32-bit mask word per plane (``vec = 2``); MMA_WORDS_OCC (3), the same under a
-#: register cap (MmaMinBlocks). K parts 2: layout 1; 4 (``-k4``): layout 2, four warps on
-#: the K quarters of one 16 x 16 tile, twice the blocks (more warps per SM on small grids)
-MMA_VARIANTS = {
-    "prmt": (1, False, 2),
-    "prmt-words": (2, True, 2),
-    "prmt-words-occ": (3, True, 2),
-    "prmt-words-k4": (2, True, 4),
-    "prmt-words-k4-occ": (3, True, 4),
-}
+#: tensor-core kernel variants: name -> (template VAR, 32-bit mask words): MMA_PRMT (1), 32-column
+#: steps; MMA_WORDS (2), 128-column steps with a 32-bit mask word per plane (``vec = 2``);
+#: MMA_WORDS_OCC (3), the same under a register cap (MmaMinBlocks, mglu_common.cuh)
+MMA_VARIANTS = {"prmt": (1, False), "prmt-words": (2, True), "prmt-words-occ": (3, True)}
 #: the variants of every regime but the tuned ones below, from one H100 run of
-#: scripts/cuda_tune.py (commit 8c31847; do_bench; DESIGN.md "Measured"): pred-words was the
+#: scripts/cuda_tune.py (commit 8c31847; do_bench; MEASUREMENTS.md "Round 2"): pred-words was the
 #: fastest of select/pred x bytes/words in 22 of 24 points at 1 token, prmt beat the shift
 #: pair masks in all 24 at 16 tokens
 DEFAULT_GEMV_VARIANT = "pred-words"
 DEFAULT_MMA_VARIANT = "prmt"
-#: the fp16/bf16 forward at 1 token: (largest n_masks, variant), from the H100 run of
-#: scripts/cuda_tune.py at commit d311605 (bench timer; DESIGN.md "Round 3"): at n_masks 1
-#: split4 took 46.1 / 163.5 / 37.2 us (fp16 4096x14336 / 8192x28672 / 4096x11008) against
-#: pred-words' 47.6 / 173.7 / 43.9, and 509.3 us against 530.4 summed over both dtypes;
-#: split lost at n_masks 4 and 8 (96-104 registers, 2 blocks per SM)
-GEMV_DEFAULTS_1_TOKEN = ((1, "pred-words-split4"), (MAX_MASKS, "pred-words"))
-#: the fp16/bf16 forward at 5..MMA_SPLIT_TOKENS tokens (mma layout 1), same run: prmt-words
-#: beat prmt at every shape, dtype and n_masks (1, 4, 8) at 16 tokens, 1.25x to 2.22x (bf16
-#: 4096x11008 n_masks 1: 40.9 against 90.8 us)
-MMA_DEFAULT_FEW_TOKENS = "prmt-words"
+#: the fp16/bf16 forward at 1 token: (largest n_masks, variant), from run 2 of
+#: scripts/cuda_tune.py (H100, commit 75fba74, bench timer; MEASUREMENTS.md "Round 3"), us summed
+#: over fp16 and bf16 at 4096x14336, 8192x28672 and 4096x11008: n_masks 1, split4-occ
+#: 507.8, split4 509.3, split2 513.2, split2-occ 515.2, pred-words 530.6 (fp16 4096x11008
+#: 37.9 against 43.9; the one loss bf16 4096x14336, 50.8 against 47.8); n_masks 4,
+#: pred-words-occ 609.8 against pred-words 635.9; n_masks 8, 771.1 against 830.3. Not
+#: timed: n_masks 2, 3, 5-7 (capped at 64 / 80 registers), 9-16 (no cap: the pred-words
+#: kernel under another name).
+GEMV_DEFAULTS_1_TOKEN = ((1, "pred-words-split4-occ"), (MAX_MASKS, "pred-words-occ"))
+#: the fp16/bf16 forward at 5..MMA_SPLIT_TOKENS tokens (mma layout 1), (largest n_masks,
+#: variant): prmt-words beat prmt at every shape, dtype and n_masks 1, 4, 8 at 16 tokens in
+#: run 1 (commit d311605), by 1.25x to 2.21x; in run 2 prmt-words-occ was the fastest by the
+#: sum over shapes and dtypes (n_masks 1: 563.7 us, n_masks 4: 761.7; prmt-words 655.7 and
+#: 826.2 in that build, whose layout-2 code since reverted raised its registers; run 1's
+#: prmt-words, today's code: 4096x14336 fp16 n_masks 4 89.6 us against run 2's occ 76.5).
+#: Above 8 masks the words path was not timed and spills at 16 (ptxas: 12 bytes).
+MMA_DEFAULTS_FEW_TOKENS = ((8, "prmt-words-occ"), (MAX_MASKS, "prmt"))
 #: the non-default variants are instantiated (and selectable) only in the regime they were
 #: written and timed for: the fp16/bf16 forward
 TUNED_DTYPES = (torch.float16, torch.bfloat16)
@@ -166,7 +165,9 @@ def default_variant(dtype, n_masks: int, mode: int, tokens: int) -> str:
         if tuned and nt == 1:
             return next(v for top, v in GEMV_DEFAULTS_1_TOKEN if n_masks <= top)
         return DEFAULT_GEMV_VARIANT
-    return MMA_DEFAULT_FEW_TOKENS if tuned and tokens <= MMA_SPLIT_TOKENS else DEFAULT_MMA_VARIANT
+    if tuned and tokens <= MMA_SPLIT_TOKENS:
+        return next(v for top, v in MMA_DEFAULTS_FEW_TOKENS if n_masks <= top)
+    return DEFAULT_MMA_VARIANT
 
 
 def activation_id(activation: str) -> int:
@@ -201,11 +202,9 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, variant: str | None = None) 
         if variant is not None:
             raise ValueError(f"the tiled kernel ({dtype}, {tokens} tokens) has no variants (got {variant!r})")
         return Launch(rowdot_name(dtype, n_masks, mode, None, 0), (_cdiv(d_ff, bn), _cdiv(tokens, bt), 1), (THREADS, 1, 1))
-    var, words, kparts = _variant(MMA_VARIANTS, default, variant, dtype, mode)
-    if tokens > MMA_SPLIT_TOKENS and kparts == 4:
-        raise ValueError(f"variant {variant!r} splits K four ways for up to {MMA_SPLIT_TOKENS} tokens (got {tokens})")
-    layout = 0 if tokens > MMA_SPLIT_TOKENS else 2 if kparts == 4 else 1
-    grid = (_cdiv(d_ff, 16 if layout == 2 else bn), _cdiv(tokens, 16 if layout else bt), 1)
+    var, words = _variant(MMA_VARIANTS, default, variant, dtype, mode)
+    layout = 1 if tokens <= MMA_SPLIT_TOKENS else 0
+    grid = (_cdiv(d_ff, bn), _cdiv(tokens, 16 if layout else bt), 1)
     name = rowdot_name(dtype, n_masks, mode, None, var)
     return Launch(name, grid, (MMA_THREADS, 1, 1), takes_vec=True, tail=(layout,), word_masks=words)
 

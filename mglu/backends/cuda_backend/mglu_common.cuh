@@ -167,7 +167,7 @@ __device__ __forceinline__ void fma_if(double& acc, u32 bits, int e, double w, d
 }
 
 // Variants of the row-dot kernels (template parameter VAR), chosen per regime by the
-// launcher from H100 measurements (scripts/cuda_tune.py, DESIGN.md "Measured"). Decode
+// launcher from H100 measurements (scripts/cuda_tune.py, MEASUREMENTS.md). Decode
 // (mglu_rowdot_gemv), all with the predicated FMA (fma_if) for the masked products:
 //   VAR_PRED: one warp per row;  VAR_SPLIT: each row split over the run-time split_arg warps;
 //   VAR_PRED_OCC, VAR_SPLIT_OCC: the same under a register cap (GemvMinBlocks) that
@@ -177,7 +177,7 @@ __device__ __forceinline__ void fma_if(double& acc, u32 bits, int e, double w, d
 //   MMA_WORDS: 128-column steps where the rows allow (vec = 2): four 16-byte loads per row
 //              and one 32-bit mask word per plane, all issued before the step's mma;
 //   MMA_WORDS_OCC: MMA_WORDS under a register cap (MmaMinBlocks).
-// Dropped after the H100 runs (DESIGN.md): select arithmetic and shift pair masks (VAR 0),
+// Dropped after the H100 runs (MEASUREMENTS.md): select arithmetic and shift pair masks (VAR 0),
 // software pipelining of the decode rounds (slower at every point: more registers).
 enum { VAR_PRED = 1, VAR_PRED_OCC = 2, VAR_SPLIT = 3, VAR_SPLIT_OCC = 4 };
 enum { MMA_PRMT = 1, MMA_WORDS = 2, MMA_WORDS_OCC = 3 };

@@ -308,26 +308,6 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
         }
 }
 
-// The mma kernel's accumulators [product][n tile][reg] to / from a shared slot [..][lane].
-template <int NM>
-__device__ __forceinline__ void mma_acc_store(float (*slot)[2][4][32], const float (*acc)[2][4], int lane) {
-#pragma unroll
-    for (int p = 0; p <= NM; ++p)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) slot[p][j][r][lane] = acc[p][j][r];
-}
-template <int NM>
-__device__ __forceinline__ void mma_acc_add(const float (*slot)[2][4][32], float (*acc)[2][4], int lane) {
-#pragma unroll
-    for (int p = 0; p <= NM; ++p)
-#pragma unroll
-        for (int j = 0; j < 2; ++j)
-#pragma unroll
-            for (int r = 0; r < 4; ++r) acc[p][j][r] += slot[p][j][r][lane];
-}
-
 // Tensor cores (fp16/bf16, 5 tokens and more): mma.sync.aligned.m16n8k16, A = 16 tokens x
 // 16 k of x, B = 16 k x 8 rows of W (W rows are B's columns, "col" layout), fp32
 // accumulators. Fragment ownership (PTX ISA, m16n8k16 .f16/.bf16), g = lane / 4,
@@ -345,15 +325,14 @@ __device__ __forceinline__ void mma_acc_add(const float (*slot)[2][4][32], float
 // The masked fragment M_i * W is the register AND the pair mask of bits 2j, 2j + 1 of the
 // byte, widened to 0xffff halves by multiply + prmt (pair_masks in mglu_common.cuh).
 // n_masks + 1 mma per (A, B) fragment pair: total, every gate_i. VAR: MMA_PRMT, or
-// MMA_WORDS (128-column steps with 32-bit mask words where vec = 2, see the loop).
+// MMA_WORDS / MMA_WORDS_OCC (128-column steps with 32-bit mask words where vec = 2, see
+// the loop; _OCC under the register cap of MmaMinBlocks).
 //
 // Block: 4 warps, each 16 tokens x 16 rows (two n8 tiles), 8 (NM + 1) accumulators.
 //   layout 0: warps 2 (tokens) x 2 (rows): 32 tokens x 32 rows, grid (ceil(d_ff/32), ceil(T/32)).
 //   layout 1 (T <= 16, decode): warps 2 (rows) x 2 (K halves, 32-column steps alternating):
 //     16 tokens x 32 rows, grid (ceil(d_ff/32), ceil(T/16)); the second half's partial sums
 //     go through shared memory and are added to the first's (fixed order: deterministic).
-//   layout 2 (T <= 16, variants *-k4): 4 warps = 4 K quarters of one 16 x 16 tile, grid
-//     (ceil(d_ff/16), ceil(T/16)): twice the blocks of layout 1; sums (0 + 2) + (1 + 3).
 // Fragments come straight from global memory (L1 serves the warps sharing an x or W tile).
 // vec = 0 (d_model % 8 != 0 or unaligned bases) loads 16-bit elements one by one; vec = 1
 // and 2 use 16-byte loads (2: 4-byte aligned mask rows of d_model / 8 bytes, d_model % 32 == 0).
@@ -362,13 +341,13 @@ __global__ void __launch_bounds__(128, MmaMinBlocks<NM, VAR>::value) mglu_rowdot
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
     int T_, int d_model, int d_ff, int act, int vec, int layout) {
-    __shared__ float red[2][NM + 1][2][4][32];  // layouts 1, 2: [slot][product][n tile][reg][lane]
+    __shared__ float red[2][NM + 1][2][4][32];  // layout 1: [row warp][product][n tile][reg][lane]
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, q = lane & 3;
-    const int kparts = layout == 2 ? 4 : layout == 1 ? 2 : 1;  // warps sharing an output tile
-    const int kh = layout == 2 ? warp : layout == 1 ? (warp >> 1) : 0;
-    const i64 t_base = layout ? (i64)blockIdx.y * 16 : (i64)blockIdx.y * 32 + (warp >> 1) * 16;
-    const i64 n_base = layout == 2 ? (i64)blockIdx.x * 16 : (i64)blockIdx.x * 32 + (warp & 1) * 16;
+    const bool split = layout == 1;
+    const int kh = split ? (warp >> 1) : 0;
+    const i64 t_base = split ? (i64)blockIdx.y * 16 : (i64)blockIdx.y * 32 + (warp >> 1) * 16;
+    const i64 n_base = (i64)blockIdx.x * 32 + (warp & 1) * 16;
     const bool active = t_base < T_ && n_base < d_ff;  // no return before the barrier below
     const i64 PW = (d_model + 7) >> 3;
     const i64 ta = t_base + g, tb = t_base + g + 8;
@@ -404,7 +383,7 @@ __global__ void __launch_bounds__(128, MmaMinBlocks<NM, VAR>::value) mglu_rowdot
     i64 k_rest = 0;
     if ((VAR == MMA_WORDS || VAR == MMA_WORDS_OCC) && vec == 2) {
         const i64 k_full = (i64)(d_model / 128) * 128;
-        for (i64 k0 = active ? 128 * kh : k_full; k0 < k_full; k0 += 128 * kparts) {
+        for (i64 k0 = active ? 128 * kh : k_full; k0 < k_full; k0 += split ? 256 : 128) {
             const i64 cq = k0 + 32 * q;
             uint4 xa4[4], xb4[4], w4[2][4];
             u32 mw[2][NM];
@@ -442,7 +421,8 @@ __global__ void __launch_bounds__(128, MmaMinBlocks<NM, VAR>::value) mglu_rowdot
         }
         k_rest = k_full;
     }
-    for (i64 k0 = active ? k_rest + 32 * kh : d_model; k0 < d_model; k0 += 32 * kparts) {
+    const i64 kstep = split ? 64 : 32;
+    for (i64 k0 = active ? k_rest + 32 * kh : d_model; k0 < d_model; k0 += kstep) {
         const i64 c0 = k0 + 8 * q, gb = (k0 >> 3) + q;
         u32 ra[4], rb[4];
         load8(va, xa, c0, d_model, vec, ra);
@@ -466,21 +446,25 @@ __global__ void __launch_bounds__(128, MmaMinBlocks<NM, VAR>::value) mglu_rowdot
         }
     }
 
-    if (layout == 1) {
-        if (kh == 1 && active) mma_acc_store<NM>(red[warp & 1], acc, lane);
+    if (split) {
+        if (kh == 1 && active) {
+#pragma unroll
+            for (int p = 0; p <= NM; ++p)
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) red[warp & 1][p][j][r][lane] = acc[p][j][r];
+        }
         __syncthreads();
         if (kh == 1) return;
-        if (active) mma_acc_add<NM>(red[warp & 1], acc, lane);
-    } else if (layout == 2) {
-        // K quarters kh: (0 + 2) + (1 + 3), a fixed order; active is uniform over the block
-        if (kh >= 2 && active) mma_acc_store<NM>(red[kh - 2], acc, lane);
-        __syncthreads();
-        if (kh < 2 && active) mma_acc_add<NM>(red[kh], acc, lane);
-        __syncthreads();
-        if (kh == 1 && active) mma_acc_store<NM>(red[0], acc, lane);
-        __syncthreads();
-        if (kh != 0) return;
-        if (active) mma_acc_add<NM>(red[0], acc, lane);
+        if (active) {
+#pragma unroll
+            for (int p = 0; p <= NM; ++p)
+#pragma unroll
+                for (int j = 0; j < 2; ++j)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) acc[p][j][r] += red[warp & 1][p][j][r][lane];
+        }
     }
     if (!active) return;
 
