@@ -1,5 +1,5 @@
 """Time the CUDA backend's forward kernel variants side by side on a GPU; the source of the
-launcher's defaults (launcher.DEFAULT_GEMV_VARIANT, DEFAULT_MMA_VARIANT).
+launcher's defaults (launcher.GEMV_DEFAULTS_1_TOKEN, MMA_DEFAULTS_FEW_TOKENS, DEFAULT_*).
 
     out (T, d_ff) = sum_i act(gate_i) * (total - gate_i),   x (T, d_model), W (d_ff, d_model),
     packed masks (n_masks, d_ff, d_model / 8)
