@@ -64,8 +64,9 @@ def test_tile_constants_match_the_kernels():
     assert "enum { BT = 32, BN = 32, TK = 32 };" in fwd and launcher.ROWDOT_TILE == (32, 32)
     assert "enum { BT = 32, BK = 64, BR = 16 };" in bwd and launcher.DX_TILE == (32, 64)
     assert "enum { BN = 32, BK = 64, BT = 16 };" in bwd and launcher.DW_TILE == (32, 64)
-    assert fwd.count("__launch_bounds__(256, 1)") == 2 and bwd.count("__launch_bounds__(256, 1)") == 2
-    assert fwd.count("__launch_bounds__(128, 1)") == 1 and launcher.MMA_THREADS == 128
+    assert fwd.count("__launch_bounds__(256, 1)") == 1 and bwd.count("__launch_bounds__(256, 1)") == 2
+    assert fwd.count("__launch_bounds__(256, GemvMinBlocks<NM, NT, VAR>::value)") == 1
+    assert fwd.count("__launch_bounds__(128, MmaMinBlocks<NM, VAR>::value)") == 1 and launcher.MMA_THREADS == 128
     assert bwd.count("__launch_bounds__(128, 1)") == 2 and launcher.DW_MMA_TILE == launcher.DX_MMA_TILE == (32, 32)
     assert "blockIdx.y * 32 + (warp >> 1) * 16" in bwd and "blockIdx.x * 32 + (warp & 1) * 16" in bwd
     assert "blockIdx.y * 32 + (warp >> 1) * 16" in fwd and "blockIdx.x * 32 + (warp & 1) * 16" in fwd
@@ -83,7 +84,7 @@ def test_plans_name_compiled_kernels_and_cover_the_outputs(dtype, tokens):
             assert plan.name in compiled
             if "gemv" in plan.name:
                 nt = int(plan.name.rstrip(">").split(",")[-2])
-                assert nt >= tokens and plan.grid[0] * launcher.GEMV_WARPS >= d_ff
+                assert nt >= tokens and plan.grid[0] * (launcher.GEMV_WARPS // plan.tail[0]) >= d_ff
             else:
                 kernel = "mglu_rowdot_mma" if dtype in launcher.MMA_DTYPES else "mglu_rowdot_tiled"
                 assert plan.name.startswith(kernel) and plan.takes_vec == (dtype in launcher.MMA_DTYPES)
@@ -114,7 +115,7 @@ def test_every_variant_names_a_compiled_kernel_where_offered(dtype):
                 if offered:
                     plan = launcher.rowdot_plan(dtype, 8, mode, tokens, 100, variant)
                     assert plan.name in compiled
-                    assert plan.word_masks == (table is launcher.GEMV_VARIANTS and variant.endswith("-words"))
+                    assert plan.word_masks == ("words" in variant)
                 else:
                     with pytest.raises(ValueError, match="variant"):
                         launcher.rowdot_plan(dtype, 8, mode, tokens, 100, variant)
@@ -180,3 +181,18 @@ def test_launch_arguments_match_the_kernel_signatures(monkeypatch, dtype, tokens
         assert [("ptr" if isinstance(a, np.uint64) else "int" if isinstance(a, np.int32) else "?") for a in args] == kinds
         assert f"T={tokens}" in what and "activation=gelu" in what
     assert (out[2] is None) != logits and out[0].shape == (tokens, d_model) and out[1].shape == (d_ff, d_model)
+
+
+def test_default_variants_follow_the_measured_regimes():
+    """The tuned defaults apply to the fp16/bf16 forward only (launcher.default_variant)."""
+    fwd, bwd = launcher.MODE_FWD, launcher.MODE_BWD
+    for dtype in launcher.TUNED_DTYPES:
+        assert launcher.default_variant(dtype, 1, fwd, 1) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[1]
+        assert launcher.default_variant(dtype, 4, fwd, 1) == launcher.default_variant(dtype, 16, fwd, 1)
+        assert launcher.default_variant(dtype, 1, fwd, 4) == launcher.DEFAULT_GEMV_VARIANT
+        assert launcher.default_variant(dtype, 1, bwd, 1) == launcher.DEFAULT_GEMV_VARIANT
+        assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS) == dict(launcher.MMA_DEFAULTS_FEW_TOKENS)[8]
+        assert launcher.default_variant(dtype, 16, fwd, launcher.MMA_SPLIT_TOKENS) == launcher.DEFAULT_MMA_VARIANT
+        assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS + 1) == launcher.DEFAULT_MMA_VARIANT
+        assert launcher.default_variant(dtype, 4, bwd, 16) == launcher.DEFAULT_MMA_VARIANT
+    assert launcher.default_variant(torch.float32, 1, fwd, 1) == launcher.DEFAULT_GEMV_VARIANT

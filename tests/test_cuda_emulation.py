@@ -30,46 +30,53 @@ def _byte(m, i, n, g, d_ff, pw):
     return int(m.reshape(-1)[(i * d_ff + n) * pw + g])
 
 
-def _gemv_chunks(lane, pw, vec):
-    """(chunk g, its mask bits' shift in the lane's mask register) in the order lane visits them."""
+def _gemv_chunks(lane, pw, vec, part=0, split=1):
+    """(chunk g, its mask bits' shift in the lane's mask register) in the order lane of part
+    ``part`` (of ``split`` warps per row) visits them: rounds r = part + split j."""
     if vec == 2:  # 4 consecutive chunks per round, one 32-bit mask word per plane
         assert pw % 4 == 0
-        return [(g0 + u, 8 * u) for g0 in range(4 * lane, pw, 128) for u in range(4)]
-    return [(g0 + 32 * u, 0) for g0 in range(lane, pw, 32 * U) for u in range(U) if g0 + 32 * u < pw]
+        return [(g0 + u, 8 * u) for g0 in range(4 * lane + 128 * part, pw, 128 * split) for u in range(4)]
+    return [(g0 + 32 * u, 0) for g0 in range(lane + 32 * U * part, pw, 32 * U * split) for u in range(U)
+            if g0 + 32 * u < pw]
 
 
-def emulate_gemv(x, w, m, vec):
-    """mglu_rowdot_gemv: one warp per row n; vec 1: lane l takes chunks g = l + 32 * (U r + u)
-    and a byte per plane; vec 2: chunks g = 128 r + 4 l + u, one 32-bit word per plane."""
+def emulate_gemv(x, w, m, vec, split=1):
+    """mglu_rowdot_gemv: split warps per row n (parts p < split take rounds p + split j); vec
+    1: lane l takes chunks g = l + 32 (U r + u) and a byte per plane; vec 2: chunks
+    g = 128 r + 4 l + u, one 32-bit word per plane; vec 0: columns k = l + 32 r. Each part
+    sums over its lanes, part 0 adds the others in part order."""
     tokens, d_model = x.shape
     n_masks, d_ff, pw = m.shape
     out = np.full((tokens, d_ff), np.nan)
     for n in range(d_ff):
-        total = np.zeros((32, tokens))
-        gate = np.zeros((32, tokens, n_masks))
-        for lane in range(32):
-            if vec:
-                for g, sh in _gemv_chunks(lane, pw, vec):
-                    wf = w[n, 8 * g: 8 * g + 8]
-                    if vec == 2:  # u32 index ((i d_ff + n) PW + g0) >> 2 of the packed bytes, little-endian
-                        words = m.reshape(-1).view("<u4")
-                        mb = [int(words[((i * d_ff + n) * pw + g - sh // 8) >> 2]) for i in range(n_masks)]
-                    else:
-                        mb = [_byte(m, i, n, g, d_ff, pw) for i in range(n_masks)]
-                    for t in range(tokens):
-                        xf = x[t, 8 * g: 8 * g + 8]
-                        total[lane, t] += (wf * xf).sum()
-                        for i in range(n_masks):
-                            sel = np.array([(mb[i] >> (sh + e)) & 1 for e in range(8)], dtype=bool)
-                            gate[lane, t, i] += (np.where(sel, wf, 0.0) * xf).sum()
-            else:
-                for k in range(lane, d_model, 32):
-                    for t in range(tokens):
-                        total[lane, t] += w[n, k] * x[t, k]
-                        for i in range(n_masks):
-                            bit = (_byte(m, i, n, k >> 3, d_ff, pw) >> (k & 7)) & 1
-                            gate[lane, t, i] += (w[n, k] if bit else 0.0) * x[t, k]
-        tot, gat = total.sum(0), gate.sum(0)
+        total = np.zeros((split, 32, tokens))
+        gate = np.zeros((split, 32, tokens, n_masks))
+        for part in range(split):
+            for lane in range(32):
+                if vec:
+                    for g, sh in _gemv_chunks(lane, pw, vec, part, split):
+                        wf = w[n, 8 * g: 8 * g + 8]
+                        if vec == 2:  # u32 index ((i d_ff + n) PW + g0) >> 2 of the packed bytes, little-endian
+                            words = m.reshape(-1).view("<u4")
+                            mb = [int(words[((i * d_ff + n) * pw + g - sh // 8) >> 2]) for i in range(n_masks)]
+                        else:
+                            mb = [_byte(m, i, n, g, d_ff, pw) for i in range(n_masks)]
+                        for t in range(tokens):
+                            xf = x[t, 8 * g: 8 * g + 8]
+                            total[part, lane, t] += (wf * xf).sum()
+                            for i in range(n_masks):
+                                sel = np.array([(mb[i] >> (sh + e)) & 1 for e in range(8)], dtype=bool)
+                                gate[part, lane, t, i] += (np.where(sel, wf, 0.0) * xf).sum()
+                else:
+                    for k in range(lane + 32 * part, d_model, 32 * split):
+                        for t in range(tokens):
+                            total[part, lane, t] += w[n, k] * x[t, k]
+                            for i in range(n_masks):
+                                bit = (_byte(m, i, n, k >> 3, d_ff, pw) >> (k & 7)) & 1
+                                gate[part, lane, t, i] += (w[n, k] if bit else 0.0) * x[t, k]
+        tot, gat = total[0].sum(0), gate[0].sum(0)
+        for part in range(1, split):
+            tot, gat = tot + total[part].sum(0), gat + gate[part].sum(0)
         for t in range(tokens):
             out[t, n] = _epilogue(tot[t], gat[t])
     return out
@@ -81,34 +88,53 @@ def _load8(valid, row, c0, d_model):
     return [(cols[2 * j], cols[2 * j + 1]) for j in range(4)]
 
 
-def emulate_mma(x, w, m, layout):
+def _mma_chunks(d_model, kh, kparts, words):
+    """The kernel's k loop for warp kh of kparts sharing a tile: a list of (c0 for lane q =
+    0..3, guarded): MMA_WORDS (vec = 2) takes 128-column steps k0 (every kparts-th) up to
+    the last multiple of 128, lane q's chunk u at c0 = k0 + 32q + 8u, unguarded; then the
+    32-column steps, c0 = k0 + 8q, guarded (load8)."""
+    chunks, k_rest = [], 0
+    if words:
+        assert d_model % 32 == 0
+        k_rest = d_model // 128 * 128
+        for k0 in range(128 * kh, k_rest, 128 * kparts):
+            chunks += [([k0 + 32 * q + 8 * u for q in range(4)], False) for u in range(4)]
+    for k0 in range(k_rest + 32 * kh, d_model, 32 * kparts):
+        chunks.append(([k0 + 8 * q for q in range(4)], True))
+    return chunks
+
+
+def emulate_mma(x, w, m, layout, words=False):
     """mglu_rowdot_mma: 4 warps per block (layout 0: 2 token x 2 row warps; layout 1: 2 row
-    warps x 2 K halves), lane q owns columns k0 + 8q .. + 7 of each 32-column step, logical k
-    of step s permuted to physical columns as in the .cu, D = A B + C per fragment."""
+    warps x 2 K halves), lane q owns 8 columns c0 .. c0 + 7 of each chunk (_mma_chunks) and
+    their mask byte c0 / 8, logical k of mma step s permuted to physical columns as in the
+    .cu, D = A B + C per fragment. Unguarded chunks read row 0 for rows past T or d_ff."""
     tokens, d_model = x.shape
     n_masks, d_ff, pw = m.shape
     out = np.full((tokens, d_ff), np.nan)
-    split = layout == 1
-    for by in range(math.ceil(tokens / (16 if split else 32))):
+    kparts = 2 if layout == 1 else 1
+    for by in range(math.ceil(tokens / (16 if layout else 32))):
         for bx in range(math.ceil(d_ff / 32)):
             partial = {}
             for warp in range(4):
-                kh = (warp >> 1) if split else 0
-                t_base = by * 16 if split else by * 32 + (warp >> 1) * 16
+                kh = (warp >> 1) if layout == 1 else 0
+                t_base = by * 16 if layout else by * 32 + (warp >> 1) * 16
                 n_base = bx * 32 + (warp & 1) * 16
                 if not (t_base < tokens and n_base < d_ff):
                     continue
                 acc = np.zeros((n_masks + 1, 2, 32, 4))
-                for k0 in range(32 * kh, d_model, 64 if split else 32):
+                for cols, guarded in _mma_chunks(d_model, kh, kparts, words):
                     for s in range(2):
                         a_mat = np.zeros((16, 16))
                         b_mat = np.zeros((n_masks + 1, 2, 16, 8))
                         for lane in range(32):
                             g, q = lane >> 2, lane & 3
-                            c0, gb = k0 + 8 * q, (k0 >> 3) + q
+                            c0 = cols[q]
+                            gb = c0 >> 3
                             ta, tb = t_base + g, t_base + g + 8
-                            ra = _load8(ta < tokens, x[min(ta, tokens - 1)], c0, d_model)
-                            rb = _load8(tb < tokens, x[min(tb, tokens - 1)], c0, d_model)
+                            va, vb = ta < tokens, tb < tokens
+                            ra = _load8(va or not guarded, x[ta if va else 0], c0, d_model)
+                            rb = _load8(vb or not guarded, x[tb if vb else 0], c0, d_model)
                             a = [ra[2 * s], rb[2 * s], ra[2 * s + 1], rb[2 * s + 1]]
                             for h in range(2):  # a0 (g, 2q), a1 (g+8, 2q), a2 (g, 2q+8), a3 (g+8, 2q+8)
                                 a_mat[g, 2 * q + h], a_mat[g + 8, 2 * q + h] = a[0][h], a[1][h]
@@ -116,12 +142,15 @@ def emulate_mma(x, w, m, layout):
                             for j in range(2):
                                 n = n_base + 8 * j + g
                                 valid = n < d_ff
-                                b = _load8(valid, w[min(n, d_ff - 1)], c0, d_model)
+                                nr = n if valid else 0
+                                b = _load8(valid or not guarded, w[nr], c0, d_model)
                                 b0, b1 = b[2 * s], b[2 * s + 1]
                                 for i in range(n_masks + 1):
                                     byte = 0xFF
-                                    if i:
+                                    if i and guarded:
                                         byte = _byte(m, i - 1, n, gb, d_ff, pw) if valid and gb < pw else 0
+                                    elif i:  # byte c0 / 8 - (k0 / 8 + 4q) of the u32 at byte offset k0 / 8 + 4q
+                                        byte = _byte(m, i - 1, nr, gb, d_ff, pw)
                                     for h in range(2):  # b0 (k 2q, row g), b1 (k 2q+8, row g)
                                         b_mat[i, j, 2 * q + h, g] = b0[h] if (byte >> (4 * s + h)) & 1 else 0.0
                                         b_mat[i, j, 2 * q + 8 + h, g] = b1[h] if (byte >> (4 * s + 2 + h)) & 1 else 0.0
@@ -134,9 +163,9 @@ def emulate_mma(x, w, m, layout):
                                         acc[i, j, lane, r] += d[g + 8 * (r >> 1), 2 * q + (r & 1)]
                 partial[warp] = (acc, t_base, n_base)
             for warp, (acc, t_base, n_base) in partial.items():
-                if split and warp >> 1:
+                if layout == 1 and warp >> 1:
                     continue
-                if split:
+                if layout == 1:
                     acc = acc + partial[warp + 2][0]
                 for lane in range(32):
                     g, q = lane >> 2, lane & 3
@@ -159,18 +188,21 @@ def _problem(tokens, d_model, d_ff, n_masks, seed=0):
     return x.numpy(), w.numpy(), packed.numpy(), expected
 
 
-@pytest.mark.parametrize("shape, vec", [((2, 264, 5, 2), 1), ((1, 64, 3, 1), 1), ((3, 45, 4, 3), 0),
-                                        ((2, 1056, 3, 3), 2), ((1, 32, 2, 2), 2)])
-def test_decode_kernel_index_math(shape, vec):
+@pytest.mark.parametrize("shape, vec, split", [((2, 264, 5, 2), 1, 1), ((1, 64, 3, 1), 1, 1), ((3, 45, 4, 3), 0, 1),
+                                               ((2, 1056, 3, 3), 2, 1), ((1, 32, 2, 2), 2, 1), ((1, 1056, 3, 2), 2, 2),
+                                               ((2, 2080, 2, 1), 2, 4), ((1, 45, 3, 2), 0, 4), ((1, 2056, 2, 1), 1, 2)])
+def test_decode_kernel_index_math(shape, vec, split):
     x, w, m, expected = _problem(*shape)
-    np.testing.assert_allclose(emulate_gemv(x, w, m, vec), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(emulate_gemv(x, w, m, vec, split), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("shape, layout", [((37, 45, 41, 2), 0), ((17, 72, 33, 3), 0), ((5, 32, 8, 1), 1),
-                                           ((16, 100, 40, 2), 1), ((9, 45, 33, 1), 1)])
-def test_tensor_core_kernel_index_math(shape, layout):
+@pytest.mark.parametrize("shape, layout, words", [((37, 45, 41, 2), 0, False), ((17, 72, 33, 3), 0, False),
+                                                  ((5, 32, 8, 1), 1, False), ((16, 100, 40, 2), 1, False),
+                                                  ((9, 45, 33, 1), 1, False), ((16, 416, 40, 2), 1, True),
+                                                  ((19, 288, 33, 2), 0, True), ((3, 96, 9, 1), 1, True)])
+def test_tensor_core_kernel_index_math(shape, layout, words):
     x, w, m, expected = _problem(*shape)
-    np.testing.assert_allclose(emulate_mma(x, w, m, layout), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(emulate_mma(x, w, m, layout, words), expected, rtol=1e-12, atol=1e-12)
 
 
 def _word(m, i, n, first_byte, nbytes, d_ff, pw):
@@ -459,7 +491,7 @@ def _prmt_sign(a, sel):
 
 
 def test_pair_masks_equal_pair_mask_for_every_byte():
-    """pair_masks (multiply + prmt, mglu_common.cuh) against pair_mask (shifts), all 256 bytes."""
+    """pair_masks (multiply + prmt, mglu_common.cuh) against the pair masks by definition, all 256 bytes."""
     for byte in range(256):
         lo, hi = ((byte & 0xF) * 0x10204080) & 0xFFFFFFFF, ((byte & 0xF0) * 0x01020408) & 0xFFFFFFFF
         got = [_prmt_sign(lo, 0x9988), _prmt_sign(lo, 0xBBAA), _prmt_sign(hi, 0x9988), _prmt_sign(hi, 0xBBAA)]

@@ -51,23 +51,49 @@ MMA_THREADS = 128
 #: so no warp idles on absent tokens and twice the blocks stream W; whether layout 1 also
 #: wins from 17 to 32 tokens is to be measured on the H100
 MMA_SPLIT_TOKENS = 16
-#: decode kernel variants (template VAR, mask loads): the masked arithmetic, VAR_SELECT
-#: (``acc += masked(bits, e, w) * x``) or VAR_PRED (predicated FMA), and the mask loads, a
-#: byte per plane and chunk (``vec = 1``) or, where d_model % 32 == 0, a 32-bit word per
-#: plane and 4 consecutive chunks (``vec = 2``); see mglu_rowdot_gemv
-GEMV_VARIANTS = {"select-bytes": (0, False), "select-words": (0, True), "pred-bytes": (1, False), "pred-words": (1, True)}
-#: tensor-core kernel variants (template VAR): the pair masks by shifts or multiply + prmt
-MMA_VARIANTS = {"shift": 0, "prmt": 1}
-#: the variants the launcher takes by default, from one H100 run of scripts/cuda_tune.py
-#: (commit 8c31847; do_bench median, L2 flushed; DESIGN.md "Measured"): at 1 token
-#: pred-words was the fastest of the four in 22 of 24 (dtype, shape, n_masks) points, e.g.
-#: fp16 4096x14336 n_masks 8: 84.1 us against 95.9 (pred-bytes), 131.4 (select-words) and
-#: 144.8 (select-bytes, the previous kernel); the two others are bf16 at n_masks 1, where
-#: select-words was 0.7% (4096x11008) and 2.2% (8192x28672) faster, too little to split
-#: the default on one run. At 16 tokens prmt beat shift in all 24, by 1.01x (n_masks 1) to
-#: 1.39x (n_masks 8): bf16 4096x14336 n_masks 4, 138.8 against 174.9 us.
+#: decode kernel variants: name -> (template VAR, 32-bit mask words, warps per row). VAR_PRED
+#: (1): one warp per row; VAR_SPLIT (3): each row's rounds split over 2 or 4 warps (the
+#: kernel's run-time ``split_arg``), the parts added in shared memory: smaller pieces of
+#: work, against the wave quantisation of MEASUREMENTS.md; VAR_PRED_OCC (2), VAR_SPLIT_OCC (4):
+#: the same under a register cap for more blocks per SM (GemvMinBlocks, mglu_common.cuh).
+#: Mask loads: a byte per plane and chunk (``vec = 1``) or, where d_model % 32 == 0, a
+#: 32-bit word per plane and 4 consecutive chunks (``vec = 2``). See mglu_rowdot_gemv.
+GEMV_VARIANTS = {
+    "pred-bytes": (1, False, 1),
+    "pred-words": (1, True, 1),
+    "pred-words-occ": (2, True, 1),
+    "pred-words-split2": (3, True, 2),
+    "pred-words-split4": (3, True, 4),
+    "pred-words-split2-occ": (4, True, 2),
+    "pred-words-split4-occ": (4, True, 4),
+}
+#: tensor-core kernel variants: name -> (template VAR, 32-bit mask words): MMA_PRMT (1), 32-column
+#: steps; MMA_WORDS (2), 128-column steps with a 32-bit mask word per plane (``vec = 2``);
+#: MMA_WORDS_OCC (3), the same under a register cap (MmaMinBlocks, mglu_common.cuh)
+MMA_VARIANTS = {"prmt": (1, False), "prmt-words": (2, True), "prmt-words-occ": (3, True)}
+#: the variants of every regime but the tuned ones below, from one H100 run of
+#: scripts/cuda_tune.py (commit 8c31847; do_bench; MEASUREMENTS.md "Round 2"): pred-words was the
+#: fastest of select/pred x bytes/words in 22 of 24 points at 1 token, prmt beat the shift
+#: pair masks in all 24 at 16 tokens
 DEFAULT_GEMV_VARIANT = "pred-words"
 DEFAULT_MMA_VARIANT = "prmt"
+#: the fp16/bf16 forward at 1 token: (largest n_masks, variant), from run 2 of
+#: scripts/cuda_tune.py (H100, commit 75fba74, bench timer; MEASUREMENTS.md "Round 3"), us summed
+#: over fp16 and bf16 at 4096x14336, 8192x28672 and 4096x11008: n_masks 1, split4-occ
+#: 507.8, split4 509.3, split2 513.2, split2-occ 515.2, pred-words 530.6 (fp16 4096x11008
+#: 37.9 against 43.9; the one loss bf16 4096x14336, 50.8 against 47.8); n_masks 4,
+#: pred-words-occ 609.8 against pred-words 635.9; n_masks 8, 771.1 against 830.3. Not
+#: timed: n_masks 2, 3, 5-7 (capped at 64 / 80 registers), 9-16 (no cap: the pred-words
+#: kernel under another name).
+GEMV_DEFAULTS_1_TOKEN = ((1, "pred-words-split4-occ"), (MAX_MASKS, "pred-words-occ"))
+#: the fp16/bf16 forward at 5..MMA_SPLIT_TOKENS tokens (mma layout 1), (largest n_masks,
+#: variant): prmt-words beat prmt at every shape, dtype and n_masks 1, 4, 8 at 16 tokens in
+#: run 1 (commit d311605), by 1.25x to 2.21x; in run 2 prmt-words-occ was the fastest by the
+#: sum over shapes and dtypes (n_masks 1: 563.7 us, n_masks 4: 761.7; prmt-words 655.7 and
+#: 826.2 in that build, whose layout-2 code since reverted raised its registers; run 1's
+#: prmt-words, today's code: 4096x14336 fp16 n_masks 4 89.6 us against run 2's occ 76.5).
+#: Above 8 masks the words path was not timed and spills at 16 (ptxas: 12 bytes).
+MMA_DEFAULTS_FEW_TOKENS = ((8, "prmt-words-occ"), (MAX_MASKS, "prmt"))
 #: the non-default variants are instantiated (and selectable) only in the regime they were
 #: written and timed for: the fp16/bf16 forward
 TUNED_DTYPES = (torch.float16, torch.bfloat16)
@@ -98,9 +124,9 @@ class Launch:
     block: tuple[int, int, int]
     #: the kernel takes a ``vec`` argument after ``act`` (16-byte aligned rows: vector loads)
     takes_vec: bool = False
-    #: further int arguments, after ``vec`` (the mma kernel's warp layout)
+    #: further int arguments, after ``vec`` (decode: warps per row; mma: the warp layout)
     tail: tuple[int, ...] = ()
-    #: decode: read the mask bits as 32-bit words where the rows allow it (``vec = 2``)
+    #: read the mask bits as 32-bit words where the rows allow it (``vec = 2``)
     word_masks: bool = False
 
 
@@ -119,13 +145,29 @@ def rowdot_name(dtype, n_masks: int, mode: int, nt: int | None, var: int) -> str
 
 
 def _variant(table: dict, default: str, variant: str | None, dtype, mode):
-    """``table[variant]`` (``default`` for None); a non-default one only where instantiated."""
+    """``table[variant]`` (``default`` for None); outside the fp16/bf16 forward only the
+    base default (DEFAULT_GEMV_VARIANT, DEFAULT_MMA_VARIANT) is instantiated."""
     name = default if variant is None else variant
     if name not in table:
         raise ValueError(f"variant must be one of {sorted(table)} (got {variant!r})")
-    if name != default and not (dtype in TUNED_DTYPES and mode == MODE_FWD):
+    if name not in (DEFAULT_GEMV_VARIANT, DEFAULT_MMA_VARIANT) and not (dtype in TUNED_DTYPES and mode == MODE_FWD):
         raise ValueError(f"variant {name!r} exists for the fp16/bf16 forward only (got {dtype}, mode {mode})")
     return table[name]
+
+
+def default_variant(dtype, n_masks: int, mode: int, tokens: int) -> str:
+    """The variant a call gets without ``variant=``: the measured winners of the fp16/bf16
+    forward at 1 token (by n_masks) and at 5..MMA_SPLIT_TOKENS tokens, the base defaults
+    elsewhere."""
+    tuned = dtype in TUNED_DTYPES and mode == MODE_FWD
+    nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
+    if nt is not None:
+        if tuned and nt == 1:
+            return next(v for top, v in GEMV_DEFAULTS_1_TOKEN if n_masks <= top)
+        return DEFAULT_GEMV_VARIANT
+    if tuned and tokens <= MMA_SPLIT_TOKENS:
+        return next(v for top, v in MMA_DEFAULTS_FEW_TOKENS if n_masks <= top)
+    return DEFAULT_MMA_VARIANT
 
 
 def activation_id(activation: str) -> int:
@@ -149,20 +191,22 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, variant: str | None = None) 
     """Decode kernel (one warp per W row) for ``tokens <= max(GEMV_TOKENS)``, else the tile;
     ``variant``: a key of GEMV_VARIANTS or MMA_VARIANTS (None: the default)."""
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
+    default = default_variant(dtype, n_masks, mode, tokens)
     if nt is not None:
-        var, words = _variant(GEMV_VARIANTS, DEFAULT_GEMV_VARIANT, variant, dtype, mode)
-        grid = (_cdiv(d_ff, GEMV_WARPS), 1, 1)
+        var, words, split = _variant(GEMV_VARIANTS, default, variant, dtype, mode)
+        grid = (_cdiv(d_ff, GEMV_WARPS // split), 1, 1)
         name = rowdot_name(dtype, n_masks, mode, nt, var)
-        return Launch(name, grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True, word_masks=words)
+        return Launch(name, grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True, tail=(split,), word_masks=words)
     bt, bn = ROWDOT_TILE
     if dtype not in MMA_DTYPES:
         if variant is not None:
             raise ValueError(f"the tiled kernel ({dtype}, {tokens} tokens) has no variants (got {variant!r})")
         return Launch(rowdot_name(dtype, n_masks, mode, None, 0), (_cdiv(d_ff, bn), _cdiv(tokens, bt), 1), (THREADS, 1, 1))
-    name = rowdot_name(dtype, n_masks, mode, None, _variant(MMA_VARIANTS, DEFAULT_MMA_VARIANT, variant, dtype, mode))
+    var, words = _variant(MMA_VARIANTS, default, variant, dtype, mode)
     layout = 1 if tokens <= MMA_SPLIT_TOKENS else 0
     grid = (_cdiv(d_ff, bn), _cdiv(tokens, 16 if layout else bt), 1)
-    return Launch(name, grid, (MMA_THREADS, 1, 1), takes_vec=True, tail=(layout,))
+    name = rowdot_name(dtype, n_masks, mode, None, var)
+    return Launch(name, grid, (MMA_THREADS, 1, 1), takes_vec=True, tail=(layout,), word_masks=words)
 
 
 def dx_plan(dtype, tokens, d_model) -> Launch:
@@ -196,8 +240,8 @@ def instantiations(dtype=None) -> list[str]:
         for nm in range(MIN_MASKS, MAX_MASKS + 1):
             for mode in (MODE_FWD, MODE_BWD):
                 tuned = dt in TUNED_DTYPES and mode == MODE_FWD
-                gemv = {v for v, _ in GEMV_VARIANTS.values()} if tuned else {GEMV_VARIANTS[DEFAULT_GEMV_VARIANT][0]}
-                mma = set(MMA_VARIANTS.values()) if tuned else {MMA_VARIANTS[DEFAULT_MMA_VARIANT]}
+                gemv = {v[0] for v in GEMV_VARIANTS.values()} if tuned else {GEMV_VARIANTS[DEFAULT_GEMV_VARIANT][0]}
+                mma = {v[0] for v in MMA_VARIANTS.values()} if tuned else {MMA_VARIANTS[DEFAULT_MMA_VARIANT][0]}
                 names += [rowdot_name(dt, nm, mode, nt, v) for nt in GEMV_TOKENS for v in sorted(gemv)]
                 names += [rowdot_name(dt, nm, mode, None, v) for v in sorted(mma if dt in MMA_DTYPES else {0})]
         names.append(dx_name(dt))

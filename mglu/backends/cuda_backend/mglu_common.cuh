@@ -166,17 +166,37 @@ __device__ __forceinline__ void fma_if(double& acc, u32 bits, int e, double w, d
         : "+d"(acc) : "r"(bits), "r"(1u << e), "d"(w), "d"(x));
 }
 
-// Arithmetic variants of the CUDA-core row-dot loops (template parameter VAR), chosen per
-// regime by the launcher from H100 measurements (scripts/cuda_tune.py):
-//   VAR_SELECT: acc += masked(bits, e, w) * x;   VAR_PRED: fma_if(acc, bits, e, w, x).
-enum { VAR_SELECT = 0, VAR_PRED = 1 };
-// Bit expansion variants of the tensor-core row-dot kernel (its VAR): pair_mask, pair_masks.
-enum { MMA_SHIFT = 0, MMA_PRMT = 1 };
-template <int VAR, class A>
-__device__ __forceinline__ void acc_masked(A& acc, u32 bits, int e, A w, A x) {
-    if (VAR == VAR_PRED) fma_if(acc, bits, e, w, x);
-    else acc += masked(bits, e, w) * x;
-}
+// Variants of the row-dot kernels (template parameter VAR), chosen per regime by the
+// launcher from H100 measurements (scripts/cuda_tune.py, MEASUREMENTS.md). Decode
+// (mglu_rowdot_gemv), all with the predicated FMA (fma_if) for the masked products:
+//   VAR_PRED: one warp per row;  VAR_SPLIT: each row split over the run-time split_arg warps;
+//   VAR_PRED_OCC, VAR_SPLIT_OCC: the same under a register cap (GemvMinBlocks) that
+//   raises the blocks per SM.
+// Tensor cores (mglu_rowdot_mma), pair masks by multiply + prmt (pair_masks) in all:
+//   MMA_PRMT: 32-column steps, one 16-byte load per row and a mask byte per plane;
+//   MMA_WORDS: 128-column steps where the rows allow (vec = 2): four 16-byte loads per row
+//              and one 32-bit mask word per plane, all issued before the step's mma;
+//   MMA_WORDS_OCC: MMA_WORDS under a register cap (MmaMinBlocks).
+// Dropped after the H100 runs (MEASUREMENTS.md): select arithmetic and shift pair masks (VAR 0),
+// software pipelining of the decode rounds (slower at every point: more registers).
+enum { VAR_PRED = 1, VAR_PRED_OCC = 2, VAR_SPLIT = 3, VAR_SPLIT_OCC = 4 };
+enum { MMA_PRMT = 1, MMA_WORDS = 2, MMA_WORDS_OCC = 3 };
+
+// Minimum blocks per SM for __launch_bounds__ (ptxas caps registers at 65536 / (threads x
+// blocks)): 1 (no cap) but for the _OCC variants. Decode at 1 token: 5 blocks of 256
+// threads (48 registers) at 1 mask, 4 (64) up to 4, 3 (80) up to 8; ptxas without the cap
+// (bf16/fp16): 48 / 59-63 (split) at 1 mask, 71-72 / 96 at 4, 90 / 104 at 8; with it no
+// spill but split at 4 and 8 masks (20 and 28 bytes). Tensor cores at up to 4 masks: 4
+// blocks of 128 threads (128 registers; 128-134 without), 3 (168) up to 8 (173 without).
+template <int NM, int NT, int VAR>
+struct GemvMinBlocks {
+    enum { occ = VAR == VAR_PRED_OCC || VAR == VAR_SPLIT_OCC,
+           value = occ && NT == 1 ? (NM == 1 ? 5 : NM <= 4 ? 4 : NM <= 8 ? 3 : 1) : 1 };
+};
+template <int NM, int VAR>
+struct MmaMinBlocks {
+    enum { value = VAR == MMA_WORDS_OCC ? (NM <= 4 ? 4 : NM <= 8 ? 3 : 1) : 1 };
+};
 
 // D += A B on tensor cores: mma.sync.aligned.m16n8k16, fp32 accumulators, fp16 or bf16
 // operands (fragment layout in mglu_fwd.cu above mglu_rowdot_mma).
@@ -197,19 +217,14 @@ __device__ __forceinline__ void mma16816<mglu_f16>(float* c, const u32* a, u32 b
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Bits b and b + 1 of a mask byte as a 32-bit AND mask over a pair of 16-bit elements.
-__device__ __forceinline__ u32 pair_mask(u32 byte, int b) {
-    const u32 lo = (byte >> b) & 1u, hi = (byte >> (b + 1)) & 1u;
-    return ((0u - lo) & 0xffffu) | ((0u - hi) << 16);
-}
-
 __device__ __forceinline__ u32 prmt(u32 a, u32 sel) {
     u32 d;
     asm("prmt.b32 %0, %1, 0, %2;" : "=r"(d) : "r"(a), "r"(sel));
     return d;
 }
 
-// The four pair masks of a mask byte (pm[j] = pair_mask(byte, 2j)) in 8 instructions.
+// The four pair masks of a mask byte in 8 instructions: pm[j] is bits 2j and 2j + 1 of the
+// byte widened to a 32-bit AND mask over a pair of 16-bit elements (0x0000ffff, 0xffff0000).
 // lo = (byte & 0xf) * 0x10204080 puts bit k (k < 4) at bit 8k + 7, the sign bit of byte k
 // (shifts 7, 14, 21, 28: the partial products land on distinct bits, so no carries);
 // hi = (byte & 0xf0) * 0x01020408 does the same for bits 4..7 (shifts 3, 10, 17, 24).

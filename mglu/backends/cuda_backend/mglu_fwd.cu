@@ -41,8 +41,9 @@ __device__ __forceinline__ void rowdot_epilogue(int act, A total, const A* gate,
 }
 
 // One 8-element chunk g of a W row (VPC 16-byte words q) against NT tokens of x: total +=
-// w . x, gate_i += (M_i w) . x with the chunk's bits of plane i at bits sh .. sh + 7 of mb[i].
-template <class T, int NM, int NT, int VAR, class A>
+// w . x, gate_i += (M_i w) . x (predicated FMA, fma_if) with the chunk's bits of plane i at
+// bits sh .. sh + 7 of mb[i].
+template <class T, int NM, int NT, class A>
 __device__ __forceinline__ void gemv_chunk(const uint4* q, const u32* mb, int sh, const T* x, i64 g, int T_,
                                            int d_model, A* total, A (*gate)[NM]) {
     enum { VPC = Tr<T>::VPC };
@@ -62,38 +63,61 @@ __device__ __forceinline__ void gemv_chunk(const uint4* q, const u32* mb, int sh
 #pragma unroll
         for (int i = 0; i < NM; ++i) {
 #pragma unroll
-            for (int e = 0; e < 8; ++e) acc_masked<VAR>(gate[t][i], mb[i], sh + e, wf[e], xf[e]);
+            for (int e = 0; e < 8; ++e) fma_if(gate[t][i], mb[i], sh + e, wf[e], xf[e]);
         }
     }
 }
 
-// Decode (1 .. NT tokens): one warp per row n of W. VPC 16-byte loads of W per 8-element
-// chunk (8 fp16/bf16 = one LDG.128) and one byte of each mask bit-plane, U chunks in flight
-// per lane (U * 16 * VPC bytes). NT * (NM + 1) accumulators in registers, summed over the
-// warp with shuffles; lane t < T runs the epilogue of token t. VAR: the masked arithmetic
-// (acc_masked in mglu_common.cuh). vec picks the path:
+// One round of the words path (vec = 2): chunks g0 .. g0 + 3 of the row (VPC 16-byte words
+// each) and their mask bytes, one 32-bit word per plane (u32 index ((i d_ff + n) PW + g0) / 4).
+template <class T, int NM>
+__device__ __forceinline__ void gemv_load_round(const uint4* wv, const u32* mw, i64 g0, i64 n, int d_ff, i64 PW,
+                                                uint4 (&q)[4][Tr<T>::VPC], u32 (&mb)[NM]) {
+    enum { VPC = Tr<T>::VPC };
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int v = 0; v < VPC; ++v) q[u][v] = __ldg(wv + (g0 + u) * VPC + v);
+#pragma unroll
+    for (int i = 0; i < NM; ++i) mb[i] = __ldg(mw + ((((i64)i * d_ff + n) * PW + g0) >> 2));
+}
+
+// Decode (1 .. NT tokens): split warps (VAR_SPLIT, VAR_SPLIT_OCC: the run-time split_arg,
+// 2 or 4; else 1) per row n of W, 8
+// warps per block: warp w takes row blockIdx.x * (8 / split) + w / split and part
+// p = w % split of its rounds. VPC 16-byte loads of W per 8-element chunk (8 fp16/bf16 = one
+// LDG.128) and one byte of each mask bit-plane. NT * (NM + 1) accumulators in registers,
+// summed over the warp with shuffles; with split > 1 the parts meet in shared memory and
+// part 0 adds them in part order (fixed: deterministic); lane t < T runs the epilogue of
+// token t. vec picks the path (a round of part p is round r = p + split * j of the row):
 //   2 (d_model % 32 == 0, 16-byte aligned x / W, 4-byte aligned masks): lane l takes the 4
 //     consecutive chunks g = 128 r + 4 l + u (u < 4), whose mask bytes are one 32-bit load
 //     per plane (NM registers, not 4 NM; one load instead of four);
 //   1 (d_model % 8 == 0, aligned): lane l takes chunks g = l + 32 (U r + u), a byte per plane;
-//   0: the scalar path over k = lane, lane + 32, ...
-// Launch: block (GEMV_WARPS * 32), grid ceil(d_ff / GEMV_WARPS).
+//   0: the scalar path over k = lane + 32 r.
+// Launch: block (GEMV_WARPS * 32), grid ceil(d_ff / (GEMV_WARPS / split)).
 template <class T, int NM, int MODE, int NT, int VAR>
-__global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
+__global__ void __launch_bounds__(256, GemvMinBlocks<NM, NT, VAR>::value) mglu_rowdot_gemv(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
-    int T_, int d_model, int d_ff, int act, int vec) {
+    int T_, int d_model, int d_ff, int act, int vec, int split_arg) {
     typedef typename Tr<T>::acc A;
-    enum { VPC = Tr<T>::VPC };
+    enum { VPC = Tr<T>::VPC, WARPS = 8 };
+    enum { SPLIT = VAR == VAR_SPLIT || VAR == VAR_SPLIT_OCC };
+    // a compile-time 1 unless VAR splits rows: the run-time split costs registers (ptxas,
+    // bf16 n_masks 1: 59 against 48, 4 blocks per SM instead of 5)
+    const int split = SPLIT ? split_arg : 1;
     // vec = 1: chunks in flight per lane, 64 bytes of W (4 x LDG.128) up to 8 masks, 32
     // bytes above (the mask bytes take U * NM registers); a hardware estimate (DESIGN.md),
     // not swept (the vec = 2 path fixes 4 chunks: one 32-bit mask word per plane)
     enum { U0 = (NM <= 8 ? 4 : 2) / VPC, U = U0 > 0 ? U0 : 1 };
-    const int lane = threadIdx.x & 31;
-    const i64 n = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (n >= d_ff) return;
+    __shared__ A red[WARPS][NT][NM + 1];  // split > 1: each warp's sums, [warp][token][total, gates]
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % split;
+    const i64 n = (i64)blockIdx.x * (WARPS / split) + warp / split;
+    const bool active = n < d_ff;
+    if (split == 1 && !active) return;  // split > 1: no return before the barrier below
     const i64 PW = (d_model + 7) >> 3;
-    const T* wrow = w + n * d_model;
+    const T* wrow = w + (active ? n : 0) * d_model;
 
     A total[NT], gate[NT][NM];
 #pragma unroll
@@ -104,22 +128,17 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
     }
 
     const uint4* wv = reinterpret_cast<const uint4*>(wrow);
-    if (vec == 2) {
+    if (active && vec == 2) {
         const u32* mw = reinterpret_cast<const u32*>(m);
-        for (i64 g0 = 4 * lane; g0 < PW; g0 += 128) {
+        for (i64 g0 = 4 * lane + 128 * part; g0 < PW; g0 += 128 * split) {
             uint4 q[4][VPC];
             u32 mb[NM];
+            gemv_load_round<T, NM>(wv, mw, g0, n, d_ff, PW, q, mb);
 #pragma unroll
-            for (int u = 0; u < 4; ++u)
-#pragma unroll
-                for (int v = 0; v < VPC; ++v) q[u][v] = __ldg(wv + (g0 + u) * VPC + v);
-#pragma unroll
-            for (int i = 0; i < NM; ++i) mb[i] = __ldg(mw + ((((i64)i * d_ff + n) * PW + g0) >> 2));
-#pragma unroll
-            for (int u = 0; u < 4; ++u) gemv_chunk<T, NM, NT, VAR>(q[u], mb, 8 * u, x, g0 + u, T_, d_model, total, gate);
+            for (int u = 0; u < 4; ++u) gemv_chunk<T, NM, NT>(q[u], mb, 8 * u, x, g0 + u, T_, d_model, total, gate);
         }
-    } else if (vec) {
-        for (i64 g0 = lane; g0 < PW; g0 += 32 * U) {
+    } else if (active && vec) {
+        for (i64 g0 = lane + 32 * U * part; g0 < PW; g0 += 32 * U * split) {
             uint4 q[U][VPC];
             u32 mb[U][NM];
 #pragma unroll
@@ -141,11 +160,11 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
             for (int u = 0; u < U; ++u) {
                 const i64 g = g0 + 32 * u;
                 if (g >= PW) break;
-                gemv_chunk<T, NM, NT, VAR>(q[u], mb[u], 0, x, g, T_, d_model, total, gate);
+                gemv_chunk<T, NM, NT>(q[u], mb[u], 0, x, g, T_, d_model, total, gate);
             }
         }
-    } else {
-        for (i64 k = lane; k < d_model; k += 32) {
+    } else if (active) {
+        for (i64 k = lane + 32 * part; k < d_model; k += 32 * split) {
             const A wk = Tr<T>::ld(wrow, k);
             u32 mb[NM];
 #pragma unroll
@@ -157,7 +176,7 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
                 const A xk = Tr<T>::ld(x, (i64)t * d_model + k);
                 total[t] += wk * xk;
 #pragma unroll
-                for (int i = 0; i < NM; ++i) acc_masked<VAR>(gate[t][i], mb[i], e, wk, xk);
+                for (int i = 0; i < NM; ++i) fma_if(gate[t][i], mb[i], e, wk, xk);
             }
         }
     }
@@ -170,6 +189,28 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_gemv(
 #pragma unroll
             for (int i = 0; i < NM; ++i) gate[t][i] += __shfl_xor_sync(0xffffffffu, gate[t][i], off);
         }
+    }
+    if (split > 1) {
+        if (lane == 0) {
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                red[warp][t][0] = total[t];
+#pragma unroll
+                for (int i = 0; i < NM; ++i) red[warp][t][i + 1] = gate[t][i];
+            }
+        }
+        __syncthreads();
+        if (part != 0 || !active) return;
+        for (int p = 1; p < split; ++p) {
+#pragma unroll
+            for (int t = 0; t < NT; ++t) {
+                total[t] += red[warp + p][t][0];
+#pragma unroll
+                for (int i = 0; i < NM; ++i) gate[t][i] += red[warp + p][t][i + 1];
+            }
+        }
+    } else if (!active) {
+        return;
     }
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
@@ -281,9 +322,11 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
 //   (2q, 2q + 1) -> c0 + 4s + (0, 1),   (2q + 8, 2q + 9) -> c0 + 4s + (2, 3),
 // the same for A and B (a function of k and s only), so register j of the lane's 8 columns
 // (pair j = columns c0 + 2j, 2j + 1) is b0 (j = 2s) or b1 (j = 2s + 1) of step s.
-// The masked fragment M_i * W is the register AND pair_mask(byte, 2j): the pair's two bits
-// widened to 0xffff halves, by shifts (VAR = MMA_SHIFT) or multiply + prmt (MMA_PRMT,
-// pair_masks in mglu_common.cuh). n_masks + 1 mma per (A, B) fragment pair: total, every gate_i.
+// The masked fragment M_i * W is the register AND the pair mask of bits 2j, 2j + 1 of the
+// byte, widened to 0xffff halves by multiply + prmt (pair_masks in mglu_common.cuh).
+// n_masks + 1 mma per (A, B) fragment pair: total, every gate_i. VAR: MMA_PRMT, or
+// MMA_WORDS / MMA_WORDS_OCC (128-column steps with 32-bit mask words where vec = 2, see
+// the loop; _OCC under the register cap of MmaMinBlocks).
 //
 // Block: 4 warps, each 16 tokens x 16 rows (two n8 tiles), 8 (NM + 1) accumulators.
 //   layout 0: warps 2 (tokens) x 2 (rows): 32 tokens x 32 rows, grid (ceil(d_ff/32), ceil(T/32)).
@@ -291,9 +334,10 @@ __global__ void __launch_bounds__(256, 1) mglu_rowdot_tiled(
 //     16 tokens x 32 rows, grid (ceil(d_ff/32), ceil(T/16)); the second half's partial sums
 //     go through shared memory and are added to the first's (fixed order: deterministic).
 // Fragments come straight from global memory (L1 serves the warps sharing an x or W tile).
-// vec = 0 (d_model % 8 != 0 or unaligned bases) loads 16-bit elements one by one.
+// vec = 0 (d_model % 8 != 0 or unaligned bases) loads 16-bit elements one by one; vec = 1
+// and 2 use 16-byte loads (2: 4-byte aligned mask rows of d_model / 8 bytes, d_model % 32 == 0).
 template <class T, int NM, int MODE, int VAR>
-__global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
+__global__ void __launch_bounds__(128, MmaMinBlocks<NM, VAR>::value) mglu_rowdot_mma(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
     int T_, int d_model, int d_ff, int act, int vec, int layout) {
@@ -329,8 +373,56 @@ __global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[p][j][r] = 0.f;
 
+    // MMA_WORDS, vec = 2 (d_model % 32 == 0, aligned rows and mask words): 128-column steps
+    // (alternating between the K halves in layout 1) up to the last multiple of 128, then
+    // the 32-column steps below. Lane q owns the 4 chunks u of columns k0 + 32q + 8u .. + 7
+    // (chunk u plays the part of a 32-column step's k0 + 8q: the permutation of k stays the
+    // same for A and B) and their mask bytes, byte u of one 32-bit word per plane and row.
+    // Rows past T or d_ff read row 0 (clamped pointers): their products land only in
+    // outputs that are not written, so the step needs no guards.
+    i64 k_rest = 0;
+    if ((VAR == MMA_WORDS || VAR == MMA_WORDS_OCC) && vec == 2) {
+        const i64 k_full = (i64)(d_model / 128) * 128;
+        for (i64 k0 = active ? 128 * kh : k_full; k0 < k_full; k0 += split ? 256 : 128) {
+            const i64 cq = k0 + 32 * q;
+            uint4 xa4[4], xb4[4], w4[2][4];
+            u32 mw[2][NM];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                xa4[u] = __ldg(reinterpret_cast<const uint4*>(xa + cq + 8 * u));
+                xb4[u] = __ldg(reinterpret_cast<const uint4*>(xb + cq + 8 * u));
+            }
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+#pragma unroll
+                for (int u = 0; u < 4; ++u) w4[j][u] = __ldg(reinterpret_cast<const uint4*>(wr[j] + cq + 8 * u));
+#pragma unroll
+                for (int i = 0; i < NM; ++i)
+                    mw[j][i] = __ldg(reinterpret_cast<const u32*>(mr[j] + (i64)i * d_ff * PW + (k0 >> 3) + 4 * q));
+            }
+#pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const u32 a0[4] = {xa4[u].x, xb4[u].x, xa4[u].y, xb4[u].y};
+                const u32 a1[4] = {xa4[u].z, xb4[u].z, xa4[u].w, xb4[u].w};
+#pragma unroll
+                for (int j = 0; j < 2; ++j) {
+                    const uint4 b = w4[j][u];
+                    mma16816<T>(acc[0][j], a0, b.x, b.y);
+                    mma16816<T>(acc[0][j], a1, b.z, b.w);
+#pragma unroll
+                    for (int i = 0; i < NM; ++i) {
+                        u32 pm[4];
+                        pair_masks((mw[j][i] >> (8 * u)) & 0xffu, pm);
+                        mma16816<T>(acc[i + 1][j], a0, b.x & pm[0], b.y & pm[1]);
+                        mma16816<T>(acc[i + 1][j], a1, b.z & pm[2], b.w & pm[3]);
+                    }
+                }
+            }
+        }
+        k_rest = k_full;
+    }
     const i64 kstep = split ? 64 : 32;
-    for (i64 k0 = active ? 32 * kh : d_model; k0 < d_model; k0 += kstep) {
+    for (i64 k0 = active ? k_rest + 32 * kh : d_model; k0 < d_model; k0 += kstep) {
         const i64 c0 = k0 + 8 * q, gb = (k0 >> 3) + q;
         u32 ra[4], rb[4];
         load8(va, xa, c0, d_model, vec, ra);
@@ -347,12 +439,7 @@ __global__ void __launch_bounds__(128, 1) mglu_rowdot_mma(
             for (int i = 0; i < NM; ++i) {
                 const u32 byte = (vn[j] && gb < PW) ? (u32)__ldg(mr[j] + (i64)i * d_ff * PW + gb) : 0u;
                 u32 pm[4];
-                if (VAR == MMA_PRMT) {
-                    pair_masks(byte, pm);
-                } else {
-#pragma unroll
-                    for (int h = 0; h < 4; ++h) pm[h] = pair_mask(byte, 2 * h);
-                }
+                pair_masks(byte, pm);
                 mma16816<T>(acc[i + 1][j], a0, b[0] & pm[0], b[1] & pm[1]);
                 mma16816<T>(acc[i + 1][j], a1, b[2] & pm[2], b[3] & pm[3]);
             }
