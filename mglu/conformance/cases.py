@@ -110,9 +110,15 @@ def _cuda_cases() -> list[Case]:
     Backward: dx tiles 32 tokens x 64 columns (16-row steps), dW tiles 32 rows x 64 columns
     (16-token steps); on tensor cores (fp16/bf16) 32 x 32 tiles of 16 x 16 warps, 32-row /
     32-token steps.
+    The 1-token default at one mask splits a row over 4 warps (cuda_t1_split_tail: odd
+    d_ff, the last block's last row idle, d_model on the 32-bit mask-word path); from 5
+    to 16 tokens the tensor-core default steps 128 columns with one mask word a plane
+    (cuda_t16_words_tail: one 128-column step, then a 32-column tail).
     """
     cases = [
         Case("cuda_t1_one_round", (1,), 256, 40, 1, quick=False),
+        Case("cuda_t1_split_tail", (1,), 160, 7, 1),
+        Case("cuda_t16_words_tail", (16,), 160, 40, 4),
         Case("cuda_t4_two_rounds", (4,), 264, 37, 16, activation="gelu", quick=False),
         Case("cuda_t2_scalar_tail", (2,), 255, 45, 3, masks="garbage_tail", quick=False),
         Case("cuda_t5_first_tile", (5,), 72, 33, 2, activation="relu", quick=False),
