@@ -7,6 +7,7 @@ budgets, so the file takes seconds.
 import argparse
 import json
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -362,3 +363,13 @@ def test_eager_rows_time_the_public_op_forward_only(tmp_path):
     assert run_cli(args + ["--mode", "fwdbwd"]) == 0
     rows = {r["runner"]: r for r in _rows(out)}
     assert rows["torch eager"]["status"] == "unavailable" and "forward" in rows["torch eager"]["reason"]
+
+
+def test_git_state_names_the_commit_from_the_environment_when_set(monkeypatch):
+    from mglu.bench.report import git_state
+
+    monkeypatch.delenv("MGLU_GIT_COMMIT", raising=False)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert git_state()[0] == (head or "unknown")
+    monkeypatch.setenv("MGLU_GIT_COMMIT", "c0ffee")
+    assert git_state() == ("c0ffee", False)

@@ -145,8 +145,12 @@ def format_header(limits: Limits, meta: dict) -> str:
 
 
 def git_state() -> tuple[str, bool]:
-    """``(commit, dirty)`` of the checkout holding this package. Outside git (the device
-    tool sends a copy without history) ``$MGLU_GIT_COMMIT`` names it, else ``'unknown'``."""
+    """``(commit, dirty)`` of the checkout holding this package; ``$MGLU_GIT_COMMIT``, when
+    set, names it instead (the device tool's copy carried a ``.git`` of the session's first
+    commit under a newer tree: runs 10-13 recorded 654de54, dirty), and outside git
+    ``'unknown'``."""
+    if os.environ.get("MGLU_GIT_COMMIT"):
+        return os.environ["MGLU_GIT_COMMIT"], False
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
