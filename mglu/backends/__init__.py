@@ -20,6 +20,9 @@ AUTO = "auto"
 #: tokens above which the forward is prefill: triton's tensor cores lead (H100, bf16,
 #: 4096x14336, 8192 tokens: n=1 4.65 ms vs cuda 33.3 ms, n=4 24.5 vs 59.8 ms)
 PREFILL_TOKENS = 64
+#: at one token triton's GEMV leads up to this many masks, cuda's row kernel above (H100
+#: run 12, auto_priority)
+ONE_TOKEN_TRITON_MASKS = 2
 
 
 def auto_priority(problem: Problem) -> tuple[str, ...]:
@@ -32,12 +35,13 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
       triton_backend/DESIGN.md: triton 11.1 ms, the torch backend 19.7 ms; run 9, with the
       faster mask packing, triton 9.3 ms); fewer tokens: torch first (triton's backward is
       not measured there).
-    - CUDA forward, 1 token: cuda first (scripts/numba_tune.py on the H100, bench timer,
-      4096x14336 and 4096x11008, fp16/bf16: cuda fastest at every n_masks in 1, 2, 4, 8,
-      e.g. n=4 fp16 57.5 us, numba 75.5, triton 86.5), then triton. numba's kernel beats
-      triton's from two masks, but an eager numba call costs 742 us against triton's 102
-      us (scripts/host_loop.py, 4096x14336, n=4, bf16, H100 run 8 of
-      triton_backend/DESIGN.md), so numba stays after triton.
+    - CUDA forward, 1 token: up to ``ONE_TOKEN_TRITON_MASKS`` masks triton first, then
+      cuda; more masks cuda first (``python -m mglu bench --preset paper``, fp16, H100 run
+      12 of triton_backend/DESIGN.md: 4096x14336 n=1 triton 45.5 us, cuda 46.7; n=2 48.9
+      vs 51.6; n=4 61.9 vs 57.2; n=8 84.5 vs 72.7; 2048x8192 the same order). numba's
+      kernel beats triton's from four masks (59.8 and 74.9 us), but an eager numba call
+      costs 455-646 us against triton's 65-93 (bench --eager, 4096x14336, n=4, bf16, runs
+      10 and 12), so numba stays after triton.
     - CUDA forward, 2..64 tokens: one mask, triton (16 tokens 53.8 vs 97.1 us, 64 tokens
       75.7 vs 325.4 us at 4096x14336); more masks, cuda (n=4, 64 tokens 557.6 vs 709.2 us;
       16 tokens: cuda faster at 4096x11008 and 8192x28672, triton at 4096x14336).
@@ -50,7 +54,7 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
             return ("triton", "torch", "cuda", "numba")
         return ("torch", "triton", "cuda", "numba")
     if problem.tokens <= 1:
-        first = ("cuda", "triton")
+        first = ("triton", "cuda") if problem.n_masks <= ONE_TOKEN_TRITON_MASKS else ("cuda", "triton")
     elif problem.tokens <= PREFILL_TOKENS:
         first = ("triton", "cuda") if problem.n_masks == 1 else ("cuda", "triton")
     else:
