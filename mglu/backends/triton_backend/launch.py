@@ -100,26 +100,26 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype, gates=None):
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
     dtype, dev = x2d.dtype, x2d.device
-    dx = new_output((T, K), dtype, dev)
-    dw = new_output((N, K), dtype, dev)
-    dm = new_output((n, N, K), dmask_dtype, dev) if dmask_dtype is not None else None
     if T == 0:
-        dw.zero_()
-        if dm is not None:
-            dm.zero_()
-        return dx, dw, dm
+        dm = new_output((n, N, K), dmask_dtype, dev).zero_() if dmask_dtype is not None else None
+        return new_output((T, K), dtype, dev), new_output((N, K), dtype, dev).zero_(), dm
+    # each buffer is allocated when its kernel comes: the peak holds DS with either the
+    # staged weights and dx or dW and dM, not all of them
     ds = new_output((n + 1, T, N), dtype, dev)
     fp64 = dtype == torch.float64
     c = _fwd_tiles(dtype, T, n)
-    wm = expand(weight, packed) if c.staged else None
     if gates is not None:
         b = tiles.DS_BLOCK
         kernels.ds_from_gates[(triton.cdiv(T * N, b),)](gates, dout, ds, T * N, N_MASKS=n, ACT=ACT_ID[activation],
                                                          BLOCK=b, ACC=_acc(dtype), num_warps=tiles.DS_WARPS)
-    else:
+    wm = expand(weight, packed) if c.staged else None
+    if gates is None:
         launch_gates(x2d, weight, packed, ds, dout, ACT_ID[activation], 1, c, wm)
+    dx = new_output((T, K), dtype, dev)
     launch_dx(ds, weight, packed, dx, tiles.FP64_TILES if fp64 else tiles.mma_dx_tiles(T, c.staged), wm)
     del wm
+    dw = new_output((N, K), dtype, dev)
+    dm = new_output((n, N, K), dmask_dtype, dev) if dmask_dtype is not None else None
     launch_dw(ds, x2d, weight, packed, dw, dm, tiles.FP64_TILES if fp64 else tiles.mma_dw_tiles())
     return dx, dw, dm
 
