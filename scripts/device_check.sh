@@ -8,7 +8,8 @@
 #                 host-inclusive rows (bench --eager)
 #   suite         the pytest-benchmark suite over the paper preset
 #   conf:B[:quick]   python -m mglu conformance --backend B --device cuda [--quick]
-#   confp:B[:quick]  the same, one process per dtype in parallel (compiles overlap)
+#   confp:B[:quick]  the same, one process per dtype and third of the catalogue
+#                    (--shard) in parallel: compiles overlap
 #   memcheck:B    compute-sanitizer --tool memcheck over the quick conformance of backend B
 #   tune[:PARTS]  scripts/triton_tune.py PARTS (comma list; default all), JSON in $OUT/tune.json
 #   pytest        the test suite on the GPU (python -m pytest -q)
@@ -40,9 +41,10 @@ for step in "${steps[@]}"; do
     eager) python3 -m mglu bench --shapes 4096x14336 --tokens 1 --n-masks 4 --dtype bf16 --eager --baselines none ;;
     conf:*) b=${step#conf:}; python3 -m mglu conformance --device cuda --backend "${b%%:*}" $([[ $b == *:quick ]] && echo --quick) ;;
     confp:*) b=${step#confp:}; q=$([[ $b == *:quick ]] && echo --quick)
-      for d in float64 float32 float16 bfloat16; do
-        python3 -m mglu conformance --device cuda --backend "${b%%:*}" --dtype $d $q >"/tmp/conf_$d.log" 2>&1 &
-      done; wait; cat /tmp/conf_*.log; ! grep -qE "[1-9][0-9]* failed|Traceback" /tmp/conf_*.log ;;
+      for d in float64 float32 float16 bfloat16; do for s in 1 2 3; do
+        python3 -m mglu conformance --device cuda --backend "${b%%:*}" --dtype $d --shard $s/3 $q \
+          >"/tmp/conf_${d}_$s.log" 2>&1 &
+      done; done; wait; cat /tmp/conf_*.log; ! grep -qE "[1-9][0-9]* failed|Traceback" /tmp/conf_*.log ;;
     memcheck:*) compute-sanitizer --tool memcheck --print-limit 20 python3 -m mglu conformance --device cuda --quick --backend "${step#memcheck:}" ;;
     tune*) parts=${step#tune}; python3 scripts/triton_tune.py $(tr , " " <<<"${parts#:}") --json "$out/tune.json" ;;
     pytest) python3 -m pytest -q -x -p no:cacheprovider ;;
