@@ -14,7 +14,8 @@
 #   tune[:PARTS]  scripts/triton_tune.py PARTS (comma list; default all), JSON in $OUT/tune.json
 #   pytest        the test suite on the GPU (python -m pytest -q)
 # Usage, from the repo root: bash scripts/device_check.sh [STEP ...]
-# Set MGLU_GIT_COMMIT where the copy has no .git (the device tool sends no history).
+# Set MGLU_GIT_COMMIT on the device: its copy carried the .git of the session's first commit
+# under a newer tree (seen in runs 10-13), so git there names the wrong commit.
 # Writes $OUT/run.log and $OUT/bench_P.{json,png} (./device-out without $OUT).
 set -uo pipefail
 steps=("$@")
