@@ -1,0 +1,54 @@
+"""The Triton GEMV's inline PTX compiles for sm_90 and becomes what DESIGN.md says:
+``R2P`` bit tests and predicated adds, no local memory (ptxas of the installed triton,
+on the CPU; a subprocess, since the tests import triton under its interpreter)."""
+
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton")
+
+SCRIPT = r"""
+import os, re, subprocess, sys, tempfile
+os.environ.pop("TRITON_INTERPRET", None)
+import triton, triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from mglu.backends.triton_backend import kernels, tiles
+
+n = int(sys.argv[1])
+c = tiles.gemv_tiles(n)
+consts = dict(N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=c.BN, BG=c.BG, UNROLL=c.UNROLL,
+              ASM=True, ACC=tl.float32)
+sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "p_ptr": "*u8", "out_ptr": "*bf16", "N": "i32", "K": "i32", "KB": "i32"}
+sig.update({k: "constexpr" for k in consts})
+names = list(kernels.fwd_gemv.arg_names)
+attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items() if t != "constexpr"}
+opts = {"num_warps": c.num_warps, "num_stages": 1}
+if c.maxnreg:
+    opts["maxnreg"] = c.maxnreg
+k = triton.compile(ASTSource(kernels.fwd_gemv, sig, consts, attrs), target=GPUTarget("cuda", 90, 32), options=opts)
+with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+    f.write(k.asm["cubin"])
+    f.flush()
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+ops = re.findall(r"/\*[0-9a-f]{4}\*/\s+(@!?P\d\s+)?([A-Z0-9]+)", sass)
+print("STEPS", c.UNROLL + 2)  # the unrolled loop's steps, the single-step loop, the tail
+print("R2P", sum(op == "R2P" for _, op in ops))
+print("PRED_ADD", sum(bool(p) and op in ("FADD", "FFMA") for p, op in ops))
+print("LOCAL", sum(op in ("LDL", "STL") for _, op in ops))
+"""
+
+
+@pytest.mark.parametrize("n_masks", [1, 4])
+def test_gemv_inline_ptx_is_predicated_adds(n_masks):
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(n_masks)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    counts = dict(line.split() for line in run.stdout.splitlines())
+    # an R2P for every mask byte of every step in the code (tl.where's select gave 2 in
+    # all), a predicated add for each of its 8 elements
+    assert int(counts["R2P"]) >= int(counts["STEPS"]) * n_masks
+    assert int(counts["PRED_ADD"]) >= 8 * int(counts["STEPS"]) * n_masks
+    assert int(counts["LOCAL"]) == 0
