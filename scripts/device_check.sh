@@ -20,7 +20,8 @@
 set -uo pipefail
 steps=("$@")
 [[ ${#steps[@]} -gt 0 ]] || steps=(conformance swiglu paper decode)
-export MGLU_GIT_COMMIT=${MGLU_GIT_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+: "${MGLU_GIT_COMMIT:?set MGLU_GIT_COMMIT to the tree's commit (the device copy's .git is stale)}"
+export MGLU_GIT_COMMIT
 out=${OUT:-device-out}
 log="$out/run.log"
 mkdir -p "$out"

@@ -29,8 +29,10 @@ def _compile(fn, sig: dict, consts: dict, c) -> str:
     names = list(fn.arg_names)
     attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items() if t != "constexpr" and a != "T"}
     try:
-        k = triton.compile(ASTSource(fn, sig, consts, attrs), target=TARGET,
-                           options={"num_warps": c.num_warps, "num_stages": getattr(c, "num_stages", 3)})
+        options = {"num_warps": c.num_warps, "num_stages": getattr(c, "num_stages", 3)}
+        if getattr(c, "maxnreg", None):
+            options["maxnreg"] = c.maxnreg  # as launched (the GEMV's register cap)
+        k = triton.compile(ASTSource(fn, sig, consts, attrs), target=TARGET, options=options)
     except Exception as exc:
         lines = [ln for ln in str(exc).splitlines() if "rror" in ln or "ssert" in ln]
         return "FAIL " + (lines[0] if lines else type(exc).__name__)[:200]
@@ -71,12 +73,12 @@ def main(argv=None) -> int:
                     jobs.append(("expand_masks", kernels.expand_masks, {
                         "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p, "N": "i32", "K": "i32", "KB": "i32"},
                         dict(N_MASKS=n, BN=ce.BN, BK=ce.BK), ce))
-                if T == 1 and dt != "fp64":
+                if T == 1:
                     cg = tiles.gemv_tiles(n)
                     sig = {k: v for k, v in base.items() if k not in ("aux_ptr", "T", "wm_ptr")}
                     jobs.append(("fwd_gemv", kernels.fwd_gemv, sig, dict(
                         N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=cg.BN, BG=cg.BG, UNROLL=cg.UNROLL,
-                        ASM=True, ACC=acc), cg))
+                        ASM=dt != "fp64", ACC=acc), cg))
                 cx = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dx_tiles(T, c.staged)
                 jobs.append(("bwd_dx", kernels.bwd_dx, {"ds_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p,
                                                         "dx_ptr": p, "T": "i32", "N": "i32", "K": "i32", "KB": "i32"},

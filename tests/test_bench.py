@@ -372,4 +372,4 @@ def test_git_state_names_the_commit_from_the_environment_when_set(monkeypatch):
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert git_state()[0] == (head or "unknown")
     monkeypatch.setenv("MGLU_GIT_COMMIT", "c0ffee")
-    assert git_state() == ("c0ffee", False)
+    assert git_state() == ("c0ffee", None)

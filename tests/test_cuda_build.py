@@ -188,7 +188,9 @@ def test_default_variants_follow_the_measured_regimes():
     fwd, bwd = launcher.MODE_FWD, launcher.MODE_BWD
     for dtype in launcher.TUNED_DTYPES:
         assert launcher.default_variant(dtype, 1, fwd, 1) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[1]
-        assert launcher.default_variant(dtype, 4, fwd, 1) == launcher.default_variant(dtype, 16, fwd, 1)
+        assert launcher.default_variant(dtype, 4, fwd, 1) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[8] == "pred-words-occ"
+        # above 8 masks the -occ cap is off: the plain kernel, not a second instantiation of it
+        assert launcher.default_variant(dtype, 16, fwd, 1) == "pred-words"
         assert launcher.default_variant(dtype, 1, fwd, 4) == launcher.DEFAULT_GEMV_VARIANT
         assert launcher.default_variant(dtype, 1, bwd, 1) == launcher.DEFAULT_GEMV_VARIANT
         assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS) == dict(launcher.MMA_DEFAULTS_FEW_TOKENS)[8]

@@ -1,5 +1,7 @@
-"""The Triton GEMV's inline PTX compiles for sm_90 and becomes what DESIGN.md says:
-``R2P`` bit tests and predicated adds, no local memory (ptxas of the installed triton,
+"""The Triton GEMV's inline PTX compiles for sm_90 and becomes what DESIGN.md says: an
+``R2P`` for every mask byte of every step, no local memory, in the 16-bit dtypes (fp32
+W needs two 16-byte loads a thread and a layout conversion, and ptxas forms no ``R2P``
+there: fp32 decode is correct, not tuned) (ptxas of the installed triton,
 on the CPU; a subprocess, since the tests import triton under its interpreter)."""
 
 import subprocess
@@ -17,11 +19,12 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from mglu.backends.triton_backend import kernels, tiles
 
-n = int(sys.argv[1])
+n, dtype = int(sys.argv[1]), sys.argv[2]
 c = tiles.gemv_tiles(n)
 consts = dict(N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=c.BN, BG=c.BG, UNROLL=c.UNROLL,
               ASM=True, ACC=tl.float32)
-sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "p_ptr": "*u8", "out_ptr": "*bf16", "N": "i32", "K": "i32", "KB": "i32"}
+sig = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "p_ptr": "*u8", "out_ptr": f"*{dtype}", "N": "i32", "K": "i32",
+       "KB": "i32"}
 sig.update({k: "constexpr" for k in consts})
 names = list(kernels.fwd_gemv.arg_names)
 attrs = {(names.index(a),): [["tt.divisibility", 16]] for a, t in sig.items() if t != "constexpr"}
@@ -37,18 +40,16 @@ with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
 ops = re.findall(r"/\*[0-9a-f]{4}\*/\s+(@!?P\d\s+)?([A-Z0-9]+)", sass)
 print("STEPS", c.UNROLL + 2)  # the unrolled loop's steps, the single-step loop, the tail
 print("R2P", sum(op == "R2P" for _, op in ops))
-print("PRED_ADD", sum(bool(p) and op in ("FADD", "FFMA") for p, op in ops))
 print("LOCAL", sum(op in ("LDL", "STL") for _, op in ops))
 """
 
 
-@pytest.mark.parametrize("n_masks", [1, 4])
-def test_gemv_inline_ptx_is_predicated_adds(n_masks):
-    run = subprocess.run([sys.executable, "-c", SCRIPT, str(n_masks)], capture_output=True, text=True, timeout=600)
+@pytest.mark.parametrize("n_masks,dtype", [(1, "bf16"), (4, "bf16"), (4, "fp16")])
+def test_gemv_inline_ptx_is_predicated_adds(n_masks, dtype):
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(n_masks), dtype], capture_output=True, text=True,
+                         timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     counts = dict(line.split() for line in run.stdout.splitlines())
-    # an R2P for every mask byte of every step in the code (tl.where's select gave 2 in
-    # all), a predicated add for each of its 8 elements
+    # an R2P for every mask byte of every step in the code (tl.where's path: 2 in all)
     assert int(counts["R2P"]) >= int(counts["STEPS"]) * n_masks
-    assert int(counts["PRED_ADD"]) >= 8 * int(counts["STEPS"]) * n_masks
     assert int(counts["LOCAL"]) == 0

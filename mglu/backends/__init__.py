@@ -40,8 +40,8 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
       12 of triton_backend/DESIGN.md: 4096x14336 n=1 triton 45.5 us, cuda 46.7; n=2 48.9
       vs 51.6; n=4 61.9 vs 57.2; n=8 84.5 vs 72.7; 2048x8192 the same order). numba's
       kernel beats triton's from four masks (59.8 and 74.9 us), but an eager numba call
-      costs 455-646 us against triton's 65-93 (bench --eager, 4096x14336, n=4, bf16, runs
-      10 and 12), so numba stays after triton.
+      costs 455.0 us (run 10) and 646.7 (run 12) against triton's 65.5 and 86.6 (bench
+      --eager, 4096x14336, n=4, bf16), so numba stays after triton.
     - CUDA forward, 2..64 tokens: one mask, triton (16 tokens 53.8 vs 97.1 us, 64 tokens
       75.7 vs 325.4 us at 4096x14336); more masks, cuda (n=4, 64 tokens 557.6 vs 709.2 us;
       16 tokens: cuda faster at 4096x11008 and 8192x28672, triton at 4096x14336).

@@ -144,13 +144,13 @@ def format_header(limits: Limits, meta: dict) -> str:
     )
 
 
-def git_state() -> tuple[str, bool]:
-    """``(commit, dirty)`` of the checkout holding this package; ``$MGLU_GIT_COMMIT``, when
-    set, names it instead (the device tool's copy carried a ``.git`` of the session's first
-    commit under a newer tree: runs 10-13 recorded 654de54, dirty), and outside git
-    ``'unknown'``."""
+def git_state() -> tuple[str, bool | None]:
+    """``(commit, dirty)`` of the checkout holding this package. ``$MGLU_GIT_COMMIT``, when
+    set, names the commit instead, with ``dirty`` unknown (``None``): the device tool's
+    copy carried a ``.git`` of the session's first commit under a newer tree (runs 10-13
+    recorded 654de54, dirty). Outside git: ``('unknown', None)``."""
     if os.environ.get("MGLU_GIT_COMMIT"):
-        return os.environ["MGLU_GIT_COMMIT"], False
+        return os.environ["MGLU_GIT_COMMIT"], None
     root = Path(__file__).resolve().parents[2]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
@@ -159,7 +159,7 @@ def git_state() -> tuple[str, bool]:
                                 timeout=10, check=True).stdout
         return commit or "unknown", bool(status.strip())
     except (OSError, subprocess.SubprocessError):
-        return os.environ.get("MGLU_GIT_COMMIT", "unknown"), False
+        return "unknown", None
 
 
 def versions() -> dict[str, str]:

@@ -78,10 +78,10 @@ def _base_cases() -> list[Case]:
 
 
 def _triton_cases() -> list[Case]:
-    """Boundaries of mglu/backends/triton_backend (tiles.py): the GEMV serves 1 token with
-    n_masks >= 2 and reads 256 columns (BG=32 byte groups) of 4 rows per step, 4 steps per
-    loop iteration, then single steps, all unmasked (rows clamped), then a masked partial
-    step, and takes 8 masks per pass over K (n=9: 5 + 4); the tensor-
+    """Boundaries of mglu/backends/triton_backend (tiles.py): the GEMV serves 1 token and
+    reads 256 columns (BG=32 byte groups) of 4 rows per step, 4 steps per loop iteration
+    up to 4 gates a pass (2 above), then single steps, all unmasked (rows clamped), then
+    a masked partial step, and takes 8 masks per pass over K (n=9: 5 + 4); the tensor-
     core kernel takes 16-token, 64-row tiles 128 columns deep (64 in fp32, 16 in fp64) and
     groups masks (n=5: 3 + 2 in a pass); from 256 tokens (1024 at one mask; fp16/bf16) it
     reads the masked weights staged in HBM instead of building them from the bits."""
@@ -89,6 +89,7 @@ def _triton_cases() -> list[Case]:
         Case("triton_one_token_one_mask", (1,), 40, 37, 1, quick=False),
         Case("triton_gemv_k_tail", (1,), 257, 30, 5, masks="garbage_tail"),
         Case("triton_gemv_steps", (1,), 1283, 13, 9, masks="garbage_tail"),
+        Case("triton_gemv_unroll4", (1,), 2309, 13, 4, masks="garbage_tail"),
         Case("triton_mma_k_tail", (17,), 129, 67, 5, masks="garbage_tail"),
         Case("triton_token_tile_edge", (16,), 128, 64, 2, quick=False),
         Case("triton_staged_below", (255,), 26, 20, 2, masks="garbage_tail", quick=False),

@@ -83,11 +83,11 @@ DEFAULT_MMA_VARIANT = "prmt"
 #: 507.8, split4 509.3, split2 513.2, split2-occ 515.2, pred-words 530.6 (fp16 4096x11008
 #: 37.9 against 43.9; the one loss bf16 4096x14336, 50.8 against 47.8); n_masks 4,
 #: pred-words-occ 609.8 against pred-words 635.9; n_masks 8, 771.1 against 830.3. Not
-#: timed: n_masks 2, 3, 5-7 (capped at 64 / 80 registers), 9-16 (no cap: the pred-words
-#: kernel under another name).
-GEMV_DEFAULTS_1_TOKEN = ((1, "pred-words-split4-occ"), (MAX_MASKS, "pred-words-occ"))
+#: timed: n_masks 2, 3, 5-7 (capped at 64 / 80 registers). Above 8 masks the cap is off
+#: (GemvMinBlocks 1), so pred-words itself, not the same kernel compiled again as -occ.
+GEMV_DEFAULTS_1_TOKEN = ((1, "pred-words-split4-occ"), (8, "pred-words-occ"), (MAX_MASKS, "pred-words"))
 #: the fp16/bf16 forward at 5..MMA_SPLIT_TOKENS tokens (mma layout 1), (largest n_masks,
-#: variant): prmt-words beat prmt at every shape, dtype and n_masks 1, 4, 8 at 16 tokens in
+#: variant), timed at 16 tokens only (5-15 follow it untimed): prmt-words beat prmt at every shape, dtype and n_masks 1, 4, 8 at 16 tokens in
 #: run 1 (commit d311605), by 1.25x to 2.21x; in run 2 prmt-words-occ was the fastest by the
 #: sum over shapes and dtypes (n_masks 1: 563.7 us, n_masks 4: 761.7; prmt-words 655.7 and
 #: 826.2 in that build, whose layout-2 code since reverted raised its registers; run 1's

@@ -150,7 +150,8 @@ def decode_plan(x2d, weight, packed, variant: str | None = None) -> str:
     where its 16-byte loads apply (fp16/bf16, ``d_model % (8 span) == 0``, ``x`` and ``W``
     16-byte aligned, the masks ``span``-byte aligned) and its int32 indices do not overflow
     (a chunk index ``< d_ff d_model / 8``, a mask word index ``< n_masks d_ff d_model /
-    (8 span)``, a token's chunk ``< T d_model / 8``: all below 2**31), else ``"scalar"``
+    (8 span)``, a token's chunk ``< T d_model / 8``: all below 2**31; the guard bounds the
+    mask bytes, ``packed.numel()``, a stricter test than the words), else ``"scalar"``
     (the element-wise ``decode`` kernel: any dtype, ``d_model`` and alignment)."""
     variant = default_variant(packed.shape[0]) if variant is None else variant
     shape = DECODE_VARIANTS[variant]

@@ -16,7 +16,9 @@ DECODE_BLOCK = 128
 #: (x read once for them), lanes summed by warp shuffles (``shuffle``) or through shared
 #: memory. The first seven are last session's sweep (DESIGN.md); sm_90 PTX without local
 #: memory for every n_masks 1..16 (checked on CPU): scalar, v4, v4u2, v4s2, v4u2b256;
-#: v4u4 spills from n_masks 9, v4s4 from 12 (NVVM stops unrolling the word loop)
+#: v4u4 spills from n_masks 9, v4s4 from 12 (NVVM stops unrolling the word loop), v4s4w
+#: from 13 (its FORWARD, fp16 and bf16); for v4s4wb256, v4s4r2w and v4s8w no such check
+#: is recorded
 DECODE_VARIANTS = {
     "scalar": None,
     "v4": (1, 1, 128, 1, False),
@@ -40,7 +42,8 @@ DECODE_VARIANT = "v4s4w"
 #: (NVVM stops unrolling; checked on CPU: v4s4 at 86fa957 from 12, v4s4w's FORWARD from 13 in
 #: fp16 and bf16; the threshold stays at 12), so from it on the forward takes
 #: DECODE_VARIANT_MANY_MASKS, the fastest variant without local memory at n_masks 8 in the
-#: sweep recorded at commit 86fa957 (its DESIGN.md); neither is measured at n_masks >= 12
+#: sweep recorded at commit 86fa957 (its DESIGN.md), a sweep that had no shuffle variant;
+#: neither is measured at n_masks >= 12, where a shuffle span-2 kernel is the open lead
 DECODE_MANY_MASKS = 12
 DECODE_VARIANT_MANY_MASKS = "v4s2"
 

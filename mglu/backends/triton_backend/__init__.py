@@ -5,8 +5,8 @@ ceil(d_model/8))`` uint8. Forward ``out (T, d_ff) = sum_i act(gate_i) * (total -
 backward ``(dx, dW, dM)`` of SPEC §3 in three kernels (``DS`` pass, ``dx``, ``dW``/``dM``).
 
 Regimes (``tiles.py`` holds every tile constant and where it came from): ``T <=
-GEMV_MAX_TOKENS`` with ``n_masks >= GEMV_MIN_MASKS`` runs the CUDA-core GEMV that streams
-``W`` and the bit-planes once, unless the forward must keep the gates for autograd; every
+GEMV_MAX_TOKENS`` runs the CUDA-core GEMV that streams ``W`` and the bit-planes once,
+unless the forward must keep the gates for autograd; every
 other call the tensor-core kernel, which from ``STAGED_MIN_TOKENS`` (fp16/bf16) reads the
 masked weights staged in HBM. The forward keeps the gates for its backward when asked
 (``saves_gates``). Without a GPU the same kernels run on CPU tensors under Triton's

@@ -44,7 +44,8 @@ def _add_where(acc, byte, bit, prod, ASM: tl.constexpr):
     """``acc + prod`` where ``byte & bit`` is nonzero, else ``acc`` (all ``(BN, BG, 8)``).
 
     With ``ASM`` a predicated add in inline PTX (``and``, ``setp``, ``@p add.f32``), which
-    ptxas turns into one ``R2P`` per 7 bits and one predicated ``FADD`` per element, as in
+    ptxas turns into one ``R2P`` per 7 bits and one predicated ``FFMA`` per element (the
+    multiply of ``prod`` folded in), as in
     the cuda backend's ``fma_if``: about 1.15 instructions per element and mask instead of
     the bit test, select and add of ``tl.where`` (SASS of triton 3.6 for sm_90,
     DESIGN.md run 10). Without it (Triton's interpreter, which runs no PTX, and fp64) the
@@ -121,6 +122,8 @@ def _gemv_step(loaded, grp, at, a0, a1, a2, a3, a4, a5, a6, a7,
 
 @triton.jit
 def _gemv_term(acc, total, res, valid, ACT: tl.constexpr):
+    """``res + act(g) (total - g)`` with ``g (BN,)`` the sum of ``acc (BN, BG, 8)``; ``res``
+    unchanged where ``valid`` is false (a gate slot past ``n_masks``)."""
     g = tl.sum(tl.sum(acc, axis=2), axis=1)
     return res + tl.where(valid, act(g, ACT) * (total - g), 0.0)
 
@@ -130,7 +133,8 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
              N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr,
              BN: tl.constexpr, BG: tl.constexpr, UNROLL: tl.constexpr, ASM: tl.constexpr,
              ACC: tl.constexpr):
-    """``out[t, rows]`` for one token ``t = program_id(0)`` and ``BN`` rows of W.
+    """``out[t, n] = sum_i act(gate_i) (total - gate_i)`` for one token ``t = program_id(0)``
+    and ``BN`` rows ``n`` of W (``x (T, K)``, ``W (N, K)``, packed ``(n_masks, N, KB)``).
 
     A ``(BN, 8 BG)`` tile of W per step, 8 consecutive elements a thread (one 16-byte
     load at 16 bits), reshaped to ``(BN, BG, 8)`` so that the byte of each bit-plane
@@ -139,6 +143,7 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
     together. ``G`` (1..8) gate accumulators per pass over K; ``total`` comes from the
     first pass.
     """
+    tl.static_assert(UNROLL == 1 or UNROLL == 2 or UNROLL == 4, "UNROLL is 1, 2 or 4")
     t = tl.program_id(0)
     offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
     rows = tl.minimum(offs_n, N - 1)[:, None]

@@ -26,6 +26,10 @@ class Gemv:
     UNROLL: int = 1
     maxnreg: int | None = None
 
+    def __post_init__(self):
+        if self.UNROLL not in (1, 2, 4):
+            raise ValueError(f"Gemv.UNROLL is 1, 2 or 4 (kernels.fwd_gemv unrolls that far), got {self.UNROLL}")
+
 
 @dataclass(frozen=True)
 class Mma:
@@ -60,20 +64,23 @@ GROUP = 8
 #: BN x BT fp32 live: at most 4 gates
 MAX_GATE_ACCS = 4
 #: the GEMV's gate accumulators are (BN, BG, 8) per-element partial sums, 8 registers a
-#: thread each: at most 8 per pass (n=8, unroll 4: 136 registers, ptxas for sm_90)
+#: thread each: at most 8 per pass (n=8, unroll 2: 128 registers, H100 run 11)
 MAX_GEMV_ACCS = 8
 
 
 def gemv_tiles(n_masks: int) -> Gemv:
-    """GEMV tiles: a thread's 8 consecutive 16-bit elements are one 16-byte load; BN=4,
-    BG=32, 4 warps was best or within 3% of best of 10 tilings in H100 run 2 (the first
-    GEMV). Unroll and register cap by gate accumulators a pass, H100 run 11 (4096x14336
-    bf16, 1 token, do_bench; 8 settings each): n=1 unroll 4 at 200 registers 54.7 us
-    (uncapped 61.8), n=2 unroll 4 at 168 58.6 us (uncapped 65.2), n=4 unroll 4 at 128
-    71.7 us (no unroll 77.7, at 168: 80.9), n=8 unroll 2 uncapped 96.9 us (unroll 4:
-    169.2). A cap lets ptxas keep the loads of all the unrolled steps ahead of their
-    arithmetic (SASS); at n=4 a higher cap costs occupancy (121 registers, 4 programs of
-    128 threads an SM, against 133 registers and 3 at 168)."""
+    """GEMV tiles for ``n_masks``. A thread's 8 consecutive 16-bit elements are one 16-byte
+    load. BN=4, BG=32, 4 warps comes from H100 run 2 (the first GEMV: best or within 3% of
+    best of 10 tilings) and was not re-timed with unroll and cap; run 10's uncapped
+    unroll-4 rows hint at better shapes: n=1 BN=8 with 8 warps 56.3 us against 62.2, n=8
+    BN=4 BG=16 2 warps 128.2 against 151.4 (a lead). Unroll and register cap by gate
+    accumulators a pass, H100 run 11 (4096x14336 bf16, 1 token, do_bench; 8 settings
+    each): n=1 unroll 4 at 200 registers 54.7 us (uncapped 61.8), n=2 unroll 4 at 168
+    58.6 us (uncapped 65.2), n=4 unroll 4 at 128 71.7 us (no unroll 77.7, at 168: 80.9),
+    n=8 unroll 2 uncapped 96.9 us (unroll 4: 169.2). A cap lets ptxas keep the loads of
+    all the unrolled steps ahead of their arithmetic (SASS); at n=4 a higher cap costs
+    occupancy (121 registers, 4 programs of 128 threads an SM, against 133 registers and
+    3 at 168)."""
     g = gate_group(n_masks, MAX_GEMV_ACCS)
     if g == 1:
         return Gemv(BN=4, BG=32, num_warps=4, UNROLL=4, maxnreg=200)
