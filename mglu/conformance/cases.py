@@ -88,8 +88,8 @@ def _triton_cases() -> list[Case]:
     return [
         Case("triton_one_token_one_mask", (1,), 40, 37, 1, quick=False),
         Case("triton_gemv_k_tail", (1,), 257, 30, 5, masks="garbage_tail"),
-        Case("triton_gemv_steps", (1,), 1283, 13, 9, masks="garbage_tail"),
-        Case("triton_gemv_unroll4", (1,), 2309, 13, 4, masks="garbage_tail"),
+        Case("triton_gemv_steps", (1,), 1283, 6, 4, masks="garbage_tail"),
+        Case("triton_gemv_two_passes", (1,), 515, 6, 9, masks="garbage_tail"),
         Case("triton_mma_k_tail", (17,), 129, 67, 5, masks="garbage_tail"),
         Case("triton_token_tile_edge", (16,), 128, 64, 2, quick=False),
         Case("triton_staged_below", (255,), 26, 20, 2, masks="garbage_tail", quick=False),
