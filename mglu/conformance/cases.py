@@ -39,6 +39,10 @@ class Case:
     #: the dtypes the quick subset keeps this case in (None: all), for a case whose point
     #: is one dtype's code path and whose other dtypes are slow under Triton's interpreter
     quick_dtypes: tuple[torch.dtype, ...] | None = None
+    #: the dtypes the catalogue has this case in at all (None: all), for a boundary of a
+    #: code path some dtypes never take (fp64 runs no tensor-core tile), whose slow runs
+    #: there would test nothing of it
+    dtypes: tuple[torch.dtype, ...] | None = None
 
     @property
     def id(self) -> str:
@@ -77,6 +81,11 @@ def _base_cases() -> list[Case]:
 # d_ff not a multiple of any block). Every backend runs every case.
 
 
+#: the dtypes of the GEMV's inline-PTX path and of the tensor-core tiles (fp64 takes
+#: tl.where and CUDA-core tiles; triton_gemv_k_tail keeps the fp64 GEMV in the catalogue)
+_NOT_FP64 = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def _triton_cases() -> list[Case]:
     """Boundaries of mglu/backends/triton_backend (tiles.py): the GEMV serves 1 token and
     reads 256 columns (BG=32 byte groups) of 4 rows per step, 4 steps per loop iteration
@@ -88,9 +97,9 @@ def _triton_cases() -> list[Case]:
     return [
         Case("triton_one_token_one_mask", (1,), 40, 37, 1, quick=False),
         Case("triton_gemv_k_tail", (1,), 257, 30, 5, masks="garbage_tail"),
-        Case("triton_gemv_steps", (1,), 1283, 6, 4, masks="garbage_tail"),
-        Case("triton_gemv_two_passes", (1,), 515, 6, 9, masks="garbage_tail"),
-        Case("triton_mma_k_tail", (17,), 129, 67, 5, masks="garbage_tail"),
+        Case("triton_gemv_steps", (1,), 1283, 6, 4, masks="garbage_tail", dtypes=_NOT_FP64),
+        Case("triton_gemv_two_passes", (1,), 515, 6, 9, masks="garbage_tail", dtypes=_NOT_FP64),
+        Case("triton_mma_k_tail", (17,), 129, 67, 5, masks="garbage_tail", dtypes=_NOT_FP64),
         Case("triton_token_tile_edge", (16,), 128, 64, 2, quick=False),
         Case("triton_staged_below", (255,), 26, 20, 2, masks="garbage_tail", quick=False),
         Case("triton_staged", (256,), 20, 136, 3, masks="garbage_tail",
@@ -149,8 +158,9 @@ def _numba_cases() -> list[Case]:
 
 
 def catalogue(quick: bool = False) -> list[Case]:
-    """Every base case in every dtype; ``quick`` keeps the cases marked quick."""
-    cases = [replace(c, dtype=d) for d in DTYPES for c in _base_cases()]
+    """Every base case in every dtype it names (all by default); ``quick`` keeps the cases
+    marked quick."""
+    cases = [replace(c, dtype=d) for d in DTYPES for c in _base_cases() if c.dtypes is None or d in c.dtypes]
     if not quick:
         return cases
     return [c for c in cases if c.quick and (c.quick_dtypes is None or c.dtype in c.quick_dtypes)]
