@@ -5,6 +5,7 @@
 follow from a hardware fact stated beside them.
 """
 
+import functools
 from dataclasses import dataclass
 
 #: the CUDA-core GEMV serves one token (every n_masks); every other forward runs on
@@ -68,6 +69,7 @@ MAX_GATE_ACCS = 4
 MAX_GEMV_ACCS = 8
 
 
+@functools.cache
 def gemv_tiles(n_masks: int) -> Gemv:
     """GEMV tiles for ``n_masks``. A thread's 8 consecutive 16-bit elements are one 16-byte
     load. BN=4, BG=32, 4 warps comes from H100 run 2 (the first GEMV: best or within 3% of
