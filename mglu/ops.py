@@ -18,7 +18,7 @@ from torch import Tensor
 from . import dispatch
 from .activations import DEFAULT_ACTIVATION, check_activation
 from .backends import Problem, new_output
-from .dtypes import DTYPE_NAMES, SUPPORTED_DTYPES, accum_dtype
+from .dtypes import DTYPE_NAMES, SUPPORTED_DTYPES
 from .errors import MGLUTypeError, MGLUValueError
 from .masks import check_n_masks, check_packed, pack_masks
 
@@ -26,73 +26,74 @@ from .masks import check_n_masks, check_packed, pack_masks
 @torch.library.custom_op("mglu::forward", mutates_args=())
 def forward_op(
     x2d: Tensor, weight: Tensor, packed: Tensor, logits: Optional[Tensor], activation: str, backend: str,
-    save_gates: bool,
+    save_factors: bool,
 ) -> tuple[Tensor, Tensor]:
-    """``(out (T, d_ff), gates)`` on the backend ``backend`` resolves to; ``logits`` only
-    routes grads. ``gates``: ``(n_masks + 1, T, d_ff)`` in the accumulation dtype (fp32;
-    fp64 for fp64), ``gate_i`` then ``total``, written when ``save_gates`` and the backend keeps them for its backward
-    (``Backend.saves_gates``); else empty."""
-    out, gates = _run_forward(x2d, weight, packed, logits, activation, backend, save_gates)
-    return out, gates if gates is not None else x2d.new_empty((0,))
+    """``(out (T, d_ff), factors)`` on the backend ``backend`` resolves to; ``logits`` only
+    routes grads. ``factors``: ``(n_masks + 1, T, d_ff)`` in the input dtype, the gradient
+    factors ``act'(g_i) (total - g_i) - act(g_i)`` then ``sum_i act(g_i)``, written when
+    ``save_factors`` and the backend keeps them for its backward (``Backend.saves_factors``);
+    else empty."""
+    out, factors = _run_forward(x2d, weight, packed, logits, activation, backend, save_factors)
+    return out, factors if factors is not None else x2d.new_empty((0,))
 
 
-def _run_forward(x2d, weight, packed, logits, activation, backend, save_gates):
-    """``(out, gates or None)`` on the chosen backend: the body of :func:`forward_op`, and
+def _run_forward(x2d, weight, packed, logits, activation, backend, save_factors):
+    """``(out, factors or None)`` on the chosen backend: the body of :func:`forward_op`, and
     what a plain eager call (:func:`_plain_call`) runs without the op."""
     x2d, weight, packed = x2d.contiguous(), weight.contiguous(), packed.contiguous()
     chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation))
-    if not _saves(chosen, backend, x2d, weight, packed, logits, activation, save_gates):
+    if not _saves(chosen, backend, x2d, weight, packed, logits, activation, save_factors):
         return chosen.forward(x2d, weight, packed, activation), None
-    gates = new_output(_gates_shape(x2d, weight, packed), accum_dtype(x2d.dtype), x2d.device)
-    return chosen.forward(x2d, weight, packed, activation, gates=gates), gates
+    factors = new_output(_factors_shape(x2d, weight, packed), x2d.dtype, x2d.device)
+    return chosen.forward(x2d, weight, packed, activation, factors=factors), factors
 
 
-def _gates_shape(x2d, weight, packed) -> tuple[int, int, int]:
+def _factors_shape(x2d, weight, packed) -> tuple[int, int, int]:
     return packed.shape[0] + 1, x2d.shape[0], weight.shape[0]
 
 
-def _saves(chosen, backend, x2d, weight, packed, logits, activation, save_gates) -> bool:
-    """Whether the forward keeps the gates: asked to, and both the forward's backend and the
-    one the backward will run on (``auto`` may pick another) use them."""
-    if not (save_gates and chosen.saves_gates):
+def _saves(chosen, backend, x2d, weight, packed, logits, activation, save_factors) -> bool:
+    """Whether the forward keeps the gradient factors: asked to, and both the forward's
+    backend and the one the backward will run on (``auto`` may pick another) use them."""
+    if not (save_factors and chosen.saves_factors):
         return False
     problem = Problem.of(x2d, weight, packed, activation, logits is not None, backward=True)
-    return dispatch.select(backend, problem).saves_gates
+    return dispatch.select(backend, problem).saves_factors
 
 
 @forward_op.register_fake
-def _forward_fake(x2d, weight, packed, logits, activation, backend, save_gates):
+def _forward_fake(x2d, weight, packed, logits, activation, backend, save_factors):
     out = x2d.new_empty((x2d.shape[0], weight.shape[0]))
     chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation))
-    if _saves(chosen, backend, x2d, weight, packed, logits, activation, save_gates):
-        return out, x2d.new_empty(_gates_shape(x2d, weight, packed), dtype=accum_dtype(x2d.dtype))
+    if _saves(chosen, backend, x2d, weight, packed, logits, activation, save_factors):
+        return out, x2d.new_empty(_factors_shape(x2d, weight, packed))
     return out, x2d.new_empty((0,))
 
 
 @torch.library.custom_op("mglu::backward", mutates_args=())
 def backward_op(
-    dout: Tensor, x2d: Tensor, weight: Tensor, packed: Tensor, logits: Optional[Tensor], gates: Tensor,
+    dout: Tensor, x2d: Tensor, weight: Tensor, packed: Tensor, logits: Optional[Tensor], factors: Tensor,
     activation: str, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dx, dW, dM)``; ``dM`` has the shape and dtype of ``logits``, or is empty without them.
-    ``gates``: the forward's saved gates (see :func:`forward_op`), or empty."""
+    ``factors``: the forward's saved gradient factors (see :func:`forward_op`), or empty."""
     dout, x2d, weight, packed = dout.contiguous(), x2d.contiguous(), weight.contiguous(), packed.contiguous()
     needs_dmask = logits is not None
     chosen = dispatch.select(backend, Problem.of(x2d, weight, packed, activation, needs_dmask, backward=True))
     args = (dout, x2d, weight, packed, activation, logits.dtype if needs_dmask else None)
-    want, want_dtype = _gates_shape(x2d, weight, packed), accum_dtype(x2d.dtype)
-    if gates.numel() and (tuple(gates.shape) != want or gates.dtype != want_dtype):
-        raise MGLUValueError(f"gates: expected the forward's saved gates {want} of dtype {want_dtype} or an "
-                             f"empty tensor, got {tuple(gates.shape)} of dtype {gates.dtype}")
-    if gates.numel() and chosen.saves_gates:
-        dx, dw, dm = chosen.backward(*args, gates=gates)
+    want = _factors_shape(x2d, weight, packed)
+    if factors.numel() and (tuple(factors.shape) != want or factors.dtype != x2d.dtype):
+        raise MGLUValueError(f"factors: expected the forward's saved gradient factors {want} of dtype {x2d.dtype} "
+                             f"or an empty tensor, got {tuple(factors.shape)} of dtype {factors.dtype}")
+    if factors.numel() and chosen.saves_factors:
+        dx, dw, dm = chosen.backward(*args, factors=factors)
     else:
         dx, dw, dm = chosen.backward(*args)
     return dx, dw, dm if needs_dmask else x2d.new_empty((0,))
 
 
 @backward_op.register_fake
-def _backward_fake(dout, x2d, weight, packed, logits, gates, activation, backend):
+def _backward_fake(dout, x2d, weight, packed, logits, factors, activation, backend):
     dm = logits.new_empty(logits.shape) if logits is not None else x2d.new_empty((0,))
     return x2d.new_empty(x2d.shape), weight.new_empty(weight.shape), dm
 
@@ -101,17 +102,17 @@ def _setup_context(ctx, inputs, output):
     x2d, weight, packed, logits, activation, backend, _ = inputs
     ctx.save_for_backward(x2d, weight, packed, logits, output[1])
     ctx.activation, ctx.backend = activation, backend
-    # the gates output gets no gradient: without this autograd would allocate and zero an
+    # the factors output gets no gradient: without this autograd would allocate and zero an
     # (n_masks + 1, T, d_ff) tensor for it on every backward
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dout, _dgates):
+def _backward(ctx, dout, _dfactors):
     if dout is None:
         return None, None, None, None, None, None, None
-    x2d, weight, packed, logits, gates = ctx.saved_tensors
+    x2d, weight, packed, logits, factors = ctx.saved_tensors
     wants_dmask = logits is not None and ctx.needs_input_grad[3]
-    dx, dw, dm = backward_op(dout, x2d, weight, packed, logits if wants_dmask else None, gates,
+    dx, dw, dm = backward_op(dout, x2d, weight, packed, logits if wants_dmask else None, factors,
                              ctx.activation, ctx.backend)
     return dx, dw, None, dm if wants_dmask else None, None, None, None
 

@@ -4,15 +4,20 @@
 #   swiglu        scripts/swiglu_independent.py (cross-check of the bench's SwiGLU row)
 #   paper|decode|prefill   python -m mglu bench --preset P, writing JSON and PNG
 #   bwd|fwdbwd    the training modes at 4096x11008, 1/64/2048 tokens, 4 masks
+#   train         issue #6's training rows: fwdbwd, 4096x11008, bf16, 4 masks, 2048 and 8192
+#                 tokens, JSON in $OUT/bench_train.json
+#   hostloop      scripts/host_loop.py (graph replay vs eager loop of the public op)
 #   eager         1 token, 4096x14336, n_masks 4, bf16: device rows and the public op's
 #                 host-inclusive rows (bench --eager)
 #   suite         the pytest-benchmark suite over the paper preset
 #   conf:B[:quick]   python -m mglu conformance --backend B --device cuda [--quick]
 #   confp:B[:quick]  the same, one process per dtype and third of the catalogue
-#                    (--shard) in parallel: compiles overlap
+#                    (--shard) in parallel, fp32 in sixths (triton's fp32 kernels compile
+#                    slowest: a third did not finish in 290 s, run 11): compiles overlap
 #   memcheck:B    compute-sanitizer --tool memcheck over the quick conformance of backend B
 #   tune[:PARTS]  scripts/triton_tune.py PARTS (comma list; default all), JSON in $OUT/tune.json
 #   pytest        the test suite on the GPU (python -m pytest -q)
+#   pytest:FILE   one test file on the GPU
 # Usage, from the repo root: bash scripts/device_check.sh [STEP ...]
 # Set MGLU_GIT_COMMIT on the device: its copy carried the .git of the session's first commit
 # under a newer tree (seen in runs 10-13), so git there names the wrong commit.
@@ -40,16 +45,24 @@ for step in "${steps[@]}"; do
     swiglu) python3 scripts/swiglu_independent.py ;;
     paper|decode|prefill) python3 -m mglu bench --preset "$step" --json "$out/bench_$step.json" --plot "$out/bench_$step.png" ;;
     bwd|fwdbwd) python3 -m mglu bench --mode "$step" --shapes 4096x11008 --tokens 1,64,2048 --n-masks 4 ;;
+    train) python3 -m mglu bench --mode fwdbwd --shapes 4096x11008 --tokens 2048,8192 --n-masks 4 --dtype bf16 \
+      --backends triton --json "$out/bench_train.json" ;;
+    hostloop) python3 scripts/host_loop.py ;;
     eager) python3 -m mglu bench --shapes 4096x14336 --tokens 1 --n-masks 4 --dtype bf16 --eager --baselines none ;;
     conf:*) b=${step#conf:}; python3 -m mglu conformance --device cuda --backend "${b%%:*}" $([[ $b == *:quick ]] && echo --quick) ;;
     confp:*) b=${step#confp:}; q=$([[ $b == *:quick ]] && echo --quick)
-      for d in float64 float32 float16 bfloat16; do for s in 1 2 3; do
-        python3 -m mglu conformance --device cuda --backend "${b%%:*}" --dtype $d --shard $s/3 $q \
-          >"/tmp/conf_${d}_$s.log" 2>&1 &
-      done; done; wait; cat /tmp/conf_*.log; ! grep -qE "[1-9][0-9]* failed|Traceback" /tmp/conf_*.log ;;
+      for d in float64 float32 float16 bfloat16; do
+        k=$([[ $d == float32 ]] && echo 6 || echo 3)
+        for s in $(seq 1 $k); do
+          python3 -m mglu conformance --device cuda --backend "${b%%:*}" --dtype $d --shard $s/$k $q \
+            >"/tmp/conf_${b%%:*}_${d}_$s.log" 2>&1 &
+        done
+      done; wait; cat /tmp/conf_${b%%:*}_*.log
+      ! grep -qE "[1-9][0-9]* failed|Traceback" /tmp/conf_${b%%:*}_*.log ;;
     memcheck:*) compute-sanitizer --tool memcheck --print-limit 20 python3 -m mglu conformance --device cuda --quick --backend "${step#memcheck:}" ;;
     tune*) parts=${step#tune}; python3 scripts/triton_tune.py $(tr , " " <<<"${parts#:}") --json "$out/tune.json" ;;
     pytest) python3 -m pytest -q -x -p no:cacheprovider ;;
+    pytest:*) python3 -m pytest -q -p no:cacheprovider "${step#pytest:}" ;;
     suite) MGLU_BENCH_PRESET=paper python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=median,iqr ;;
     *) echo "unknown step $step"; false ;;
   esac 2>&1 | tee -a "$log"

@@ -58,16 +58,14 @@ def main(argv=None) -> int:
                 g = tiles.gate_group(n, c.gates)
                 base = {"x_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p, "out_ptr": p, "aux_ptr": p,
                         "T": "i32", "N": "i32", "K": "i32", "KB": "i32"}
-                # MODE 2 fills the saved gates, kept in the accumulation dtype
-                gates = "*fp64" if dt == "fp64" else "*fp32"
                 for mode in (0, 1, 2):
-                    sig = dict(base, aux_ptr=gates) if mode == 2 else base
+                    sig = base  # MODE 2's aux (the gradient factors) is in the input dtype too
                     jobs.append((f"fwd_mma mode={mode}", kernels.fwd_mma, sig, dict(
                         N_MASKS=n, G=g, ACT=0, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP,
                         STAGED=c.staged, PREC="ieee", UPCAST=False, ACC=acc), c))
-                jobs.append(("ds_from_gates", kernels.ds_from_gates, {
-                    "g_ptr": gates, "dout_ptr": p, "ds_ptr": p, "TN": "i32"},
-                    dict(N_MASKS=n, ACT=0, BLOCK=tiles.DS_BLOCK, ACC=acc), SimpleNamespace(num_warps=tiles.DS_WARPS)))
+                jobs.append(("ds_from_factors", kernels.ds_from_factors, {
+                    "f_ptr": p, "dout_ptr": p, "ds_ptr": p, "TN": "i32"},
+                    dict(N_MASKS=n, BLOCK=tiles.DS_BLOCK, ACC=acc), SimpleNamespace(num_warps=tiles.DS_WARPS)))
                 if c.staged:
                     ce = tiles.EXPAND_TILES
                     jobs.append(("expand_masks", kernels.expand_masks, {

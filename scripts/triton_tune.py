@@ -1,6 +1,6 @@
 """Sweep the Triton backend's tiles on a GPU; the source of the constants in tiles.py.
 
-Usage: python scripts/triton_tune.py [staged] [gates] [decode] [batched] [prefill] [bwd] [--json PATH]
+Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [--json PATH]
 
 For each part it times the kernels with explicit tiles (``launch.launch_*``) by
 ``triton.testing.do_bench`` (median of 100 ms after 25 ms warm-up) on random inputs whose
@@ -118,6 +118,19 @@ def part_decode(limits):
             time_mma("decode", 1, *shape, 1, tiles.mma_fwd_tiles(1, 1, 2), limits, dt)
 
 
+def part_gemv_shapes(limits):
+    """The GEMV's tile shape (rows BN x byte groups BG, warps: BN BG = 32 num_warps, one
+    16-byte load a thread) at n_masks 1, 4, 8 with each n's unroll and cap from
+    tiles.gemv_tiles, 4096x14336 bf16 and fp16, 1 token: run 10 hinted at BN=8 with 8
+    warps for n=1 and BN=4 BG=16 2 warps for n=8 (uncapped, before the caps)."""
+    for n in (1, 4, 8):
+        base = tiles.gemv_tiles(n)
+        for bn, bg, nw in ((4, 32, 4), (8, 16, 4), (2, 64, 4), (8, 32, 8), (16, 16, 8), (4, 64, 8), (4, 16, 2)):
+            c = tiles.Gemv(bn, bg, nw, base.UNROLL, base.maxnreg)
+            for dt in (torch.float16, torch.bfloat16):
+                time_gemv("shapes", 1, 4096, 14336, n, c, limits, dt)
+
+
 def part_batched(limits):
     for T in (2, 4, 8, 16):
         for n in (1, 4):
@@ -178,17 +191,18 @@ def part_bwd(limits):
         ds = torch.randn(n + 1, T, N, device=DEV, dtype=torch.bfloat16)
         dout = torch.randn(T, N, device=DEV, dtype=torch.bfloat16)
         flops = 2 * T * N * K * (n + 1)
-        gates = torch.randn(n + 1, T, N, device=DEV, dtype=torch.float32)  # kept as accumulated
+        factors = torch.randn(n + 1, T, N, device=DEV, dtype=torch.bfloat16)
         b = tiles.DS_BLOCK
-        timed("bwd", f"ds_from_gates T={T} BLOCK={b}", lambda: kernels.ds_from_gates[(triton.cdiv(T * N, b),)](
-            gates, dout, ds, T * N, N_MASKS=n, ACT=0, BLOCK=b, ACC=tl.float32, num_warps=4), limits,
-            bytes_=((n + 1) * 4 + (n + 2) * 2) * T * N)
+        timed("bwd", f"ds_from_factors T={T} BLOCK={b}", lambda: kernels.ds_from_factors[(triton.cdiv(T * N, b),)](
+            factors, dout, ds, T * N, N_MASKS=n, BLOCK=b, ACC=tl.float32, num_warps=4), limits,
+            bytes_=(2 * (n + 1) + 1) * 2 * T * N)
         for c in (S(128, 64, 64, 8, 3, gates=2, staged=True),):
             src = wm if c.staged else None
             timed("bwd", f"ds-pass T={T} {c}", lambda: launch.launch_gates(x, w, p, ds, dout, 0, 1, c, src),
                   limits, flops=flops)
         dx = torch.empty(T, K, device=DEV, dtype=torch.bfloat16)
-        for c in (S(64, 128, 256, 8, 3, staged=True), S(32, 128, 256, 8, 4, staged=True),
+        for c in (S(64, 128, 256, 8, 3, staged=True), S(64, 128, 256, 8, 4, staged=True),
+                  S(32, 128, 256, 8, 4, staged=True),
                   S(32, 128, 256, 8, 3, staged=True), S(64, 256, 128, 16, 3, staged=True)):
             src = wm if c.staged else None
             timed("bwd", f"dx T={T} {c}", lambda: launch.launch_dx(ds, w, p, dx, c, src), limits, flops=flops)
@@ -209,7 +223,8 @@ def part_gates(limits):
         time_mma("gates", 8192, 4096, 14336, 4, c, limits)
 
 
-PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd}
+PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "shapes": part_gemv_shapes,
+         "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd}
 
 
 def main(argv=None) -> int:

@@ -29,25 +29,35 @@ def test_opcheck(permuted, form, backend, save):
     packed = mglu.pack_masks(logits)
     torch.library.opcheck(torch.ops.mglu.forward.default,
                           (x, w, packed, logits if form == "logits" else None, "silu", backend, save))
-    _, gates = torch.ops.mglu.forward(x.detach(), w.detach(), packed, None, "gelu", backend, save)
-    assert gates.shape == ((4, 5, 12) if save and backend == "triton" else (0,))
+    _, factors = torch.ops.mglu.forward(x.detach(), w.detach(), packed, None, "gelu", backend, save)
+    assert factors.shape == ((4, 5, 12) if save and backend == "triton" else (0,))
     if save and backend == "triton":
         half = [t.detach().to(torch.bfloat16) for t in (x, w)]
-        out16, gates16 = torch.ops.mglu.forward(*half, packed, None, "gelu", backend, True)
-        assert gates16.dtype == torch.float32  # kept as accumulated, not rounded to bf16
-        total = half[0].float() @ half[1].float().T
-        torch.testing.assert_close(gates16[-1], total, rtol=1e-5, atol=1e-5)
+        _, factors16 = torch.ops.mglu.forward(*half, packed, None, "gelu", backend, True)
+        assert factors16.dtype == torch.bfloat16
+        torch.testing.assert_close(factors16.double(), _factors(*half, packed, "gelu"), rtol=1e-2, atol=1e-2)
     dout = torch.randn(5, 12, dtype=torch.float64)
     torch.library.opcheck(torch.ops.mglu.backward.default,
                           (dout, x.detach(), w.detach(), packed, logits.detach() if form == "logits" else None,
-                           gates, "gelu", backend))
+                           factors, "gelu", backend))
 
 
-def test_backward_rejects_gates_of_another_call():
+def _factors(x, w, packed, activation):
+    """float64 ``act'(g_i) (total - g_i) - act(g_i)`` per mask, then ``sum_i act(g_i)``."""
+    x2, w2 = x.double().numpy(), w.double().numpy()
+    m = reference.unpack(packed.numpy(), w2.shape[1]).astype(np.float64)
+    gates = np.einsum("tk,ink->itn", x2, m * w2)
+    a, da = reference.ACT[activation](gates)
+    values = (x2 @ w2.T)[None] - gates
+    return torch.from_numpy(np.concatenate([da * values - a, a.sum(0, keepdims=True)]))
+
+
+@pytest.mark.parametrize("shape,dtype", [((4, 5, 11), torch.float64), ((4, 5, 12), torch.float32)])
+def test_backward_rejects_factors_of_another_call(shape, dtype):
     x, w, logits = _inputs(grad=False)
-    with pytest.raises(mglu.MGLUValueError, match="gates"):
+    with pytest.raises(mglu.MGLUValueError, match="factors"):
         torch.ops.mglu.backward(torch.randn(5, 12, dtype=torch.float64), x, w, mglu.pack_masks(logits), None,
-                                torch.zeros(4, 5, 11, dtype=torch.float64), "silu", "torch")
+                                torch.zeros(shape, dtype=dtype), "silu", "torch")
 
 
 def test_compile_fullgraph_matches_eager_forward_and_grads():

@@ -10,10 +10,12 @@ A backend is a :class:`Backend` record:
   d_model)`` in ``dmask_dtype``, or ``None`` when ``dmask_dtype`` is ``None`` (frozen masks).
 - ``reasons(problem) -> list[str]``: empty when the backend can run the call, else
   plain-text reasons why not.
-- ``saves_gates``: when true, ``forward`` also takes ``gates=G``, a ``(n_masks + 1, T,
-  d_ff)`` buffer of the accumulation dtype (fp32; fp64 for fp64 inputs) that it fills
-  with ``gate_0 .. gate_{n-1}, total`` as accumulated (no rounding to the input dtype), and ``backward`` takes ``gates=G`` from such a forward
-  to skip recomputing them. The op layer passes ``gates`` only when autograd will run the
+- ``saves_factors``: when true, ``forward`` also takes ``factors=F``, a ``(n_masks + 1,
+  T, d_ff)`` buffer of the input dtype that it fills with the gradient factors
+  ``F[i] = act'(gate_i) (total - gate_i) - act(gate_i)`` for ``i < n_masks`` and
+  ``F[n_masks] = sum_i act(gate_i)`` (so SPEC §3's ``D_i = dout F[i]``, ``S = dout
+  F[n_masks]``), and ``backward`` takes ``factors=F`` from such a forward to skip
+  recomputing the gates. The op layer passes ``factors`` only when autograd will run the
   backward; both functions must still work without it.
 
 Inputs arrive validated and contiguous. Backends allocate outputs with :func:`new_output`
@@ -86,5 +88,5 @@ class Backend:
     forward: Optional[Callable] = None
     backward: Optional[Callable] = None
     description: str = ""
-    saves_gates: bool = False
+    saves_factors: bool = False
 

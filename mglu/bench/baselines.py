@@ -23,7 +23,8 @@ Shapes: ``x (T, d_model)``, ``W, Wg, Wu (d_ff, d_model)``, ``dout (T, d_ff)``, m
   kernels without the public op's validation and dispatch. ``bwd`` times the backend's
   backward on masks packed beforehand (the step's forward packed them); ``fwdbwd`` times
   ``pack_masks(logits)`` + forward + backward, what a training step of the op runs,
-  including the gates a ``saves_gates`` backend passes from its forward to its backward.
+  including the gradient factors a ``saves_factors`` backend passes from its forward to its
+  backward.
 """
 
 import math
@@ -35,7 +36,6 @@ import torch.nn.functional as F
 
 from ..activations import ACTIVATIONS
 from ..backends import REGISTRY, Problem
-from ..dtypes import accum_dtype
 from ..masks import pack_masks, packed_width, unpack_masks
 from ..nn import LOGIT_INIT_STD
 from .cases import Case
@@ -313,13 +313,13 @@ class BackendRunner(Runner):
                 return Bound(step=step, read_bytes=x.nbytes + w.nbytes + p.nbytes + dout.nbytes)
 
             def step_all():
-                # as the public op under autograd: a backend that keeps its gates
-                # (Backend.saves_gates) hands them from its forward to its backward
+                # as the public op under autograd: a backend that keeps its gradient
+                # factors (Backend.saves_factors) hands them from its forward to its backward
                 packed = pack_masks(s)
                 kept = {}
-                if be.saves_gates:
-                    kept["gates"] = torch.empty((packed.shape[0] + 1, *out_shape), dtype=accum_dtype(x.dtype),
-                                                device=x.device)
+                if be.saves_factors:
+                    kept["factors"] = torch.empty((packed.shape[0] + 1, *out_shape), dtype=x.dtype,
+                                                  device=x.device)
                 out = be.forward(x, w, packed, act, **kept)
                 dx, dw, ds = be.backward(dout, x, w, packed, act, s.dtype, **kept)
                 return {"out": out, "dx": dx, "dW": dw, "dS": ds}

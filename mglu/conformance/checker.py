@@ -84,10 +84,10 @@ class CaseResult:
         return " | ".join(parts)
 
 
-#: suffix of the gradients a gate-saving backend computes again without the saved gates
+#: suffix of the gradients a factor-saving backend computes again without the saved factors
 RECOMPUTED = " (recomputed gates)"
 #: suffix of ``out`` from a call without gradients (the op layer's direct path, and for a
-#: gate-saving backend the kernels that do not keep gates, e.g. Triton's one-token GEMV)
+#: factor-saving backend the kernels that do not keep them, e.g. Triton's one-token GEMV)
 NO_GRAD = " (no grad)"
 
 
@@ -98,8 +98,8 @@ def base_quantity(name: str) -> str:
 
 def _run(backend: str, case: Case, inputs) -> dict[str, torch.Tensor]:
     """``out`` and the gradients through the public op, outputs poisoned with NaN; ``out``
-    again from a call without gradients. A backend whose forward saves the gates
-    (``Backend.saves_gates``) is also run through ``mglu::backward`` without them, so both
+    again from a call without gradients. A backend whose forward saves gradient factors
+    (``Backend.saves_factors``) is also run through ``mglu::backward`` without them, so both
     of its backward paths are judged."""
     x = inputs.x.detach().requires_grad_()
     weight = inputs.weight.detach().requires_grad_()
@@ -115,7 +115,7 @@ def _run(backend: str, case: Case, inputs) -> dict[str, torch.Tensor]:
     with poisoned_outputs(), torch.no_grad():
         got["out" + NO_GRAD] = mglu(inputs.x, inputs.weight, inputs.masks, activation=case.activation,
                                     backend=backend)
-    if REGISTRY[backend].saves_gates:
+    if REGISTRY[backend].saves_factors:
         logits = masks.detach() if case.form == "logits" else None
         packed = pack_masks(logits) if logits is not None else masks
         d_ff, d_model = weight.shape

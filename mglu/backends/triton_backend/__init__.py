@@ -6,10 +6,10 @@ backward ``(dx, dW, dM)`` of SPEC §3 in three kernels (``DS`` pass, ``dx``, ``d
 
 Regimes (``tiles.py`` holds every tile constant and where it came from): ``T <=
 GEMV_MAX_TOKENS`` runs the CUDA-core GEMV that streams ``W`` and the bit-planes once,
-unless the forward must keep the gates for autograd; every
+unless the forward must keep its gradient factors for autograd; every
 other call the tensor-core kernel, which from ``STAGED_MIN_TOKENS`` (fp16/bf16) reads the
-masked weights staged in HBM. The forward keeps the gates for its backward when asked
-(``saves_gates``). Without a GPU the same kernels run on CPU tensors under Triton's
+masked weights staged in HBM. The forward keeps the gradient factors for its backward
+when asked (``saves_factors``). Without a GPU the same kernels run on CPU tensors under Triton's
 interpreter (``TRITON_INTERPRET=1`` set before triton is imported).
 Triton is imported on first use, so ``import mglu`` works without it.
 """
@@ -61,19 +61,19 @@ def reasons(problem: Problem) -> list[str]:
     return []
 
 
-def forward(x2d, weight, packed, activation, gates=None):
-    """``out (T, d_ff)`` in ``x2d.dtype``; fills ``gates`` (``Backend.saves_gates``) when given."""
+def forward(x2d, weight, packed, activation, factors=None):
+    """``out (T, d_ff)`` in ``x2d.dtype``; fills ``factors`` (``Backend.saves_factors``) when given."""
     from . import launch
 
-    return launch.forward(x2d, weight, packed, activation, gates)
+    return launch.forward(x2d, weight, packed, activation, factors)
 
 
-def backward(dout, x2d, weight, packed, activation, dmask_dtype, gates=None):
-    """``(dx, dW, dM)``; ``dM`` is ``None`` when ``dmask_dtype`` is ``None``; ``gates``: the
+def backward(dout, x2d, weight, packed, activation, dmask_dtype, factors=None):
+    """``(dx, dW, dM)``; ``dM`` is ``None`` when ``dmask_dtype`` is ``None``; ``factors``: the
     forward's, when it saved them."""
     from . import launch
 
-    return launch.backward(dout, x2d, weight, packed, activation, dmask_dtype, gates)
+    return launch.backward(dout, x2d, weight, packed, activation, dmask_dtype, factors)
 
 
 BACKEND = Backend(
@@ -82,5 +82,5 @@ BACKEND = Backend(
     forward=forward,
     backward=backward,
     description="Triton: CUDA-core GEMV at decode, tensor cores (tl.dot on bit-masked W) above",
-    saves_gates=True,
+    saves_factors=True,
 )

@@ -1,5 +1,5 @@
 """Triton kernels of MGLU: the decode GEMV, the tensor-core forward (also the backward's
-first pass), the masked-weight expansion, the saved-gates DS pass and the two backward
+first pass), the masked-weight expansion, the saved-factors DS pass and the two backward
 products.
 
 Shapes: ``x (T, K)``, ``W (N, K)`` with ``K = d_model``, ``N = d_ff``; packed masks
@@ -11,10 +11,10 @@ Shapes: ``x (T, K)``, ``W (N, K)`` with ``K = d_model``, ``N = d_ff``; packed ma
 - :func:`fwd_mma` (tensor cores): the same ``n_masks + 1`` products, ``tl.dot`` on
   ``where(bit_i, W, 0)`` built on chip, computed transposed (``acc (BN, BT) = W_i @ x.T``)
   so the masked tile is the register operand. ``MODE = 0`` writes ``out``; ``MODE = 2``
-  also the gates and ``total`` for the backward; ``MODE = 1`` (backward pass 1 without
-  saved gates) writes ``DS[i] = dout * (act'(g_i) (total - g_i) - act(g_i))`` for
-  ``i < n_masks`` and ``DS[n_masks] = sum_i dout * act(g_i)`` in the input dtype.
-- :func:`ds_from_gates`: the same ``DS`` element-wise from saved gates.
+  also the gradient factors ``F[i] = act'(g_i) (total - g_i) - act(g_i)`` (``i <
+  n_masks``) and ``F[n_masks] = sum_i act(g_i)`` for the backward; ``MODE = 1`` (backward
+  pass 1 without saved factors) writes ``DS[i] = dout * F[i]`` in the input dtype.
+- :func:`ds_from_factors`: the same ``DS`` element-wise from saved factors.
 - :func:`bwd_dx`: ``dx = sum_{i <= n} DS[i] @ (M_i W)`` with ``M_n = 1``.
 - :func:`expand_masks`: ``WM[i] = M_i W`` staged in HBM, the operand :func:`fwd_mma` and
   :func:`bwd_dx` read instead of building it from the bits (prefill and training sizes).
@@ -275,43 +275,43 @@ def expand_masks(w_ptr, p_ptr, wm_ptr, N, K, KB, N_MASKS: tl.constexpr, BN: tl.c
 
 
 @triton.jit
-def _gate_epilogue(g, total, dout, res, aux_ptr, m, offs_t, offs_n, T, N,
+def _gate_epilogue(g, total, side, res, aux_ptr, m, offs_t, offs_n, T, N,
                    N_MASKS: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr):
-    """Add mask ``m``'s term to ``res``: ``act(g) (total - g)`` (MODE 0; MODE 2 also writes
-    ``g`` to ``GATES[m]``) or ``dout act(g)`` (MODE 1, also writing ``DS[m]``); nothing for
-    ``m >= N_MASKS``."""
-    om = (offs_n[:, None] < N) & (offs_t[None, :] < T) & (m < N_MASKS)
+    """Mask ``m``'s terms, nothing for ``m >= N_MASKS``; returns ``(res, side)``.
+
+    MODE 0: ``res += act(g) (total - g)``. MODE 2: the same, and the gradient factor
+    ``F[m] = act'(g) (total - g) - act(g)`` goes to ``aux`` while ``side`` sums ``act(g)``
+    (``F[n_masks]``). MODE 1: ``side`` is ``dout``; ``DS[m] = dout F[m]`` goes to ``aux``
+    and ``res += dout act(g)`` (``DS[n_masks]``)."""
+    live = m < N_MASKS
+    om = (offs_n[:, None] < N) & (offs_t[None, :] < T) & live
     plane = aux_ptr + _wide(m) * T * N + offs_t[None, :] * N + offs_n[:, None]
-    if MODE == 1:
-        a, da = act_grad(g, ACT)
-        dv = dout * a
-        tl.store(plane, (dout * da * (total - g) - dv).to(aux_ptr.dtype.element_ty), mask=om)
-        term = dv
-    else:
+    if MODE == 0:
         term = act(g, ACT) * (total - g)
-        if MODE == 2:
-            tl.store(plane, g.to(aux_ptr.dtype.element_ty), mask=om)
-    return res + tl.where(m < N_MASKS, term, 0.0)
+    else:
+        a, da = act_grad(g, ACT)
+        f = da * (total - g) - a
+        if MODE == 1:
+            tl.store(plane, (side * f).to(aux_ptr.dtype.element_ty), mask=om)
+            term = side * a
+        else:
+            tl.store(plane, f.to(aux_ptr.dtype.element_ty), mask=om)
+            term = a * (total - g)
+            side += tl.where(live, a, 0.0)
+    return res + tl.where(live, term, 0.0), side
 
 
 @triton.jit
-def ds_from_gates(g_ptr, dout_ptr, ds_ptr, TN, N_MASKS: tl.constexpr, ACT: tl.constexpr, BLOCK: tl.constexpr,
-                  ACC: tl.constexpr):
-    """``DS`` from the forward's saved ``GATES (n + 1, T, N)`` (``gate_i``, then ``total``):
-    ``DS[i] = dout (act'(g_i) (total - g_i) - act(g_i))``, ``DS[n] = sum_i dout act(g_i)``,
-    element-wise over the ``TN = T * N`` positions, in the input dtype."""
+def ds_from_factors(f_ptr, dout_ptr, ds_ptr, TN, N_MASKS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """``DS[i] = dout F[i]`` for ``i <= n_masks`` from the forward's gradient factors
+    ``F (n + 1, T, N)`` (MODE 2 of :func:`fwd_mma`), element-wise over the ``TN = T * N``
+    positions, in the input dtype."""
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < TN
-    total = tl.load(g_ptr + _wide(N_MASKS) * TN + offs, mask=ok, other=0.0).to(ACC)
     dout = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)
-    s = tl.zeros((BLOCK,), ACC)
-    for i in range(N_MASKS):
-        g = tl.load(g_ptr + _wide(i) * TN + offs, mask=ok, other=0.0).to(ACC)
-        a, da = act_grad(g, ACT)
-        ds = dout * da * (total - g) - dout * a
-        tl.store(ds_ptr + _wide(i) * TN + offs, ds.to(ds_ptr.dtype.element_ty), mask=ok)
-        s += dout * a
-    tl.store(ds_ptr + _wide(N_MASKS) * TN + offs, s.to(ds_ptr.dtype.element_ty), mask=ok)
+    for i in range(N_MASKS + 1):
+        f = tl.load(f_ptr + _wide(i) * TN + offs, mask=ok, other=0.0).to(ACC)
+        tl.store(ds_ptr + _wide(i) * TN + offs, (dout * f).to(ds_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -322,8 +322,8 @@ def fwd_mma(x_ptr, w_ptr, p_ptr, wm_ptr, out_ptr, aux_ptr, T, N, K, KB,
     """Tile ``(BN rows of W) x (BT tokens)``; masks in groups of ``G`` (1..4) accumulators.
 
     ``out_ptr``: ``out (T, N)`` (MODE 0 and 2) or ``DS (n_masks + 1, T, N)`` (MODE 1).
-    ``aux_ptr``: ``dout (T, N)`` (MODE 1), ``GATES (n_masks + 1, T, N)`` to fill with the
-    gates and ``total`` (MODE 2), unused in MODE 0.
+    ``aux_ptr``: ``dout (T, N)`` (MODE 1), ``F (n_masks + 1, T, N)`` to fill with the
+    gradient factors (MODE 2), unused in MODE 0.
     ``STAGED``: the masked tiles are read from ``WM`` (:func:`expand_masks`), else built
     from the bits in registers.
     """
@@ -336,15 +336,16 @@ def fwd_mma(x_ptr, w_ptr, p_ptr, wm_ptr, out_ptr, aux_ptr, T, N, K, KB,
     xp = x_ptr + offs_t[None, :] * K
     total = tl.zeros((BN, BT), ACC)
     res = tl.zeros((BN, BT), ACC)
-    dout = tl.zeros((BN, BT), ACC)
-    # where the epilogue writes each gate's plane: DS (MODE 1), GATES (MODE 2)
+    # MODE 1: dout; MODE 2: sum_i act(g_i); unused in MODE 0
+    side = tl.zeros((BN, BT), ACC)
+    # where the epilogue writes each gate's plane: DS (MODE 1), F (MODE 2)
     if MODE == 2:
         planes = aux_ptr
     else:
         planes = out_ptr
     if MODE == 1:
         om = (offs_n[:, None] < N) & (offs_t[None, :] < T)
-        dout = tl.load(aux_ptr + offs_t[None, :] * N + offs_n[:, None], mask=om, other=0.0).to(ACC)
+        side = tl.load(aux_ptr + offs_t[None, :] * N + offs_n[:, None], mask=om, other=0.0).to(ACC)
     for grp in tl.static_range(0, N_MASKS, G):
         g0 = tl.zeros((BN, BT), ACC)
         g1 = tl.zeros((BN, BT), ACC)
@@ -371,20 +372,20 @@ def fwd_mma(x_ptr, w_ptr, p_ptr, wm_ptr, out_ptr, aux_ptr, T, N, K, KB,
                 g3 = _dot(_masked(w, wm_ptr, p_ptr, grp + 3, offs_n, kcol, kb0, N, K, KB, grp + 3 < N_MASKS, BK,
                                   STAGED),
                       xt, g3, PREC, UPCAST)
-        res = _gate_epilogue(g0, total, dout, res, planes, grp, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+        res, side = _gate_epilogue(g0, total, side, res, planes, grp, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
         if G > 1:
-            res = _gate_epilogue(g1, total, dout, res, planes, grp + 1, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+            res, side = _gate_epilogue(g1, total, side, res, planes, grp + 1, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
         if G > 2:
-            res = _gate_epilogue(g2, total, dout, res, planes, grp + 2, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+            res, side = _gate_epilogue(g2, total, side, res, planes, grp + 2, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
         if G > 3:
-            res = _gate_epilogue(g3, total, dout, res, planes, grp + 3, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
+            res, side = _gate_epilogue(g3, total, side, res, planes, grp + 3, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
     om = (offs_n[:, None] < N) & (offs_t[None, :] < T)
     dst = out_ptr + offs_t[None, :] * N + offs_n[:, None]
     if MODE == 1:
         dst += _wide(N_MASKS) * T * N
     if MODE == 2:
         tl.store(aux_ptr + _wide(N_MASKS) * T * N + offs_t[None, :] * N + offs_n[:, None],
-                 total.to(aux_ptr.dtype.element_ty), mask=om)
+                 side.to(aux_ptr.dtype.element_ty), mask=om)
     tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=om)
 
 
@@ -394,23 +395,32 @@ def bwd_dx(ds_ptr, w_ptr, p_ptr, wm_ptr, dx_ptr, T, N, K, KB,
            GROUP: tl.constexpr, STAGED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr,
            ACC: tl.constexpr):
     """``dx (T, K) = DS[n] @ W + sum_{i < n} DS[i] @ (M_i W)``; tile ``BT x BK``; the masked
-    tiles come from ``WM`` (``STAGED``) or from the bits."""
+    tiles come from ``WM`` (``STAGED``) or from the bits. One flat loop over the ``(n + 1)
+    ceil(N / BN)`` (row block, plane) steps, so Triton's pipeliner keeps every step's loads
+    in flight (a loop over planes nested in one over rows pipelined only the 5-step inner
+    loop at n=4)."""
     pid_t, pid_k = _grouped(tl.program_id(0), tl.cdiv(T, BT), tl.cdiv(K, BK), GROUP)
     offs_t = pid_t * BT + tl.arange(0, BT)
     offs_k = pid_k * BK + tl.arange(0, BK)
     offs_nn = tl.arange(0, BN)
     acc = tl.zeros((BT, BK), ACC)
-    for n0 in range(0, N, BN):
-        offs_n = n0 + offs_nn
+    for j in range(0, tl.cdiv(N, BN) * (N_MASKS + 1)):
+        i = j % (N_MASKS + 1)
+        offs_n = (j // (N_MASKS + 1)) * BN + offs_nn
         wm = (offs_n[:, None] < N) & (offs_k[None, :] < K)
-        w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=wm, other=0.0)
         dm = (offs_t[:, None] < T) & (offs_n[None, :] < N)
-        dsp = ds_ptr + offs_t[:, None] * N + offs_n[None, :]
-        acc = _dot(tl.load(dsp + _wide(N_MASKS) * T * N, mask=dm, other=0.0), w, acc, PREC, UPCAST)
-        for i in range(N_MASKS):
-            ds = tl.load(dsp + _wide(i) * T * N, mask=dm, other=0.0)
-            masked = _masked(w, wm_ptr, p_ptr, i, offs_n, offs_k, pid_k * (BK // 8), N, K, KB, True, BK, STAGED)
-            acc = _dot(ds, masked, acc, PREC, UPCAST)
+        ds = tl.load(ds_ptr + _wide(i) * T * N + offs_t[:, None] * N + offs_n[None, :], mask=dm, other=0.0)
+        if STAGED:
+            # plane n_masks is W itself (M_n = 1)
+            src = tl.where(i < N_MASKS, wm_ptr + _wide(i) * N * K, w_ptr)
+            masked = tl.load(src + offs_n[:, None] * K + offs_k[None, :], mask=wm, other=0.0)
+        else:
+            w = tl.load(w_ptr + offs_n[:, None] * K + offs_k[None, :], mask=wm, other=0.0)
+            # a (BN, 1) flag, not a scalar: Triton 3.6's interpreter makes a load mask of a
+            # scalar int1 broadcast against a tensor int32 ("mask has unsupported dtype")
+            live = (offs_n[:, None] * 0 + i) < N_MASKS
+            masked = tl.where(_bits(p_ptr, i, offs_n, pid_k * (BK // 8), N, KB, live, BK // 8), w, 0.0)
+        acc = _dot(ds, masked, acc, PREC, UPCAST)
     om = (offs_t[:, None] < T) & (offs_k[None, :] < K)
     tl.store(dx_ptr + offs_t[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty), mask=om)
 

@@ -28,21 +28,22 @@ def _upcast(dtype: torch.dtype) -> bool:
     return interpreting() and dtype in _UPCAST
 
 
-def forward(x2d, weight, packed, activation, gates=None):
+def forward(x2d, weight, packed, activation, factors=None):
     """``out (T, d_ff) = sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``; with
-    ``gates`` (``(n + 1, T, d_ff)``), the tensor-core kernel also writes the gates and
-    ``total`` there for the backward."""
+    ``factors`` (``(n + 1, T, d_ff)``, input dtype), the tensor-core kernel also writes the
+    backward's gradient factors there (``F[i] = act'(g_i) (total - g_i) - act(g_i)``,
+    ``F[n] = sum_i act(g_i)``)."""
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
     out = new_output((T, N), x2d.dtype, x2d.device)
     if T == 0:
         return out
     act = ACT_ID[activation]
-    if gates is None and T <= tiles.GEMV_MAX_TOKENS:
+    if factors is None and T <= tiles.GEMV_MAX_TOKENS:
         launch_gemv(x2d, weight, packed, out, act, tiles.gemv_tiles(n))
     else:
         c = _fwd_tiles(x2d.dtype, T, n)
-        launch_gates(x2d, weight, packed, out, gates, act, 0 if gates is None else 2, c,
+        launch_gates(x2d, weight, packed, out, factors, act, 0 if factors is None else 2, c,
                      expand(weight, packed) if c.staged else None)
     return out
 
@@ -75,7 +76,7 @@ def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):
 
 
 def launch_gates(x2d, weight, packed, dst, aux, act: int, mode: int, c: tiles.Mma, wm=None):
-    """``fwd_mma``: ``out`` (mode 0; mode 2 also fills ``aux``, the gates) or the backward's
+    """``fwd_mma``: ``out`` (mode 0; mode 2 also fills ``aux``, the factors) or the backward's
     ``DS`` from ``aux = dout`` (mode 1), tiles ``c``; the masked tiles are read from ``wm``
     (:func:`expand`) when given, else built from the bits."""
     T, K = x2d.shape
@@ -89,13 +90,14 @@ def launch_gates(x2d, weight, packed, dst, aux, act: int, mode: int, c: tiles.Mm
         num_warps=c.num_warps, num_stages=c.num_stages)
 
 
-def backward(dout, x2d, weight, packed, activation, dmask_dtype, gates=None):
+def backward(dout, x2d, weight, packed, activation, dmask_dtype, factors=None):
     """``(dx, dW, dM)`` of SPEC §3; ``dM`` is ``None`` when ``dmask_dtype`` is ``None``.
 
     Pass 1 writes ``DS (n + 1, T, N)`` in the input dtype: ``DS[i] = dout * (act'(g_i)
-    (total - g_i) - act(g_i))``, ``DS[n] = sum_i dout * act(g_i)`` (rounded like the torch
-    backend's ``D_i`` and ``S``), element-wise from the forward's saved ``gates`` when
-    given, else recomputing the gates (``fwd_mma``, MODE 1).
+    (total - g_i) - act(g_i))``, ``DS[n] = sum_i dout * act(g_i)`` (the torch backend's
+    ``D_i`` and ``S``), element-wise from the forward's saved ``factors`` when given (the
+    factor rounded to the input dtype, then the product: two roundings), else recomputing
+    the gates (``fwd_mma``, MODE 1: one rounding, as the torch backend).
     """
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
@@ -108,12 +110,12 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype, gates=None):
     ds = new_output((n + 1, T, N), dtype, dev)
     fp64 = dtype == torch.float64
     c = _fwd_tiles(dtype, T, n)
-    if gates is not None:
+    if factors is not None:
         b = tiles.DS_BLOCK
-        kernels.ds_from_gates[(triton.cdiv(T * N, b),)](gates, dout, ds, T * N, N_MASKS=n, ACT=ACT_ID[activation],
-                                                         BLOCK=b, ACC=_acc(dtype), num_warps=tiles.DS_WARPS)
+        kernels.ds_from_factors[(triton.cdiv(T * N, b),)](factors, dout, ds, T * N, N_MASKS=n, BLOCK=b,
+                                                           ACC=_acc(dtype), num_warps=tiles.DS_WARPS)
     wm = expand(weight, packed) if c.staged else None
-    if gates is None:
+    if factors is None:
         launch_gates(x2d, weight, packed, ds, dout, ACT_ID[activation], 1, c, wm)
     dx = new_output((T, K), dtype, dev)
     launch_dx(ds, weight, packed, dx, tiles.FP64_TILES if fp64 else tiles.mma_dx_tiles(T, c.staged), wm)
