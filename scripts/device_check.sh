@@ -7,6 +7,9 @@
 #   train         issue #6's training rows: fwdbwd, 4096x11008, bf16, 4 masks, 2048 and 8192
 #                 tokens, JSON in $OUT/bench_train.json
 #   hostloop      scripts/host_loop.py (graph replay vs eager loop of the public op)
+#   hostprof      the same script's --profile (host time per eager call, by function), triton and cuda
+#   decode1       issue #8's decode rows: 1 token, 4096x14336 and 4096x11008, n_masks 1 and 4,
+#                 fp16 and bf16, every backend, JSON in $OUT/bench_decode1.json
 #   eager         1 token, 4096x14336, n_masks 4, bf16: device rows and the public op's
 #                 host-inclusive rows (bench --eager)
 #   suite         the pytest-benchmark suite over the paper preset
@@ -15,6 +18,8 @@
 #                    (--shard) in parallel, fp32 in sixths (triton's fp32 kernels compile
 #                    slowest: a third did not finish in 290 s, run 11): compiles overlap
 #   memcheck:B    compute-sanitizer --tool memcheck over the quick conformance of backend B
+#   sanitize:B:TOOL:DTYPE   compute-sanitizer --tool TOOL (memcheck, racecheck) over the quick
+#                 conformance of backend B in one dtype
 #   tune[:PARTS]  scripts/triton_tune.py PARTS (comma list; default all), JSON in $OUT/tune.json
 #   pytest        the test suite on the GPU (python -m pytest -q)
 #   pytest:FILE   one test file on the GPU
@@ -48,6 +53,9 @@ for step in "${steps[@]}"; do
     train) python3 -m mglu bench --mode fwdbwd --shapes 4096x11008 --tokens 2048,8192 --n-masks 4 --dtype bf16 \
       --backends triton --json "$out/bench_train.json" ;;
     hostloop) python3 scripts/host_loop.py ;;
+    hostprof) python3 scripts/host_loop.py --profile --backends triton,cuda ;;
+    decode1) python3 -m mglu bench --shapes 4096x14336,4096x11008 --tokens 1 --n-masks 1,4 --dtype fp16,bf16 \
+      --baselines swiglu --json "$out/bench_decode1.json" ;;
     eager) python3 -m mglu bench --shapes 4096x14336 --tokens 1 --n-masks 4 --dtype bf16 --eager --baselines none ;;
     conf:*) b=${step#conf:}; python3 -m mglu conformance --device cuda --backend "${b%%:*}" $([[ $b == *:quick ]] && echo --quick) ;;
     confp:*) b=${step#confp:}; q=$([[ $b == *:quick ]] && echo --quick)
@@ -59,6 +67,9 @@ for step in "${steps[@]}"; do
         done
       done; wait; cat /tmp/conf_${b%%:*}_*.log
       ! grep -qE "[1-9][0-9]* failed|Traceback" /tmp/conf_${b%%:*}_*.log ;;
+    sanitize:*) IFS=: read -r _ b tool d <<<"$step"
+      compute-sanitizer --tool "$tool" --print-limit 20 --error-exitcode 3 \
+        python3 -m mglu conformance --device cuda --quick --backend "$b" --dtype "$d" ;;
     memcheck:*) compute-sanitizer --tool memcheck --print-limit 20 python3 -m mglu conformance --device cuda --quick --backend "${step#memcheck:}" ;;
     tune*) parts=${step#tune}; python3 scripts/triton_tune.py $(tr , " " <<<"${parts#:}") --json "$out/tune.json" ;;
     pytest) python3 -m pytest -q -x -p no:cacheprovider ;;
