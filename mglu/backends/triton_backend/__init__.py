@@ -26,8 +26,10 @@ from ..base import Backend, Problem
 MIN_CAPABILITY = (8, 0)
 
 
+@functools.cache
 def interpreting() -> bool:
-    """Whether Triton runs its interpreter (read once triton has been imported)."""
+    """Whether Triton runs its interpreter: ``TRITON_INTERPRET`` as triton read it at its
+    import, so looked up once (an environment read on every launch was host time)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 

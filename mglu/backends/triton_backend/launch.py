@@ -7,7 +7,6 @@ reads device values, so calls are CUDA-graph capturable once compiled.
 """
 
 import torch
-import triton
 import triton.language as tl
 
 from ..base import new_output
@@ -18,6 +17,12 @@ from .act import ACT_ID
 PRECISION = "ieee"
 #: Triton's interpreter is only right in bf16 (and exact in fp16) with fp32 operands
 _UPCAST = (torch.float16, torch.bfloat16)
+
+
+def _cdiv(a: int, b: int) -> int:
+    """``ceil(a / b)``; ``triton.cdiv`` is a jitted function whose Python call cost ~6 us
+    of host time per launch on our CPU machine (cProfile of the eager one-token call)."""
+    return -(-a // b)
 
 
 def _acc(dtype: torch.dtype):
@@ -53,7 +58,7 @@ def expand(weight, packed):
     (N, K), n = weight.shape, packed.shape[0]
     wm = new_output((n, N, K), weight.dtype, weight.device)
     c = tiles.EXPAND_TILES
-    kernels.expand_masks[(triton.cdiv(N, c.BN), triton.cdiv(K, c.BK))](
+    kernels.expand_masks[(_cdiv(N, c.BN), _cdiv(K, c.BK))](
         weight, packed, wm, N, K, packed.shape[2], N_MASKS=n, BN=c.BN, BK=c.BK, num_warps=c.num_warps)
     return wm
 
@@ -68,7 +73,7 @@ def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):
     """``fwd_gemv`` with tiles ``c`` (``scripts/triton_tune.py`` passes its own)."""
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
-    return kernels.fwd_gemv[(T, triton.cdiv(N, c.BN))](
+    return kernels.fwd_gemv[(T, _cdiv(N, c.BN))](
         x2d, weight, packed, out, N, K, packed.shape[2],
         N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=act, BN=c.BN, BG=c.BG, UNROLL=c.UNROLL,
         ASM=not interpreting() and x2d.dtype != torch.float64, ACC=_acc(x2d.dtype),
@@ -82,7 +87,7 @@ def launch_gates(x2d, weight, packed, dst, aux, act: int, mode: int, c: tiles.Mm
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
     g = tiles.gate_group(n, c.gates)
-    grid = (triton.cdiv(N, c.BN) * triton.cdiv(T, c.BT),)
+    grid = (_cdiv(N, c.BN) * _cdiv(T, c.BT),)
     return kernels.fwd_mma[grid](
         x2d, weight, packed, wm, dst, aux, T, N, K, packed.shape[2],
         N_MASKS=n, G=g, ACT=act, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP, STAGED=wm is not None,
@@ -112,7 +117,7 @@ def backward(dout, x2d, weight, packed, activation, dmask_dtype, factors=None):
     c = _fwd_tiles(dtype, T, n)
     if factors is not None:
         b = tiles.DS_BLOCK
-        kernels.ds_from_factors[(triton.cdiv(T * N, b),)](factors, dout, ds, T * N, N_MASKS=n, BLOCK=b,
+        kernels.ds_from_factors[(_cdiv(T * N, b),)](factors, dout, ds, T * N, N_MASKS=n, BLOCK=b,
                                                            ACC=_acc(dtype), num_warps=tiles.DS_WARPS)
     wm = expand(weight, packed) if c.staged else None
     if factors is None:
@@ -131,7 +136,7 @@ def launch_dx(ds, weight, packed, dx, c: tiles.Mma, wm=None):
     from ``wm`` when given."""
     T, K = dx.shape
     N, n = weight.shape[0], packed.shape[0]
-    grid = (triton.cdiv(T, c.BT) * triton.cdiv(K, c.BK),)
+    grid = (_cdiv(T, c.BT) * _cdiv(K, c.BK),)
     return kernels.bwd_dx[grid](
         ds, weight, packed, wm, dx, T, N, K, packed.shape[2],
         N_MASKS=n, BT=c.BT, BN=c.BN, BK=c.BK, GROUP=tiles.GROUP, STAGED=wm is not None, PREC=PRECISION,
@@ -142,7 +147,7 @@ def launch_dw(ds, x2d, weight, packed, dw, dm, c: tiles.Mma):
     """``bwd_dw``: ``dW`` and, when ``dm`` is given, ``dM_i = W * P_i``, with tiles ``c``."""
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
-    grid = (triton.cdiv(N, c.BN) * triton.cdiv(K, c.BK),)
+    grid = (_cdiv(N, c.BN) * _cdiv(K, c.BK),)
     return kernels.bwd_dw[grid](
         ds, x2d, weight, packed, dw, dm if dm is not None else dw, T, N, K, packed.shape[2],
         N_MASKS=n, HAS_DM=dm is not None, BN=c.BN, BK=c.BK, BT=c.BT, GROUP=tiles.GROUP,
