@@ -19,7 +19,7 @@
 #                    slowest: a third did not finish in 290 s, run 11): compiles overlap
 #   memcheck:B    compute-sanitizer --tool memcheck over the quick conformance of backend B
 #   sanitize:B:TOOL:DTYPE   compute-sanitizer --tool TOOL (memcheck, racecheck) over the quick
-#                 conformance of backend B in one dtype
+#                 conformance of backend B in one dtype ($SANITIZE_TIMEOUT seconds at most)
 #   tune[:PARTS]  scripts/triton_tune.py PARTS (comma list; default all), JSON in $OUT/tune.json
 #   pytest        the test suite on the GPU (python -m pytest -q)
 #   pytest:FILE   one test file on the GPU
@@ -68,7 +68,7 @@ for step in "${steps[@]}"; do
       done; wait; cat /tmp/conf_${b%%:*}_*.log
       ! grep -qE "[1-9][0-9]* failed|Traceback" /tmp/conf_${b%%:*}_*.log ;;
     sanitize:*) IFS=: read -r _ b tool d <<<"$step"
-      compute-sanitizer --tool "$tool" --print-limit 20 --error-exitcode 3 \
+      timeout "${SANITIZE_TIMEOUT:-600}" compute-sanitizer --tool "$tool" --print-limit 20 --error-exitcode 3 \
         python3 -m mglu conformance --device cuda --quick --backend "$b" --dtype "$d" ;;
     memcheck:*) compute-sanitizer --tool memcheck --print-limit 20 python3 -m mglu conformance --device cuda --quick --backend "${step#memcheck:}" ;;
     tune*) parts=${step#tune}; python3 scripts/triton_tune.py $(tr , " " <<<"${parts#:}") --json "$out/tune.json" ;;
