@@ -7,6 +7,8 @@
 #   train         issue #6's training rows: fwdbwd, 4096x11008, bf16, 4 masks, 2048 and 8192
 #                 tokens, JSON in $OUT/bench_train.json
 #   hostloop      scripts/host_loop.py (graph replay vs eager loop of the public op)
+#   numba8        issue #8's prefill and training rows: 2048 tokens, every kernel backend, bf16,
+#                 n_masks 4 (fwd at 4096x14336, fwdbwd at 4096x11008), JSON in $OUT/bench_numba8_*.json
 #   hostprof      the same script's --profile (host time per eager call, by function), triton and cuda
 #   decode1       issue #8's decode rows: 1 token, 4096x14336 and 4096x11008, n_masks 1 and 4,
 #                 fp16 and bf16, every backend, JSON in $OUT/bench_decode1.json
@@ -53,6 +55,10 @@ for step in "${steps[@]}"; do
     train) python3 -m mglu bench --mode fwdbwd --shapes 4096x11008 --tokens 2048,8192 --n-masks 4 --dtype bf16 \
       --backends triton --json "$out/bench_train.json" ;;
     hostloop) python3 scripts/host_loop.py ;;
+    numba8) python3 -m mglu bench --shapes 4096x14336 --tokens 2048 --n-masks 4 --dtype bf16 \
+        --backends triton,cuda,numba --baselines swiglu --json "$out/bench_numba8_fwd.json" &&
+      python3 -m mglu bench --mode fwdbwd --shapes 4096x11008 --tokens 2048 --n-masks 4 --dtype bf16 \
+        --backends triton,cuda,numba --baselines naive,naive+compile --json "$out/bench_numba8_fwdbwd.json" ;;
     hostprof) python3 scripts/host_loop.py --profile --backends triton,cuda ;;
     decode1) python3 -m mglu bench --shapes 4096x14336,4096x11008 --tokens 1 --n-masks 1,4 --dtype fp16,bf16 \
       --baselines swiglu --json "$out/bench_decode1.json" ;;
