@@ -187,7 +187,6 @@ def dw_name(dtype, dmask_dtype) -> str:
     return f"{kernel}<{CTYPE[dtype]}, {CTYPE[dmask_dtype or dtype]}>"
 
 
-@functools.lru_cache(maxsize=1024)
 def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, variant: str | None = None) -> Launch:
     """Decode kernel (one warp per W row) for ``tokens <= max(GEMV_TOKENS)``, else the tile;
     ``variant``: a key of GEMV_VARIANTS or MMA_VARIANTS (None: the default)."""
@@ -294,26 +293,6 @@ def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-#: CuPy's wrappers of torch's streams, by (device, stream handle): made once per stream,
-#: not on every launch (a one-token call is host-bound, DESIGN.md); cleared past
-#: MAX_STREAMS entries so that a program creating streams in a loop does not keep them all
-_STREAMS: dict = {}
-MAX_STREAMS = 64
-
-
-def _cupy_stream(device: torch.device):
-    import cupy
-
-    current = torch.cuda.current_stream(device)
-    key = (device.index, current.cuda_stream)
-    stream = _STREAMS.get(key)
-    if stream is None:
-        if len(_STREAMS) >= MAX_STREAMS:
-            _STREAMS.clear()
-        stream = _STREAMS[key] = cupy.cuda.Stream.from_external(current)
-    return stream
-
-
 def launch(plan: Launch, args: tuple, device: torch.device, what) -> None:
     """Run ``plan`` on torch's current stream of ``device``; a CUDA error (compile or launch)
     becomes a RuntimeError naming the kernel and ``what()`` (the problem, built only then).
@@ -323,7 +302,7 @@ def launch(plan: Launch, args: tuple, device: torch.device, what) -> None:
 
     capability = _capability(device.index)
     try:
-        with cupy.cuda.Device(device.index), _cupy_stream(device):
+        with cupy.cuda.Device(device.index), cupy.cuda.Stream.from_external(torch.cuda.current_stream(device)):
             _function(plan.name, capability)(plan.grid, plan.block, args)
     except Exception as exc:
         raise RuntimeError(f"cuda backend: kernel {plan.name} grid={plan.grid} failed for {what()}: {exc}") from exc
