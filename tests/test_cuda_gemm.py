@@ -1,0 +1,221 @@
+"""NumPy mirror of mglu_gemm.cu (the staged-weight GEMM path), checked against the torch backend.
+
+C_p (M, N) = A_p B_p over planes p with per-plane epilogues (forward, backward kernel A, dx,
+dW/dM; see mglu_gemm.cu). The mirror follows the kernel's index expressions: grouped block
+order, the cp.async tile fill (swizzled 16-byte chunks, zero-filled out of range), the
+ldmatrix lane addresses and register distribution (plain and .trans), the m16n8k16 fragment
+layout and the epilogue positions, in float64 on shapes with partial M, N and K tiles.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mglu.backends import torch_backend
+from mglu.backends.cuda_backend import launcher
+from mglu.masks import pack_masks
+
+BM, BN = launcher.GEMM_TILE
+BK = launcher.GEMM_BK
+GROUP_M = 8
+LANE = np.arange(32)
+G, Q = LANE >> 2, LANE & 3
+
+
+def swz(ch, r, c):
+    return r * ch + (c ^ ((r >> 1) & 3) if ch == 4 else c ^ (r & 7))
+
+
+def block_tile(pid, mt, nt):
+    """(m tile, n tile) of block ``pid``: GGROUP_M M tiles per N column."""
+    group = GROUP_M * nt
+    first = pid // group * GROUP_M
+    gm = min(mt - first, GROUP_M)
+    return first + pid % group % gm, pid % group // gm
+
+
+def load_tile(g, R, K, r0, k0, krows):
+    """The 512 16-byte chunks of one operand tile as written by load_tile (8 elements each)."""
+    e = np.arange(BM * BK // 8)
+    sm = np.full((e.size, 8), np.nan)
+    if krows:
+        k, c = e >> 4, e & 15
+        ok, src, dst = (k0 + k < K) & (r0 + 8 * c < R), (k0 + k) * R + r0 + 8 * c, swz(16, k, c)
+    else:
+        r, c = e >> 2, e & 3
+        ok, src, dst = (r0 + r < R) & (k0 + 8 * c < K), (r0 + r) * K + k0 + 8 * c, swz(4, r, c)
+    for d, s, v in zip(dst, src, ok):
+        sm[d] = g[s: s + 8] if v else 0.0
+    assert not np.isnan(sm).any()  # the swizzle is a permutation of the chunks
+    return sm
+
+
+def ldsm4(sm, chunk, trans):
+    """ldmatrix .x4: chunk[l] is lane l's row address; -> (32 lanes, 4 registers, 2 halves)."""
+    rows = sm[chunk]  # (32, 8)
+    out = np.empty((32, 4, 2))
+    for j in range(4):
+        mat = rows[8 * j: 8 * j + 8]
+        for h in range(2):
+            out[:, j, h] = mat[G, 2 * Q + h] if not trans else mat[2 * Q + h, G]
+    return out
+
+
+def mma(c, a, b0, b1):
+    """mma.sync m16n8k16 on fragments: c (32, 4), a (32, 4, 2), b0 / b1 (32, 2)."""
+    A, B = np.zeros((16, 16)), np.zeros((16, 8))
+    for h in range(2):
+        A[G, 2 * Q + h], A[G + 8, 2 * Q + h] = a[:, 0, h], a[:, 1, h]
+        A[G, 2 * Q + 8 + h], A[G + 8, 2 * Q + 8 + h] = a[:, 2, h], a[:, 3, h]
+        B[2 * Q + h, G], B[2 * Q + 8 + h, G] = b0[:, h], b1[:, h]
+    C = A @ B
+    for h in range(2):
+        c[:, h] += C[G, 2 * Q + h]
+        c[:, 2 + h] += C[G + 8, 2 * Q + h]
+
+
+def silu(g, grad):
+    return [v.numpy() for v in torch_backend.ACT["silu"](torch.from_numpy(np.asarray(g, dtype=np.float64)), grad) if v is not None]
+
+
+def emulate_gemm(mode, a, b0, b1, P, M, N, K, dout=None, masks=None, w=None, with_dm=True):
+    """mglu_gemm<T, mode> with flat float64 operands; returns out (M, N) and, by mode, dbuf / dm."""
+    a_krows, b_krows = mode == launcher.GEMM_DW, mode in (launcher.GEMM_DX, launcher.GEMM_DW)
+    out = np.full(M * N, np.nan)
+    dbuf = np.full((P - 1) * M * N, np.nan)
+    dm = np.full((P - 1) * M * N, np.nan)
+    mt, nt, kt = -(-M // BM), -(-N // BN), -(-K // BK)
+    tiles = {block_tile(pid, mt, nt) for pid in range(mt * nt)}
+    assert tiles == {(i, j) for i in range(mt) for j in range(nt)}
+    for pid in range(mt * nt):
+        tm, tn = block_tile(pid, mt, nt)
+        m0, n0 = tm * BM, tn * BN
+        acc = np.zeros((8, 4, 4, 32, 4))  # warp, mi, ni, lane, register
+        keep = np.zeros_like(acc)
+        tot = {}
+        for it in range(P * kt):
+            p, k0 = it // kt, it % kt * BK
+            ap = a[p * M * K:] if mode in (launcher.GEMM_DX, launcher.GEMM_DW) else a
+            bp = b1[(p - 1) * N * K:] if mode != launcher.GEMM_DW and p > 0 else b0
+            sa, sb = load_tile(ap, M, K, m0, k0, a_krows), load_tile(bp, N, K, n0, k0, b_krows)
+            for warp in range(8):
+                wm, wn, j = warp & 1, warp >> 1, LANE >> 3
+                for ks in range(BK // 16):
+                    af = []
+                    for mi in range(4):
+                        mb = wm * 64 + mi * 16
+                        ch = (swz(16, 16 * ks + (j >> 1) * 8 + (LANE & 7), (mb >> 3) + (j & 1)) if a_krows
+                              else swz(4, mb + (LANE & 15), 2 * ks + (LANE >> 4)))
+                        af.append(ldsm4(sa, ch, a_krows))
+                    bf = []
+                    for nj in range(2):
+                        nb = wn * 32 + nj * 16
+                        ch = (swz(16, 16 * ks + (j & 1) * 8 + (LANE & 7), (nb >> 3) + (j >> 1)) if b_krows
+                              else swz(4, nb + (j >> 1) * 8 + (LANE & 7), 2 * ks + (j & 1)))
+                        bf.append(ldsm4(sb, ch, b_krows))
+                    for mi in range(4):
+                        for ni in range(4):
+                            r = bf[ni >> 1]
+                            mma(acc[warp, mi, ni], af[mi], r[:, 2 * (ni & 1)], r[:, 2 * (ni & 1) + 1])
+            if mode == launcher.GEMM_DX or it % kt != kt - 1:
+                continue
+            for warp, mi, ni, h in np.ndindex(8, 4, 4, 2):
+                wm, wn = warp & 1, warp >> 1
+                c, o = acc[warp, mi, ni, :, 2 * h: 2 * h + 2], keep[warp, mi, ni, :, 2 * h: 2 * h + 2]
+                m = m0 + wm * 64 + mi * 16 + G + 8 * h
+                n = (n0 + wn * 32 + ni * 8 + 2 * Q)[:, None] + np.arange(2)
+                ok = ((m < M)[:, None] & (n < N)).all(1)
+                key = (warp, mi, ni, h)
+                if mode in (launcher.GEMM_FWD, launcher.GEMM_DS):
+                    if p == 0:
+                        tot[key] = c.copy()
+                    elif mode == launcher.GEMM_FWD:
+                        o += silu(c, False)[0] * (tot[key] - c)
+                    else:
+                        idx = (m[:, None] * N + n)[ok]
+                        d = dout[idx]
+                        av, dv = silu(c[ok], True)
+                        dbuf[(p - 1) * M * N + idx] = d * dv * (tot[key][ok] - c[ok]) - d * av
+                        o[ok] += d * av
+                elif p == 0:
+                    o[:] = c
+                else:
+                    row = (p - 1) * M + m[:, None]
+                    bits = masks[(row * (N >> 3) + (n >> 3))[ok]] >> (n & 7)[ok]
+                    o[ok] += np.where(bits & 1, c[ok], 0.0)
+                    if with_dm:
+                        dm[(row * N + n)[ok]] = w[(m[:, None] * N + n)[ok]] * c[ok]
+                c[:] = 0.0
+        res = acc if mode == launcher.GEMM_DX else keep
+        for warp, mi, ni, h in np.ndindex(8, 4, 4, 2):
+            wm, wn = warp & 1, warp >> 1
+            m = m0 + wm * 64 + mi * 16 + G + 8 * h
+            n = (n0 + wn * 32 + ni * 8 + 2 * Q)[:, None] + np.arange(2)
+            ok = ((m < M)[:, None] & (n < N)).all(1)
+            out[(m[:, None] * N + n)[ok]] = res[warp, mi, ni, :, 2 * h: 2 * h + 2][ok]
+    return out.reshape(M, N), dbuf.reshape(P - 1, M, N), dm.reshape(P - 1, M, N)
+
+
+def emulate_expand(w, packed):
+    """mglu_expand: chunk e = n PW + g of W (8 elements), byte e of each plane."""
+    d_ff, d_model = w.shape
+    flat, chunks = w.reshape(-1, 8), d_ff * (d_model // 8)
+    bits = np.unpackbits(packed.reshape(packed.shape[0], chunks, 1), axis=-1, bitorder="little").astype(bool)
+    return np.where(bits, flat[None], 0.0).reshape(packed.shape[0], d_ff, d_model)
+
+
+# T = 130 (2 M tiles in the forward, 5 K steps in dW), d_model 136 (5 K steps, 2 N tiles in
+# dx / dW), d_ff 144 (2 N tiles, 5 K steps in dx, 2 M tiles in dW): every tile edge is partial
+@pytest.mark.parametrize("tokens, d_model, d_ff, n_masks", [(130, 136, 144, 2), (20, 16, 24, 1)])
+def test_gemm_path_index_math(tokens, d_model, d_ff, n_masks):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(tokens, d_model, generator=gen, dtype=torch.float64)
+    w = torch.randn(d_ff, d_model, generator=gen, dtype=torch.float64) / math.sqrt(d_model)
+    dout = torch.randn(tokens, d_ff, generator=gen, dtype=torch.float64)
+    packed = pack_masks(torch.rand(n_masks, d_ff, d_model, generator=gen) < 0.5)
+    xn, wn, pn, dn = x.numpy(), w.numpy(), packed.numpy(), dout.numpy()
+    wm = emulate_expand(wn, pn)
+    P = n_masks + 1
+    out, _, _ = emulate_gemm(launcher.GEMM_FWD, xn.ravel(), wn.ravel(), wm.ravel(), P, tokens, d_ff, d_model)
+    np.testing.assert_allclose(out, torch_backend.forward(x, w, packed, "silu").numpy(), rtol=1e-11, atol=1e-11)
+
+    s, dbuf, _ = emulate_gemm(launcher.GEMM_DS, xn.ravel(), wn.ravel(), wm.ravel(), P, tokens, d_ff, d_model,
+                              dout=dn.ravel())
+    ds = np.concatenate([s[None], dbuf]).ravel()
+    dx, _, _ = emulate_gemm(launcher.GEMM_DX, ds, wn.ravel(), wm.ravel(), P, tokens, d_model, d_ff)
+    dw, _, dm = emulate_gemm(launcher.GEMM_DW, ds, xn.ravel(), None, P, d_ff, d_model, tokens, masks=pn.ravel(),
+                             w=wn.ravel())
+    ref_dx, ref_dw, ref_dm = (t.numpy() for t in torch_backend.backward(dout, x, w, packed, "silu", torch.float64))
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dw, ref_dw, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(dm, ref_dm, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("mt, nt", [(1, 1), (3, 5), (8, 2), (9, 3), (20, 7), (64, 112)])
+def test_grouped_block_order_covers_every_tile_once(mt, nt):
+    got = [block_tile(pid, mt, nt) for pid in range(mt * nt)]
+    assert sorted(got) == [(i, j) for i in range(mt) for j in range(nt)]
+    # consecutive blocks of a full group walk its GROUP_M M tiles first, sharing the B tile
+    if mt >= GROUP_M:
+        assert got[:GROUP_M] == [(i, 0) for i in range(GROUP_M)]
+
+
+def test_swizzle_puts_ldmatrix_rows_in_distinct_bank_groups():
+    """The 8 rows one ldmatrix matrix reads (same logical chunk) hit 8 distinct 16-byte slots of a
+    128-byte line: no bank conflict, for both tile shapes and every chunk."""
+    for ch in (4, 16):
+        for r0 in range(0, 32 if ch == 16 else 128, 8):
+            for c in range(ch):
+                slots = {(swz(ch, r, c) * 16) % 128 // 16 for r in range(r0, r0 + 8)}
+                assert len(slots) == 8, (ch, r0, c)
+
+
+def test_constants_match_the_kernel():
+    text = (launcher.HERE / "mglu_gemm.cu").read_text()
+    assert (f"enum {{ GBM = {BM}, GBN = {BN}, GBK = {BK}, GSTAGES = {launcher.GEMM_STAGES}, "
+            f"GTHREADS = {launcher.GEMM_THREADS}, GGROUP_M = {GROUP_M} }};") in text
+    assert "enum { GEMM_FWD = 0, GEMM_DS = 1, GEMM_DX = 2, GEMM_DW = 3 };" in text
+    assert (launcher.GEMM_FWD, launcher.GEMM_DS, launcher.GEMM_DX, launcher.GEMM_DW) == (0, 1, 2, 3)
+    assert launcher.gemm_smem(launcher.GEMM_FWD) == 128 * 1024 and launcher.gemm_smem(launcher.GEMM_DX) == 64 * 1024
