@@ -35,7 +35,8 @@ DEFAULTS = {launcher.rowdot_plan(dt, nm, FWD, tokens, 64).name for dt in (torch.
 
 def kernels() -> list[str]:
     """The decode targets, then per dtype the plans of 1, 4 and 16 tokens at n_masks 1, 4, 16
-    (default variants), the tensor-core variants of the fp16/bf16 forward, dx and dW."""
+    (default variants), the tensor-core variants of the fp16/bf16 forward, dx and dW, and the
+    staged GEMM path's kernels (fp16/bf16: mglu_gemm in its four modes, mglu_expand)."""
     names = list(DECODE_TARGETS)
     for dt in DTYPES:
         for nm in (1, 4, 16):
@@ -46,6 +47,9 @@ def kernels() -> list[str]:
                 names += [launcher.rowdot_plan(dt, nm, FWD, 16, 64, v).name for v in launcher.MMA_VARIANTS]
         names += [launcher.dx_name(dt), launcher.dw_name(dt, dt)]
         DEFAULTS.update(names[-2:])
+        if dt in launcher.MMA_DTYPES:
+            names += [launcher.gemm_name(dt, mode, torch.float32) for mode in range(4)]
+            names.append(launcher.expand_plan(dt, 8, 8).name)
     return list(dict.fromkeys(names))
 
 
