@@ -6,6 +6,9 @@ with CUDA events (median of ``--reps`` calls after 3 warm-ups), reported as ms a
 counting ``2 T d_ff d_model (n_masks + 1)`` per GEMM, beside one cuBLAS product of the same
 ``(T, d_model) x (d_model, d_ff)`` (torch.matmul). Before timing, each point's forward and
 backward outputs are compared with the torch backend run in fp32 (relative Frobenius error).
+Then, with ``--steps``, the forward and dx GEMMs are rebuilt with other (K step, stages)
+(mglu_gemm.cu's GBK / GSTAGES, patched into the source text here only), checked bitwise
+against the built-in kernel (the same mma sequence per thread) and timed.
 
     python scripts/cuda_gemm_probe.py --points 4096x14336x8192x1 4096x14336x8192x4 4096x11008x2048x4
 """
@@ -39,7 +42,20 @@ def rel(y, ref) -> float:
     return ((y.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
-def probe(d_model: int, d_ff: int, tokens: int, n_masks: int, reps: int) -> None:
+def rebuild(bk: int, stages: int) -> None:
+    """Compile mglu_gemm with GBK = bk, GSTAGES = stages from now on (this process only)."""
+    text = SOURCE.replace(f"GBK = {BUILT[0]}, GSTAGES = {BUILT[1]}", f"GBK = {bk}, GSTAGES = {stages}")
+    assert text != SOURCE or (bk, stages) == BUILT
+    launcher.source = lambda: text
+    launcher.GEMM_BK, launcher.GEMM_STAGES = bk, stages
+    launcher._function.cache_clear()
+    launcher._allow_smem.cache_clear()
+
+
+SOURCE, BUILT = launcher.source(), (launcher.GEMM_BK, launcher.GEMM_STAGES)
+
+
+def probe(d_model: int, d_ff: int, tokens: int, n_masks: int, reps: int, steps: list[str]) -> None:
     dev, dt = torch.device("cuda"), torch.bfloat16
     x = torch.randn(tokens, d_model, device=dev).to(dt)
     w = (torch.randn(d_ff, d_model, device=dev) / d_model ** 0.5).to(dt)
@@ -76,6 +92,18 @@ def probe(d_model: int, d_ff: int, tokens: int, n_masks: int, reps: int) -> None
         products = 1 if name.startswith("cublas") else 0 if name == "expand" else P
         rate = f"{products * flop / ms / 1e9:8.1f} TFLOP/s" if products else ""
         print(f"  {name:18s} {ms:8.3f} ms {rate}")
+    runs["gemm dx"]()
+    ref_out, ref_dx = out.clone(), dx.clone()
+    for step in steps:
+        bk, stages = (int(v) for v in step.split("x"))
+        rebuild(bk, stages)
+        for name, ref, res in (("gemm fwd", ref_out, out), ("gemm dx", ref_dx, dx)):
+            res.fill_(float("nan"))
+            ms = timed(runs[name], reps)
+            same = torch.equal(res, ref)
+            print(f"  {name} K step {bk}, {stages} stages {ms:8.3f} ms {P * flop / ms / 1e9:8.1f} TFLOP/s "
+                  f"bitwise equal to the built-in: {same}")
+        rebuild(*BUILT)
 
 
 def main() -> None:
@@ -83,9 +111,10 @@ def main() -> None:
     parser.add_argument("--points", nargs="+", default=["4096x14336x8192x1", "4096x14336x8192x4", "4096x11008x2048x4"],
                         help="d_model x d_ff x tokens x n_masks")
     parser.add_argument("--reps", type=int, default=10)
+    parser.add_argument("--steps", nargs="*", default=[], help="K step x stages to rebuild and time, e.g. 64x3")
     args = parser.parse_args()
     for point in args.points:
-        probe(*(int(v) for v in point.split("x")), args.reps)
+        probe(*(int(v) for v in point.split("x")), args.reps, args.steps)
 
 
 if __name__ == "__main__":

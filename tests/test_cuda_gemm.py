@@ -4,7 +4,8 @@ C_p (M, N) = A_p B_p over planes p with per-plane epilogues (forward, backward k
 dW/dM; see mglu_gemm.cu). The mirror follows the kernel's index expressions: grouped block
 order, the cp.async tile fill (swizzled 16-byte chunks, zero-filled out of range), the
 ldmatrix lane addresses and register distribution (plain and .trans), the m16n8k16 fragment
-layout and the epilogue positions, in float64 on shapes with partial M, N and K tiles.
+layout and the epilogue positions, in float64 on shapes with partial M, N and K tiles; at
+the kernel's K step and at 64 (the other K step scripts/cuda_gemm_probe.py builds).
 """
 
 import math
@@ -36,16 +37,16 @@ def block_tile(pid, mt, nt):
     return first + pid % group % gm, pid % group // gm
 
 
-def load_tile(g, R, K, r0, k0, krows):
-    """The 512 16-byte chunks of one operand tile as written by load_tile (8 elements each)."""
-    e = np.arange(BM * BK // 8)
+def load_tile(g, R, K, r0, k0, krows, bk):
+    """The 16-byte chunks of one operand tile as written by load_tile (8 elements each)."""
+    e = np.arange(BM * bk // 8)
     sm = np.full((e.size, 8), np.nan)
     if krows:
         k, c = e >> 4, e & 15
         ok, src, dst = (k0 + k < K) & (r0 + 8 * c < R), (k0 + k) * R + r0 + 8 * c, swz(16, k, c)
     else:
-        r, c = e >> 2, e & 3
-        ok, src, dst = (r0 + r < R) & (k0 + 8 * c < K), (r0 + r) * K + k0 + 8 * c, swz(4, r, c)
+        r, c = e // (bk // 8), e % (bk // 8)
+        ok, src, dst = (r0 + r < R) & (k0 + 8 * c < K), (r0 + r) * K + k0 + 8 * c, swz(bk // 8, r, c)
     for d, s, v in zip(dst, src, ok):
         sm[d] = g[s: s + 8] if v else 0.0
     assert not np.isnan(sm).any()  # the swizzle is a permutation of the chunks
@@ -80,13 +81,13 @@ def silu(g, grad):
     return [v.numpy() for v in torch_backend.ACT["silu"](torch.from_numpy(np.asarray(g, dtype=np.float64)), grad) if v is not None]
 
 
-def emulate_gemm(mode, a, b0, b1, P, M, N, K, dout=None, masks=None, w=None, with_dm=True):
+def emulate_gemm(mode, a, b0, b1, P, M, N, K, dout=None, masks=None, w=None, with_dm=True, bk=BK):
     """mglu_gemm<T, mode> with flat float64 operands; returns out (M, N) and, by mode, dbuf / dm."""
     a_krows, b_krows = mode == launcher.GEMM_DW, mode in (launcher.GEMM_DX, launcher.GEMM_DW)
     out = np.full(M * N, np.nan)
     dbuf = np.full((P - 1) * M * N, np.nan)
     dm = np.full((P - 1) * M * N, np.nan)
-    mt, nt, kt = -(-M // BM), -(-N // BN), -(-K // BK)
+    mt, nt, kt = -(-M // BM), -(-N // BN), -(-K // bk)
     tiles = {block_tile(pid, mt, nt) for pid in range(mt * nt)}
     assert tiles == {(i, j) for i in range(mt) for j in range(nt)}
     for pid in range(mt * nt):
@@ -96,24 +97,24 @@ def emulate_gemm(mode, a, b0, b1, P, M, N, K, dout=None, masks=None, w=None, wit
         keep = np.zeros_like(acc)
         tot = {}
         for it in range(P * kt):
-            p, k0 = it // kt, it % kt * BK
+            p, k0 = it // kt, it % kt * bk
             ap = a[p * M * K:] if mode in (launcher.GEMM_DX, launcher.GEMM_DW) else a
             bp = b1[(p - 1) * N * K:] if mode != launcher.GEMM_DW and p > 0 else b0
-            sa, sb = load_tile(ap, M, K, m0, k0, a_krows), load_tile(bp, N, K, n0, k0, b_krows)
+            sa, sb = load_tile(ap, M, K, m0, k0, a_krows, bk), load_tile(bp, N, K, n0, k0, b_krows, bk)
             for warp in range(8):
                 wm, wn, j = warp & 1, warp >> 1, LANE >> 3
-                for ks in range(BK // 16):
+                for ks in range(bk // 16):
                     af = []
                     for mi in range(4):
                         mb = wm * 64 + mi * 16
                         ch = (swz(16, 16 * ks + (j >> 1) * 8 + (LANE & 7), (mb >> 3) + (j & 1)) if a_krows
-                              else swz(4, mb + (LANE & 15), 2 * ks + (LANE >> 4)))
+                              else swz(bk // 8, mb + (LANE & 15), 2 * ks + (LANE >> 4)))
                         af.append(ldsm4(sa, ch, a_krows))
                     bf = []
                     for nj in range(2):
                         nb = wn * 32 + nj * 16
                         ch = (swz(16, 16 * ks + (j & 1) * 8 + (LANE & 7), (nb >> 3) + (j >> 1)) if b_krows
-                              else swz(4, nb + (j >> 1) * 8 + (LANE & 7), 2 * ks + (j & 1)))
+                              else swz(bk // 8, nb + (j >> 1) * 8 + (LANE & 7), 2 * ks + (j & 1)))
                         bf.append(ldsm4(sb, ch, b_krows))
                     for mi in range(4):
                         for ni in range(4):
@@ -168,8 +169,9 @@ def emulate_expand(w, packed):
 
 # T = 130 (2 M tiles in the forward, 5 K steps in dW), d_model 136 (5 K steps, 2 N tiles in
 # dx / dW), d_ff 144 (2 N tiles, 5 K steps in dx, 2 M tiles in dW): every tile edge is partial
-@pytest.mark.parametrize("tokens, d_model, d_ff, n_masks", [(130, 136, 144, 2), (20, 16, 24, 1)])
-def test_gemm_path_index_math(tokens, d_model, d_ff, n_masks):
+@pytest.mark.parametrize("tokens, d_model, d_ff, n_masks, bk", [(130, 136, 144, 2, BK), (20, 16, 24, 1, BK),
+                                                              (70, 136, 80, 1, 64)])
+def test_gemm_path_index_math(tokens, d_model, d_ff, n_masks, bk):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(tokens, d_model, generator=gen, dtype=torch.float64)
     w = torch.randn(d_ff, d_model, generator=gen, dtype=torch.float64) / math.sqrt(d_model)
@@ -178,15 +180,15 @@ def test_gemm_path_index_math(tokens, d_model, d_ff, n_masks):
     xn, wn, pn, dn = x.numpy(), w.numpy(), packed.numpy(), dout.numpy()
     wm = emulate_expand(wn, pn)
     P = n_masks + 1
-    out, _, _ = emulate_gemm(launcher.GEMM_FWD, xn.ravel(), wn.ravel(), wm.ravel(), P, tokens, d_ff, d_model)
+    out, _, _ = emulate_gemm(launcher.GEMM_FWD, xn.ravel(), wn.ravel(), wm.ravel(), P, tokens, d_ff, d_model, bk=bk)
     np.testing.assert_allclose(out, torch_backend.forward(x, w, packed, "silu").numpy(), rtol=1e-11, atol=1e-11)
 
     s, dbuf, _ = emulate_gemm(launcher.GEMM_DS, xn.ravel(), wn.ravel(), wm.ravel(), P, tokens, d_ff, d_model,
-                              dout=dn.ravel())
+                              dout=dn.ravel(), bk=bk)
     ds = np.concatenate([s[None], dbuf]).ravel()
-    dx, _, _ = emulate_gemm(launcher.GEMM_DX, ds, wn.ravel(), wm.ravel(), P, tokens, d_model, d_ff)
+    dx, _, _ = emulate_gemm(launcher.GEMM_DX, ds, wn.ravel(), wm.ravel(), P, tokens, d_model, d_ff, bk=bk)
     dw, _, dm = emulate_gemm(launcher.GEMM_DW, ds, xn.ravel(), None, P, d_ff, d_model, tokens, masks=pn.ravel(),
-                             w=wn.ravel())
+                             w=wn.ravel(), bk=bk)
     ref_dx, ref_dw, ref_dm = (t.numpy() for t in torch_backend.backward(dout, x, w, packed, "silu", torch.float64))
     np.testing.assert_allclose(dx, ref_dx, rtol=1e-11, atol=1e-11)
     np.testing.assert_allclose(dw, ref_dw, rtol=1e-11, atol=1e-11)
@@ -205,7 +207,7 @@ def test_grouped_block_order_covers_every_tile_once(mt, nt):
 def test_swizzle_puts_ldmatrix_rows_in_distinct_bank_groups():
     """The 8 rows one ldmatrix matrix reads (same logical chunk) hit 8 distinct 16-byte slots of a
     128-byte line: no bank conflict, for both tile shapes and every chunk."""
-    for ch in (4, 16):
+    for ch in (4, 8, 16):
         for r0 in range(0, 32 if ch == 16 else 128, 8):
             for c in range(ch):
                 slots = {(swz(ch, r, c) * 16) % 128 // 16 for r in range(r0, r0 + 8)}

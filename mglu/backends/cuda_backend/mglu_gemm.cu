@@ -25,7 +25,7 @@ enum { GEMM_FWD = 0, GEMM_DS = 1, GEMM_DX = 2, GEMM_DW = 3 };
 // in flight per block. GGROUP_M: block order in groups of 8 M tiles per N column (the
 // Triton matmul tutorial's value), so the blocks of a wave share each B tile through L2.
 enum { GBM = 128, GBN = 128, GBK = 32, GSTAGES = 4, GTHREADS = 256, GGROUP_M = 8 };
-// 16-byte chunks per stage: A and B tiles of 128 x 32 elements each (512 chunks apiece)
+// 16-byte chunks per stage: A and B tiles of 128 x GBK elements each
 enum { GTILE_CHUNKS = GBM * GBK / 8, GSTAGE_CHUNKS = 2 * GTILE_CHUNKS };
 
 __device__ __forceinline__ u32 smem_u32(const void* p) {
@@ -57,15 +57,16 @@ __device__ __forceinline__ void ldsm4(u32 addr, u32* r) {
 
 // Chunk index of (row r, 16-byte chunk c) in a tile of CH chunks per row, XOR-swizzled so that
 // the 8 rows an ldmatrix matrix reads (same logical chunk) fall in 8 distinct 16-byte bank
-// groups: CH = 4 (64-byte rows, two rows per 128 bytes): c ^ ((r / 2) % 4); CH = 16: c ^ (r % 8).
+// groups: CH = 4 (64-byte rows, two rows per 128 bytes): c ^ ((r / 2) % 4); CH >= 8: c ^ (r % 8).
 template <int CH>
 __device__ __forceinline__ int swz(int r, int c) {
     return r * CH + (CH == 4 ? (c ^ ((r >> 1) & 3)) : (c ^ (r & 7)));
 }
 
-// One operand tile into shared memory at s (chunk units). KROWS false: 128 rows of the outer
+// One operand tile into shared memory at s (byte address). KROWS false: 128 rows of the outer
 // index (m or n, < R) x GBK of k (< K), source rows of length K; KROWS true: GBK rows of k x
-// 128 of the outer index, source rows of length R. Out-of-range chunks are zero-filled.
+// 128 of the outer index (16 chunks a row), source rows of length R. Out-of-range chunks are
+// zero-filled.
 template <class T, bool KROWS>
 __device__ __forceinline__ void load_tile(u32 s, const T* g, int R, int K, int r0, int k0, int tid) {
 #pragma unroll
@@ -76,9 +77,9 @@ __device__ __forceinline__ void load_tile(u32 s, const T* g, int R, int K, int r
             const bool ok = k0 + k < K && r0 + 8 * c < R;
             cp_async16(s + 16 * swz<16>(k, c), ok ? g + (i64)(k0 + k) * R + r0 + 8 * c : g, ok);
         } else {
-            const int r = e >> 2, c = e & 3;
+            const int r = e / (GBK / 8), c = e % (GBK / 8);
             const bool ok = r0 + r < R && k0 + 8 * c < K;
-            cp_async16(s + 16 * swz<4>(r, c), ok ? g + (i64)(r0 + r) * K + k0 + 8 * c : g, ok);
+            cp_async16(s + 16 * swz<GBK / 8>(r, c), ok ? g + (i64)(r0 + r) * K + k0 + 8 * c : g, ok);
         }
     }
 }
@@ -161,13 +162,13 @@ __global__ void __launch_bounds__(256, 1) mglu_gemm(
             for (int mi = 0; mi < 4; ++mi) {
                 const int mb = wm * 64 + mi * 16, j = lane >> 3;
                 ldsm4<A_KROWS>(sa + 16 * (A_KROWS ? swz<16>(16 * ks + (j >> 1) * 8 + (lane & 7), (mb >> 3) + (j & 1))
-                                                  : swz<4>(mb + (lane & 15), 2 * ks + (lane >> 4))), af[mi]);
+                                                  : swz<GBK / 8>(mb + (lane & 15), 2 * ks + (lane >> 4))), af[mi]);
             }
 #pragma unroll
             for (int nj = 0; nj < 2; ++nj) {
                 const int nb = wn * 32 + nj * 16, j = lane >> 3;
                 ldsm4<B_KROWS>(sb + 16 * (B_KROWS ? swz<16>(16 * ks + (j & 1) * 8 + (lane & 7), (nb >> 3) + (j >> 1))
-                                                  : swz<4>(nb + (j >> 1) * 8 + (lane & 7), 2 * ks + (j & 1))), bf[nj]);
+                                                  : swz<GBK / 8>(nb + (j >> 1) * 8 + (lane & 7), 2 * ks + (j & 1))), bf[nj]);
             }
 #pragma unroll
             for (int mi = 0; mi < 4; ++mi)
