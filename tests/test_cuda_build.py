@@ -232,7 +232,7 @@ def test_gemm_path_launches_match_the_kernel_signatures(monkeypatch, dtype, logi
         if size:
             rows, cols = launcher.GEMM_TILE
             assert plan.grid[0] == -(-size[0] // rows) * -(-size[1] // cols) and (int(args[4]), int(args[5])) == size
-            assert plan.smem == launcher.gemm_smem(int(plan.name.split(",")[1]))
+            assert plan.smem == launcher.gemm_smem(int(plan.name.split(",")[1]), n_masks) and int(args[3]) == n_masks + 1
     assert calls[-1][0].name.endswith(", float>" if logits else ">") and (dm is None) != logits
     assert dx.shape == (tokens, d_model) and dw.shape == (d_ff, d_model)
     # below the threshold, or d_model not a multiple of 8: the row-dot kernels

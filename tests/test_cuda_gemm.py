@@ -5,7 +5,7 @@ dW/dM; see mglu_gemm.cu). The mirror follows the kernel's index expressions: gro
 order, the cp.async tile fill (swizzled 16-byte chunks, zero-filled out of range), the
 ldmatrix lane addresses and register distribution (plain and .trans), the m16n8k16 fragment
 layout and the epilogue positions, in float64 on shapes with partial M, N and K tiles; at
-the kernel's K step and at 64 (the other K step scripts/cuda_gemm_probe.py builds).
+the kernel's K step and at 32 (the other K step scripts/cuda_gemm_probe.py builds).
 """
 
 import math
@@ -21,6 +21,7 @@ from mglu.masks import pack_masks
 BM, BN = launcher.GEMM_TILE
 BK = launcher.GEMM_BK
 GROUP_M = 8
+DOUT_LD = BN + 8
 LANE = np.arange(32)
 G, Q = LANE >> 2, LANE & 3
 
@@ -93,6 +94,19 @@ def emulate_gemm(mode, a, b0, b1, P, M, N, K, dout=None, masks=None, w=None, wit
     for pid in range(mt * nt):
         tm, tn = block_tile(pid, mt, nt)
         m0, n0 = tm * BM, tn * BN
+        if mode in (launcher.GEMM_DS, launcher.GEMM_DW):  # E: dout / W, 128 rows of DOUT_LD elements
+            src, esm = dout if mode == launcher.GEMM_DS else w, np.full((BM, DOUT_LD), np.nan)
+            for e in range(BM * BN // 8):
+                r, c = e // (BN // 8), e % (BN // 8)
+                ok = m0 + r < M and n0 + 8 * c < N
+                esm[r, 8 * c: 8 * c + 8] = src[(m0 + r) * N + n0 + 8 * c:][:8] if ok else 0.0
+            esm = esm.reshape(-1)
+        if mode == launcher.GEMM_DW:  # mask bytes [plane][row][BN / 8]
+            msm = np.zeros((P - 1) * BM * (BN // 8), dtype=np.uint8)
+            for e in range(msm.size):
+                i, r, b = e // (BM * (BN // 8)), e // (BN // 8) % BM, e % (BN // 8)
+                if m0 + r < M and (n0 >> 3) + b < (N >> 3):
+                    msm[e] = masks[(i * M + m0 + r) * (N >> 3) + (n0 >> 3) + b]
         acc = np.zeros((8, 4, 4, 32, 4))  # warp, mi, ni, lane, register
         keep = np.zeros_like(acc)
         tot = {}
@@ -103,19 +117,17 @@ def emulate_gemm(mode, a, b0, b1, P, M, N, K, dout=None, masks=None, w=None, wit
             sa, sb = load_tile(ap, M, K, m0, k0, a_krows, bk), load_tile(bp, N, K, n0, k0, b_krows, bk)
             for warp in range(8):
                 wm, wn, j = warp & 1, warp >> 1, LANE >> 3
+                # lane offsets (bytes) as the kernel precomputes them: aoff / boff
+                l7, ch = LANE & 7, bk // 8
+                aoff = [16 * (swz(16, (j >> 1) * 8 + l7, wm * 8 + 2 * i + (j & 1)) if a_krows
+                              else swz(ch, wm * 64 + (LANE & 15), 2 * i + (LANE >> 4))) for i in range(4)]
+                boff = [16 * (swz(16, (j & 1) * 8 + l7, wn * 4 + 2 * i + (j >> 1)) if b_krows
+                              else swz(ch, wn * 32 + (j >> 1) * 8 + l7, 2 * i + (j & 1))) for i in range(4)]
                 for ks in range(bk // 16):
-                    af = []
-                    for mi in range(4):
-                        mb = wm * 64 + mi * 16
-                        ch = (swz(16, 16 * ks + (j >> 1) * 8 + (LANE & 7), (mb >> 3) + (j & 1)) if a_krows
-                              else swz(bk // 8, mb + (LANE & 15), 2 * ks + (LANE >> 4)))
-                        af.append(ldsm4(sa, ch, a_krows))
-                    bf = []
-                    for nj in range(2):
-                        nb = wn * 32 + nj * 16
-                        ch = (swz(16, 16 * ks + (j & 1) * 8 + (LANE & 7), (nb >> 3) + (j >> 1)) if b_krows
-                              else swz(bk // 8, nb + (j >> 1) * 8 + (LANE & 7), 2 * ks + (j & 1)))
-                        bf.append(ldsm4(sb, ch, b_krows))
+                    af = [ldsm4(sa, (aoff[mi] + ks * 16 * 256 if a_krows else aoff[ks] + mi * 16 * ch * 16) // 16,
+                                a_krows) for mi in range(4)]
+                    bf = [ldsm4(sb, (boff[nj] + ks * 16 * 256 if b_krows else boff[ks] + nj * 16 * ch * 16) // 16,
+                                b_krows) for nj in range(2)]
                     for mi in range(4):
                         for ni in range(4):
                             r = bf[ni >> 1]
@@ -125,8 +137,8 @@ def emulate_gemm(mode, a, b0, b1, P, M, N, K, dout=None, masks=None, w=None, wit
             for warp, mi, ni, h in np.ndindex(8, 4, 4, 2):
                 wm, wn = warp & 1, warp >> 1
                 c, o = acc[warp, mi, ni, :, 2 * h: 2 * h + 2], keep[warp, mi, ni, :, 2 * h: 2 * h + 2]
-                m = m0 + wm * 64 + mi * 16 + G + 8 * h
-                n = (n0 + wn * 32 + ni * 8 + 2 * Q)[:, None] + np.arange(2)
+                rr, cc = wm * 64 + mi * 16 + G + 8 * h, wn * 32 + ni * 8 + 2 * Q
+                m, n = m0 + rr, (n0 + cc)[:, None] + np.arange(2)
                 ok = ((m < M)[:, None] & (n < N)).all(1)
                 key = (warp, mi, ni, h)
                 if mode in (launcher.GEMM_FWD, launcher.GEMM_DS):
@@ -136,18 +148,20 @@ def emulate_gemm(mode, a, b0, b1, P, M, N, K, dout=None, masks=None, w=None, wit
                         o += silu(c, False)[0] * (tot[key] - c)
                     else:
                         idx = (m[:, None] * N + n)[ok]
-                        d = dout[idx]
+                        word = (rr * DOUT_LD + cc) >> 1  # the u32 of the tile the kernel reads
+                        d = esm[2 * word[:, None] + np.arange(2)][ok]
                         av, dv = silu(c[ok], True)
                         dbuf[(p - 1) * M * N + idx] = d * dv * (tot[key][ok] - c[ok]) - d * av
                         o[ok] += d * av
                 elif p == 0:
                     o[:] = c
                 else:
-                    row = (p - 1) * M + m[:, None]
-                    bits = masks[(row * (N >> 3) + (n >> 3))[ok]] >> (n & 7)[ok]
+                    byte = msm[((p - 1) * BM + rr) * (BN // 8) + (cc >> 3)][ok]
+                    bits = byte[:, None] >> ((cc & 7)[ok][:, None] + np.arange(2))
                     o[ok] += np.where(bits & 1, c[ok], 0.0)
                     if with_dm:
-                        dm[(row * N + n)[ok]] = w[(m[:, None] * N + n)[ok]] * c[ok]
+                        word = (rr * DOUT_LD + cc) >> 1
+                        dm[(((p - 1) * M + m[:, None]) * N + n)[ok]] = esm[2 * word[:, None] + np.arange(2)][ok] * c[ok]
                 c[:] = 0.0
         res = acc if mode == launcher.GEMM_DX else keep
         for warp, mi, ni, h in np.ndindex(8, 4, 4, 2):
@@ -170,7 +184,7 @@ def emulate_expand(w, packed):
 # T = 130 (2 M tiles in the forward, 5 K steps in dW), d_model 136 (5 K steps, 2 N tiles in
 # dx / dW), d_ff 144 (2 N tiles, 5 K steps in dx, 2 M tiles in dW): every tile edge is partial
 @pytest.mark.parametrize("tokens, d_model, d_ff, n_masks, bk", [(130, 136, 144, 2, BK), (20, 16, 24, 1, BK),
-                                                              (70, 136, 80, 1, 64)])
+                                                              (70, 136, 80, 1, 32)])
 def test_gemm_path_index_math(tokens, d_model, d_ff, n_masks, bk):
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(tokens, d_model, generator=gen, dtype=torch.float64)
@@ -220,4 +234,10 @@ def test_constants_match_the_kernel():
             f"GTHREADS = {launcher.GEMM_THREADS}, GGROUP_M = {GROUP_M} }};") in text
     assert "enum { GEMM_FWD = 0, GEMM_DS = 1, GEMM_DX = 2, GEMM_DW = 3 };" in text
     assert (launcher.GEMM_FWD, launcher.GEMM_DS, launcher.GEMM_DX, launcher.GEMM_DW) == (0, 1, 2, 3)
-    assert launcher.gemm_smem(launcher.GEMM_FWD) == 128 * 1024 and launcher.gemm_smem(launcher.GEMM_DX) == 64 * 1024
+    assert "GDOUT_LD = GBN + 8 };" in text
+    ring, tile = launcher.GEMM_STAGES * 2 * BM * BK * 2, BM * DOUT_LD * 2
+    for n in (1, 16):
+        assert launcher.gemm_smem(launcher.GEMM_DX, n) == ring
+        assert launcher.gemm_smem(launcher.GEMM_FWD, n) == ring + 64 * 1024
+        assert launcher.gemm_smem(launcher.GEMM_DS, n) == ring + 64 * 1024 + tile <= 227 * 1024
+        assert launcher.gemm_smem(launcher.GEMM_DW, n) == ring + tile + n * BM * BN // 8 <= 227 * 1024

@@ -102,7 +102,7 @@ def _expand(weight, packed, what):
 def _gemm(mode, what, a, b0, b1, planes, m, n, k, act=0, dout=None, masks=None, w=None, out=None, dbuf=None,
           dm=None):
     """One mglu_gemm launch (argument order of the kernel)."""
-    plan = gemm_plan(a.dtype, mode, m, n, None if dm is None else dm.dtype)
+    plan = gemm_plan(a.dtype, mode, m, n, planes - 1, None if dm is None else dm.dtype)
     launch(plan, (pointer(a), pointer(b0), pointer(b1), np.int32(planes), np.int32(m), np.int32(n), np.int32(k),
                   np.int32(act), pointer(dout), pointer(masks), pointer(w), pointer(out), pointer(dbuf),
                   pointer(dm)), a.device, what)

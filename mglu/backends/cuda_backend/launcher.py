@@ -124,10 +124,11 @@ VECTOR_BYTES = 16
 GEMM_MIN_TOKENS = 256
 #: mglu_gemm's MODE: forward, backward kernel A (D, S), dx, dW/dM (mglu_gemm.cu enum)
 GEMM_FWD, GEMM_DS, GEMM_DX, GEMM_DW = 0, 1, 2, 3
-#: mglu_gemm's block tile (M, N), threads, K step and cp.async stages; kept equal to the .cu enum
+#: mglu_gemm's block tile (M, N), threads, K step and cp.async stages; kept equal to the .cu
+#: enum (where the values come from: mglu_gemm.cu)
 GEMM_TILE = (128, 128)
 GEMM_THREADS = 256
-GEMM_BK, GEMM_STAGES = 32, 4
+GEMM_BK, GEMM_STAGES = 64, 3
 #: mglu_expand: one thread per 8-column chunk, 256 threads a block
 EXPAND_THREADS = 256
 
@@ -248,18 +249,25 @@ def gemm_name(dtype, mode: int, dmask_dtype=None) -> str:
     return f"mglu_gemm<{CTYPE[dtype]}, {mode}, {CTYPE[tm]}>"
 
 
-def gemm_smem(mode: int) -> int:
+def gemm_smem(mode: int, n_masks: int) -> int:
     """Bytes of dynamic shared memory: the cp.async ring (A and B tiles of 128 x GEMM_BK
-    16-bit elements per stage), plus 64 fp32 ``total`` values per thread in GEMM_FWD / GEMM_DS."""
-    ring = GEMM_STAGES * 2 * GEMM_TILE[0] * GEMM_BK * 2
-    return ring + (64 * GEMM_THREADS * 4 if mode in (GEMM_FWD, GEMM_DS) else 0)
+    16-bit elements per stage), 64 fp32 ``total`` values per thread (GEMM_FWD, GEMM_DS), the
+    epilogue's tile of dout / W (128 rows of 128 + 8 elements; GEMM_DS, GEMM_DW) and the mask
+    bytes of every plane (n_masks x 128 rows x 16 bytes; GEMM_DW): 194 KB at most (GEMM_DS),
+    162 KB at 16 masks (GEMM_DW), under the H100's 227 KB."""
+    rows, cols = GEMM_TILE
+    ring = GEMM_STAGES * 2 * rows * GEMM_BK * 2
+    total = 64 * GEMM_THREADS * 4 if mode in (GEMM_FWD, GEMM_DS) else 0
+    tile = rows * (cols + 8) * 2 if mode in (GEMM_DS, GEMM_DW) else 0
+    return ring + total + tile + (n_masks * rows * cols // 8 if mode == GEMM_DW else 0)
 
 
-def gemm_plan(dtype, mode: int, m: int, n: int, dmask_dtype=None) -> Launch:
+def gemm_plan(dtype, mode: int, m: int, n: int, n_masks: int, dmask_dtype=None) -> Launch:
     """One mglu_gemm launch over an (m, n) output: a 1-D grid of 128 x 128 tiles (the kernel
     orders them in groups of 8 M tiles)."""
     tiles = _cdiv(m, GEMM_TILE[0]) * _cdiv(n, GEMM_TILE[1])
-    return Launch(gemm_name(dtype, mode, dmask_dtype), (tiles, 1, 1), (GEMM_THREADS, 1, 1), smem=gemm_smem(mode))
+    return Launch(gemm_name(dtype, mode, dmask_dtype), (tiles, 1, 1), (GEMM_THREADS, 1, 1),
+                  smem=gemm_smem(mode, n_masks))
 
 
 def expand_plan(dtype, d_ff: int, d_model: int) -> Launch:

@@ -20,13 +20,18 @@
 
 enum { GEMM_FWD = 0, GEMM_DS = 1, GEMM_DX = 2, GEMM_DW = 3 };
 // Block tile GBM x GBN, K step GBK, GSTAGES-deep cp.async ring, 8 warps as 2 (M) x 4 (N) of
-// 64 x 32 (4 x 4 mma tiles, 64 fp32 accumulators a thread). Not swept: the shape of
-// CUTLASS's Ampere bf16 GEMM (128 x 128 x 32, multistage); 4 stages keep 3 K steps (48 KB)
-// in flight per block. GGROUP_M: block order in groups of 8 M tiles per N column (the
-// Triton matmul tutorial's value), so the blocks of a wave share each B tile through L2.
-enum { GBM = 128, GBN = 128, GBK = 32, GSTAGES = 4, GTHREADS = 256, GGROUP_M = 8 };
-// 16-byte chunks per stage: A and B tiles of 128 x GBK elements each
-enum { GTILE_CHUNKS = GBM * GBK / 8, GSTAGE_CHUNKS = 2 * GTILE_CHUNKS };
+// 64 x 32 (4 x 4 mma tiles, 64 fp32 accumulators a thread). GBK, GSTAGES: H100 run 1 of
+// round 4 (MEASUREMENTS.md): K step 64 with 3 stages ran the forward / dx GEMMs 1.22-1.26x
+// faster than 32 with 4 (CUTLASS's Ampere shape, the first build), 64 with 4 within 2% of
+// 64 with 3. GGROUP_M: block order in groups of 8 M tiles per N column (the Triton matmul
+// tutorial's value, not swept), so the blocks of a wave share each B tile through L2.
+enum { GBM = 128, GBN = 128, GBK = 64, GSTAGES = 3, GTHREADS = 256, GGROUP_M = 8 };
+// 16-byte chunks: per operand tile (128 x GBK elements), per stage, of fp32 `total` (64
+// values a thread); GDOUT_LD: elements per row of the epilogue tile (dout, W), 128 + 8 so that
+// the epilogue's 4-byte reads of rows g = 0..7 fall in distinct banks (68 words a row)
+enum { GTILE_CHUNKS = GBM * GBK / 8, GSTAGE_CHUNKS = 2 * GTILE_CHUNKS, GTOTAL_CHUNKS = 64 * GTHREADS / 4,
+       GDOUT_LD = GBN + 8 };
+static_assert(GBK % 16 == 0 && GBK / 16 <= 4, "mglu_gemm keeps at most 4 ldmatrix row offsets per operand");
 
 __device__ __forceinline__ u32 smem_u32(const void* p) {
     u32 a;
@@ -88,22 +93,19 @@ template <class T> __device__ __forceinline__ float h2f(u32 h);
 template <> __device__ __forceinline__ float h2f<mglu_bf16>(u32 h) { return bf16_to_f32((u16)h); }
 template <> __device__ __forceinline__ float h2f<mglu_f16>(u32 h) { return f16_to_f32((u16)h); }
 
-// two consecutive 16-bit elements (4-byte aligned) as floats, and back
-template <class T>
-__device__ __forceinline__ void ld2(const T* p, float& a, float& b) {
-    const u32 v = __ldg(reinterpret_cast<const u32*>(p));
-    a = h2f<T>(v & 0xffffu);
-    b = h2f<T>(v >> 16);
-}
+// two floats as two consecutive 16-bit elements (4-byte aligned)
 template <class T>
 __device__ __forceinline__ void st2(T* p, float a, float b) {
     *reinterpret_cast<u32*>(p) = (u32)Tr<T>::cvt(a).bits | ((u32)Tr<T>::cvt(b).bits << 16);
 }
 
 // Launch: GTHREADS threads, 1-D grid of ceil(M / GBM) * ceil(N / GBN) blocks, dynamic shared
-// memory GSTAGES * GSTAGE_CHUNKS * 16 bytes (+ 64 KB for `total` in GEMM_FWD / GEMM_DS:
-// launcher.gemm_smem). Operand planes: A_p = a (FWD, DS), a + p M K (DX: T x d_ff planes;
-// DW: d_ff-major planes of K x M); B_0 = b0, B_p = b1 + (p - 1) N K (FWD, DS, DX), b0 (DW).
+// memory launcher.gemm_smem: the ring (GSTAGES * GSTAGE_CHUNKS * 16 bytes), then 64 KB of fp32
+// `total` (GEMM_FWD, GEMM_DS), then the epilogue's operand tile E (GBM rows of GDOUT_LD
+// elements: dout in GEMM_DS, W in GEMM_DW), then in GEMM_DW the block's mask bytes of every
+// plane (P - 1 planes x GBM rows x GBN / 8 bytes). E and the masks are read once per block,
+// before the main loop, instead of once per plane in the epilogue. Operand planes: A_p = a (FWD, DS), a + p M K (DX: T x d_ff planes; DW: d_ff-major
+// planes of K x M); B_0 = b0, B_p = b1 + (p - 1) N K (FWD, DS, DX), b0 (DW).
 template <class T, int MODE, class TM>
 __global__ void __launch_bounds__(256, 1) mglu_gemm(
     const T* __restrict__ a, const T* __restrict__ b0, const T* __restrict__ b1, int P, int M, int N, int K,
@@ -111,10 +113,10 @@ __global__ void __launch_bounds__(256, 1) mglu_gemm(
     T* __restrict__ out, T* __restrict__ dbuf, TM* __restrict__ dm) {
     enum { A_KROWS = MODE == GEMM_DW, B_KROWS = MODE == GEMM_DX || MODE == GEMM_DW,
            A_PLANES = MODE == GEMM_DX || MODE == GEMM_DW, B_PLANES = MODE != GEMM_DW,
-           KEEP_TOTAL = MODE == GEMM_FWD || MODE == GEMM_DS };
+           KEEP_TOTAL = MODE == GEMM_FWD || MODE == GEMM_DS, CH = GBK / 8 };
     extern __shared__ uint4 gemm_smem[];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int wm = warp & 1, wn = warp >> 1, g = lane >> 2, q = lane & 3;
+    const int wm = warp & 1, wn = warp >> 1, g = lane >> 2, q = lane & 3, j = lane >> 3, l7 = lane & 7;
 
     // grouped block order: GGROUP_M M tiles per N column
     const int mt = (M + GBM - 1) / GBM, nt = (N + GBN - 1) / GBN;
@@ -125,60 +127,94 @@ __global__ void __launch_bounds__(256, 1) mglu_gemm(
     const int KT = (K + GBK - 1) / GBK, tiles = P * KT;
     const u32 sbase = smem_u32(gemm_smem);
     float* tot = reinterpret_cast<float*>(gemm_smem + GSTAGES * GSTAGE_CHUNKS);
+    uint4* etile = gemm_smem + GSTAGES * GSTAGE_CHUNKS + (KEEP_TOTAL ? GTOTAL_CHUNKS : 0);
+    const u32* esm = reinterpret_cast<const u32*>(etile);
+    unsigned char* msm = reinterpret_cast<unsigned char*>(etile + GBM * GDOUT_LD / 8);
 
-    auto issue = [&](int it) {
-        const int p = it / KT, k0 = (it % KT) * GBK;
-        const u32 s = sbase + 16 * (it % GSTAGES) * GSTAGE_CHUNKS;
-        const T* ap = A_PLANES ? a + (i64)p * M * K : a;
-        const T* bp = B_PLANES && p > 0 ? b1 + (i64)(p - 1) * N * K : b0;
-        load_tile<T, A_KROWS>(s, ap, M, K, m0, k0, tid);
-        load_tile<T, B_KROWS>(s + 16 * GTILE_CHUNKS, bp, N, K, n0, k0, tid);
+    // Byte offsets of this lane's ldmatrix rows inside a stage (the swizzle's XOR term
+    // depends on lane & 7 only, so the rest is a compile-time offset): non-KROWS operands
+    // one per k16 step ks (+ 16 rows per mi / nj), KROWS operands one per mi / nj (+ 16 k
+    // rows per ks).
+    u32 aoff[4], boff[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        aoff[i] = 16 * (A_KROWS ? swz<16>((j >> 1) * 8 + l7, wm * 8 + 2 * i + (j & 1))
+                                : swz<CH>(wm * 64 + (lane & 15), 2 * i + (lane >> 4)));
+        boff[i] = 16 * (B_KROWS ? swz<16>((j & 1) * 8 + l7, wn * 4 + 2 * i + (j >> 1))
+                                : swz<CH>(wn * 32 + (j >> 1) * 8 + l7, 2 * i + (j & 1)));
+    }
+
+    // the next tile to issue: plane ip, K step ik, ring stage is
+    int ip = 0, ik = 0, is = 0;
+    auto issue = [&]() {
+        const u32 s = sbase + 16 * is * GSTAGE_CHUNKS;
+        const T* ap = A_PLANES ? a + (i64)ip * M * K : a;
+        const T* bp = B_PLANES && ip > 0 ? b1 + (i64)(ip - 1) * N * K : b0;
+        load_tile<T, A_KROWS>(s, ap, M, K, m0, ik * GBK, tid);
+        load_tile<T, B_KROWS>(s + 16 * GTILE_CHUNKS, bp, N, K, n0, ik * GBK, tid);
+        if (++ik == KT) ik = 0, ++ip;
+        if (++is == GSTAGES) is = 0;
     };
 
     float acc[4][4][4], keep[4][4][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
+        for (int jj = 0; jj < 4; ++jj)
 #pragma unroll
-            for (int r = 0; r < 4; ++r) acc[i][j][r] = keep[i][j][r] = 0.f;
+            for (int r = 0; r < 4; ++r) acc[i][jj][r] = keep[i][jj][r] = 0.f;
 
+    if (MODE == GEMM_DS || MODE == GEMM_DW) {  // E, in the first cp.async group (waited for before any epilogue)
+        const T* src = MODE == GEMM_DS ? dout : w;
+        const u32 s = smem_u32(etile);
+#pragma unroll
+        for (int e = tid; e < GBM * GBN / 8; e += GTHREADS) {
+            const int r = e / (GBN / 8), c = e % (GBN / 8);
+            const bool ok = m0 + r < M && n0 + 8 * c < N;
+            cp_async16(s + 16 * (r * (GDOUT_LD / 8) + c), ok ? src + (i64)(m0 + r) * N + n0 + 8 * c : src, ok);
+        }
+    }
+    if (MODE == GEMM_DW) {  // mask bytes [plane][row][GBN / 8], visible after the main loop's first barrier
+        for (int e = tid; e < (P - 1) * GBM * (GBN / 8); e += GTHREADS) {
+            const int i = e / (GBM * (GBN / 8)), r = e / (GBN / 8) % GBM, b = e % (GBN / 8);
+            const bool ok = m0 + r < M && (n0 >> 3) + b < (N >> 3);
+            msm[e] = ok ? __ldg(masks + ((i64)i * M + m0 + r) * (N >> 3) + (n0 >> 3) + b) : (unsigned char)0;
+        }
+    }
 #pragma unroll
     for (int s = 0; s < GSTAGES - 1; ++s) {
-        if (s < tiles) issue(s);
+        if (s < tiles) issue();
         cp_async_commit();
     }
+    int rs = 0, pc = 0, kc = 0;  // stage read, plane and K step consumed
     for (int it = 0; it < tiles; ++it) {
         cp_async_wait<GSTAGES - 2>();
         __syncthreads();
         // the stage read in iteration it - 1 is free once every thread passed the barrier
-        if (it + GSTAGES - 1 < tiles) issue(it + GSTAGES - 1);
+        if (it + GSTAGES - 1 < tiles) issue();
         cp_async_commit();
-        const u32 sa = sbase + 16 * (it % GSTAGES) * GSTAGE_CHUNKS, sb = sa + 16 * GTILE_CHUNKS;
+        const u32 sa = sbase + 16 * rs * GSTAGE_CHUNKS, sb = sa + 16 * GTILE_CHUNKS;
+        if (++rs == GSTAGES) rs = 0;
 #pragma unroll
         for (int ks = 0; ks < GBK / 16; ++ks) {
             u32 af[4][4], bf[2][4];
 #pragma unroll
-            for (int mi = 0; mi < 4; ++mi) {
-                const int mb = wm * 64 + mi * 16, j = lane >> 3;
-                ldsm4<A_KROWS>(sa + 16 * (A_KROWS ? swz<16>(16 * ks + (j >> 1) * 8 + (lane & 7), (mb >> 3) + (j & 1))
-                                                  : swz<GBK / 8>(mb + (lane & 15), 2 * ks + (lane >> 4))), af[mi]);
-            }
+            for (int mi = 0; mi < 4; ++mi)
+                ldsm4<A_KROWS>(sa + (A_KROWS ? aoff[mi] + ks * 16 * 256 : aoff[ks] + mi * 16 * CH * 16), af[mi]);
 #pragma unroll
-            for (int nj = 0; nj < 2; ++nj) {
-                const int nb = wn * 32 + nj * 16, j = lane >> 3;
-                ldsm4<B_KROWS>(sb + 16 * (B_KROWS ? swz<16>(16 * ks + (j & 1) * 8 + (lane & 7), (nb >> 3) + (j >> 1))
-                                                  : swz<GBK / 8>(nb + (j >> 1) * 8 + (lane & 7), 2 * ks + (j & 1))), bf[nj]);
-            }
+            for (int nj = 0; nj < 2; ++nj)
+                ldsm4<B_KROWS>(sb + (B_KROWS ? boff[nj] + ks * 16 * 256 : boff[ks] + nj * 16 * CH * 16), bf[nj]);
 #pragma unroll
             for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
                 for (int ni = 0; ni < 4; ++ni)
                     mma16816<T>(acc[mi][ni], af[mi], bf[ni >> 1][2 * (ni & 1)], bf[ni >> 1][2 * (ni & 1) + 1]);
         }
-        if (MODE == GEMM_DX || it % KT != KT - 1) continue;
+        if (++kc < KT) continue;
+        kc = 0;
+        const int p = pc++;
+        if (MODE == GEMM_DX) continue;
         // end of plane p: its epilogue, on this thread's own outputs only (no barrier)
-        const int p = it / KT;
 #pragma unroll
         for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
@@ -187,7 +223,8 @@ __global__ void __launch_bounds__(256, 1) mglu_gemm(
                 for (int h = 0; h < 2; ++h) {
                     float* c = &acc[mi][ni][2 * h];
                     float* o = &keep[mi][ni][2 * h];
-                    const int m = m0 + wm * 64 + mi * 16 + g + 8 * h, n = n0 + wn * 32 + ni * 8 + 2 * q;
+                    const int rr = wm * 64 + mi * 16 + g + 8 * h, cc = wn * 32 + ni * 8 + 2 * q;
+                    const int m = m0 + rr, n = n0 + cc;
                     if (KEEP_TOTAL) {
                         float* t = tot + ((mi * 4 + ni) * 4 + 2 * h) * GTHREADS + tid;
                         if (p == 0) {
@@ -201,8 +238,9 @@ __global__ void __launch_bounds__(256, 1) mglu_gemm(
                                 o[e] += av * (t[e * GTHREADS] - c[e]);
                             }
                         } else if (m < M && n < N) {
-                            float d[2], r[2];
-                            ld2(dout + (i64)m * N + n, d[0], d[1]);
+                            const u32 dd = esm[(rr * GDOUT_LD + cc) >> 1];
+                            const float d[2] = {h2f<T>(dd & 0xffffu), h2f<T>(dd >> 16)};
+                            float r[2];
 #pragma unroll
                             for (int e = 0; e < 2; ++e) {
                                 float av, dv;
@@ -216,15 +254,14 @@ __global__ void __launch_bounds__(256, 1) mglu_gemm(
                         o[0] = c[0];
                         o[1] = c[1];
                     } else if (m < M && n < N) {  // GEMM_DW: P_i, i = p - 1
-                        const i64 row = (i64)(p - 1) * M + m;
-                        const u32 bits = __ldg(masks + row * (N >> 3) + (n >> 3)) >> (n & 7);
+                        const u32 bits = (u32)msm[((p - 1) * GBM + rr) * (GBN / 8) + (cc >> 3)] >> (cc & 7);
                         o[0] += (bits & 1u) ? c[0] : 0.f;
                         o[1] += (bits & 2u) ? c[1] : 0.f;
                         if (dm) {
-                            float w0, w1;
-                            ld2(w + (i64)m * N + n, w0, w1);
-                            dm[row * N + n] = Tr<TM>::cvt(w0 * c[0]);
-                            dm[row * N + n + 1] = Tr<TM>::cvt(w1 * c[1]);
+                            const u32 ww = esm[(rr * GDOUT_LD + cc) >> 1];
+                            const i64 at = ((i64)(p - 1) * M + m) * N + n;
+                            dm[at] = Tr<TM>::cvt(h2f<T>(ww & 0xffffu) * c[0]);
+                            dm[at + 1] = Tr<TM>::cvt(h2f<T>(ww >> 16) * c[1]);
                         }
                     }
                     c[0] = c[1] = 0.f;
