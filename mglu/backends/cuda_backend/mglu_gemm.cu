@@ -21,7 +21,7 @@
 enum { GEMM_FWD = 0, GEMM_DS = 1, GEMM_DX = 2, GEMM_DW = 3 };
 // Block tile GBM x GBN, K step GBK, GSTAGES-deep cp.async ring, 8 warps as 2 (M) x 4 (N) of
 // 64 x 32 (4 x 4 mma tiles, 64 fp32 accumulators a thread). GBK, GSTAGES: H100 run 1 of
-// round 4 (MEASUREMENTS.md): K step 64 with 3 stages ran the forward / dx GEMMs 1.22-1.26x
+// round 4 (MEASUREMENTS_GEMM.md): K step 64 with 3 stages ran the forward / dx GEMMs 1.22-1.26x
 // faster than 32 with 4 (CUTLASS's Ampere shape, the first build), 64 with 4 within 2% of
 // 64 with 3. GGROUP_M: block order in groups of 8 M tiles per N column (the Triton matmul
 // tutorial's value, not swept), so the blocks of a wave share each B tile through L2.
