@@ -35,7 +35,8 @@ DEFAULTS = {launcher.rowdot_plan(dt, nm, FWD, tokens, 64).name for dt in (torch.
 
 def kernels() -> list[str]:
     """The decode targets, then per dtype the plans of 1, 4 and 16 tokens at n_masks 1, 4, 16
-    (default variants), the tensor-core variants of the fp16/bf16 forward, dx and dW."""
+    (default variants), the tensor-core variants of the fp16/bf16 forward, dx and dW, and the
+    staged GEMM path's kernels (fp16/bf16: mglu_gemm in its four modes, mglu_expand)."""
     names = list(DECODE_TARGETS)
     for dt in DTYPES:
         for nm in (1, 4, 16):
@@ -46,6 +47,10 @@ def kernels() -> list[str]:
                 names += [launcher.rowdot_plan(dt, nm, FWD, 16, 64, v).name for v in launcher.MMA_VARIANTS]
         names += [launcher.dx_name(dt), launcher.dw_name(dt, dt)]
         DEFAULTS.update(names[-2:])
+        if dt in launcher.MMA_DTYPES:  # the GEMM path: every kernel of it is a default
+            names += [launcher.gemm_name(dt, mode, torch.float32) for mode in range(4)]
+            names.append(launcher.expand_plan(dt, 8, 8).name)
+            DEFAULTS.update(names[-5:])
     return list(dict.fromkeys(names))
 
 
@@ -87,7 +92,8 @@ def main() -> int:
         body = functions.get(mangled.get(name, ""), "")
         ldg128, local = len(re.findall(r"\bLDG\.E\.128", body)), len(re.findall(r"\b(LDL|STL)\b", body))
         hmma = len(re.findall(r"\bHMMA\.16816", body))
-        target, mma = name in DECODE_TARGETS, name.startswith(("mglu_rowdot_mma", "mglu_bwd_dw_mma", "mglu_bwd_dx_mma"))
+        target, mma = name in DECODE_TARGETS, name.startswith(("mglu_rowdot_mma", "mglu_bwd_dw_mma", "mglu_bwd_dx_mma",
+                                                                   "mglu_gemm"))
         strict = name in DEFAULTS and (target or mma)
         ok = bool(body) and (not target or ldg128 > 0) and (not mma or hmma > 0) and not (strict and local)
         failed += not ok

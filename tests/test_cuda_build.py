@@ -45,7 +45,10 @@ def test_nvrtc_compiles_one_of_each_kernel():
              launcher.dx_name(torch.float32),
              launcher.dx_name(torch.float16),
              launcher.dw_name(torch.float64, torch.bfloat16),
-             launcher.dw_name(torch.bfloat16, torch.float32)]
+             launcher.dw_name(torch.bfloat16, torch.float32),
+             launcher.gemm_name(torch.bfloat16, launcher.GEMM_DS),
+             launcher.gemm_name(torch.float16, launcher.GEMM_DW, torch.float32),
+             launcher.expand_plan(torch.bfloat16, 8, 8).name]
     ok, log = build.nvrtc(names)
     assert ok, log
 
@@ -167,7 +170,7 @@ def test_launch_arguments_match_the_kernel_signatures(monkeypatch, dtype, tokens
 
     sigs, calls = _signatures(), []
     assert set(sigs) == {"mglu_rowdot_gemv", "mglu_rowdot_tiled", "mglu_rowdot_mma", "mglu_bwd_dx", "mglu_bwd_dw",
-                         "mglu_bwd_dw_mma", "mglu_bwd_dx_mma"}
+                         "mglu_bwd_dw_mma", "mglu_bwd_dx_mma", "mglu_gemm", "mglu_expand"}
     monkeypatch.setattr(cuda_backend, "launch", lambda plan, args, device, what: calls.append((plan, args, what())))
     d_model, d_ff, n_masks = 20, 12, 3
     x = torch.randn(tokens, d_model).to(dtype)
@@ -198,3 +201,41 @@ def test_default_variants_follow_the_measured_regimes():
         assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS + 1) == launcher.DEFAULT_MMA_VARIANT
         assert launcher.default_variant(dtype, 4, bwd, 16) == launcher.DEFAULT_MMA_VARIANT
     assert launcher.default_variant(torch.float32, 1, fwd, 1) == launcher.DEFAULT_GEMV_VARIANT
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("logits", [False, True])
+def test_gemm_path_launches_match_the_kernel_signatures(monkeypatch, dtype, logits):
+    """From GEMM_MIN_TOKENS tokens (d_model, d_ff multiples of 8): forward = expand + GEMM_FWD;
+    backward = expand, DS, DX, DW, each naming a compiled kernel with its signature's kinds,
+    a grid that covers the output and the dynamic shared memory of launcher.gemm_smem."""
+    import numpy as np
+
+    from mglu.backends import cuda_backend
+
+    sigs, calls, compiled = _signatures(), [], set(launcher.instantiations())
+    monkeypatch.setattr(cuda_backend, "launch", lambda plan, args, device, what: calls.append((plan, args)))
+    tokens, d_model, d_ff, n_masks = launcher.GEMM_MIN_TOKENS + 1, 136, 264, 2
+    x = torch.randn(tokens, d_model).to(dtype)
+    w = torch.randn(d_ff, d_model).to(dtype)
+    packed = torch.zeros(n_masks, d_ff, d_model // 8, dtype=torch.uint8)
+    cuda_backend.forward(x, w, packed, "silu")
+    dx, dw, dm = cuda_backend.backward(torch.randn(tokens, d_ff).to(dtype), x, w, packed, "silu",
+                                       torch.float32 if logits else None)
+    names = [plan.name.split("<")[0] for plan, _ in calls]
+    assert names == ["mglu_expand", "mglu_gemm"] * 2 + ["mglu_gemm"] * 2
+    sizes = [None, (tokens, d_ff), None, (tokens, d_ff), (tokens, d_model), (d_ff, d_model)]
+    for (plan, args), size in zip(calls, sizes):
+        assert plan.name in compiled
+        kinds = sigs[plan.name.split("<")[0]]
+        assert [("ptr" if isinstance(a, np.uint64) else "int" if isinstance(a, np.int32) else "?") for a in args] == kinds
+        if size:
+            rows, cols = launcher.GEMM_TILE
+            assert plan.grid[0] == -(-size[0] // rows) * -(-size[1] // cols) and (int(args[4]), int(args[5])) == size
+            assert plan.smem == launcher.gemm_smem(int(plan.name.split(",")[1]), n_masks) and int(args[3]) == n_masks + 1
+    assert calls[-1][0].name.endswith(", float>" if logits else ">") and (dm is None) != logits
+    assert dx.shape == (tokens, d_model) and dw.shape == (d_ff, d_model)
+    # below the threshold, or d_model not a multiple of 8: the row-dot kernels
+    calls.clear()
+    cuda_backend.forward(x[: launcher.GEMM_MIN_TOKENS - 1], w, packed, "silu")
+    assert [plan.name.split("<")[0] for plan, _ in calls] == ["mglu_rowdot_mma"]

@@ -124,7 +124,13 @@ def _cuda_cases() -> list[Case]:
     d_ff, the last block's last row idle, d_model on the 32-bit mask-word path); from 5
     to 16 tokens the tensor-core default steps 128 columns with one mask word a plane
     (cuda_t16_words_tail: one 128-column step, then a 32-column tail).
+    fp16/bf16 from GEMM_MIN_TOKENS = 256 tokens with d_model, d_ff multiples of 8: staged
+    masked weights and a GEMM of 128 x 128 tiles, K steps of 32, over the n_masks + 1 planes
+    (cuda_gemm_tails: one token, 8 rows or columns and 8 of K past whole tiles in the products;
+    cuda_gemm_logits: dM, a batch, 4 masks; cuda_gemm_many_masks: 17 planes;
+    cuda_gemm_d_model_odd: d_model % 8 != 0 keeps the row-dot kernels at 256 tokens).
     """
+    half = (torch.float16, torch.bfloat16)  # the staged GEMM path exists for these only
     cases = [
         Case("cuda_t1_one_round", (1,), 256, 40, 1, quick=False),
         Case("cuda_t1_split_tail", (1,), 160, 7, 1),
@@ -137,6 +143,10 @@ def _cuda_cases() -> list[Case]:
         Case("cuda_t32_full_tile", (32,), 64, 32, 16, activation="gelu_tanh", quick=False),
         Case("cuda_t33_tail", (33,), 67, 65, 4, masks="garbage_tail", quick=False),
         Case("cuda_t70_tiles", (70,), 130, 97, 1, activation="sigmoid", quick=False),
+        Case("cuda_gemm_tails", (257,), 40, 136, 2, dtypes=half),
+        Case("cuda_gemm_logits", (2, 130), 48, 24, 4, activation="gelu", form="logits", dtypes=half),
+        Case("cuda_gemm_many_masks", (300,), 72, 128, 16, activation="sigmoid", quick=False, dtypes=half),
+        Case("cuda_gemm_d_model_odd", (256,), 100, 40, 2, quick=False, dtypes=half),
     ]
     logits = ("cuda_t4_two_rounds", "cuda_t33_tail")
     return cases + [replace(c, masks="random", form="logits") for c in cases if c.name in logits]

@@ -11,6 +11,12 @@ Backward (SPEC §3) in three kernels, no ``(n_masks, d_ff, d_model)`` fp32 inter
     B: dx  = sum_i D_i @ (M_i W) + S @ W
     C: P_i = D_i.T @ x2d;  dW = sum_i M_i * P_i + S.T @ x2d;  dM_i = W * P_i
 
+fp16/bf16 from ``launcher.GEMM_MIN_TOKENS`` tokens: ``WM_i = M_i * W`` staged in HBM
+(``n_masks`` planes of the input dtype, freed after use), then forward, A, B and C are each
+one shared-memory GEMM over the ``n_masks + 1`` planes (mglu_gemm.cu); A's ``D`` and ``S``
+share one ``(n_masks + 1, T, d_ff)`` buffer (``S`` first). Each backward buffer is
+allocated when its kernel comes and the staged weights are freed before ``dW``/``dM``.
+
 ``D`` and ``S`` are rounded to the input dtype (as the torch backend does). Accumulation in
 fp32 (fp64 for fp64), IEEE; activations as ``torch_backend.ACT``. See DESIGN.md.
 """
@@ -22,7 +28,8 @@ import torch
 
 from ..base import Backend, Problem, new_output
 from . import launcher
-from .launcher import MODE_BWD, MODE_FWD, aligned, dw_plan, dx_plan, launch, pointer, rowdot_plan
+from .launcher import (GEMM_DS, GEMM_DW, GEMM_DX, GEMM_FWD, MODE_BWD, MODE_FWD, aligned, dw_plan, dx_plan, expand_plan,
+                       gemm_plan, launch, pointer, rowdot_plan)
 
 #: bf16 conversions (cvt.rn.bf16.f32) need sm_80
 MIN_CAPABILITY = (8, 0)
@@ -77,17 +84,69 @@ def _rowdot(mode, x2d, weight, packed, activation, dout, out, dbuf, variant=None
     launch(plan, tuple(args), x2d.device, _what(x2d, weight, packed, activation))
 
 
+def _uses_gemm(x2d, weight, *more) -> bool:
+    """The staged GEMM path: fp16/bf16, GEMM_MIN_TOKENS tokens or more, d_model and d_ff
+    multiples of 8, 16-byte aligned inputs (the staged buffers are fresh allocations)."""
+    return launcher.gemm_shapes_ok(x2d.dtype, x2d.shape[0], x2d.shape[1], weight.shape[0]) and aligned(
+        x2d, weight, *more)
+
+
+def _expand(weight, packed, what):
+    """``WM (n_masks, d_ff, d_model)`` = ``M_i * W`` in the weight's dtype."""
+    wm = torch.empty((packed.shape[0], *weight.shape), dtype=weight.dtype, device=weight.device)
+    launch(expand_plan(weight.dtype, *weight.shape), (pointer(weight), pointer(packed), pointer(wm),
+           np.int32(packed.shape[0]), np.int32(weight.shape[0]), np.int32(weight.shape[1])), weight.device, what)
+    return wm
+
+
+def _gemm(mode, what, a, b0, b1, planes, m, n, k, act=0, dout=None, masks=None, w=None, out=None, dbuf=None,
+          dm=None):
+    """One mglu_gemm launch (argument order of the kernel)."""
+    plan = gemm_plan(a.dtype, mode, m, n, planes - 1, None if dm is None else dm.dtype)
+    launch(plan, (pointer(a), pointer(b0), pointer(b1), np.int32(planes), np.int32(m), np.int32(n), np.int32(k),
+                  np.int32(act), pointer(dout), pointer(masks), pointer(w), pointer(out), pointer(dbuf),
+                  pointer(dm)), a.device, what)
+
+
 def forward(x2d, weight, packed, activation, variant=None):
     """``out (T, d_ff)`` = ``sum_i act(gate_i) * (total - gate_i)`` in ``x2d.dtype``;
-    ``variant`` (scripts/cuda_tune.py): a kernel variant of launcher.rowdot_plan, None the default."""
-    out = new_output((x2d.shape[0], weight.shape[0]), x2d.dtype, x2d.device)
-    if x2d.shape[0] > 0:
+    ``variant`` (scripts/cuda_tune.py): a kernel variant of launcher.rowdot_plan, None the
+    default (the staged GEMM where :func:`_uses_gemm`)."""
+    (tokens, d_model), (d_ff, n_masks) = x2d.shape, (weight.shape[0], packed.shape[0])
+    out = new_output((tokens, d_ff), x2d.dtype, x2d.device)
+    if variant is None and _uses_gemm(x2d, weight):
+        what = _what(x2d, weight, packed, activation)
+        wm = _expand(weight, packed, what)
+        _gemm(GEMM_FWD, what, x2d, weight, wm, n_masks + 1, tokens, d_ff, d_model,
+              act=launcher.activation_id(activation), out=out)
+    elif tokens > 0:
         _rowdot(MODE_FWD, x2d, weight, packed, activation, None, out, None, variant)
     return out
 
 
+def _backward_gemm(dout, x2d, weight, packed, activation, dmask_dtype):
+    """The staged GEMM backward: WM, then DS (S first) by the forward's products, dx over the
+    n_masks + 1 planes, WM freed, dW/dM with one P_i accumulator a plane (no fp32 buffer)."""
+    (tokens, d_model), (d_ff, n_masks) = x2d.shape, (weight.shape[0], packed.shape[0])
+    dtype, device = x2d.dtype, x2d.device
+    what = _what(x2d, weight, packed, activation)
+    wm = _expand(weight, packed, what)
+    ds = torch.empty((n_masks + 1, tokens, d_ff), dtype=dtype, device=device)
+    _gemm(GEMM_DS, what, x2d, weight, wm, n_masks + 1, tokens, d_ff, d_model, act=launcher.activation_id(activation),
+          dout=dout, out=ds[0], dbuf=ds[1])
+    dx = new_output((tokens, d_model), dtype, device)
+    _gemm(GEMM_DX, what, ds, weight, wm, n_masks + 1, tokens, d_model, d_ff, out=dx)
+    del wm
+    dw = new_output((d_ff, d_model), dtype, device)
+    dm = None if dmask_dtype is None else new_output((n_masks, d_ff, d_model), dmask_dtype, device)
+    _gemm(GEMM_DW, what, ds, x2d, None, n_masks + 1, d_ff, d_model, tokens, masks=packed, w=weight, out=dw, dm=dm)
+    return dx, dw, dm
+
+
 def backward(dout, x2d, weight, packed, activation, dmask_dtype):
     """``(dx, dW, dM)``; ``dM (n_masks, d_ff, d_model)`` in ``dmask_dtype``, or ``None``."""
+    if _uses_gemm(x2d, weight, dout):
+        return _backward_gemm(dout, x2d, weight, packed, activation, dmask_dtype)
     tokens, d_model = x2d.shape
     d_ff, n_masks = weight.shape[0], packed.shape[0]
     dtype, device = x2d.dtype, x2d.device

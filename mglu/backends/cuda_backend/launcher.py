@@ -3,7 +3,9 @@
 Forward ``out (T, d_ff)`` = ``sum_i act(gate_i) * (total - gate_i)`` is one row-dot kernel;
 backward is kernel A (the row-dot kernel in backward mode: ``D (n_masks, T, d_ff)``,
 ``S (T, d_ff)``), kernel B (``dx (T, d_model)``) and kernel C (``dW (d_ff, d_model)``,
-``dM (n_masks, d_ff, d_model)``). See DESIGN.md.
+``dM (n_masks, d_ff, d_model)``). From GEMM_MIN_TOKENS tokens (fp16/bf16) the masked weights
+``WM_i = M_i * W`` are staged (``mglu_expand``) and each of those steps is one
+shared-memory GEMM over the ``n_masks + 1`` planes (``mglu_gemm``, :func:`gemm_plan`). See DESIGN.md.
 
 Everything up to the CuPy call is plain Python (:func:`rowdot_plan`, :func:`dx_plan`,
 :func:`dw_plan`, :func:`instantiations`, :func:`source`), so that the CPU tests check the
@@ -23,7 +25,7 @@ from ...activations import ACTIVATIONS, GELU_TANH_A, GELU_TANH_C
 from ...masks import MAX_MASKS, MIN_MASKS
 
 HERE = Path(__file__).parent
-SOURCES = ("mglu_common.cuh", "mglu_fwd.cu", "mglu_bwd.cu")
+SOURCES = ("mglu_common.cuh", "mglu_fwd.cu", "mglu_bwd.cu", "mglu_gemm.cu")
 
 #: storage type of each dtype in the kernels (mglu_common.cuh)
 CTYPE = {
@@ -115,6 +117,22 @@ GRID_Y_MAX = 65535
 VECTOR_BYTES = 16
 
 
+#: fp16/bf16 calls of at least this many tokens take the staged-weight GEMM path
+#: (mglu_gemm.cu) when d_model and d_ff are multiples of 8 and the bases 16-byte aligned.
+#: 256 is the switch the Triton backend measured for its own staged path (triton DESIGN.md,
+#: run 7: n_masks 4, 256 tokens staged 663 us vs 855); not measured for these kernels.
+GEMM_MIN_TOKENS = 256
+#: mglu_gemm's MODE: forward, backward kernel A (D, S), dx, dW/dM (mglu_gemm.cu enum)
+GEMM_FWD, GEMM_DS, GEMM_DX, GEMM_DW = 0, 1, 2, 3
+#: mglu_gemm's block tile (M, N), threads, K step and cp.async stages; kept equal to the .cu
+#: enum (where the values come from: mglu_gemm.cu)
+GEMM_TILE = (128, 128)
+GEMM_THREADS = 256
+GEMM_BK, GEMM_STAGES = 64, 3
+#: mglu_expand: one thread per 8-column chunk, 256 threads a block
+EXPAND_THREADS = 256
+
+
 @dataclass(frozen=True)
 class Launch:
     """One kernel launch: the template instantiation, grid and block."""
@@ -128,6 +146,8 @@ class Launch:
     tail: tuple[int, ...] = ()
     #: read the mask bits as 32-bit words where the rows allow it (``vec = 2``)
     word_masks: bool = False
+    #: dynamic shared memory, bytes (mglu_gemm)
+    smem: int = 0
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -223,6 +243,44 @@ def dw_plan(dtype, dmask_dtype, d_ff, d_model) -> Launch:
     return Launch(dw_name(dtype, dmask_dtype), (_cdiv(d_model, bk), _cdiv(d_ff, bn), 1), block)
 
 
+def gemm_name(dtype, mode: int, dmask_dtype=None) -> str:
+    """``mglu_gemm<T, MODE, TM>``; TM (dM's dtype) is T but in GEMM_DW with dM."""
+    tm = dmask_dtype if mode == GEMM_DW and dmask_dtype is not None else dtype
+    return f"mglu_gemm<{CTYPE[dtype]}, {mode}, {CTYPE[tm]}>"
+
+
+def gemm_smem(mode: int, n_masks: int) -> int:
+    """Bytes of dynamic shared memory: the cp.async ring (A and B tiles of 128 x GEMM_BK
+    16-bit elements per stage), 64 fp32 ``total`` values per thread (GEMM_FWD, GEMM_DS), the
+    epilogue's tile of dout / W (128 rows of 128 + 8 elements; GEMM_DS, GEMM_DW) and the mask
+    bytes of every plane (n_masks x 128 rows x 16 bytes; GEMM_DW): 194 KB at most (GEMM_DS),
+    162 KB at 16 masks (GEMM_DW), under the H100's 227 KB."""
+    rows, cols = GEMM_TILE
+    ring = GEMM_STAGES * 2 * rows * GEMM_BK * 2
+    total = 64 * GEMM_THREADS * 4 if mode in (GEMM_FWD, GEMM_DS) else 0
+    tile = rows * (cols + 8) * 2 if mode in (GEMM_DS, GEMM_DW) else 0
+    return ring + total + tile + (n_masks * rows * cols // 8 if mode == GEMM_DW else 0)
+
+
+def gemm_plan(dtype, mode: int, m: int, n: int, n_masks: int, dmask_dtype=None) -> Launch:
+    """One mglu_gemm launch over an (m, n) output: a 1-D grid of 128 x 128 tiles (the kernel
+    orders them in groups of 8 M tiles)."""
+    tiles = _cdiv(m, GEMM_TILE[0]) * _cdiv(n, GEMM_TILE[1])
+    return Launch(gemm_name(dtype, mode, dmask_dtype), (tiles, 1, 1), (GEMM_THREADS, 1, 1),
+                  smem=gemm_smem(mode, n_masks))
+
+
+def expand_plan(dtype, d_ff: int, d_model: int) -> Launch:
+    """mglu_expand<T>: one thread per 8-column chunk of W (d_model % 8 == 0)."""
+    return Launch(f"mglu_expand<{CTYPE[dtype]}>", (_cdiv(d_ff * (d_model // 8), EXPAND_THREADS), 1, 1),
+                  (EXPAND_THREADS, 1, 1))
+
+
+def gemm_shapes_ok(dtype, tokens: int, d_model: int, d_ff: int) -> bool:
+    """The sizes allow the staged GEMM path (the caller checks the 16-byte alignment)."""
+    return dtype in MMA_DTYPES and tokens >= GEMM_MIN_TOKENS and d_model % 8 == 0 and d_ff % 8 == 0
+
+
 def grid_limits(tokens: int, d_ff: int) -> list[str]:
     """Reasons the launch grids cannot cover this problem (empty when they can)."""
     out = []
@@ -246,6 +304,10 @@ def instantiations(dtype=None) -> list[str]:
                 names += [rowdot_name(dt, nm, mode, None, v) for v in sorted(mma if dt in MMA_DTYPES else {0})]
         names.append(dx_name(dt))
         names += [dw_name(dt, dm) for dm in CTYPE]
+        if dt in MMA_DTYPES:
+            names += [gemm_name(dt, mode) for mode in (GEMM_FWD, GEMM_DS, GEMM_DX)]
+            names += [gemm_name(dt, GEMM_DW, dm) for dm in CTYPE]
+            names.append(expand_plan(dt, 8, 8).name)
     return names
 
 
@@ -289,6 +351,12 @@ def aligned(*tensors: torch.Tensor) -> bool:
 
 
 @functools.cache
+def _allow_smem(name: str, capability: tuple[int, int], nbytes: int) -> None:
+    """Raise the kernel's dynamic shared-memory limit (48 KB by default) to ``nbytes``, once."""
+    _function(name, capability).max_dynamic_shared_size_bytes = nbytes
+
+
+@functools.cache
 def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
@@ -303,6 +371,8 @@ def launch(plan: Launch, args: tuple, device: torch.device, what) -> None:
     capability = _capability(device.index)
     try:
         with cupy.cuda.Device(device.index), cupy.cuda.Stream.from_external(torch.cuda.current_stream(device)):
-            _function(plan.name, capability)(plan.grid, plan.block, args)
+            if plan.smem:
+                _allow_smem(plan.name, capability, plan.smem)
+            _function(plan.name, capability)(plan.grid, plan.block, args, shared_mem=plan.smem)
     except Exception as exc:
         raise RuntimeError(f"cuda backend: kernel {plan.name} grid={plan.grid} failed for {what()}: {exc}") from exc
