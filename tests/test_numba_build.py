@@ -52,7 +52,7 @@ def specs(dtype, n_masks, act, dm_dtype):
             shape = DECODE_VARIANTS[default_variant(n_masks)]
             span = shape[0]
             kernel = K.decode_wide_kernel(n_masks, code, mode, dtype == "bfloat16", *shape)
-            words = MASK_WORD[span]
+            words = "uint8" if shape[5] else MASK_WORD[span]  # interleaved: one byte per chunk
             yield "decode_wide", kernel, f"void(int32[::1],int32[::1],{words}[::1],{a},{a},{a},int64,int64,int64,int64)"
         yield "tiled", K.tiled_kernel(n_masks, code, acc64, mode), products + ")"
     yield "dx", K.dx_kernel(n_masks, acc64), f"void({a},uint8[::1],{a},{a},{a},int64,int64,int64)"

@@ -44,7 +44,10 @@ def _inputs(tokens, d_model, d_ff, n_masks, dtype, seed):
 @pytest.mark.parametrize("tokens,d_model,n_masks", [(1, 64, 1), (2, 96, 3)])
 def test_decode_variant_matches_reference(variant, dtype, tokens, d_model, n_masks):
     nb, d_ff = _numba_backend(), 9
-    d_model *= max(1, nb.DECODE_VARIANTS[variant][0] // 4)  # span 8: two and three mask words too
+    span, interleave = nb.DECODE_VARIANTS[variant][0], nb.DECODE_VARIANTS[variant][5]
+    d_model *= max(1, span // 4)  # span 8: two and three mask words too
+    if interleave:  # rows of lanes * span chunks: 64 -> 2 lanes (4 on the GPU), 96 -> 256: 4 lanes, 2 words each
+        d_model = 64 if d_model == 64 else 256
     x, w, packed = _inputs(tokens, d_model, d_ff, n_masks, dtype, seed=tokens * 1000 + d_model)
     assert nb.decode_plan(x, w, packed, variant) == variant
     got = nb.forward(x, w, packed, "silu", variant=variant)
@@ -68,6 +71,21 @@ def test_decode_plan_takes_the_element_wise_kernel_where_wide_loads_do_not_apply
     many = mglu.pack_masks(torch.randn(nb.DECODE_MANY_MASKS, 9, 64)).to(DEVICE)
     assert nb.decode_plan(x, w, packed) == nb.DECODE_VARIANT  # the measured default
     assert nb.decode_plan(x, w, many) == nb.DECODE_VARIANT_MANY_MASKS
+
+
+def test_decode_plan_hands_rows_an_interleaved_variant_cannot_cover_to_its_adjacent_twin():
+    nb = _numba_backend()
+    x, w, packed = _inputs(1, 64, 9, 2, torch.float16, seed=3)
+    assert nb.decode_plan(x, w, packed, "v4s4wi") == "v4s4wi"  # 8 chunks: 2 lanes of 4
+    x96, w96, p96 = _inputs(1, 96, 9, 2, torch.float16, seed=4)  # 12 chunks, 3 words: 4 lanes of 4 would need 16
+    assert nb.decode_plan(x96, w96, p96, "v4s4wi") == "v4s4w"
+    assert nb.decode_plan(x96, w96, p96, "v4s2wi") == "v4s2w"
+    odd = torch.empty(packed.numel() + 1, dtype=torch.uint8, device=DEVICE)[1:].view(packed.shape)
+    odd.copy_(packed)  # one byte off any word: the interleaved kernel reads bytes
+    assert nb.decode_plan(x, w, odd, "v4s4wi") == "v4s4wi"
+    assert nb.decode_plan(x, w, odd, "v4s4w") == "scalar"
+    got = nb.forward(x96, w96, p96, "silu", variant="v4s4wi")
+    torch.testing.assert_close(got, nb.forward(x96, w96, p96, "silu", variant="v4s4w"), rtol=0, atol=0)
 
 
 def test_decode_plan_refuses_the_wide_kernel_where_an_int32_index_could_overflow():

@@ -60,8 +60,12 @@ MMA_SPLIT_TOKENS = 16
 #: the same under a register cap for more blocks per SM (GemvMinBlocks, mglu_common.cuh).
 #: Mask loads: a byte per plane and chunk (``vec = 1``) or, where d_model % 32 == 0, a
 #: 32-bit word per plane and 4 consecutive chunks (``vec = 2``). See mglu_rowdot_gemv.
+#: The bytes twins of the tuned variants (same instantiations, ``vec = 1``) are the H200
+#: lead of triton_backend/DESIGN.md: each 16-byte load of a warp reads 512 contiguous bytes.
 GEMV_VARIANTS = {
     "pred-bytes": (1, False, 1),
+    "pred-bytes-occ": (2, False, 1),
+    "pred-bytes-split4-occ": (4, False, 4),
     "pred-words": (1, True, 1),
     "pred-words-occ": (2, True, 1),
     "pred-words-split2": (3, True, 2),

@@ -32,6 +32,7 @@ from .constants import (
     DECODE_VARIANT,
     DECODE_VARIANT_MANY_MASKS,
     DECODE_VARIANTS,
+    adjacent_twin,
     default_variant,
     ELEM_BLOCK,
     SIM_MAX_BLOCKS,
@@ -152,17 +153,30 @@ def decode_plan(x2d, weight, packed, variant: str | None = None) -> str:
     (a chunk index ``< d_ff d_model / 8``, a mask word index ``< n_masks d_ff d_model /
     (8 span)``, a token's chunk ``< T d_model / 8``: all below 2**31; the guard bounds the
     mask bytes, ``packed.numel()``, a stricter test than the words), else ``"scalar"``
-    (the element-wise ``decode`` kernel: any dtype, ``d_model`` and alignment)."""
+    (the element-wise ``decode`` kernel: any dtype, ``d_model`` and alignment). An
+    interleaved variant whose ``lanes * span`` chunks do not divide a row hands the row to
+    its adjacent twin (:func:`constants.adjacent_twin`) first; it reads the masks as bytes,
+    so they need no alignment."""
     variant = default_variant(packed.shape[0]) if variant is None else variant
     shape = DECODE_VARIANTS[variant]
     if shape is None or x2d.dtype not in (torch.float16, torch.bfloat16):
         return "scalar"
-    span = shape[0]
-    if x2d.shape[1] % (8 * span) or x2d.data_ptr() % 16 or weight.data_ptr() % 16 or packed.data_ptr() % span:
+    span, interleave = shape[0], shape[5]
+    if interleave and (x2d.shape[1] // 8) % (decode_lanes(x2d.shape[1] // (8 * span)) * span):
+        variant, interleave = adjacent_twin(variant), False
+    aligned = packed.data_ptr() % (1 if interleave else span) == 0
+    if x2d.shape[1] % (8 * span) or x2d.data_ptr() % 16 or weight.data_ptr() % 16 or not aligned:
         return "scalar"
     if max(weight.numel() // 8, packed.numel(), x2d.numel() // 8) >= 2**31:
         return "scalar"
     return variant
+
+
+def decode_lanes(words: int) -> int:
+    """Lanes per row of the decode kernels for ``words`` mask words (or byte groups) per
+    row: the power of two covering them, at most DECODE_MAX_LANES (SIM_MAX_LANES in the
+    simulator)."""
+    return min(SIM_MAX_LANES if _simulating() else DECODE_MAX_LANES, 1 << (words - 1).bit_length())
 
 
 def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=None):
@@ -184,12 +198,13 @@ def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=None
         kernel, block, words = kernels.decode_kernel(n_masks, code, acc64, mode), DECODE_BLOCK, (d_model + 7) // 8
         operands = [_view(t) for t in (x2d, weight, packed)]
     else:
-        span, unroll, block, rows, shuffle = DECODE_VARIANTS[plan]
-        bf16 = x2d.dtype == torch.bfloat16
-        kernel = kernels.decode_wide_kernel(n_masks, code, mode, bf16, span, unroll, block, rows, shuffle)
+        shape = DECODE_VARIANTS[plan]
+        span, block, interleave = shape[0], shape[2], shape[5]
+        kernel = kernels.decode_wide_kernel(n_masks, code, mode, x2d.dtype == torch.bfloat16, *shape)
         words = d_model // (8 * span)
-        operands = [_view(x2d, torch.int32), _view(weight, torch.int32), _view(packed, _MASK_WORD[span])]
-    lanes = min(SIM_MAX_LANES if _simulating() else DECODE_MAX_LANES, 1 << (words - 1).bit_length())
+        masks = _view(packed, torch.uint8 if interleave else _MASK_WORD[span])
+        operands = [_view(x2d, torch.int32), _view(weight, torch.int32), masks]
+    lanes = decode_lanes(words)
     rows = 1 if plan == "scalar" else DECODE_VARIANTS[plan][3]
     launch(kernel, -(-d_ff // (block // lanes * rows)), block, *operands, *rest, lanes)
 

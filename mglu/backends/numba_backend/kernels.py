@@ -78,20 +78,26 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64); ``K % (8 span) == 0``, 16-byte
     aligned bases, every index below 2**31 (the launcher checks). A slot of ``lanes`` threads
     owns ``rows`` consecutive rows ``n0 .. n0 + rows - 1``; a lane reads, for mask words
-    ``s = lane, lane + lanes, ...``, its ``span`` consecutive 8-element chunks of ``x``
-    (once, shared by the ``rows`` rows) and of each row with one 16-byte ``load_v4`` each,
-    and one ``span``-byte word per bit-plane and row; it issues the loads of ``unroll``
-    such words before using them. Indices are int32 arithmetic. Each accumulator is summed
+    ``s = lane, lane + lanes, ...``, ``span`` 8-element chunks of ``x`` (once, shared by the
+    ``rows`` rows) and of each row with one 16-byte ``load_v4`` each, and the ``span`` mask
+    bytes of those chunks per bit-plane and row as one word; it issues the loads of
+    ``unroll`` such words before using them. Word ``s``'s chunks are ``span s + c`` (a
+    lane's chunks adjacent: one ``span``-byte load per plane, the warp's 16-byte loads
+    ``16 span`` bytes apart), or with ``interleave`` ``span (s - lane) + lane + lanes c``
+    (``c < span``: each 16-byte load instruction of the slot reads ``16 lanes`` contiguous
+    bytes, the mask bytes arrive as ``span`` byte loads per plane, 32 contiguous bytes per
+    warp instruction, and are joined into the word; needs ``K/8 % (lanes span) == 0``).
+    Indices are int32 arithmetic. Each accumulator is summed
     over the slot's lanes by ``lane_sum`` (``shuffle``: a butterfly of warp shuffles, no
     barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
-    ROWS, SHUFFLE, BITS_T = rows, shuffle, int64 if span == 8 else int32
+    ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
     WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
@@ -108,6 +114,7 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
         lane, slot = tid % n_lanes, tid // n_lanes
         chunks = int32(d_model) // 8  # 16-byte chunks per row
         words = chunks // SPAN  # mask words per row and plane
+        step = n_lanes if INTERLEAVE else int32(1)  # chunks between a lane's consecutive chunks of a word
         per_block = (BLOCK // n_lanes) * ROWS
         for row_block in range(int32(cuda.blockIdx.x), (n_ff + per_block - 1) // per_block, int32(cuda.gridDim.x)):
             n0 = int32(row_block * per_block + slot * ROWS)
@@ -119,21 +126,30 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                         for u in range(UNROLL):
                             s = int32(s0 + u * n_lanes)
                             if s < words:
+                                q0 = (s - lane) * SPAN + lane if INTERLEAVE else s * SPAN  # chunk c: q0 + c * step
                                 for r in range(ROWS):
                                     nr = min(n0 + r, n_ff - 1)  # a row past the end re-reads the last
-                                    first = int64(int32(nr * chunks + s * SPAN))  # c in 64 bits: an address offset
+                                    first = int64(int32(nr * chunks + q0))  # c in 64 bits: an address offset
                                     for c in range(SPAN):
-                                        a0, a1, a2, a3 = load_v4(w, first + c)
+                                        a0, a1, a2, a3 = load_v4(w, first + c * step)
                                         e = 4 * ((u * ROWS + r) * SPAN + c)
                                         wv[e], wv[e + 1], wv[e + 2], wv[e + 3] = a0, a1, a2, a3
                                     for j in range(NM):
-                                        bits[(u * ROWS + r) * NM + j] = packed[int32((j * n_ff + nr) * words + s)]
+                                        if INTERLEAVE:
+                                            byte0 = int32((j * n_ff + nr) * chunks + q0)
+                                            word = BITS_T(0)
+                                            for c in range(SPAN):
+                                                word |= BITS_T(packed[byte0 + c * step]) << (8 * c)
+                                            bits[(u * ROWS + r) * NM + j] = word
+                                        else:
+                                            bits[(u * ROWS + r) * NM + j] = packed[int32((j * n_ff + nr) * words + s)]
                         for u in range(UNROLL):
                             s = int32(s0 + u * n_lanes)
                             if s < words:
-                                first = int64(int32(t * chunks + s * SPAN))
+                                q0 = (s - lane) * SPAN + lane if INTERLEAVE else s * SPAN
+                                first = int64(int32(t * chunks + q0))
                                 for c in range(SPAN):
-                                    x0, x1, x2, x3 = load_v4(x, first + c)
+                                    x0, x1, x2, x3 = load_v4(x, first + c * step)
                                     h0, h1 = halves(x0, BF16), halves(x1, BF16)
                                     h2, h3 = halves(x2, BF16), halves(x3, BF16)
                                     for r in range(ROWS):
