@@ -69,7 +69,9 @@ def test_decode_plan_takes_the_element_wise_kernel_where_wide_loads_do_not_apply
     assert nb.decode_plan(x48, w48, p48, "v4") == "v4"
     assert nb.decode_plan(x48, w48, p48, "v4s4") == "scalar"  # 48 % 32 != 0
     many = mglu.pack_masks(torch.randn(nb.DECODE_MANY_MASKS, 9, 64)).to(DEVICE)
-    assert nb.decode_plan(x, w, packed) == nb.DECODE_VARIANT  # the measured default
+    assert nb.decode_plan(x, w, packed) == nb.DECODE_VARIANT_FEW_MASKS  # the measured default at 2 masks
+    three = mglu.pack_masks(torch.randn(3, 9, 64)).to(DEVICE)
+    assert nb.decode_plan(x, w, three) == nb.DECODE_VARIANT
     assert nb.decode_plan(x, w, many) == nb.DECODE_VARIANT_MANY_MASKS
 
 

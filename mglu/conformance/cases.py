@@ -158,10 +158,18 @@ def _numba_cases() -> list[Case]:
     (256 elements a step); the tiled kernel above, tiles of 8 tokens x 32 rows x 32 of
     d_model, 2 tokens per thread. Small enough for the simulator (SIM_MAX_MACS), except
     numba_wide_full_warp (GPU only): the 16-byte decode kernel (v4s4w) with 33 mask words
-    a row, so all 32 lanes meet in the shuffle sum and lane 0 takes two words."""
+    a row, so all 32 lanes meet in the shuffle sum and lane 0 takes two words. Up to
+    DECODE_FEW_MASKS masks the wide kernel interleaves a row's chunks over the 32 lanes
+    when they cover it in whole rounds of 128 chunks (d_model % 1024 == 0 on the GPU):
+    numba_wide_interleaved takes two rounds, numba_wide_interleaved_twin (d_model 1056,
+    not whole rounds) hands the row to the adjacent twin (GPU only, fp16/bf16: the wide
+    kernel's dtypes)."""
+    wide = (torch.float16, torch.bfloat16)
     return [
         Case("numba_decode_at_switch", (4,), 200, 5, 3, quick=False),
-        Case("numba_wide_full_warp", (3,), 1056, 40, 3, quick_dtypes=(torch.float16, torch.bfloat16)),
+        Case("numba_wide_full_warp", (3,), 1056, 40, 3, quick_dtypes=wide),
+        Case("numba_wide_interleaved", (1,), 2048, 37, 2, quick=False, dtypes=wide),
+        Case("numba_wide_interleaved_twin", (1,), 1056, 40, 1, quick=False, dtypes=wide),
         Case("numba_tiled_above_switch", (5,), 33, 17, 2, quick=False),
         Case("numba_tiled_two_by_two_tiles", (9,), 12, 40, 2, quick=False),
     ]

@@ -30,6 +30,7 @@ from .constants import (
     DECODE_MANY_MASKS,
     DECODE_MAX_TOKENS,
     DECODE_VARIANT,
+    DECODE_VARIANT_FEW_MASKS,
     DECODE_VARIANT_MANY_MASKS,
     DECODE_VARIANTS,
     adjacent_twin,

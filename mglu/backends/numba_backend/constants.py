@@ -49,6 +49,14 @@ DECODE_VARIANTS = {
 #: 4096x14336: n=1 49.6 us (v4s4wb256 50.7, v4s4r2w 52.3, v4s4 58.2, v4s8w 68.0), n=4 60.1 us
 #: (v4s4r2w 61.9, v4s4wb256 65.0, v4s4 70.3), n=8 75.4 us (v4s4wb256 79.3, v4s4 88.8)
 DECODE_VARIANT = "v4s4w"
+#: up to this many masks the forward takes DECODE_VARIANT_FEW_MASKS: on the H200 (runs 22
+#: and 23, commits 60cad37 and dacede1, scripts/numba_tune.py, bench timer) the interleaved
+#: v4s4wi beat v4s4w at every point of n_masks 1 and 2 (fp16 4096x14336 n=1 39.1 / 39.6 us
+#: against 43.6 / 43.5; 4096x11008 31.7 / 32.0 against 35.5 / 35.6; n=2 44.4 against 45.7,
+#: 36.8 against 37.1) and lost at every point of 4 and 8 (n=4 56.5 against 49.8; n=8 95.4
+#: against 69.8, bf16): its mask bytes are 4 byte loads a plane and word instead of one
+DECODE_FEW_MASKS = 2
+DECODE_VARIANT_FEW_MASKS = "v4s4wi"
 #: near this n_masks the span-4 kernels' sm_90 PTX holds their mask words in local memory
 #: (NVVM stops unrolling; checked on CPU: v4s4 at 86fa957 from 12, v4s4w's FORWARD from 13 in
 #: fp16 and bf16; the threshold stays at 12), so from it on the forward takes
@@ -67,7 +75,10 @@ def adjacent_twin(variant: str) -> str:
 
 
 def default_variant(n_masks: int) -> str:
-    """The decode variant the forward uses for ``n_masks`` masks (see DECODE_VARIANT)."""
+    """The decode variant the forward uses for ``n_masks`` masks (see DECODE_VARIANT,
+    DECODE_FEW_MASKS, DECODE_MANY_MASKS)."""
+    if n_masks <= DECODE_FEW_MASKS:
+        return DECODE_VARIANT_FEW_MASKS
     return DECODE_VARIANT if n_masks < DECODE_MANY_MASKS else DECODE_VARIANT_MANY_MASKS
 #: lanes per row of the decode kernel: at most one warp, i.e. 8 * 32 = 256 elements of a
 #: row per step; fewer (a power of two) when d_model is small
