@@ -42,6 +42,7 @@ DECODE_VARIANTS = {
     "v4s4wib256": (4, 1, 256, 1, True, True, 0),
     "v4s4wo8": (4, 1, 128, 1, True, False, 8),
     "v4s4wio8": (4, 1, 128, 1, True, True, 8),
+    "v4s4r2wi": (4, 1, 128, 2, True, True, 0),
 }
 #: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
 #: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and
