@@ -16,33 +16,28 @@ DECODE_BLOCK = 128
 #: (x read once for them), lanes summed by warp shuffles (``shuffle``) or through shared
 #: memory, a lane's chunks adjacent (each bit-plane read as one ``span``-byte word) or
 #: ``interleave``d over the lanes (each 16-byte load instruction of a warp reads 512
-#: contiguous bytes; the mask bytes come one per chunk), and ``min_blocks`` (0: none) per
-#: SM asked of the compiler through ``launch_bounds`` (a register cap). The first seven are the H100
+#: contiguous bytes; the mask bytes come one per chunk). The first seven are the H100
 #: sweep at fddaa17 (DESIGN.md); sm_90 PTX without local memory for every n_masks 1..16
 #: (checked on CPU): scalar, v4, v4u2, v4s2, v4u2b256; v4u4 spills from n_masks 9, v4s4
 #: from 12 (NVVM stops unrolling the word loop), v4s4w from 13 (its FORWARD, fp16 and
-#: bf16); for the others no such check is recorded. The interleaved ones (``...i``) are
-#: the H200 lead of DESIGN.md: numba and cuda, whose loads are ``16 span`` bytes apart
-#: across a warp, fell to 64-73% of copy there while triton's coalesced GEMV held 81-88%
+#: bf16); for the others no such check is recorded. v4s4wi (interleaved) is the H200 lead
+#: of DESIGN.md: numba and cuda, whose loads are ``16 span`` bytes apart across a warp, fell
+#: to 64-73% of copy there while triton's coalesced GEMV held 81-88%; the other H200
+#: candidates (v4s2w, v4s2wi, v4s4wib256, v4s4r2wi, and v4s4w / v4s4wi under a 64-register
+#: cap) tied or lost and were dropped (DESIGN.md "H200 round")
 DECODE_VARIANTS = {
     "scalar": None,
-    "v4": (1, 1, 128, 1, False, False, 0),
-    "v4u2": (1, 2, 128, 1, False, False, 0),
-    "v4u4": (1, 4, 128, 1, False, False, 0),
-    "v4s2": (2, 1, 128, 1, False, False, 0),
-    "v4s4": (4, 1, 128, 1, False, False, 0),
-    "v4u2b256": (1, 2, 256, 1, False, False, 0),
-    "v4s4w": (4, 1, 128, 1, True, False, 0),
-    "v4s4wb256": (4, 1, 256, 1, True, False, 0),
-    "v4s4r2w": (4, 1, 128, 2, True, False, 0),
-    "v4s8w": (8, 1, 128, 1, True, False, 0),
-    "v4s2w": (2, 1, 128, 1, True, False, 0),
-    "v4s4wi": (4, 1, 128, 1, True, True, 0),
-    "v4s2wi": (2, 1, 128, 1, True, True, 0),
-    "v4s4wib256": (4, 1, 256, 1, True, True, 0),
-    "v4s4wo8": (4, 1, 128, 1, True, False, 8),
-    "v4s4wio8": (4, 1, 128, 1, True, True, 8),
-    "v4s4r2wi": (4, 1, 128, 2, True, True, 0),
+    "v4": (1, 1, 128, 1, False, False),
+    "v4u2": (1, 2, 128, 1, False, False),
+    "v4u4": (1, 4, 128, 1, False, False),
+    "v4s2": (2, 1, 128, 1, False, False),
+    "v4s4": (4, 1, 128, 1, False, False),
+    "v4u2b256": (1, 2, 256, 1, False, False),
+    "v4s4w": (4, 1, 128, 1, True, False),
+    "v4s4wb256": (4, 1, 256, 1, True, False),
+    "v4s4r2w": (4, 1, 128, 2, True, False),
+    "v4s8w": (8, 1, 128, 1, True, False),
+    "v4s4wi": (4, 1, 128, 1, True, True),
 }
 #: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
 #: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and
@@ -72,7 +67,7 @@ def adjacent_twin(variant: str) -> str:
     """The variant of the same shape with adjacent chunks, for a row that an interleaved
     variant cannot cover (``d_model / 8`` not a multiple of ``lanes * span``)."""
     shape = DECODE_VARIANTS[variant]
-    return next(k for k, v in DECODE_VARIANTS.items() if v == shape[:5] + (False,) + shape[6:])
+    return next(k for k, v in DECODE_VARIANTS.items() if v == shape[:5] + (False,))
 
 
 def default_variant(n_masks: int) -> str:

@@ -78,7 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, min_blocks):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64); ``K % (8 span) == 0``, 16-byte
@@ -93,8 +93,7 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     (``c < span``: each 16-byte load instruction of the slot reads ``16 lanes`` contiguous
     bytes, the mask bytes arrive as ``span`` byte loads per plane, 32 contiguous bytes per
     warp instruction, and are joined into the word; needs ``K/8 % (lanes span) == 0``).
-    ``min_blocks`` > 0 asks ptxas for that many blocks per SM (``launch_bounds``: a
-    register cap). Indices are int32 arithmetic. Each accumulator is summed
+    Indices are int32 arithmetic. Each accumulator is summed
     over the slot's lanes by ``lane_sum`` (``shuffle``: a butterfly of warp shuffles, no
     barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
@@ -102,13 +101,8 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
     WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
-    MIN_BLOCKS = min_blocks
-    bounds = {} if SIMULATED or not min_blocks else {"launch_bounds": (block, min_blocks)}
-
-    @cuda.jit(cache=True, **bounds)
+    @cuda.jit(cache=True)
     def decode_wide(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
-        if MIN_BLOCKS < 0:  # never: it puts MIN_BLOCKS in the closure, which numba's disk cache keys on
-            return          # (launch_bounds is not in that key)
         part = cuda.shared.array(SHARED, float32)
         sums = cuda.shared.array(SHARED, float32)
         acc = cuda.local.array(RACC, float32)
