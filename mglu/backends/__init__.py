@@ -2,7 +2,7 @@
 
 Each module registers one :class:`~mglu.backends.base.Backend`. :func:`auto_priority` is
 the order ``MGLU_BACKEND=auto`` walks for one problem; each rank comes from the benchmark
-(``python -m mglu bench``) on the H100, quoted beside the rule.
+(``python -m mglu bench``) on the H100 or, since 2026-12-03, the H200, quoted beside the rule.
 """
 
 from . import cuda_backend, numba_backend, torch_backend, triton_backend
@@ -21,13 +21,16 @@ AUTO = "auto"
 #: 4096x14336, 8192 tokens: n=1 4.65 ms vs cuda 33.3 ms, n=4 24.5 vs 59.8 ms)
 PREFILL_TOKENS = 64
 #: at one token triton's GEMV leads up to this many masks, cuda's row kernel above (H100
-#: run 12, auto_priority)
+#: run 12, H200 run 24; auto_priority)
 ONE_TOKEN_TRITON_MASKS = 2
+#: from 2 tokens up to this many cuda's tensor-core row kernel leads (its 16-token tile,
+#: launcher.MMA_SPLIT_TOKENS), above it triton's tl.dot tile (H200 runs 23 and 26, auto_priority)
+BATCHED_CUDA_TOKENS = 16
 
 
 def auto_priority(problem: Problem) -> tuple[str, ...]:
-    """The order ``auto`` tries backends in for ``problem``, from the H100 bench (see
-    README "Choosing a backend").
+    """The order ``auto`` tries backends in for ``problem``, from the H100 and H200 benches
+    (see README "Choosing a backend").
 
     - CPU: torch (the kernel backends run on CPU only under their interpreters).
     - CUDA backward, more than ``PREFILL_TOKENS`` tokens: triton first (training step
@@ -41,10 +44,17 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
       vs 51.6; n=4 61.9 vs 57.2; n=8 84.5 vs 72.7; 2048x8192 the same order). numba's
       kernel beats triton's from four masks (59.8 and 74.9 us), but an eager numba call
       costs 455.0 us (run 10) and 646.7 (run 12) against triton's 65.5 and 86.6 (bench
-      --eager, 4096x14336, n=4, bf16), so numba stays after triton.
-    - CUDA forward, 2..64 tokens: one mask, triton (16 tokens 53.8 vs 97.1 us, 64 tokens
-      75.7 vs 325.4 us at 4096x14336); more masks, cuda (n=4, 64 tokens 557.6 vs 709.2 us;
-      16 tokens: cuda faster at 4096x11008 and 8192x28672, triton at 4096x14336).
+      --eager, 4096x14336, n=4, bf16), so numba stays after triton (H200 run 25,
+      scripts/host_loop.py: eager loop numba 653.0 us a call, triton 87.1). H200 run 24 (bench, 1 token, fp16 / bf16, 4096x14336): n=1 triton 33.4 / 34.5 us,
+      cuda 37.0 / 36.5; n=4 triton 52.8 / 53.6, cuda 47.3 / 48.5 (4096x11008 the same order).
+    - CUDA forward, 2..``BATCHED_CUDA_TOKENS`` tokens: cuda, then triton (H200 run 23, bench,
+      bf16, 4096x14336, 16 tokens: n=1 cuda 46.5 us, triton 52.2; n=4 72.4 vs 159.2; on the
+      H100, before cuda's 128-column steps, triton had led at one mask: 53.8 vs 97.1 us;
+      2-15 tokens not timed).
+    - CUDA forward, ``BATCHED_CUDA_TOKENS`` + 1 .. 64 tokens: triton, then cuda (64 tokens,
+      bf16, 4096x14336: n=1 triton 76.0 us, cuda 329.1, H200 run 23, bench; n=4 triton
+      239.5 us under do_bench with its L2 flush, H200 run 26, with the 64-deep tile of
+      tiles.mma_fwd_tiles, against cuda's 449.6 in run 23; 17-32 tokens not timed).
     - CUDA forward, more tokens: triton, then cuda.
     """
     if problem.device.type != "cuda":
@@ -55,8 +65,8 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
         return ("torch", "triton", "cuda", "numba")
     if problem.tokens <= 1:
         first = ("triton", "cuda") if problem.n_masks <= ONE_TOKEN_TRITON_MASKS else ("cuda", "triton")
-    elif problem.tokens <= PREFILL_TOKENS:
-        first = ("triton", "cuda") if problem.n_masks == 1 else ("cuda", "triton")
+    elif problem.tokens <= BATCHED_CUDA_TOKENS:
+        first = ("cuda", "triton")
     else:
         first = ("triton", "cuda")
     return first + ("numba", "torch")

@@ -152,12 +152,18 @@ def mma_fwd_tiles(tokens: int, n_masks: int, elem_bytes: int = 2) -> Mma:
     (73.9% of matmul; 128x64: 405, the unstaged 64x128: 412); n=4 BN=128, BT=64 with 2
     gates per pass 426.8 TF/s (4 gates at BK=32: 427.8; 128x128 with 1 gate spilled 2.2 KB
     and ran 162 TF/s: total, the running sum and a gate are 3 x 64 fp32 registers a thread).
-    The DS pass (MODE 1, 2048 tokens, 4096x11008): 2 gates 392.5 TF/s, 1 gate 365.7."""
+    The DS pass (MODE 1, 2048 tokens, 4096x11008): 2 gates 392.5 TF/s, 1 gate 365.7.
+    Batched decode (H200 run 26, 4096x14336 bf16, do_bench, each output checked): at 64
+    tokens BK=64 against the 128 deep tile, n=4 239.5 against 711.6 us (the 128 deep tile
+    spilled 228 registers; 8 warps 353.9, BN=128 252.8), n=1 71.1 against 76.5; at 16
+    tokens BK=128 stays (n=1 53.3 against 61.1, n=4 162.1 against 163.4). BT=32 (17-32
+    tokens, not timed) takes BK=64 too: ptxas (CPU, triton 3.9, n=4) 616 bytes of stack at
+    BK=128, none at 64."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
     if bt <= 64:
         # fp32 at BT=64: 4 stages of (64x128 + 128x64) x 4 B is 262 KB, over the H100's
         # 227 KB of shared memory per block (seen: OutOfResources on the device); BK=64 halves it
-        return Mma(BN=64, BT=bt, BK=128 if elem_bytes <= 2 else 64, num_warps=4, num_stages=4)
+        return Mma(BN=64, BT=bt, BK=128 if elem_bytes <= 2 and bt <= MIN_DOT else 64, num_warps=4, num_stages=4)
     if staged(tokens, n_masks, elem_bytes):
         if n_masks == 1:
             return Mma(BN=128, BT=128, BK=64, num_warps=8, num_stages=3, gates=1, staged=True)
