@@ -45,14 +45,14 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
       kernel beats triton's from four masks (59.8 and 74.9 us), but an eager numba call
       costs 455.0 us (run 10) and 646.7 (run 12) against triton's 65.5 and 86.6 (bench
       --eager, 4096x14336, n=4, bf16), so numba stays after triton (H200 run 25,
-      scripts/host_loop.py: eager loop numba 653.0 us a call, triton 87.1). H200 run 24 (bench, 1 token, fp16 / bf16, 4096x14336): n=1 triton 33.4 / 34.5 us,
-      cuda 37.0 / 36.5; n=4 triton 52.8 / 53.6, cuda 47.3 / 48.5 (4096x11008 the same order).
+      scripts/host_loop.py: eager loop numba 653.0 us a call, triton 87.1). H200 run 24 (bench, 1 token, fp16 / bf16, 4096x14336): n=1 triton 33.4 / 34.4 us,
+      cuda 36.9 / 36.5; n=4 triton 52.7 / 53.5, cuda 47.2 / 48.5 (4096x11008 the same order).
     - CUDA forward, 2..``BATCHED_CUDA_TOKENS`` tokens: cuda, then triton (H200 run 23, bench,
-      bf16, 4096x14336, 16 tokens: n=1 cuda 46.5 us, triton 52.2; n=4 72.4 vs 159.2; on the
+      bf16, 4096x14336, 16 tokens: n=1 cuda 46.5 us, triton 52.1; n=4 72.4 vs 159.2; on the
       H100, before cuda's 128-column steps, triton had led at one mask: 53.8 vs 97.1 us;
       2-15 tokens not timed).
     - CUDA forward, ``BATCHED_CUDA_TOKENS`` + 1 .. 64 tokens: triton, then cuda (64 tokens,
-      bf16, 4096x14336: n=1 triton 76.0 us, cuda 329.1, H200 run 23, bench; n=4 triton
+      bf16, 4096x14336: n=1 triton 75.9 us, cuda 329.0, H200 run 23, bench; n=4 triton
       239.5 us under do_bench with its L2 flush, H200 run 26, with the 64-deep tile of
       tiles.mma_fwd_tiles, against cuda's 449.6 in run 23; 17-32 tokens not timed).
     - CUDA forward, more tokens: triton, then cuda.

@@ -91,11 +91,12 @@ DEFAULT_MMA_VARIANT = "prmt"
 #: pred-words-occ 609.8 against pred-words 635.9; n_masks 8, 771.1 against 830.3. Not
 #: timed: n_masks 2, 3, 5-7 (capped at 64 / 80 registers). Above 8 masks the cap is off
 #: (GemvMinBlocks 1), so pred-words itself, not the same kernel compiled again as -occ.
-#: On the H200 (run 22, commit 60cad37, bench timer, MEASUREMENTS.md "H200"), n_masks 1:
+#: On the H200 (run 22, commit 60cad37, scripts/cuda_tune.py, bench timer, MEASUREMENTS.md
+#: "H200"), n_masks 1:
 #: pred-bytes-split4-occ (added in that run) was the fastest variant at all four points,
-#: fp16 / bf16 4096x14336 37.0 / 37.1 us, 4096x11008 30.4 / 29.8, against
-#: pred-words-split4-occ's 40.7 / 46.3 and 33.2 / 36.9; n_masks 4: pred-words-occ still the
-#: fastest (46.0 / 48.0 and 37.3 / 37.9; pred-bytes-occ 48.8 / 49.8 and 40.3 / 41.0).
+#: fp16 / bf16 4096x14336 36.9 / 37.0 us, 4096x11008 30.3 / 29.7, against
+#: pred-words-split4-occ's 40.7 / 46.3 and 33.1 / 36.8; n_masks 4: pred-words-occ still the
+#: fastest (45.9 / 47.9 and 37.3 / 37.8; pred-bytes-occ 48.7 / 49.7 and 40.2 / 40.9).
 GEMV_DEFAULTS_1_TOKEN = ((1, "pred-bytes-split4-occ"), (8, "pred-words-occ"), (MAX_MASKS, "pred-words"))
 #: the fp16/bf16 forward at 5..MMA_SPLIT_TOKENS tokens (mma layout 1), (largest n_masks,
 #: variant), timed at 16 tokens only (5-15 follow it untimed): prmt-words beat prmt at every shape, dtype and n_masks 1, 4, 8 at 16 tokens in

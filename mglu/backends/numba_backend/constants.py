@@ -47,10 +47,10 @@ DECODE_VARIANTS = {
 DECODE_VARIANT = "v4s4w"
 #: up to this many masks the forward takes DECODE_VARIANT_FEW_MASKS: on the H200 (runs 22
 #: and 23, commits 60cad37 and dacede1, scripts/numba_tune.py, bench timer) the interleaved
-#: v4s4wi beat v4s4w at every point of n_masks 1 and 2 (fp16 4096x14336 n=1 39.1 / 39.6 us
-#: against 43.6 / 43.5; 4096x11008 31.7 / 32.0 against 35.5 / 35.6; n=2 44.4 against 45.7,
-#: 36.8 against 37.1) and lost at every point of 4 and 8 (n=4 56.5 against 49.8; n=8 95.4
-#: against 69.8, bf16): its mask bytes are 4 byte loads a plane and word instead of one
+#: v4s4wi beat v4s4w at every point of n_masks 1 and 2 (fp16 4096x14336 n=1 39.0 / 39.6 us
+#: against 43.6 / 43.4; 4096x11008 31.7 / 32.0 against 35.5 / 35.5; n=2 44.3 against 45.7,
+#: 36.8 against 37.0) and lost at every point of 4 and 8 (n=4 56.4 against 49.8; n=8 95.3
+#: against 69.7, bf16): its mask bytes are 4 byte loads a plane and word instead of one
 DECODE_FEW_MASKS = 2
 DECODE_VARIANT_FEW_MASKS = "v4s4wi"
 #: near this n_masks the span-4 kernels' sm_90 PTX holds their mask words in local memory

@@ -154,9 +154,9 @@ def mma_fwd_tiles(tokens: int, n_masks: int, elem_bytes: int = 2) -> Mma:
     and ran 162 TF/s: total, the running sum and a gate are 3 x 64 fp32 registers a thread).
     The DS pass (MODE 1, 2048 tokens, 4096x11008): 2 gates 392.5 TF/s, 1 gate 365.7.
     Batched decode (H200 run 26, 4096x14336 bf16, do_bench, each output checked): at 64
-    tokens BK=64 against the 128 deep tile, n=4 239.5 against 711.6 us (the 128 deep tile
-    spilled 228 registers; 8 warps 353.9, BN=128 252.8), n=1 71.1 against 76.5; at 16
-    tokens BK=128 stays (n=1 53.3 against 61.1, n=4 162.1 against 163.4). BT=32 (17-32
+    tokens BK=64 against the 128 deep tile, n=4 239.5 against 711.5 us (the 128 deep tile
+    spilled 228 registers, the 64 deep one 22; 8 warps 353.8, BN=128 252.7), n=1 71.0
+    against 76.5; at 16 tokens BK=128 stays (n=1 53.3 against 61.1, n=4 162.1 against 163.3). BT=32 (17-32
     tokens, not timed) takes BK=64 too: ptxas (CPU, triton 3.9, n=4) 616 bytes of stack at
     BK=128, none at 64."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
