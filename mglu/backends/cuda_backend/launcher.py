@@ -91,8 +91,8 @@ DEFAULT_MMA_VARIANT = "prmt"
 #: pred-words-occ 609.8 against pred-words 635.9; n_masks 8, 771.1 against 830.3. Not
 #: timed: n_masks 2, 3, 5-7 (capped at 64 / 80 registers). Above 8 masks the cap is off
 #: (GemvMinBlocks 1), so pred-words itself, not the same kernel compiled again as -occ.
-#: On the H200 (run 22, commit 60cad37, scripts/cuda_tune.py, bench timer, MEASUREMENTS.md
-#: "H200"), n_masks 1:
+#: On the H200 (run 22, commit 60cad37, scripts/cuda_tune.py, bench timer,
+#: MEASUREMENTS_H200.md), n_masks 1:
 #: pred-bytes-split4-occ (added in that run) was the fastest variant at all four points,
 #: fp16 / bf16 4096x14336 36.9 / 37.0 us, 4096x11008 30.3 / 29.7, against
 #: pred-words-split4-occ's 40.7 / 46.3 and 33.1 / 36.8; n_masks 4: pred-words-occ still the
