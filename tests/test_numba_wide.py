@@ -46,7 +46,8 @@ def test_decode_variant_matches_reference(variant, dtype, tokens, d_model, n_mas
     nb, d_ff = _numba_backend(), 9
     span, interleave = nb.DECODE_VARIANTS[variant][0], nb.DECODE_VARIANTS[variant][5]
     d_model *= max(1, span // 4)  # span 8: two and three mask words too
-    if interleave:  # rows of lanes * span chunks: 64 -> 2 lanes (4 on the GPU), 96 -> 256: 4 lanes, 2 words each
+    if interleave:  # whole rounds of lanes * span chunks: 64 (2 lanes, one round), 96 -> 256 (4 lanes and
+        # two rounds each in the simulator, 8 lanes and one round on the GPU)
         d_model = 64 if d_model == 64 else 256
     x, w, packed = _inputs(tokens, d_model, d_ff, n_masks, dtype, seed=tokens * 1000 + d_model)
     assert nb.decode_plan(x, w, packed, variant) == variant
