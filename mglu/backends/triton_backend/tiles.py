@@ -156,9 +156,9 @@ def mma_fwd_tiles(tokens: int, n_masks: int, elem_bytes: int = 2) -> Mma:
     Batched decode (H200 run 26, 4096x14336 bf16, do_bench, each output checked): at 64
     tokens BK=64 against the 128 deep tile, n=4 239.5 against 711.5 us (the 128 deep tile
     spilled 228 registers, the 64 deep one 22; 8 warps 353.8, BN=128 252.7), n=1 71.0
-    against 76.5; at 16 tokens BK=128 stays (n=1 53.3 against 61.1, n=4 162.1 against 163.3). BT=32 (17-32
-    tokens, not timed) takes BK=64 too: ptxas (CPU, triton 3.9, n=4) 616 bytes of stack at
-    BK=128, none at 64."""
+    against 76.5; at 16 tokens BK=128 stays (n=1 53.3 against 61.1, n=4 162.1 against
+    163.3). BT=32 (17-32 tokens, not timed) takes BK=64 too: ptxas (CPU, triton 3.9, n=4)
+    616 bytes of stack at BK=128, none at 64."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
     if bt <= 64:
         # fp32 at BT=64: 4 stages of (64x128 + 128x64) x 4 B is 262 KB, over the H100's
