@@ -81,7 +81,8 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
-    words of ``span`` bytes (uint8, int16, int32, int64); ``K % (8 span) == 0``, 16-byte
+    words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
+    themselves, ``(NM, N, K/8)`` uint8); ``K % (8 span) == 0``, 16-byte
     aligned bases, every index below 2**31 (the launcher checks). A slot of ``lanes`` threads
     owns ``rows`` consecutive rows ``n0 .. n0 + rows - 1``; a lane reads, for mask words
     ``s = lane, lane + lanes, ...``, ``span`` 8-element chunks of ``x`` (once, shared by the
