@@ -23,6 +23,7 @@
 #   sanitize:B:TOOL:DTYPE   compute-sanitizer --tool TOOL (memcheck, racecheck) over the quick
 #                 conformance of backend B in one dtype ($SANITIZE_TIMEOUT seconds at most)
 #   tune[:PARTS]  scripts/triton_tune.py PARTS (comma list; default all), JSON in $OUT/tune.json
+#   ntune[:VARIANTS]   scripts/numba_tune.py [--variants VARIANTS], JSON in $OUT/numba_tune.json
 #   pytest        the test suite on the GPU (python -m pytest -q)
 #   pytest:FILE   one test file on the GPU
 # Usage, from the repo root: bash scripts/device_check.sh [STEP ...]
@@ -78,6 +79,8 @@ for step in "${steps[@]}"; do
         python3 -m mglu conformance --device cuda --quick --backend "$b" --dtype "$d" ;;
     memcheck:*) compute-sanitizer --tool memcheck --print-limit 20 python3 -m mglu conformance --device cuda --quick --backend "${step#memcheck:}" ;;
     tune*) parts=${step#tune}; python3 scripts/triton_tune.py $(tr , " " <<<"${parts#:}") --json "$out/tune.json" ;;
+    ntune*) v=${step#ntune}; python3 scripts/numba_tune.py ${v:+--variants ${v#:}} --budget 330 \
+      --json "$out/numba_tune.json" ;;
     pytest) python3 -m pytest -q -x -p no:cacheprovider ;;
     pytest:*) python3 -m pytest -q -p no:cacheprovider "${step#pytest:}" ;;
     suite) MGLU_BENCH_PRESET=paper python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=median,iqr ;;
