@@ -38,8 +38,9 @@ DECODE_VARIANTS = {
     "v4s4r2w": (4, 1, 128, 2, True, False, False),
     "v4s8w": (8, 1, 128, 1, True, False, False),
     "v4s4wi": (4, 1, 128, 1, True, True, False),
-    "v4s4wp": (4, 1, 128, 1, True, False, True),
-    "v4s4wip": (4, 1, 128, 1, True, True, True),
+    "v4s4wc": (4, 1, 128, 1, True, False, True),
+    "v4s4wic": (4, 1, 128, 1, True, True, True),
+    "v4s8wc": (8, 1, 128, 1, True, False, True),
 }
 #: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
 #: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and

@@ -27,7 +27,7 @@ from functools import lru_cache
 from numba import cuda, float32, float64, int32, int64
 
 from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
-from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_v4, store
+from .numerics import SIMULATED, act, act_and_grad, device, fma_if, halves, like, load, load_v4, store
 
 FORWARD, GRAD = 0, 1
 assert TILE_TPT == 2, "the tiled kernel holds two accumulator arrays (acc_a, acc_b)"
@@ -78,7 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, pipeline):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, by_mask):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -87,10 +87,8 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     owns ``rows`` consecutive rows ``n0 .. n0 + rows - 1``; a lane reads, for mask words
     ``s = lane, lane + lanes, ...``, ``span`` 8-element chunks of ``x`` (once, shared by the
     ``rows`` rows) and of each row with one 16-byte ``load_v4`` each, and the ``span`` mask
-    bytes of those chunks per bit-plane and row as one word (``fetch_word``); it issues the
-    loads of ``unroll`` such words before using them (``fma_words``), or with ``pipeline``
-    (``unroll`` 1) those of word ``s + lanes`` before using word ``s``'s (two register
-    buffers). Word ``s``'s chunks are ``span s + c`` (a
+    bytes of those chunks per bit-plane and row as one word; it issues the loads of
+    ``unroll`` such words before using them. Word ``s``'s chunks are ``span s + c`` (a
     lane's chunks adjacent: one ``span``-byte load per plane, the warp's 16-byte loads
     ``16 span`` bytes apart), or with ``interleave`` ``span (s - lane) + lane + lanes c``
     (``c < span``: each 16-byte load instruction of the slot reads ``16 lanes`` contiguous
@@ -99,15 +97,12 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     Indices are int32 arithmetic. Each accumulator is summed
     over the slot's lanes by ``lane_sum`` (``shuffle``: a butterfly of warp shuffles, no
     barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32."""
-    assert unroll == 1 or not pipeline, "a pipelined kernel fetches one word ahead"
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
-    ROWS, SHUFFLE, INTERLEAVE, PIPE = rows, shuffle, interleave, pipeline
+    ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
+    BY_MASK = by_mask
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
-    SLOTS = 2 if PIPE else UNROLL  # words held in registers at once
-    SLOT_WORDS, SLOT_BITS, RACC = 4 * span * rows, n_masks * rows, (n_masks + 1) * rows
-    WORDS, BITS = SLOTS * SLOT_WORDS, SLOTS * SLOT_BITS
-    WIDE, BITS_T = span == 8, int64 if span == 8 else int32  # int64 mask words for span 8
+    WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
 
     @cuda.jit(cache=True)
     def decode_wide(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
@@ -121,6 +116,7 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
         lane, slot = tid % n_lanes, tid // n_lanes
         chunks = int32(d_model) // 8  # 16-byte chunks per row
         words = chunks // SPAN  # mask words per row and plane
+        step = n_lanes if INTERLEAVE else int32(1)  # chunks between a lane's consecutive chunks of a word
         per_block = (BLOCK // n_lanes) * ROWS
         for row_block in range(int32(cuda.blockIdx.x), (n_ff + per_block - 1) // per_block, int32(cuda.gridDim.x)):
             n0 = int32(row_block * per_block + slot * ROWS)
@@ -128,25 +124,47 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                 for j in range(RACC):
                     acc[j] = float32(0)
                 if n0 < n_ff:
-                    if PIPE:
-                        fetch_word(w, packed, wv, bits, 0, lane, lane, n_lanes, n0, n_ff, chunks, words, NM, SPAN,
-                                   ROWS, INTERLEAVE, WIDE)
                     for s0 in range(lane, words, n_lanes * UNROLL):
-                        if PIPE:
-                            fetch_word(w, packed, wv, bits, 1, s0 + n_lanes, lane, n_lanes, n0, n_ff, chunks, words,
-                                       NM, SPAN, ROWS, INTERLEAVE, WIDE)
-                        else:
-                            for u in range(UNROLL):
-                                fetch_word(w, packed, wv, bits, u, s0 + u * n_lanes, lane, n_lanes, n0, n_ff, chunks,
-                                           words, NM, SPAN, ROWS, INTERLEAVE, WIDE)
                         for u in range(UNROLL):
-                            fma_words(x, acc, wv, bits, u, s0 + u * n_lanes, lane, n_lanes, t, chunks, words, NM,
-                                      SPAN, ROWS, INTERLEAVE, BF16)
-                        if PIPE:  # the word fetched ahead moves to the first buffer
-                            for e in range(SLOT_WORDS):
-                                wv[e] = wv[SLOT_WORDS + e]
-                            for e in range(SLOT_BITS):
-                                bits[e] = bits[SLOT_BITS + e]
+                            s = int32(s0 + u * n_lanes)
+                            if s < words:
+                                q0 = (s - lane) * SPAN + lane if INTERLEAVE else s * SPAN  # chunk c: q0 + c * step
+                                for r in range(ROWS):
+                                    nr = min(n0 + r, n_ff - 1)  # a row past the end re-reads the last
+                                    first = int64(int32(nr * chunks + q0))  # c in 64 bits: an address offset
+                                    for c in range(SPAN):
+                                        a0, a1, a2, a3 = load_v4(w, first + c * step)
+                                        e = 4 * ((u * ROWS + r) * SPAN + c)
+                                        wv[e], wv[e + 1], wv[e + 2], wv[e + 3] = a0, a1, a2, a3
+                                    for j in range(NM):
+                                        if INTERLEAVE:
+                                            byte0 = int32((j * n_ff + nr) * chunks + q0)
+                                            word = BITS_T(0)
+                                            for c in range(SPAN):
+                                                word |= BITS_T(packed[byte0 + c * step]) << (8 * c)
+                                            bits[(u * ROWS + r) * NM + j] = word
+                                        else:
+                                            bits[(u * ROWS + r) * NM + j] = packed[int32((j * n_ff + nr) * words + s)]
+                        for u in range(UNROLL):
+                            s = int32(s0 + u * n_lanes)
+                            if s < words:
+                                q0 = (s - lane) * SPAN + lane if INTERLEAVE else s * SPAN
+                                first = int64(int32(t * chunks + q0))
+                                for c in range(SPAN):
+                                    x0, x1, x2, x3 = load_v4(x, first + c * step)
+                                    h0, h1 = halves(x0, BF16), halves(x1, BF16)
+                                    h2, h3 = halves(x2, BF16), halves(x3, BF16)
+                                    for r in range(ROWS):
+                                        e, q, b = 4 * ((u * ROWS + r) * SPAN + c), (u * ROWS + r) * NM, 8 * c
+                                        w0, w1 = halves(wv[e], BF16), halves(wv[e + 1], BF16)
+                                        w2, w3 = halves(wv[e + 2], BF16), halves(wv[e + 3], BF16)
+                                        if BY_MASK:
+                                            fma_chunk(acc, r * NACC, NM, bits, q, b, w0, w1, w2, w3, h0, h1, h2, h3)
+                                        else:
+                                            fma_word(acc, r * NACC, NM, bits, q, b, w0, h0)
+                                            fma_word(acc, r * NACC, NM, bits, q, b + 2, w1, h1)
+                                            fma_word(acc, r * NACC, NM, bits, q, b + 4, w2, h2)
+                                            fma_word(acc, r * NACC, NM, bits, q, b + 6, w3, h3)
                 for r in range(ROWS):
                     for j in range(NACC):
                         row[j] = acc[r * NACC + j]
@@ -160,55 +178,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                    dout, dg, tokens, d_ff)
 
     return decode_wide
-
-
-@device
-def fetch_word(w, packed, wv, bits, u, s, lane, lanes, n0, n_ff, chunks, words, n_masks, span, rows, interleave,
-               wide):
-    """``decode_wide``'s loads of mask word ``s`` (nothing when ``s >= words``) into buffer
-    ``u``: per row ``r < rows`` of the slot (a row past ``n_ff`` re-reads the last), the
-    ``span`` 16-byte chunks of ``w`` into ``wv[4 ((u rows + r) span + c) ..]`` and the word
-    of each bit-plane into ``bits[(u rows + r) n_masks + j]``."""
-    if s < words:
-        q0 = (s - lane) * span + lane if interleave else s * span  # chunk c: q0 + c * step
-        step = lanes if interleave else int32(1)
-        for r in range(rows):
-            nr = min(n0 + r, n_ff - 1)
-            first = int64(int32(nr * chunks + q0))  # c in 64 bits: an address offset
-            for c in range(span):
-                a0, a1, a2, a3 = load_v4(w, first + c * step)
-                e = 4 * ((u * rows + r) * span + c)
-                wv[e], wv[e + 1], wv[e + 2], wv[e + 3] = a0, a1, a2, a3
-            for j in range(n_masks):
-                if interleave:
-                    byte0 = int32((j * n_ff + nr) * chunks + q0)
-                    word = int64(0)
-                    for c in range(span):
-                        word |= int64(packed[byte0 + c * step]) << (8 * c)
-                    bits[(u * rows + r) * n_masks + j] = word if wide else int32(word)
-                else:
-                    bits[(u * rows + r) * n_masks + j] = packed[int32((j * n_ff + nr) * words + s)]
-
-
-@device
-def fma_words(x, acc, wv, bits, u, s, lane, lanes, t, chunks, words, n_masks, span, rows, interleave, bf16):
-    """``decode_wide``'s products of mask word ``s`` (nothing when ``s >= words``) from buffer
-    ``u``: token ``t``'s ``span`` chunks of ``x`` (read once for the ``rows`` rows) times each
-    row's, into ``acc[r (n_masks + 1) ..]`` by ``fma_word``."""
-    if s < words:
-        q0 = (s - lane) * span + lane if interleave else s * span
-        step = lanes if interleave else int32(1)
-        first = int64(int32(t * chunks + q0))
-        for c in range(span):
-            x0, x1, x2, x3 = load_v4(x, first + c * step)
-            h0, h1 = halves(x0, bf16), halves(x1, bf16)
-            h2, h3 = halves(x2, bf16), halves(x3, bf16)
-            for r in range(rows):
-                e, q, b = 4 * ((u * rows + r) * span + c), (u * rows + r) * n_masks, 8 * c
-                fma_word(acc, r * (n_masks + 1), n_masks, bits, q, b, halves(wv[e], bf16), h0)
-                fma_word(acc, r * (n_masks + 1), n_masks, bits, q, b + 2, halves(wv[e + 1], bf16), h1)
-                fma_word(acc, r * (n_masks + 1), n_masks, bits, q, b + 4, halves(wv[e + 2], bf16), h2)
-                fma_word(acc, r * (n_masks + 1), n_masks, bits, q, b + 6, halves(wv[e + 3], bf16), h3)
 
 
 if SIMULATED:
@@ -269,6 +238,39 @@ def finish_row(acc, part, sums, nacc, block, tid, lane, lanes, r, n, t, mode, ac
         for j in range(nacc):
             acc[j] = sums[r * nacc + j]
         epilogue(acc, nacc - 1, mode, act_code, out, dout, dg, t, n, tokens, d_ff)
+
+
+@device
+def fma_chunk(acc, a0, n_masks, bits, base, b, w0, w1, w2, w3, x0, x1, x2, x3):
+    """Elements ``b .. b + 7`` of a mask word (one 16-byte chunk), ``w`` and ``x`` as four
+    pairs each (fp32): the 8 products ``w_e x_e`` into the total ``acc[a0 + n_masks]``,
+    then, mask by mask, into ``acc[a0 + j]`` where bit ``b + e`` of ``bits[base + j]`` is set
+    (``fma_if``; each accumulator takes its products in element order). Mask by mask, so
+    that ptxas tests a word's 8 bits with one ``R2P`` (element by element, the masks
+    interleaved, it used one ``R2P`` per 2 bits: 384 instructions a word at n_masks 4, bf16).
+    ``b < 32`` or an int64 word (span 8): the test reads the 32-bit half holding the bits."""
+    t = acc[a0 + n_masks]
+    t += w0[0] * x0[0]
+    t += w0[1] * x0[1]
+    t += w1[0] * x1[0]
+    t += w1[1] * x1[1]
+    t += w2[0] * x2[0]
+    t += w2[1] * x2[1]
+    t += w3[0] * x3[0]
+    t += w3[1] * x3[1]
+    acc[a0 + n_masks] = t
+    for j in range(n_masks):  # b is a constant after unrolling: the shifts and masks fold
+        word, k = int32(bits[base + j] >> (b & 32)), b & 31  # written out: a loop over the 8
+        g = acc[a0 + j]  # elements kept NVVM from unrolling the caller's chunk loop at n_masks 4
+        g = fma_if(g, word, 1 << k, w0[0], x0[0])
+        g = fma_if(g, word, 1 << (k + 1), w0[1], x0[1])
+        g = fma_if(g, word, 1 << (k + 2), w1[0], x1[0])
+        g = fma_if(g, word, 1 << (k + 3), w1[1], x1[1])
+        g = fma_if(g, word, 1 << (k + 4), w2[0], x2[0])
+        g = fma_if(g, word, 1 << (k + 5), w2[1], x2[1])
+        g = fma_if(g, word, 1 << (k + 6), w3[0], x3[0])
+        g = fma_if(g, word, 1 << (k + 7), w3[1], x3[1])
+        acc[a0 + j] = g
 
 
 @device
