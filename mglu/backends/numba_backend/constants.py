@@ -27,20 +27,17 @@ DECODE_BLOCK = 128
 #: cap) tied or lost and were dropped (DESIGN.md "H200 round")
 DECODE_VARIANTS = {
     "scalar": None,
-    "v4": (1, 1, 128, 1, False, False, False),
-    "v4u2": (1, 2, 128, 1, False, False, False),
-    "v4u4": (1, 4, 128, 1, False, False, False),
-    "v4s2": (2, 1, 128, 1, False, False, False),
-    "v4s4": (4, 1, 128, 1, False, False, False),
-    "v4u2b256": (1, 2, 256, 1, False, False, False),
-    "v4s4w": (4, 1, 128, 1, True, False, False),
-    "v4s4wb256": (4, 1, 256, 1, True, False, False),
-    "v4s4r2w": (4, 1, 128, 2, True, False, False),
-    "v4s8w": (8, 1, 128, 1, True, False, False),
-    "v4s4wi": (4, 1, 128, 1, True, True, False),
-    "v4s4wc": (4, 1, 128, 1, True, False, True),
-    "v4s4wic": (4, 1, 128, 1, True, True, True),
-    "v4s8wc": (8, 1, 128, 1, True, False, True),
+    "v4": (1, 1, 128, 1, False, False),
+    "v4u2": (1, 2, 128, 1, False, False),
+    "v4u4": (1, 4, 128, 1, False, False),
+    "v4s2": (2, 1, 128, 1, False, False),
+    "v4s4": (4, 1, 128, 1, False, False),
+    "v4u2b256": (1, 2, 256, 1, False, False),
+    "v4s4w": (4, 1, 128, 1, True, False),
+    "v4s4wb256": (4, 1, 256, 1, True, False),
+    "v4s4r2w": (4, 1, 128, 2, True, False),
+    "v4s8w": (8, 1, 128, 1, True, False),
+    "v4s4wi": (4, 1, 128, 1, True, True),
 }
 #: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
 #: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and
@@ -70,7 +67,7 @@ def adjacent_twin(variant: str) -> str:
     """The variant of the same shape with adjacent chunks, for a row that an interleaved
     variant cannot cover (``d_model / 8`` not a multiple of ``lanes * span``)."""
     shape = DECODE_VARIANTS[variant]
-    return next(k for k, v in DECODE_VARIANTS.items() if v == shape[:5] + (False,) + shape[6:])
+    return next(k for k, v in DECODE_VARIANTS.items() if v == shape[:5] + (False,))
 
 
 def default_variant(n_masks: int) -> str:

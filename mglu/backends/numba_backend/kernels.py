@@ -27,7 +27,7 @@ from functools import lru_cache
 from numba import cuda, float32, float64, int32, int64
 
 from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
-from .numerics import SIMULATED, act, act_and_grad, device, fma_if, halves, like, load, load_v4, store
+from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_v4, store
 
 FORWARD, GRAD = 0, 1
 assert TILE_TPT == 2, "the tiled kernel holds two accumulator arrays (acc_a, acc_b)"
@@ -78,7 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, by_mask):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -99,7 +99,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
     ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
-    BY_MASK = by_mask
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
     WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
@@ -156,15 +155,10 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                     h2, h3 = halves(x2, BF16), halves(x3, BF16)
                                     for r in range(ROWS):
                                         e, q, b = 4 * ((u * ROWS + r) * SPAN + c), (u * ROWS + r) * NM, 8 * c
-                                        w0, w1 = halves(wv[e], BF16), halves(wv[e + 1], BF16)
-                                        w2, w3 = halves(wv[e + 2], BF16), halves(wv[e + 3], BF16)
-                                        if BY_MASK:
-                                            fma_chunk(acc, r * NACC, NM, bits, q, b, w0, w1, w2, w3, h0, h1, h2, h3)
-                                        else:
-                                            fma_word(acc, r * NACC, NM, bits, q, b, w0, h0)
-                                            fma_word(acc, r * NACC, NM, bits, q, b + 2, w1, h1)
-                                            fma_word(acc, r * NACC, NM, bits, q, b + 4, w2, h2)
-                                            fma_word(acc, r * NACC, NM, bits, q, b + 6, w3, h3)
+                                        fma_word(acc, r * NACC, NM, bits, q, b, halves(wv[e], BF16), h0)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 2, halves(wv[e + 1], BF16), h1)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 4, halves(wv[e + 2], BF16), h2)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 6, halves(wv[e + 3], BF16), h3)
                 for r in range(ROWS):
                     for j in range(NACC):
                         row[j] = acc[r * NACC + j]
@@ -238,39 +232,6 @@ def finish_row(acc, part, sums, nacc, block, tid, lane, lanes, r, n, t, mode, ac
         for j in range(nacc):
             acc[j] = sums[r * nacc + j]
         epilogue(acc, nacc - 1, mode, act_code, out, dout, dg, t, n, tokens, d_ff)
-
-
-@device
-def fma_chunk(acc, a0, n_masks, bits, base, b, w0, w1, w2, w3, x0, x1, x2, x3):
-    """Elements ``b .. b + 7`` of a mask word (one 16-byte chunk), ``w`` and ``x`` as four
-    pairs each (fp32): the 8 products ``w_e x_e`` into the total ``acc[a0 + n_masks]``,
-    then, mask by mask, into ``acc[a0 + j]`` where bit ``b + e`` of ``bits[base + j]`` is set
-    (``fma_if``; each accumulator takes its products in element order). Mask by mask, so
-    that ptxas tests a word's 8 bits with one ``R2P`` (element by element, the masks
-    interleaved, it used one ``R2P`` per 2 bits: 384 instructions a word at n_masks 4, bf16).
-    ``b < 32`` or an int64 word (span 8): the test reads the 32-bit half holding the bits."""
-    t = acc[a0 + n_masks]
-    t += w0[0] * x0[0]
-    t += w0[1] * x0[1]
-    t += w1[0] * x1[0]
-    t += w1[1] * x1[1]
-    t += w2[0] * x2[0]
-    t += w2[1] * x2[1]
-    t += w3[0] * x3[0]
-    t += w3[1] * x3[1]
-    acc[a0 + n_masks] = t
-    for j in range(n_masks):  # b is a constant after unrolling: the shifts and masks fold
-        word, k = int32(bits[base + j] >> (b & 32)), b & 31  # written out: a loop over the 8
-        g = acc[a0 + j]  # elements kept NVVM from unrolling the caller's chunk loop at n_masks 4
-        g = fma_if(g, word, 1 << k, w0[0], x0[0])
-        g = fma_if(g, word, 1 << (k + 1), w0[1], x0[1])
-        g = fma_if(g, word, 1 << (k + 2), w1[0], x1[0])
-        g = fma_if(g, word, 1 << (k + 3), w1[1], x1[1])
-        g = fma_if(g, word, 1 << (k + 4), w2[0], x2[0])
-        g = fma_if(g, word, 1 << (k + 5), w2[1], x2[1])
-        g = fma_if(g, word, 1 << (k + 6), w3[0], x3[0])
-        g = fma_if(g, word, 1 << (k + 7), w3[1], x3[1])
-        acc[a0 + j] = g
 
 
 @device

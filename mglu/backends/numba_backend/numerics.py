@@ -10,10 +10,9 @@ Wide loads (the ``decode_wide`` kernel): ``load_v4(a, i)`` returns the four int3
 ``a[4i .. 4i+3]`` of an int32 view as one 16-byte load (``ld.global.nc.v4.u32``: Numba
 has no vector load from an array, so it is an inline-PTX intrinsic); ``f16x2(word)`` and
 ``bf16x2(word)`` widen the two 16-bit halves of a word to fp32, low half first (the
-element at the lower address: little endian); ``fma_if(acc, bits, bit, w, x)`` is ``acc +
-w x`` where ``bits & bit``, else ``acc`` (an inline-PTX predicated FMA).
+element at the lower address: little endian).
 
-On the GPU these four are ``numba.cuda.extending.overload`` s, chosen by the argument
+On the GPU these three are ``numba.cuda.extending.overload`` s, chosen by the argument
 types at compile time. Numba's CUDA simulator runs device code as Python on NumPy
 scalars and knows neither overloads nor libdevice, so it gets plain-Python twins that
 make the same type decisions; everything else (the bf16 bit tricks, the activations, the
@@ -74,9 +73,6 @@ if SIMULATED:
         lo, hi = np.array([word], np.int32).view(np.int16)
         return bf16_to_f32(lo), bf16_to_f32(hi)
 
-    def fma_if(acc, bits, bit, w, x):
-        return np.float32(acc + w * x) if int(bits) & int(bit) else acc
-
 else:
     from llvmlite import ir
     from numba.cuda import cgutils
@@ -113,31 +109,6 @@ else:
             halves = (args[0], builder.lshr(args[0], _I32(16)))
             out = [builder.fpext(builder.bitcast(builder.trunc(h, i16), ir.HalfType()), ir.FloatType()) for h in halves]
             return context.make_tuple(builder, sig.return_type, out)
-
-        return sig, codegen
-
-    @intrinsic
-    def fma_if(typingctx, acc, bits, bit, w, x):
-        """``acc + w x`` (one fp32 FMA) where ``bits & bit`` is not 0 (``bit`` an int64 power of
-        two below 2**32, so that bit 31 needs no int32 overflow), else ``acc``, as the
-        inline PTX ``and; setp.ne; @p fma.rn.f32`` of the cuda backend's fma_if: ptxas then
-        turns the bit tests of a mask word into ``R2P`` (seven predicates a word, one
-        instruction), where the Python ``if (bits >> b) & 1`` compiled to a bit test or two
-        per element (sm_90 SASS of v4s4w, n_masks 4, bf16: 396 instructions a word, 44 R2P,
-        72 LOP3, against the cuda kernel's 310, 16 R2P, 52 LOP3)."""
-        sig = types.float32(types.float32, types.int32, types.int64, types.float32, types.float32)
-
-        def codegen(context, builder, sig, args):
-            f32 = ir.FloatType()
-            fnty = ir.FunctionType(f32, [f32, _I32, _I32, f32, f32])
-            args = [args[0], args[1], builder.trunc(args[2], _I32), args[3], args[4]]  # bit 31: 1 << 31
-            asm = ir.InlineAsm(
-                fnty,
-                "{\n.reg .pred p;\n.reg .b32 t;\nand.b32 t, $2, $3;\nsetp.ne.b32 p, t, 0;\n"
-                "@p fma.rn.f32 $0, $4, $5, $0;\n}",
-                "=f,0,r,r,f,f",
-            )
-            return builder.call(asm, list(args))
 
         return sig, codegen
 
