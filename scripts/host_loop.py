@@ -13,7 +13,9 @@ For each backend, ``mglu.mglu(x, W, packed, backend=B)`` at 1 token, bf16:
 - the graph's output against the eager output, bitwise;
 - ``torch.compile(mode="reduce-overhead")`` of a function calling the op, bitwise;
 - ``--profile``: the host time per call by function (cProfile over the eager loop, host
-  clock, GPU left to run), to see where the host cost goes.
+  clock, GPU left to run), to see where the host cost goes, after the wall host time per
+  call of the public op, of the backend's forward alone and, for triton, of that forward
+  with every launch through Triton's own ``JITFunction.run`` (an empty launch hook set).
 """
 
 import argparse
@@ -26,6 +28,7 @@ import time
 import torch
 
 import mglu
+from mglu.backends import REGISTRY
 
 
 def _events(n):
@@ -79,6 +82,27 @@ def profile(backend: str, d_model: int, d_ff: int, n_masks: int, calls: int) -> 
         mglu.mglu(x, w, packed, backend=backend)
     host_us = (time.perf_counter() - start) / calls * 1e6
     torch.cuda.synchronize()
+    layers = {"backend.forward": lambda: REGISTRY[backend].forward(x, w, packed, "silu")}
+    if backend == "triton":
+        import triton
+
+        def hooked():  # a launch hook sends every launch through JITFunction.run (launch.py)
+            unset, triton.knobs.runtime.launch_enter_hook = triton.knobs.runtime.launch_enter_hook, lambda *a: None
+            try:
+                return REGISTRY[backend].forward(x, w, packed, "silu")
+            finally:
+                triton.knobs.runtime.launch_enter_hook = unset
+
+        layers["backend.forward, Triton's own launch path (+ an empty hook)"] = hooked
+    for name, fn in layers.items():
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        print(f"  {backend}: {name}: host {(time.perf_counter() - start) / calls * 1e6:.1f} us per call")
+        torch.cuda.synchronize()
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(calls):

@@ -70,14 +70,63 @@ def _fwd_tiles(dtype, T: int, n: int) -> tiles.Mma:
 
 
 def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):
-    """``fwd_gemv`` with tiles ``c`` (``scripts/triton_tune.py`` passes its own)."""
+    """``fwd_gemv`` with tiles ``c`` (``scripts/triton_tune.py`` passes its own), through
+    :func:`_launch_compiled` on a GPU."""
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
-    return kernels.fwd_gemv[(T, _cdiv(N, c.BN))](
-        x2d, weight, packed, out, N, K, packed.shape[2],
-        N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=act, BN=c.BN, BG=c.BG, UNROLL=c.UNROLL,
-        ASM=not interpreting() and x2d.dtype != torch.float64, ACC=_acc(x2d.dtype),
-        num_warps=c.num_warps, maxnreg=c.maxnreg)
+    grid = (T, _cdiv(N, c.BN))
+    args = (x2d, weight, packed, out, N, K, packed.shape[2])
+    constexprs = dict(N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=act, BN=c.BN, BG=c.BG,
+                      UNROLL=c.UNROLL, ASM=not interpreting() and x2d.dtype != torch.float64, ACC=_acc(x2d.dtype))
+    options = dict(num_warps=c.num_warps, maxnreg=c.maxnreg)
+    if interpreting():
+        return kernels.fwd_gemv[grid](*args, **constexprs, **options)
+    return _launch_compiled(kernels.fwd_gemv, grid, args, constexprs, options)
+
+
+#: compiled kernels by (kernel, device, constexprs, options, the arguments' specialisation)
+_COMPILED = {}
+
+
+def _specialisation(v) -> tuple:
+    """What Triton specialises a runtime argument on, or finer: a tensor's dtype and
+    16-byte alignment; an int's being 1, its divisibility by 16 and its width (i32/i64)."""
+    if isinstance(v, torch.Tensor):
+        return (v.dtype, v.data_ptr() % 16 == 0)
+    return (v == 1, v % 16 == 0, -(2**31) <= v < 2**31)
+
+
+def _hook_set(hook) -> bool:
+    """Whether a Triton launch hook is active: a callable (triton 3.4-3.6 keep ``None`` when
+    unset), or a ``HookChain`` with calls in it (later versions keep an empty chain)."""
+    return hook is not None and bool(getattr(hook, "calls", True))
+
+
+def _launch_compiled(jit_fn, grid, args: tuple, constexprs: dict, options: dict):
+    """``jit_fn[grid](*args, **constexprs, **options)`` on PyTorch's current stream, without
+    Triton's per-call binding after the first call of a specialisation: the compiled
+    kernel is kept under a key at least as fine as Triton's own cache key (the constexprs,
+    options and :func:`_specialisation` of every argument) and launched through
+    ``CompiledKernel.run``, the call ``JITFunction.run`` ends in (triton/runtime/jit.py). On
+    the H200 ``JITFunction.run`` was the largest host cost of an eager decode call after
+    the op's own code (``scripts/host_loop.py --profile``, triton_backend/DESIGN.md run
+    27). With a launch hook set (a profiler) every call takes Triton's own path."""
+    import triton
+
+    hooked = _hook_set(triton.knobs.runtime.launch_enter_hook) or _hook_set(triton.knobs.runtime.launch_exit_hook)
+    device = args[0].device.index
+    key = (jit_fn, device, tuple(constexprs.values()), tuple(options.values()), tuple(map(_specialisation, args)))
+    hit = None if hooked else _COMPILED.get(key)
+    if hit is None:
+        kernel = jit_fn[grid](*args, **constexprs, **options)
+        # the constexprs in the kernel's parameter order, after the runtime arguments
+        _COMPILED[key] = (kernel, tuple(constexprs[a] for a in jit_fn.arg_names[len(args):]))
+        return kernel
+    kernel, tail = hit
+    stream = torch._C._cuda_getCurrentRawStream(device)
+    kernel.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream, kernel.function,
+               kernel.packed_metadata, None, None, None, *args, *tail)
+    return kernel
 
 
 def launch_gates(x2d, weight, packed, dst, aux, act: int, mode: int, c: tiles.Mma, wm=None):
