@@ -126,9 +126,11 @@ def _check_tensor(t, arg: str) -> None:
 
 
 def validate(x, weight, masks, activation) -> bool:
-    """Raise a typed error naming the argument on any invalid call; return ``is_packed``."""
-    for t, arg in ((x, "x"), (weight, "weight"), (masks, "masks")):
-        _check_tensor(t, arg)
+    """Raise a typed error naming the argument on any invalid call; return ``is_packed``.
+    (Runs on every call: the checks are written out, no loops or generators.)"""
+    _check_tensor(x, "x")
+    _check_tensor(weight, "weight")
+    _check_tensor(masks, "masks")
     if x.dtype not in SUPPORTED_DTYPES:
         raise MGLUTypeError(f"x: dtype must be one of {', '.join(DTYPE_NAMES)}, got {x.dtype}")
     if weight.dtype != x.dtype:
@@ -140,9 +142,11 @@ def validate(x, weight, masks, activation) -> bool:
     d_ff, d_model = weight.shape
     if x.shape[-1] != d_model:
         raise MGLUValueError(f"x: last dim must equal d_model = weight.shape[1] = {d_model}, got {x.shape[-1]}")
-    for t, arg in ((weight, "weight"), (masks, "masks")):
-        if t.device != x.device:
-            raise MGLUValueError(f"{arg}: expected device {x.device} (the device of x), got {t.device}")
+    device = x.device
+    if weight.device != device:
+        raise MGLUValueError(f"weight: expected device {device} (the device of x), got {weight.device}")
+    if masks.device != device:
+        raise MGLUValueError(f"masks: expected device {device} (the device of x), got {masks.device}")
     check_activation(activation)
     if masks.dtype == torch.uint8:
         check_packed(masks, d_model, arg="masks", d_ff=d_ff)
@@ -173,9 +177,16 @@ def _plain_call(*tensors: Tensor) -> bool:
         return False
     if torch._C._len_torch_dispatch_stack() or torch._C._is_torch_function_mode_enabled():
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    return all(type(t) in (Tensor, torch.nn.Parameter) for t in tensors)
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if type(t) not in _PLAIN_TYPES or (grad and t.requires_grad):
+            return False
+    return True
+
+
+#: tensor types a plain call may take: subclasses (with their own __torch_function__) go
+#: through the op
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
 
 
 def mglu(x: Tensor, weight: Tensor, masks: Tensor, *, activation: str = DEFAULT_ACTIVATION, backend: str | None = None) -> Tensor:
@@ -191,13 +202,14 @@ def mglu(x: Tensor, weight: Tensor, masks: Tensor, *, activation: str = DEFAULT_
     requested = dispatch.requested_backend(backend)
     d_ff, d_model = weight.shape
     packed, logits = (masks, None) if is_packed else (pack_masks(masks), masks)
-    x2d = x.reshape(-1, d_model)
+    flat = x.dim() == 2  # (T, d_model) in, (T, d_ff) out: no reshapes
+    x2d = x if flat else x.reshape(-1, d_model)
     if _plain_call(x, weight, masks):
         out = _run_forward(x2d, weight, packed, None, activation, requested, False)[0]
     else:
-        save = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, masks))
+        save = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or masks.requires_grad)
         out = forward_op(x2d, weight, packed, logits, activation, requested, save)[0]
-    return out.reshape(*x.shape[:-1], d_ff)
+    return out if flat else out.reshape(*x.shape[:-1], d_ff)
 
 
 def explain(x: Tensor, weight: Tensor, masks: Tensor, *, activation: str = DEFAULT_ACTIVATION, backend: str | None = None, backward: bool = False) -> dispatch.Selection:

@@ -25,7 +25,7 @@ No autograd code lives in a backend.
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -50,9 +50,11 @@ def new_output(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-@dataclass(frozen=True)
-class Problem:
-    """What a capability check may look at: one call's sizes, types and device."""
+class Problem(NamedTuple):
+    """What a capability check may look at: one call's sizes, types and device. A
+    NamedTuple, immutable: built on every call of the op, and a frozen dataclass's
+    ``__init__`` (``object.__setattr__`` per field) was the op layer's costliest line after
+    validation (cProfile of the eager call, triton_backend/DESIGN.md run 29)."""
 
     tokens: int
     d_model: int
@@ -66,17 +68,8 @@ class Problem:
 
     @classmethod
     def of(cls, x2d, weight, packed, activation, needs_dmask=False, backward=False) -> "Problem":
-        return cls(
-            tokens=x2d.shape[0],
-            d_model=x2d.shape[1],
-            d_ff=weight.shape[0],
-            n_masks=packed.shape[0],
-            dtype=x2d.dtype,
-            device=x2d.device,
-            activation=activation,
-            needs_dmask=needs_dmask,
-            backward=backward,
-        )
+        return cls(x2d.shape[0], x2d.shape[1], weight.shape[0], packed.shape[0], x2d.dtype, x2d.device, activation,
+                   needs_dmask, backward)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ reads device values, so calls are CUDA-graph capturable once compiled.
 """
 
 import torch
+import triton
 import triton.language as tl
 
 from ..base import new_output
@@ -89,11 +90,12 @@ _COMPILED = {}
 
 
 def _specialisation(v) -> tuple:
-    """What Triton specialises a runtime argument on, or finer: a tensor's dtype and
-    16-byte alignment; an int's being 1, its divisibility by 16 and its width (i32/i64)."""
-    if isinstance(v, torch.Tensor):
-        return (v.dtype, v.data_ptr() % 16 == 0)
-    return (v == 1, v % 16 == 0, -(2**31) <= v < 2**31)
+    """What Triton specialises a runtime argument (a tensor or an int) on, or finer: a
+    tensor's dtype and 16-byte alignment; an int's being 1, its divisibility by 16 and its
+    width (i32/i64)."""
+    if type(v) is int:
+        return v == 1, v % 16 == 0, -(2**31) <= v < 2**31
+    return v.dtype, v.data_ptr() % 16 == 0
 
 
 def _hook_set(hook) -> bool:
@@ -111,11 +113,10 @@ def _launch_compiled(jit_fn, grid, args: tuple, constexprs: dict, options: dict)
     the H200 ``JITFunction.run`` was the largest host cost of an eager decode call after
     the op's own code (``scripts/host_loop.py --profile``, triton_backend/DESIGN.md run
     27). With a launch hook set (a profiler) every call takes Triton's own path."""
-    import triton
-
-    hooked = _hook_set(triton.knobs.runtime.launch_enter_hook) or _hook_set(triton.knobs.runtime.launch_exit_hook)
+    runtime = triton.knobs.runtime
+    hooked = _hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook)
     device = args[0].device.index
-    key = (jit_fn, device, tuple(constexprs.values()), tuple(options.values()), tuple(map(_specialisation, args)))
+    key = (jit_fn, device, *constexprs.values(), *options.values(), *map(_specialisation, args))
     hit = None if hooked else _COMPILED.get(key)
     if hit is None:
         kernel = jit_fn[grid](*args, **constexprs, **options)
