@@ -54,7 +54,8 @@ class Problem(NamedTuple):
     """What a capability check may look at: one call's sizes, types and device. A
     NamedTuple, immutable: built on every call of the op, and a frozen dataclass's
     ``__init__`` (``object.__setattr__`` per field) was the op layer's costliest line after
-    validation (cProfile of the eager call, triton_backend/DESIGN.md run 29)."""
+    validation (cProfile of the eager call with the kernel stubbed, on our CPU: triton_backend/
+    DESIGN.md, after run 29)."""
 
     tokens: int
     d_model: int
