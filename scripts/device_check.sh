@@ -10,6 +10,7 @@
 #   numba8        issue #8's prefill and training rows: 2048 tokens, every kernel backend, bf16,
 #                 n_masks 4 (fwd at 4096x14336, fwdbwd at 4096x11008), JSON in $OUT/bench_numba8_*.json
 #   hostprof      the same script's --profile (host time per eager call, by function), triton and cuda
+#   cudaprobe     scripts/cuda_host_probe.py (the cuda backend's host launch path, piece by piece)
 #   decode1       issue #8's decode rows: 1 token, 4096x14336 and 4096x11008, n_masks 1 and 4,
 #                 fp16 and bf16, every backend, JSON in $OUT/bench_decode1.json
 #   eager         1 token, 4096x14336, n_masks 4, bf16: device rows and the public op's
@@ -61,6 +62,7 @@ for step in "${steps[@]}"; do
       python3 -m mglu bench --mode fwdbwd --shapes 4096x11008 --tokens 2048 --n-masks 4 --dtype bf16 \
         --backends triton,cuda,numba --baselines naive,naive+compile --json "$out/bench_numba8_fwdbwd.json" ;;
     hostprof) python3 scripts/host_loop.py --profile --backends triton,cuda ;;
+    cudaprobe) python3 scripts/cuda_host_probe.py ;;
     decode1) python3 -m mglu bench --shapes 4096x14336,4096x11008 --tokens 1 --n-masks 1,4 --dtype fp16,bf16 \
       --baselines swiglu --json "$out/bench_decode1.json" ;;
     eager) python3 -m mglu bench --shapes 4096x14336 --tokens 1 --n-masks 4 --dtype bf16 --eager --baselines none ;;
