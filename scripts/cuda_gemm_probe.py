@@ -49,6 +49,7 @@ def rebuild(bk: int, stages: int) -> None:
     launcher.source = lambda: text
     launcher.GEMM_BK, launcher.GEMM_STAGES = bk, stages
     launcher._function.cache_clear()
+    launcher._kernel.cache_clear()
     launcher._allow_smem.cache_clear()
 
 

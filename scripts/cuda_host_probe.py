@@ -6,8 +6,9 @@ At 1 token, bf16, n_masks 4, d_model 4096 and a small d_ff (256 rows: the kernel
 few microseconds, so the host is the bottleneck and wall time / calls is host time), the
 host wall time per call of: the backend's forward; its launch plan; its argument tuple;
 ``launcher.launch``; CuPy's ``with Device, Stream.from_external`` alone; the CuPy call
-alone inside those blocks; and the same launch through ``cupy.cuda.driver.launchKernel``
-with the arguments packed by ``struct`` (the lower bound a Python launcher can reach).
+alone inside those blocks; the whole of that CuPy path (the launcher before the third H200
+session); and the bare ``cupy.cuda.driver.launchKernel`` with the arguments packed by
+``struct`` (what ``launcher.launch`` now does, without its checks and caches).
 """
 
 import argparse
@@ -72,17 +73,24 @@ def main(argv=None) -> int:
     params = (ctypes.c_void_p * 12)(*[ctypes.addressof(buf) + o for o in offs])
     params_ptr = ctypes.addressof(params)
 
+    handle = launcher._kernel(plan.name, dev.index)
+
     def driver_launch():
         struct.pack_into(fmt, buf, 0, x.data_ptr(), w.data_ptr(), packed.data_ptr(), 0, out.data_ptr(), 0, 1,
                          d_model, d_ff, launcher.activation_id("silu"), 2, *plan.tail)
-        cupy.cuda.driver.launchKernel(fn.ptr, *plan.grid, *plan.block, 0, torch.cuda.current_stream(dev).cuda_stream,
+        cupy.cuda.driver.launchKernel(handle, *plan.grid, *plan.block, 0, torch._C._cuda_getCurrentRawStream(dev.index),
                                       params_ptr, 0)
+
+    def cupy_launch():
+        with cupy.cuda.Device(dev.index), cupy.cuda.Stream.from_external(torch.cuda.current_stream(dev)):
+            fn(plan.grid, plan.block, fixed, shared_mem=0)
 
     rows = {
         "backend forward (plan, args, launch, torch.empty)": lambda: cuda_backend.forward(x, w, packed, "silu"),
         "rowdot_plan": lambda: launcher.rowdot_plan(x.dtype, n_masks, launcher.MODE_FWD, 1, d_ff),
         "argument tuple (np.uint64 / np.int32)": args,
         "launcher.launch (prebuilt args)": lambda: launcher.launch(plan, fixed, dev, str),
+        "CuPy path: with-blocks and RawKernel call (prebuilt args)": cupy_launch,
         "with Device, Stream.from_external (empty)": with_blocks,
         "torch.cuda.current_stream": lambda: torch.cuda.current_stream(dev),
         "torch.empty output": lambda: torch.empty(1, d_ff, device=dev, dtype=torch.bfloat16),
@@ -97,6 +105,10 @@ def main(argv=None) -> int:
     driver_launch()
     torch.cuda.synchronize()
     print(f"  driver.launchKernel output equals forward's: {torch.equal(out, ref)}")
+    out.zero_()
+    cupy_launch()
+    torch.cuda.synchronize()
+    print(f"  CuPy path output equals forward's: {torch.equal(out, ref)}")
     return 0
 
 

@@ -76,7 +76,7 @@ def compile_seconds(plan, compiled: dict) -> float:
     """First-call compile (and load) time of the plan's instantiation, once per name."""
     if plan.name not in compiled:
         t0 = time.perf_counter()
-        launcher._function(plan.name, launcher._capability(DEV.index or 0))
+        launcher._kernel(plan.name, DEV.index or 0)
         compiled[plan.name] = time.perf_counter() - t0
     return compiled[plan.name]
 

@@ -26,7 +26,7 @@
 #   tune[:PARTS]  scripts/triton_tune.py PARTS (comma list; default all), JSON in $OUT/tune.json
 #   ntune[:VARIANTS]   scripts/numba_tune.py [--variants VARIANTS], JSON in $OUT/numba_tune.json
 #   pytest        the test suite on the GPU (python -m pytest -q)
-#   pytest:FILE   one test file on the GPU
+#   pytest:FILES  test files on the GPU (a comma list)
 # Usage, from the repo root: bash scripts/device_check.sh [STEP ...]
 # Set MGLU_GIT_COMMIT on the device: its copy carried the .git of the session's first commit
 # under a newer tree (seen in runs 10-13), so git there names the wrong commit.
@@ -84,7 +84,7 @@ for step in "${steps[@]}"; do
     ntune*) v=${step#ntune}; python3 scripts/numba_tune.py ${v:+--variants ${v#:}} --budget 330 \
       --json "$out/numba_tune.json" ;;
     pytest) python3 -m pytest -q -x -p no:cacheprovider ;;
-    pytest:*) python3 -m pytest -q -p no:cacheprovider "${step#pytest:}" ;;
+    pytest:*) files=${step#pytest:}; python3 -m pytest -q -p no:cacheprovider ${files//,/ } ;;
     suite) MGLU_BENCH_PRESET=paper python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=median,iqr ;;
     *) echo "unknown step $step"; false ;;
   esac 2>&1 | tee -a "$log"

@@ -239,3 +239,71 @@ def test_gemm_path_launches_match_the_kernel_signatures(monkeypatch, dtype, logi
     calls.clear()
     cuda_backend.forward(x[: launcher.GEMM_MIN_TOKENS - 1], w, packed, "silu")
     assert [plan.name.split("<")[0] for plan, _ in calls] == ["mglu_rowdot_mma"]
+
+
+def _fake_driver(monkeypatch, fail=None):
+    """launcher.launch on this CPU machine, up to cuLaunchKernel: a fake kernel handle, raw
+    stream, current device (``seen[0]["current"]``) and ``cupy.cuda.Device`` (which records
+    the device made current, or None); the fake launchKernel decodes the argument block it
+    is given (each pointer of the array read as its kind) or raises ``fail``."""
+    import contextlib
+    import ctypes
+
+    import cupy
+
+    state = {"current": 0}
+    seen = [state]
+
+    @contextlib.contextmanager
+    def device(index):
+        before, state["current"] = state["current"], index
+        yield
+        state["current"] = before
+
+    def launch_kernel(f, gx, gy, gz, bx, by, bz, smem, stream, params, extra):
+        if fail:
+            raise fail
+        fmt = seen[-1]["fmt"]
+        ptrs = (ctypes.c_void_p * len(fmt)).from_address(params)
+        vals = [(ctypes.c_uint64 if c == "Q" else ctypes.c_int32).from_address(p).value for c, p in zip(fmt, ptrs)]
+        seen[-1].update(f=f, grid=(gx, gy, gz), block=(bx, by, bz), smem=smem, stream=stream, values=vals,
+                        device=state["current"])
+
+    monkeypatch.setattr(launcher, "_kernel", lambda name, index: 4242 + index)
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 77 + index, raising=False)
+    monkeypatch.setattr(cupy.cuda.runtime, "getDevice", lambda: state["current"])
+    monkeypatch.setattr(cupy.cuda, "Device", device)
+    monkeypatch.setattr(cupy.cuda.driver, "launchKernel", launch_kernel)
+    return seen
+
+
+def test_launch_packs_each_argument_where_its_pointer_points(monkeypatch):
+    """launch hands cuLaunchKernel the kernel handle, grid, block, shared memory, torch's raw
+    stream and an array of pointers, each at its argument's value (pointers as 64-bit,
+    ints as 32-bit), from the same per-signature block on a second call; a tensor on a
+    device other than the current one launches with its own device made current."""
+    import numpy as np
+
+    seen = _fake_driver(monkeypatch)
+    plan = launcher.rowdot_plan(torch.bfloat16, 4, launcher.MODE_FWD, 1, 1000)
+    for index, args in [(0, (np.uint64(2**40 + 8), np.int32(-3), np.uint64(0), np.int32(2**31 - 1))),
+                        (0, (np.uint64(16), np.int32(5), np.uint64(2**63), np.int32(0))),
+                        (1, (np.uint64(32), np.int32(6), np.uint64(1), np.int32(-1)))]:
+        seen.append({"fmt": "QiQi"})
+        launcher.launch(plan, args, torch.device("cuda", index), lambda: "problem")
+        assert seen[-1]["values"] == [int(a) for a in args]
+        assert seen[-1]["f"] == 4242 + index and seen[-1]["stream"] == 77 + index and seen[-1]["smem"] == 0
+        assert seen[-1]["grid"] == plan.grid and seen[-1]["block"] == plan.block and seen[-1]["device"] == index
+    assert seen[0]["current"] == 0
+
+
+def test_launch_failure_names_the_kernel_and_the_problem(monkeypatch):
+    import numpy as np
+
+    _fake_driver(monkeypatch, fail=ValueError("CUDA_ERROR_INVALID_VALUE"))
+    plan = launcher.rowdot_plan(torch.float32, 2, launcher.MODE_FWD, 40, 64)
+    with pytest.raises(RuntimeError, match=r"kernel mglu_rowdot_tiled<float, 2, 0> grid=.* failed for T=40 .*"
+                                           r"CUDA_ERROR_INVALID_VALUE"):
+        launcher.launch(plan, (np.uint64(0), np.int32(1)), torch.device("cuda", 0), lambda: "T=40 d_model=8")
+    with pytest.raises(RuntimeError, match="KeyError: <class 'int'>"):  # an argument that is neither np.uint64 nor np.int32
+        launcher.launch(plan, (np.uint64(0), 1), torch.device("cuda", 0), lambda: "T=40")

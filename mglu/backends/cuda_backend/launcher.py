@@ -10,11 +10,14 @@ shared-memory GEMM over the ``n_masks + 1`` planes (``mglu_gemm``, :func:`gemm_p
 Everything up to the CuPy call is plain Python (:func:`rowdot_plan`, :func:`dx_plan`,
 :func:`dw_plan`, :func:`instantiations`, :func:`source`), so that the CPU tests check the
 plans against the set of template instantiations the build test compiles with nvcc.
-CuPy is imported lazily, inside :func:`_function` and :func:`launch`.
+CuPy is imported lazily, inside :func:`_function`, :func:`_kernel` and :func:`launch`.
 """
 
+import ctypes
 import functools
 import re
+import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -217,9 +220,11 @@ def dw_name(dtype, dmask_dtype) -> str:
     return f"{kernel}<{CTYPE[dtype]}, {CTYPE[dmask_dtype or dtype]}>"
 
 
+@functools.lru_cache(maxsize=1024)
 def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, variant: str | None = None) -> Launch:
     """Decode kernel (one warp per W row) for ``tokens <= max(GEMV_TOKENS)``, else the tile;
-    ``variant``: a key of GEMV_VARIANTS or MMA_VARIANTS (None: the default)."""
+    ``variant``: a key of GEMV_VARIANTS or MMA_VARIANTS (None: the default). Cached: a
+    decode loop asks for the same plan on every call."""
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     default = default_variant(dtype, n_masks, mode, tokens)
     if nt is not None:
@@ -361,9 +366,23 @@ def aligned(*tensors: torch.Tensor) -> bool:
 
 
 @functools.cache
-def _allow_smem(name: str, capability: tuple[int, int], nbytes: int) -> None:
-    """Raise the kernel's dynamic shared-memory limit (48 KB by default) to ``nbytes``, once."""
-    _function(name, capability).max_dynamic_shared_size_bytes = nbytes
+def _kernel(name: str, index: int) -> int:
+    """The ``CUfunction`` handle of kernel ``name`` on device ``index`` (compiled and loaded
+    on the first call)."""
+    import cupy
+
+    with cupy.cuda.Device(index):
+        return _function(name, _capability(index)).kernel.ptr
+
+
+@functools.cache
+def _allow_smem(name: str, index: int, nbytes: int) -> None:
+    """Raise the kernel's dynamic shared-memory limit (48 KB by default) to ``nbytes``, once
+    per device."""
+    import cupy
+
+    with cupy.cuda.Device(index):
+        _function(name, _capability(index)).max_dynamic_shared_size_bytes = nbytes
 
 
 @functools.cache
@@ -371,18 +390,51 @@ def _capability(index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
+#: struct codes of the launch arguments: a pointer (np.uint64) and an int (np.int32)
+_ARG_CODES = {np.uint64: "Q", np.int32: "i"}
+_blocks = threading.local()
+
+
+def _param_block(fmt: str) -> tuple:
+    """This thread's reusable argument block for one kernel signature (``fmt``, struct codes
+    in native alignment): the buffer the values are packed into and the address of the
+    array of pointers to each value that ``cuLaunchKernel`` reads (and copies at launch)."""
+    blocks = _blocks.__dict__.setdefault("by_format", {})
+    block = blocks.get(fmt)
+    if block is None:
+        buf = ctypes.create_string_buffer(struct.calcsize(fmt))
+        base = ctypes.addressof(buf)
+        offsets = [struct.calcsize(fmt[: k + 1]) - struct.calcsize(c) for k, c in enumerate(fmt)]
+        pointers = (ctypes.c_void_p * len(fmt))(*(base + o for o in offsets))
+        block = blocks[fmt] = (buf, ctypes.addressof(pointers), pointers)
+    return block
+
+
 def launch(plan: Launch, args: tuple, device: torch.device, what) -> None:
     """Run ``plan`` on torch's current stream of ``device``; a CUDA error (compile or launch)
     becomes a RuntimeError naming the kernel and ``what()`` (the problem, built only then).
     Nothing here waits for the device, so the call can be captured in a CUDA graph once
-    compiled (the first call compiles)."""
+    compiled (the first call compiles).
+
+    The launch is ``cuLaunchKernel`` through CuPy's driver binding with the arguments packed
+    by ``struct``: CuPy's own ``RawKernel`` call under ``with Device, Stream.from_external``
+    cost ~20 us more host time per launch on the H200 (``scripts/cuda_host_probe.py``,
+    DESIGN.md, third H200 session)."""
     import cupy
 
-    capability = _capability(device.index)
+    index = device.index
     try:
-        with cupy.cuda.Device(device.index), cupy.cuda.Stream.from_external(torch.cuda.current_stream(device)):
-            if plan.smem:
-                _allow_smem(plan.name, capability, plan.smem)
-            _function(plan.name, capability)(plan.grid, plan.block, args, shared_mem=plan.smem)
+        if plan.smem:
+            _allow_smem(plan.name, index, plan.smem)
+        kernel = _kernel(plan.name, index)
+        fmt = "".join([_ARG_CODES[type(a)] for a in args])
+        buf, params, _ = _param_block(fmt)
+        struct.pack_into(fmt, buf, 0, *args)
+        stream = torch._C._cuda_getCurrentRawStream(index)
+        if cupy.cuda.runtime.getDevice() == index:
+            cupy.cuda.driver.launchKernel(kernel, *plan.grid, *plan.block, plan.smem, stream, params, 0)
+        else:  # the handle belongs to that device's context
+            with cupy.cuda.Device(index):
+                cupy.cuda.driver.launchKernel(kernel, *plan.grid, *plan.block, plan.smem, stream, params, 0)
     except Exception as exc:
-        raise RuntimeError(f"cuda backend: kernel {plan.name} grid={plan.grid} failed for {what()}: {exc}") from exc
+        raise RuntimeError(f"cuda backend: kernel {plan.name} grid={plan.grid} failed for {what()}: {type(exc).__name__}: {exc}") from exc
