@@ -78,6 +78,10 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
         # caller's bool tensor, maybe a view at any storage offset: a fresh copy is 8-byte
         # aligned for the int64 view below (frozen masks are packed once, not per step)
         planes = bits.to(torch.uint8, memory_format=torch.contiguous_format)
+    elif torch.compiler.is_compiling():
+        # torch 2.11's Inductor cannot lower a bool -> uint8 view (TypeError in
+        # to_dtype_bitcast, run 31 on the H200); the conversion fuses into S > 0 there
+        planes = bits.to(torch.uint8)
     else:
         planes = bits.contiguous().view(torch.uint8)  # the fresh result of S > 0
     if width * BITS != d_model:

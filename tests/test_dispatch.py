@@ -17,7 +17,8 @@ def _args(dtype=torch.float32):
 def test_auto_picks_torch_and_explains_everyone():
     sel = mglu.explain(*_args())
     assert sel.chosen == "torch"
-    assert set(sel.refused) == {"cuda"}
+    # with a GPU the interpreters are off (conftest.py), so triton and numba refuse CPU tensors
+    assert set(sel.refused) == {"cuda"} | ({"triton", "numba"} if torch.cuda.is_available() else set())
     text = str(sel)
     for name in mglu.BACKEND_NAMES:
         assert name in text
