@@ -1,6 +1,6 @@
 """Sweep the Triton backend's tiles on a GPU; the source of the constants in tiles.py.
 
-Usage: python scripts/triton_tune.py [staged] [gates] [decode] [pipe] [shapes] [batched] [prefill] [bwd] [--json PATH]
+Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [--json PATH]
 
 For each part it times the kernels with explicit tiles (``launch.launch_*``) by
 ``triton.testing.do_bench`` (median of 100 ms after 25 ms warm-up) on random inputs whose
@@ -118,51 +118,6 @@ def part_decode(limits):
             for n in (1, 4, 8):
                 time_gemv("decode", 1, *shape, n, best.get(n, (tiles.gemv_tiles(n),))[0], limits, dt)
             time_mma("decode", 1, *shape, 1, tiles.mma_fwd_tiles(1, 1, 2), limits, dt)
-
-
-def part_pipe(limits):
-    """The GEMV with its loads staged through shared memory (Gemv.STAGES, cp.async) and the
-    mask bits as 32-bit words (Gemv.WORDS, so that they are staged too), against
-    tiles.gemv_tiles, 1 token, bf16 4096x14336 at n_masks 1, 4, 8; then the best per n on
-    the three decode shapes in fp16 and bf16 beside the current tiles. Each new config's
-    output is checked against the current tiles' output first (same fp32 sums in another
-    order: within 1e-2 of its largest entry); a mismatch is reported and not timed."""
-    G = tiles.Gemv
-    sweep = {1: [G(4, 32, 4, 1, None, 4, True), G(4, 32, 4, 2, None, 3, True), G(4, 32, 4, 1, None, 6, True),
-                 G(4, 32, 4, 4, 200, 2, True), G(4, 32, 4, 1, None, 4, False)],
-             4: [G(4, 32, 4, 1, None, 4, True), G(4, 32, 4, 2, None, 3, True), G(4, 32, 4, 1, None, 6, True),
-                 G(4, 32, 4, 4, 128, 2, True), G(4, 32, 4, 1, None, 4, False), G(4, 32, 4, 1, 96, 4, True)],
-             8: [G(4, 32, 4, 1, None, 4, True), G(4, 32, 4, 1, None, 3, True), G(4, 32, 4, 2, None, 2, True)]}
-
-    def checked(T, K, N, n, c, dtype):
-        x, w, p = inputs(T, K, N, n, dtype)
-        ref = torch.empty(T, N, device=DEV, dtype=dtype)
-        launch.launch_gemv(x, w, p, ref, 0, tiles.gemv_tiles(n))
-        out = torch.full((T, N), float("nan"), device=DEV, dtype=dtype)
-        launch.launch_gemv(x, w, p, out, 0, c)
-        err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-        if not err <= 1e-2:
-            print(f"pipe     gemv {K}x{N} n={n} {dtype} {c} WRONG: max error {err:.3g} of the largest entry",
-                  flush=True)
-            ROWS.append({"part": "pipe", "label": f"gemv {K}x{N} n={n} {dtype} {c}", "error": f"wrong {err}"})
-            return False
-        return True
-
-    best = {}
-    for n, configs in sweep.items():
-        time_gemv("pipe", 1, 4096, 14336, n, tiles.gemv_tiles(n), limits)
-        for c in configs:
-            if checked(1, 4096, 14336, n, c, torch.bfloat16):
-                time_gemv("pipe", 1, 4096, 14336, n, c, limits)
-                if "us" in ROWS[-1] and ROWS[-1]["us"] < best.get(n, (None, float("inf")))[1]:
-                    best[n] = (c, ROWS[-1]["us"])
-        print(f"pipe     best at n={n}: {best.get(n)}", flush=True)
-    for dt in (torch.float16, torch.bfloat16):
-        for shape in ((4096, 14336), (4096, 11008), (8192, 28672)):
-            for n in best:
-                time_gemv("pipe", 1, *shape, n, tiles.gemv_tiles(n), limits, dt)
-                if checked(1, *shape, n, best[n][0], dt):
-                    time_gemv("pipe", 1, *shape, n, best[n][0], limits, dt)
 
 
 def part_gemv_shapes(limits):
@@ -287,8 +242,7 @@ def part_gates(limits):
         time_mma("gates", 8192, 4096, 14336, 4, c, limits)
 
 
-PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "pipe": part_pipe,
-         "shapes": part_gemv_shapes,
+PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "shapes": part_gemv_shapes,
          "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd}
 
 

@@ -61,17 +61,11 @@ def _add_where(acc, byte, bit, prod, ASM: tl.constexpr):
 @triton.jit
 def _gemv_load(x_ptr, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp,
                N_MASKS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
-               TAIL: tl.constexpr, WORDS: tl.constexpr = False):
+               TAIL: tl.constexpr):
     """The loads of one step: columns ``k0 .. k0 + 8 BG`` of W's rows ``rows (BN, 1)``
     (clamped in range) and of x, and the ``(BN, BG)`` bytes of masks ``grp .. grp + G``
     covering them (zeros past ``N_MASKS``). Without ``TAIL`` the step lies inside K and no
-    load is masked (no predicate for ptxas to keep beside the mask bits' ``R2P``).
-
-    ``WORDS`` (``KB % 4 == 0``, inside K): each thread loads the 32-bit word holding its
-    byte and shifts the byte out, so that every load of the step is 4 bytes or wider and
-    Triton's pipeliner (``fwd_gemv``'s ``STAGES``) can stage all of them through
-    ``cp.async`` (it stages nothing narrower: a byte load stays a register load that the
-    thread waits for in every iteration)."""
+    load is masked (no predicate for ptxas to keep beside the mask bits' ``R2P``)."""
     cols = k0 + tl.arange(0, 8 * BG)[None, :]
     gcol = k0 // 8 + tl.arange(0, BG)[None, :]
     if TAIL:
@@ -82,15 +76,10 @@ def _gemv_load(x_ptr, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp,
         w = tl.load(w_ptr + rows * K + cols)
         xv = tl.load(x_ptr + cols + rows * 0)
     bp = p_ptr + rows * KB + gcol + _wide(grp) * NKB
-    if WORDS:
-        wp = p_ptr.to(tl.pointer_type(tl.int32)) + rows * (KB // 4) + gcol // 4 + _wide(grp) * (NKB // 4)
-        shift = (gcol % 4) * 8
     bytes = ()
     for j in tl.static_range(G):
         if grp + j >= N_MASKS:
             byte = tl.zeros((BN, BG), tl.uint8)
-        elif WORDS and not TAIL:
-            byte = (tl.load(wp + j * (NKB // 4)) >> shift) & 0xFF
         elif TAIL:
             byte = tl.load(bp + j * NKB, mask=gcol < KB, other=0)
         else:
@@ -143,7 +132,7 @@ def _gemv_term(acc, total, res, valid, ACT: tl.constexpr):
 def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
              N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr,
              BN: tl.constexpr, BG: tl.constexpr, UNROLL: tl.constexpr, ASM: tl.constexpr,
-             ACC: tl.constexpr, STAGES: tl.constexpr = 1, WORDS: tl.constexpr = False):
+             ACC: tl.constexpr):
     """``out[t, n] = sum_i act(gate_i) (total - gate_i)`` for one token ``t = program_id(0)``
     and ``BN`` rows ``n`` of W (``x (T, K)``, ``W (N, K)``, packed ``(n_masks, N, KB)``).
 
@@ -152,10 +141,7 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
     covering them is a ``(BN, BG)`` load in the same threads (no layout conversion).
     ``UNROLL`` (1, 2 or 4) such steps per loop iteration put their loads in flight
     together. ``G`` (1..8) gate accumulators per pass over K; ``total`` comes from the
-    first pass. ``STAGES`` > 1 has Triton's pipeliner keep that many iterations of the
-    main loop's loads in flight through shared memory (``cp.async``; 1: plain loads into
-    registers, the same PTX as a Python ``range``); ``WORDS``: the mask bits as 32-bit
-    words (:func:`_gemv_load`), ``KB % 4 == 0`` only.
+    first pass.
     """
     tl.static_assert(UNROLL == 1 or UNROLL == 2 or UNROLL == 4, "UNROLL is 1, 2 or 4")
     t = tl.program_id(0)
@@ -177,18 +163,14 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
         a5 = tl.zeros((BN, BG, 8), ACC)
         a6 = tl.zeros((BN, BG, 8), ACC)
         a7 = tl.zeros((BN, BG, 8), ACC)
-        for k0 in tl.range(0, k_main, UNROLL * 8 * BG, num_stages=STAGES):
+        for k0 in range(0, k_main, UNROLL * 8 * BG):
             # every load of the UNROLL steps first, so that they are in flight together
-            l0 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, N_MASKS, G, BN, BG, False,
-                            WORDS)
+            l0 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
             if UNROLL > 1:
-                l1 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 8 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG,
-                                False, WORDS)
+                l1 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 8 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
             if UNROLL > 2:
-                l2 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 16 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG,
-                                False, WORDS)
-                l3 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 24 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG,
-                                False, WORDS)
+                l2 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 16 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
+                l3 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 24 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
             at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
                 l0, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
             if UNROLL > 1:
@@ -201,7 +183,7 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
                     l3, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
         for k0 in range(k_main, k_full, 8 * BG):
             at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
-                _gemv_load(x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, N_MASKS, G, BN, BG, False, WORDS),
+                _gemv_load(x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, N_MASKS, G, BN, BG, False),
                 grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
         if k_full < K:
             at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(

@@ -19,18 +19,13 @@ GEMV_MAX_TOKENS = 1
 class Gemv:
     """``fwd_gemv``: ``BN`` rows x ``BG`` byte groups (8 columns each) per step, ``UNROLL``
     steps per loop iteration (their loads in flight together); ``maxnreg`` caps ptxas's
-    registers (None: its own choice), which also moves where it schedules the loads;
-    ``STAGES`` > 1 stages that many loop iterations of loads through shared memory
-    (``cp.async``, Triton's pipeliner); ``WORDS`` reads the mask bits as 32-bit words where
-    the mask rows allow it (``KB % 4 == 0``, 4-byte aligned), so that they are staged too."""
+    registers (None: its own choice), which also moves where it schedules the loads."""
 
     BN: int
     BG: int
     num_warps: int
     UNROLL: int = 1
     maxnreg: int | None = None
-    STAGES: int = 1
-    WORDS: bool = False
 
     def __post_init__(self):
         if self.UNROLL not in (1, 2, 4):
