@@ -11,6 +11,7 @@ in the same run, with each compiled kernel's registers, spills and SASS instruct
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 
@@ -134,9 +135,9 @@ def part_gemv_shapes(limits):
 
 def part_batched(limits):
     """Batched decode (16 and 64 tokens, n_masks 1 and 4, 4096x14336 bf16): the default
-    tile (tiles.mma_fwd_tiles) against 128- and 64-deep tiles of 4 and 8 warps (ptxas on
-    the CPU, triton 3.9: the 4-warp 128-deep tile spills at n=4, 328-400 bytes of stack;
-    H200 run 26 made the 64-deep one the default from 17 tokens). Each output is checked
+    tile (tiles.mma_fwd_tiles) against itself with the masked tiles built in inline PTX
+    (Mma.pairs) and other tiles with it: 64 rows deep 64 / 128 of 4 / 8 warps, 32 and 16
+    rows on 2 and 1 warps (mma.sync, more programs), 128 rows of 8 warps. Each output is checked
     against the torch backend's float64 forward (SPEC §4 bound) before it is timed."""
     for T in (16, 64):
         for n in (1, 4):
@@ -144,8 +145,12 @@ def part_batched(limits):
             torch_be = REGISTRY["torch"]
             ref = torch_be.forward(x.double(), w.double(), p, "silu").cpu().numpy()
             limit = bound(torch.bfloat16, rel_error(torch_be.forward(x, w, p, "silu"), ref))
-            candidates = (tiles.mma_fwd_tiles(T, n), tiles.Mma(64, T, 128, 4, 4), tiles.Mma(64, T, 64, 4, 4),
-                          tiles.Mma(64, T, 64, 8, 3), tiles.Mma(64, T, 64, 8, 4), tiles.Mma(128, T, 64, 8, 3))
+            M = tiles.Mma
+            base = tiles.mma_fwd_tiles(T, n)
+            candidates = (base, dataclasses.replace(base, pairs=True), M(64, T, 64, 4, 4, pairs=True),
+                          M(64, T, 128, 8, 4, pairs=True), M(32, T, 128, 2, 4, pairs=True),
+                          M(16, T, 128, 1, 4, pairs=True), M(128, T, 64, 8, 3, pairs=True),
+                          M(32, T, 64, 2, 4, pairs=True))
             for c in dict.fromkeys(candidates):  # the default once
                 out = torch.full((T, 14336), float("nan"), device=DEV, dtype=torch.bfloat16)
                 try:

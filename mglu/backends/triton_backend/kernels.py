@@ -249,12 +249,37 @@ def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _masked(w, wm_ptr, p_ptr, m, offs_n, kcol, kb0, N, K, KB, valid, BK: tl.constexpr, STAGED: tl.constexpr):
+def _masked_pairs(w, p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
+    """``where(bit, w, 0)`` for a 16-bit ``(BN, 8 BG)`` tile ``w``, two elements per inline
+    PTX call (one 32-bit register): ``byte * (2**(15 - j) + 2**(30 - j))`` puts bit ``j``
+    of the group's byte at bit 15 and bit ``j + 1`` at bit 31 with no carries (the two
+    shifted copies do not overlap for ``j <= 6``), one ``prmt`` with sign replication
+    spreads them over the low and the high half, one ``and`` applies the mask: 3
+    instructions a pair, against about 7 an element for the select (bit shift, compare,
+    select and repacking of :func:`_bits`; SASS of triton 3.6, DESIGN.md)."""
+    g = kb0 + tl.arange(0, BG)
+    byte = tl.load(p_ptr + _wide(m) * N * KB + offs_n[:, None] * KB + g[None, :],
+                   mask=valid & (offs_n[:, None] < N) & (g[None, :] < KB), other=255)
+    j = tl.arange(0, 8)[None, None, :]
+    spread = tl.broadcast_to((1 << (15 - j)) + (1 << (30 - j)), (offs_n.shape[0], BG, 8))
+    r = tl.inline_asm_elementwise(
+        "{\n.reg .b32 a, m;\nmul.lo.u32 a, $2, $4;\nprmt.b32 m, a, a, 0xBB99;\nand.b32 $0, $1, m;\n}",
+        "=r,r,r,r,r,r", [tl.reshape(w, spread.shape), tl.broadcast_to(byte.to(tl.int32)[:, :, None], spread.shape), spread],
+        dtype=w.dtype, is_pure=True, pack=2)
+    return tl.reshape(r, w.shape)
+
+
+@triton.jit
+def _masked(w, wm_ptr, p_ptr, m, offs_n, kcol, kb0, N, K, KB, valid, BK: tl.constexpr, STAGED: tl.constexpr,
+            PAIRS: tl.constexpr = False):
     """``(BN, BK)`` tile of ``M_m W`` at columns ``kcol = 8 kb0 ..``: loaded from the staged planes
-    ``WM (n_masks, N, K)`` (``STAGED``), or built from the bits as ``where(bit, w, 0)``."""
+    ``WM (n_masks, N, K)`` (``STAGED``), or built from the bits as ``where(bit, w, 0)``
+    (``PAIRS``: in inline PTX, :func:`_masked_pairs`, 16-bit ``w`` on a GPU only)."""
     if STAGED:
         r = tl.load(wm_ptr + _wide(m) * N * K + offs_n[:, None] * K + kcol[None, :],
                     mask=valid & (offs_n[:, None] < N) & (kcol[None, :] < K), other=0.0)
+    elif PAIRS:
+        r = _masked_pairs(w, p_ptr, m, offs_n, kb0, N, KB, valid, BK // 8)
     else:
         r = tl.where(_bits(p_ptr, m, offs_n, kb0, N, KB, valid, BK // 8), w, 0.0)
     return r
@@ -318,7 +343,8 @@ def ds_from_factors(f_ptr, dout_ptr, ds_ptr, TN, N_MASKS: tl.constexpr, BLOCK: t
 def fwd_mma(x_ptr, w_ptr, p_ptr, wm_ptr, out_ptr, aux_ptr, T, N, K, KB,
             N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr,
             BN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr,
-            STAGED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr):
+            STAGED: tl.constexpr, PREC: tl.constexpr, UPCAST: tl.constexpr, ACC: tl.constexpr,
+            PAIRS: tl.constexpr = False):
     """Tile ``(BN rows of W) x (BT tokens)``; masks in groups of ``G`` (1..4) accumulators.
 
     ``out_ptr``: ``out (T, N)`` (MODE 0 and 2) or ``DS (n_masks + 1, T, N)`` (MODE 1).
@@ -358,19 +384,19 @@ def fwd_mma(x_ptr, w_ptr, p_ptr, wm_ptr, out_ptr, aux_ptr, T, N, K, KB,
             if grp == 0:
                 total = _dot(w, xt, total, PREC, UPCAST)
             kb0 = k0 // 8
-            g0 = _dot(_masked(w, wm_ptr, p_ptr, grp, offs_n, kcol, kb0, N, K, KB, True, BK, STAGED),
+            g0 = _dot(_masked(w, wm_ptr, p_ptr, grp, offs_n, kcol, kb0, N, K, KB, True, BK, STAGED, PAIRS),
                       xt, g0, PREC, UPCAST)
             if G > 1:
                 g1 = _dot(_masked(w, wm_ptr, p_ptr, grp + 1, offs_n, kcol, kb0, N, K, KB, grp + 1 < N_MASKS, BK,
-                                  STAGED),
+                                  STAGED, PAIRS),
                       xt, g1, PREC, UPCAST)
             if G > 2:
                 g2 = _dot(_masked(w, wm_ptr, p_ptr, grp + 2, offs_n, kcol, kb0, N, K, KB, grp + 2 < N_MASKS, BK,
-                                  STAGED),
+                                  STAGED, PAIRS),
                       xt, g2, PREC, UPCAST)
             if G > 3:
                 g3 = _dot(_masked(w, wm_ptr, p_ptr, grp + 3, offs_n, kcol, kb0, N, K, KB, grp + 3 < N_MASKS, BK,
-                                  STAGED),
+                                  STAGED, PAIRS),
                       xt, g3, PREC, UPCAST)
         res, side = _gate_epilogue(g0, total, side, res, planes, grp, offs_t, offs_n, T, N, N_MASKS, ACT, MODE)
         if G > 1:

@@ -141,8 +141,13 @@ def launch_gates(x2d, weight, packed, dst, aux, act: int, mode: int, c: tiles.Mm
     return kernels.fwd_mma[grid](
         x2d, weight, packed, wm, dst, aux, T, N, K, packed.shape[2],
         N_MASKS=n, G=g, ACT=act, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP, STAGED=wm is not None,
-        PREC=PRECISION, UPCAST=_upcast(x2d.dtype), ACC=_acc(x2d.dtype),
+        PREC=PRECISION, UPCAST=_upcast(x2d.dtype), ACC=_acc(x2d.dtype), PAIRS=_pairs(c, x2d.dtype),
         num_warps=c.num_warps, num_stages=c.num_stages)
+
+
+def _pairs(c: tiles.Mma, dtype) -> bool:
+    """Whether tiles ``c`` build their masked tiles in inline PTX (``Mma.pairs``)."""
+    return c.pairs and not c.staged and dtype in (torch.float16, torch.bfloat16) and not interpreting()
 
 
 def backward(dout, x2d, weight, packed, activation, dmask_dtype, factors=None):

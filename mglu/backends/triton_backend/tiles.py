@@ -46,6 +46,9 @@ class Mma:
     #: read the masked tiles from ``M_i W`` staged in HBM (kernels.expand_masks) instead of
     #: building them from the bits in registers
     staged: bool = False
+    #: build the masked tiles two 16-bit elements per inline PTX call (kernels._masked_pairs)
+    #: where that applies: fp16/bf16 on a GPU, not staged (the interpreter runs no PTX)
+    pairs: bool = False
 
 
 @dataclass(frozen=True)
