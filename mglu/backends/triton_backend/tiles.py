@@ -161,12 +161,17 @@ def mma_fwd_tiles(tokens: int, n_masks: int, elem_bytes: int = 2) -> Mma:
     spilled 228 registers, the 64 deep one 22; 8 warps 353.8, BN=128 252.7), n=1 71.0
     against 76.5; at 16 tokens BK=128 stays (n=1 53.3 against 61.1, n=4 162.1 against
     163.3). BT=32 (17-32 tokens, not timed) takes BK=64 too: ptxas (CPU, triton 3.9, n=4)
-    616 bytes of stack at BK=128, none at 64."""
+    616 bytes of stack at BK=128, none at 64. Up to 64 tokens the masked tiles are built
+    in inline PTX (``pairs``; H200 run 33, do_bench, outputs checked: 16 tokens n=1 47.4
+    against 53.7 us, n=4 122.9 against 161.7; 64 tokens n=1 65.0 against 71.5, n=4 186.2
+    against 238.8; on every other tile tried it lost to this one); the larger unstaged
+    tiles (65-255 tokens) were not timed with it and keep ``tl.where``."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
     if bt <= 64:
         # fp32 at BT=64: 4 stages of (64x128 + 128x64) x 4 B is 262 KB, over the H100's
         # 227 KB of shared memory per block (seen: OutOfResources on the device); BK=64 halves it
-        return Mma(BN=64, BT=bt, BK=128 if elem_bytes <= 2 and bt <= MIN_DOT else 64, num_warps=4, num_stages=4)
+        return Mma(BN=64, BT=bt, BK=128 if elem_bytes <= 2 and bt <= MIN_DOT else 64, num_warps=4, num_stages=4,
+                   pairs=True)
     if staged(tokens, n_masks, elem_bytes):
         if n_masks == 1:
             return Mma(BN=128, BT=128, BK=64, num_warps=8, num_stages=3, gates=1, staged=True)
