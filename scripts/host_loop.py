@@ -44,6 +44,17 @@ def _events(n):
     return [torch.cuda.Event(enable_timing=True) for _ in range(n)]
 
 
+def _eager_loop(x, w, packed, backend: str, calls: int) -> float:
+    """Microseconds per call of ``calls`` public calls, CUDA events around the loop."""
+    start, end = _events(2)
+    start.record()
+    for _ in range(calls):
+        mglu.mglu(x, w, packed, backend=backend)
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) * 1e3 / calls
+
+
 def run(backend: str, d_model: int, d_ff: int, n_masks: int, calls: int) -> dict:
     x = torch.randn(1, d_model, device="cuda", dtype=torch.bfloat16)
     w = torch.randn(d_ff, d_model, device="cuda", dtype=torch.bfloat16) / d_model**0.5
@@ -63,20 +74,9 @@ def run(backend: str, d_model: int, d_ff: int, n_masks: int, calls: int) -> dict
         e.record()
     torch.cuda.synchronize()
     device_us = statistics.median(s.elapsed_time(e) * 1e3 for s, e in zip(starts, ends))
-    start, end = _events(2)
-    start.record()
-    for _ in range(calls):
-        mglu.mglu(x, w, packed, backend=backend)
-    end.record()
-    torch.cuda.synchronize()
-    eager_us = start.elapsed_time(end) * 1e3 / calls
+    eager_us = _eager_loop(x, w, packed, backend, calls)
     torch.cuda._sleep(SLEEP_CYCLES)
-    start.record()
-    for _ in range(calls):
-        mglu.mglu(x, w, packed, backend=backend)
-    end.record()
-    torch.cuda.synchronize()
-    preloaded_us = start.elapsed_time(end) * 1e3 / calls
+    preloaded_us = _eager_loop(x, w, packed, backend, calls)
     compiled = torch.compile(lambda a: mglu.mglu(a, w, packed, backend=backend), mode="reduce-overhead")
     for _ in range(3):
         out_c = compiled(x)
