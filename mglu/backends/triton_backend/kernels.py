@@ -250,21 +250,25 @@ def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 @triton.jit
 def _masked_pairs(w, p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
-    """``where(bit, w, 0)`` for a 16-bit ``(BN, 8 BG)`` tile ``w``, two elements per inline
-    PTX call (one 32-bit register): ``byte * (2**(15 - j) + 2**(30 - j))`` puts bit ``j``
-    of the group's byte at bit 15 and bit ``j + 1`` at bit 31 with no carries (the two
-    shifted copies do not overlap for ``j <= 6``), one ``prmt`` with sign replication
-    spreads them over the low and the high half, one ``and`` applies the mask: 3
-    instructions a pair, against about 7 an element for the select (bit shift, compare,
-    select and repacking of :func:`_bits`; SASS of triton 3.6, DESIGN.md)."""
+    """``where(bit, w, 0)`` for a 16-bit ``(BN, 8 BG)`` tile ``w``, the two elements of a
+    32-bit register per inline PTX call: ``byte * 2**(15 - j)`` moves the low element's bit
+    ``j`` to bit 15, ``byte * 2**(31 - j)`` the high element's to bit 31, a
+    sign-replicating ``prmt`` spreads them over the two halves and an ``and`` applies them:
+    4 instructions a pair, against about 8 an element for the select (bit shift, compare,
+    select and repacking of :func:`_bits`; SASS of triton 3.6, DESIGN.md). Each element
+    brings its own byte and ``j``: which two elements share a register depends on the
+    layout Triton picks (8 consecutive columns a thread for 16-divisible sizes, one for
+    others: run 34)."""
     g = kb0 + tl.arange(0, BG)
     byte = tl.load(p_ptr + _wide(m) * N * KB + offs_n[:, None] * KB + g[None, :],
                    mask=valid & (offs_n[:, None] < N) & (g[None, :] < KB), other=255)
     j = tl.arange(0, 8)[None, None, :]
-    spread = tl.broadcast_to((1 << (15 - j)) + (1 << (30 - j)), (offs_n.shape[0], BG, 8))
+    shape: tl.constexpr = (offs_n.shape[0], BG, 8)
     r = tl.inline_asm_elementwise(
-        "{\n.reg .b32 a, m;\nmul.lo.u32 a, $2, $4;\nprmt.b32 m, a, a, 0xBB99;\nand.b32 $0, $1, m;\n}",
-        "=r,r,r,r,r,r", [tl.reshape(w, spread.shape), tl.broadcast_to(byte.to(tl.int32)[:, :, None], spread.shape), spread],
+        "{\n.reg .b32 a, b, m;\nmul.lo.u32 a, $2, $4;\nmul.lo.u32 b, $3, $7;\nprmt.b32 m, a, b, 0xFF99;\n"
+        "and.b32 $0, $1, m;\n}",
+        "=r,r,r,r,r,r,r,r", [tl.reshape(w, shape), tl.broadcast_to(byte.to(tl.int32)[:, :, None], shape),
+                            tl.broadcast_to(1 << (15 - j), shape), tl.broadcast_to(1 << (31 - j), shape)],
         dtype=w.dtype, is_pure=True, pack=2)
     return tl.reshape(r, w.shape)
 
