@@ -45,7 +45,8 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
       kernel beats triton's from four masks (59.8 and 74.9 us), but an eager numba call
       costs 455.0 us (run 10) and 646.7 (run 12) against triton's 65.5 and 86.6 (bench
       --eager, 4096x14336, n=4, bf16), so numba stays after triton (H200 run 25,
-      scripts/host_loop.py: eager loop numba 653.0 us a call, triton 87.1). H200 run 24 (bench, 1 token, fp16 / bf16, 4096x14336): n=1 triton 33.4 / 34.4 us,
+      scripts/host_loop.py: eager loop numba 653.0 us a call, triton 87.1; run 31: 720.7 and
+      53.4). H200 run 24 (bench, 1 token, fp16 / bf16, 4096x14336): n=1 triton 33.4 / 34.4 us,
       cuda 36.9 / 36.5; n=4 triton 52.7 / 53.5, cuda 47.2 / 48.5 (4096x11008 the same order).
     - CUDA forward, 2..``BATCHED_CUDA_TOKENS`` tokens: cuda, then triton (H200 run 23, bench,
       bf16, 4096x14336, 16 tokens: n=1 cuda 46.5 us, triton 52.1; n=4 72.4 vs 159.2; on the
