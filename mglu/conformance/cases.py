@@ -92,7 +92,10 @@ def _triton_cases() -> list[Case]:
     up to 4 gates a pass (2 above), then single steps, all unmasked (rows clamped), then
     a masked partial step, and takes 8 masks per pass over K (n=9: 5 + 4); the tensor-
     core kernel takes 16-token, 64-row tiles 128 columns deep (64 in fp32, 16 in fp64) and
-    groups masks (n=5: 3 + 2 in a pass); from 256 tokens (1024 at one mask; fp16/bf16) it
+    groups masks (n=5: 3 + 2 in a pass); up to 64 tokens in fp16/bf16 it builds the masked
+    tiles in inline PTX, whose register pairs follow the layout Triton picks (8 columns a
+    thread when the sizes divide by 16, one otherwise: the ``triton_pairs_*`` cases and
+    the odd-sized ones cover both); from 256 tokens (1024 at one mask; fp16/bf16) it
     reads the masked weights staged in HBM instead of building them from the bits."""
     return [
         Case("triton_one_token_one_mask", (1,), 40, 37, 1, quick=False),
@@ -101,6 +104,8 @@ def _triton_cases() -> list[Case]:
         Case("triton_gemv_two_passes", (1,), 515, 6, 9, masks="garbage_tail", dtypes=_NOT_FP64),
         Case("triton_mma_k_tail", (17,), 129, 67, 5, masks="garbage_tail", dtypes=_NOT_FP64),
         Case("triton_token_tile_edge", (16,), 128, 64, 2, quick=False),
+        Case("triton_pairs_aligned", (16,), 256, 128, 4, dtypes=(torch.float16, torch.bfloat16)),
+        Case("triton_pairs_aligned_64", (64,), 128, 64, 5, dtypes=(torch.float16, torch.bfloat16)),
         Case("triton_staged_below", (255,), 26, 20, 2, masks="garbage_tail", quick=False),
         Case("triton_staged", (256,), 20, 136, 3, masks="garbage_tail",
              quick_dtypes=(torch.float16, torch.bfloat16)),
