@@ -162,9 +162,9 @@ def mma_fwd_tiles(tokens: int, n_masks: int, elem_bytes: int = 2) -> Mma:
     against 76.5; at 16 tokens BK=128 stays (n=1 53.3 against 61.1, n=4 162.1 against
     163.3). BT=32 (17-32 tokens, not timed) takes BK=64 too: ptxas (CPU, triton 3.9, n=4)
     616 bytes of stack at BK=128, none at 64. Up to 64 tokens the masked tiles are built
-    in inline PTX (``pairs``; H200 run 33, do_bench, outputs checked: 16 tokens n=1 47.4
-    against 53.7 us, n=4 122.9 against 161.7; 64 tokens n=1 65.0 against 71.5, n=4 186.2
-    against 238.8; on every other tile tried it lost to this one); the larger unstaged
+    in inline PTX (``pairs``; H200, do_bench, outputs checked; run 33 without it: 16 tokens
+    n=1 53.7 us, n=4 161.7, 64 tokens n=1 71.5, n=4 238.8; run 34 with its final form: 46.7,
+    127.2, 64.9, 191.4; on every other tile tried it lost to this one); the larger unstaged
     tiles (65-255 tokens) were not timed with it and keep ``tl.where``."""
     bt = min(_pow2_at_least(tokens, MIN_DOT), 128)
     if bt <= 64:
