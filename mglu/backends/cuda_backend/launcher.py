@@ -437,4 +437,5 @@ def launch(plan: Launch, args: tuple, device: torch.device, what) -> None:
             with cupy.cuda.Device(index):
                 cupy.cuda.driver.launchKernel(kernel, *plan.grid, *plan.block, plan.smem, stream, params, 0)
     except Exception as exc:
-        raise RuntimeError(f"cuda backend: kernel {plan.name} grid={plan.grid} failed for {what()}: {type(exc).__name__}: {exc}") from exc
+        raise RuntimeError(f"cuda backend: kernel {plan.name} grid={plan.grid} failed for {what()}: "
+                           f"{type(exc).__name__}: {exc}") from exc

@@ -258,7 +258,8 @@ def _masked_pairs(w, p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
     select and repacking of :func:`_bits`; SASS of triton 3.6, DESIGN.md). Each element
     brings its own byte and ``j``: which two elements share a register depends on the
     layout Triton picks (8 consecutive columns a thread for 16-divisible sizes, one for
-    others: run 34)."""
+    others: offline TTGIR; the first form, which assumed the former, failed the GPU
+    conformance, DESIGN.md run 34)."""
     g = kb0 + tl.arange(0, BG)
     byte = tl.load(p_ptr + _wide(m) * N * KB + offs_n[:, None] * KB + g[None, :],
                    mask=valid & (offs_n[:, None] < N) & (g[None, :] < KB), other=255)
