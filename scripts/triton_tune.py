@@ -135,8 +135,8 @@ def part_gemv_shapes(limits):
 
 def part_batched(limits):
     """Batched decode (16 and 64 tokens, n_masks 1 and 4, 4096x14336 bf16): the default
-    tile (tiles.mma_fwd_tiles) against itself with the masked tiles built in inline PTX
-    (Mma.pairs) and other tiles with it: 64 rows deep 64 / 128 of 4 / 8 warps, 32 and 16
+    tile (tiles.mma_fwd_tiles) against itself with the other way of building the masked
+    tiles (Mma.pairs: inline PTX or tl.where) and other tiles with the inline PTX: 64 rows deep 64 / 128 of 4 / 8 warps, 32 and 16
     rows on 2 and 1 warps (mma.sync, more programs), 128 rows of 8 warps. Each output is checked
     against the torch backend's float64 forward (SPEC §4 bound) before it is timed."""
     for T in (16, 64):
@@ -147,7 +147,7 @@ def part_batched(limits):
             limit = bound(torch.bfloat16, rel_error(torch_be.forward(x, w, p, "silu"), ref))
             M = tiles.Mma
             base = tiles.mma_fwd_tiles(T, n)
-            candidates = (base, dataclasses.replace(base, pairs=True), M(64, T, 64, 4, 4, pairs=True),
+            candidates = (base, dataclasses.replace(base, pairs=not base.pairs), M(64, T, 64, 4, 4, pairs=True),
                           M(64, T, 128, 8, 4, pairs=True), M(32, T, 128, 2, 4, pairs=True),
                           M(16, T, 128, 1, 4, pairs=True), M(128, T, 64, 8, 3, pairs=True),
                           M(32, T, 64, 2, 4, pairs=True))

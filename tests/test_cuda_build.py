@@ -249,7 +249,7 @@ def _fake_driver(monkeypatch, fail=None):
     import contextlib
     import ctypes
 
-    import cupy
+    cupy = pytest.importorskip("cupy", reason="cupy is not installed (the cuda extra)")
 
     state = {"current": 0}
     seen = [state]
@@ -267,7 +267,7 @@ def _fake_driver(monkeypatch, fail=None):
         ptrs = (ctypes.c_void_p * len(fmt)).from_address(params)
         vals = [(ctypes.c_uint64 if c == "Q" else ctypes.c_int32).from_address(p).value for c, p in zip(fmt, ptrs)]
         seen[-1].update(f=f, grid=(gx, gy, gz), block=(bx, by, bz), smem=smem, stream=stream, values=vals,
-                        device=state["current"])
+                        device=state["current"], params=params)
 
     monkeypatch.setattr(launcher, "_kernel", lambda name, index: 4242 + index)
     monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 77 + index, raising=False)
@@ -295,6 +295,7 @@ def test_launch_packs_each_argument_where_its_pointer_points(monkeypatch):
         assert seen[-1]["f"] == 4242 + index and seen[-1]["stream"] == 77 + index and seen[-1]["smem"] == 0
         assert seen[-1]["grid"] == plan.grid and seen[-1]["block"] == plan.block and seen[-1]["device"] == index
     assert seen[0]["current"] == 0
+    assert seen[1]["params"] == seen[2]["params"] == seen[3]["params"]  # one block per signature and thread
 
 
 def test_launch_failure_names_the_kernel_and_the_problem(monkeypatch):

@@ -10,7 +10,8 @@ shared-memory GEMM over the ``n_masks + 1`` planes (``mglu_gemm``, :func:`gemm_p
 Everything up to the CuPy call is plain Python (:func:`rowdot_plan`, :func:`dx_plan`,
 :func:`dw_plan`, :func:`instantiations`, :func:`source`), so that the CPU tests check the
 plans against the set of template instantiations the build test compiles with nvcc.
-CuPy is imported lazily, inside :func:`_function`, :func:`_kernel` and :func:`launch`.
+CuPy is imported lazily, inside :func:`_function`, :func:`_kernel`, :func:`_allow_smem` and
+:func:`launch`.
 """
 
 import ctypes
@@ -418,8 +419,9 @@ def launch(plan: Launch, args: tuple, device: torch.device, what) -> None:
 
     The launch is ``cuLaunchKernel`` through CuPy's driver binding with the arguments packed
     by ``struct``: CuPy's own ``RawKernel`` call under ``with Device, Stream.from_external``
-    cost ~20 us more host time per launch on the H200 (``scripts/cuda_host_probe.py``,
-    DESIGN.md, third H200 session)."""
+    cost ~9 us more host time per launch on the H200 (15.98 against 6.69 us,
+    ``scripts/cuda_host_probe.py``, run 31) and left the GPU waiting ~45 us per eager call
+    (DESIGN.md, third H200 session)."""
     import cupy
 
     index = device.index
