@@ -11,7 +11,9 @@ import pytest
 
 pytest.importorskip("triton")
 
-SCRIPT = r"""
+#: what both scripts start with: triton without its interpreter, and ``sass_ops(kernel)``,
+#: the (predicate, opcode) of every SASS instruction of a compiled kernel
+PRELUDE = r"""
 import os, re, subprocess, sys, tempfile
 os.environ.pop("TRITON_INTERPRET", None)
 import triton, triton.language as tl
@@ -19,6 +21,17 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from mglu.backends.triton_backend import kernels, tiles
 
+
+def sass_ops(k):
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    return re.findall(r"/\*[0-9a-f]{4}\*/\s+(@!?P\d\s+)?([A-Z0-9]+)", sass)
+"""
+
+SCRIPT = PRELUDE + r"""
 n, dtype = int(sys.argv[1]), sys.argv[2]
 c = tiles.gemv_tiles(n)
 consts = dict(N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=c.BN, BG=c.BG, UNROLL=c.UNROLL,
@@ -32,12 +45,7 @@ opts = {"num_warps": c.num_warps, "num_stages": 1}
 if c.maxnreg:
     opts["maxnreg"] = c.maxnreg
 k = triton.compile(ASTSource(kernels.fwd_gemv, sig, consts, attrs), target=GPUTarget("cuda", 90, 32), options=opts)
-with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-    f.write(k.asm["cubin"])
-    f.flush()
-    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-ops = re.findall(r"/\*[0-9a-f]{4}\*/\s+(@!?P\d\s+)?([A-Z0-9]+)", sass)
+ops = sass_ops(k)
 print("STEPS", c.UNROLL + 2)  # the unrolled loop's steps, the single-step loop, the tail
 print("R2P", sum(op == "R2P" for _, op in ops))
 print("LOCAL", sum(op in ("LDL", "STL") for _, op in ops))
@@ -55,14 +63,7 @@ def test_gemv_inline_ptx_is_predicated_adds(n_masks, dtype):
     assert int(counts["LOCAL"]) == 0
 
 
-MMA_SCRIPT = r"""
-import os, re, subprocess, sys, tempfile
-os.environ.pop("TRITON_INTERPRET", None)
-import triton, triton.language as tl
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
-from mglu.backends.triton_backend import kernels, tiles
-
+MMA_SCRIPT = PRELUDE + r"""
 n, tokens = int(sys.argv[1]), int(sys.argv[2])
 c = tiles.mma_fwd_tiles(tokens, n)
 sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "p_ptr": "*u8", "wm_ptr": "*bf16", "out_ptr": "*bf16", "aux_ptr": "*bf16",
@@ -75,12 +76,7 @@ for pairs in (False, True):
     s = dict(sig, **{k: "constexpr" for k in consts})
     k = triton.compile(ASTSource(kernels.fwd_mma, s, consts, attrs), target=GPUTarget("cuda", 90, 32),
                        options={"num_warps": c.num_warps, "num_stages": c.num_stages})
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(k.asm["cubin"])
-        f.flush()
-        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-        sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
-    ops = re.findall(r"/\*[0-9a-f]{4}\*/\s+(@!?P\d\s+)?([A-Z0-9]+)", sass)
+    ops = sass_ops(k)
     print(f"INSTR_{pairs}", len(ops))
     print(f"PRMT_{pairs}", sum(op == "PRMT" for _, op in ops))
 print("PAIRS_PER_STEP", c.BN * c.BK // (32 * c.num_warps) // 2)
