@@ -80,8 +80,10 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
         planes = bits.to(torch.uint8, memory_format=torch.contiguous_format)
     elif torch.compiler.is_compiling():
         # torch 2.11's Inductor cannot lower a bool -> uint8 view (TypeError in
-        # to_dtype_bitcast, run 31 on the H200); the conversion fuses into S > 0 there
-        planes = bits.to(torch.uint8)
+        # to_dtype_bitcast, run 31 on the H200); the conversion fuses into S > 0 there.
+        # Contiguous: S > 0 keeps the strides of strided logits, and the int64 view below
+        # needs unit stride
+        planes = bits.to(torch.uint8, memory_format=torch.contiguous_format)
     else:
         planes = bits.contiguous().view(torch.uint8)  # the fresh result of S > 0
     if width * BITS != d_model:

@@ -76,6 +76,16 @@ def test_compile_fullgraph_matches_eager_forward_and_grads():
         torch.testing.assert_close(g, w, rtol=1e-6, atol=1e-7)
 
 
+def test_compile_packs_strided_logits():
+    """Under torch.compile the logits are packed through a contiguous uint8 copy (masks.py):
+    strided logits (a transposed view) give the eager output."""
+    torch.manual_seed(0)
+    x, w = torch.randn(3, 16), torch.randn(24, 16)
+    logits = torch.randn(2, 16, 24).transpose(1, 2)
+    compiled = torch.compile(lambda a, b, s: mglu.mglu(a, b, s, backend="torch"), fullgraph=True)
+    torch.testing.assert_close(compiled(x, w, logits), mglu.mglu(x, w, logits, backend="torch"), rtol=0, atol=0)
+
+
 def test_logits_get_straight_through_grad_and_packed_get_none():
     x, w, logits = _inputs()
     out = mglu.mglu(x, w, logits, activation="sigmoid")
