@@ -74,15 +74,12 @@ def pack_masks(masks: torch.Tensor) -> torch.Tensor:
     width = packed_width(d_model)
     if bits.numel() == 0:
         return torch.zeros((n, d_ff, width), dtype=torch.uint8, device=bits.device)
-    if bits is masks:
-        # caller's bool tensor, maybe a view at any storage offset: a fresh copy is 8-byte
-        # aligned for the int64 view below (frozen masks are packed once, not per step)
-        planes = bits.to(torch.uint8, memory_format=torch.contiguous_format)
-    elif torch.compiler.is_compiling():
-        # torch 2.11's Inductor cannot lower a bool -> uint8 view (TypeError in
-        # to_dtype_bitcast, run 31 on the H200); the conversion fuses into S > 0 there.
-        # Contiguous: S > 0 keeps the strides of strided logits, and the int64 view below
-        # needs unit stride
+    if bits is masks or torch.compiler.is_compiling():
+        # a fresh contiguous copy: the caller's bool tensor may be a view at any storage
+        # offset (the int64 view below needs 8-byte alignment and unit stride; frozen
+        # masks are packed once, not per step); under torch.compile because torch 2.11's
+        # Inductor cannot lower a bool -> uint8 view (TypeError in to_dtype_bitcast, run 31
+        # on the H200), the conversion fusing into S > 0 there
         planes = bits.to(torch.uint8, memory_format=torch.contiguous_format)
     else:
         planes = bits.contiguous().view(torch.uint8)  # the fresh result of S > 0
