@@ -222,14 +222,21 @@ def _grouped(pid, n_tiles_a, n_tiles_b, GROUP: tl.constexpr):
 
 
 @triton.jit
+def _mask_bytes(p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
+    """``(BN, BG)`` uint8: bytes ``P[m, n, kb0 ..]``, 255 (all bits set) past the rows and
+    the bytes of the plane and where ``valid`` is false (the plane ``M_n = 1``)."""
+    g = kb0 + tl.arange(0, BG)
+    return tl.load(p_ptr + _wide(m) * N * KB + offs_n[:, None] * KB + g[None, :],
+                   mask=valid & (offs_n[:, None] < N) & (g[None, :] < KB), other=255)
+
+
+@triton.jit
 def _bits(p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
     """``(BN, 8 BG)`` int1: bit ``c % 8`` of byte ``P[m, n, c // 8]`` for the columns
     ``c = 8 kb0 ..``; all-ones where ``valid`` is false (the plane ``M_n = 1``). One byte
     load per 8 columns, expanded in registers (``(BN, BG, 8)`` reshaped): a per-column
     byte gather ran 5-7x slower on the H100 (DESIGN.md)."""
-    g = kb0 + tl.arange(0, BG)
-    byte = tl.load(p_ptr + _wide(m) * N * KB + offs_n[:, None] * KB + g[None, :],
-                   mask=valid & (offs_n[:, None] < N) & (g[None, :] < KB), other=255)
+    byte = _mask_bytes(p_ptr, m, offs_n, kb0, N, KB, valid, BG)
     bits = (byte[:, :, None] >> tl.arange(0, 8).to(tl.uint8)[None, None, :]) & 1
     return tl.reshape(bits, (offs_n.shape[0], 8 * BG)) != 0
 
@@ -260,9 +267,7 @@ def _masked_pairs(w, p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
     layout Triton picks (8 consecutive columns a thread for 16-divisible sizes, one for
     others: offline TTGIR; the first form, which assumed the former, failed the GPU
     conformance, DESIGN.md run 34)."""
-    g = kb0 + tl.arange(0, BG)
-    byte = tl.load(p_ptr + _wide(m) * N * KB + offs_n[:, None] * KB + g[None, :],
-                   mask=valid & (offs_n[:, None] < N) & (g[None, :] < KB), other=255)
+    byte = _mask_bytes(p_ptr, m, offs_n, kb0, N, KB, valid, BG)
     j = tl.arange(0, 8)[None, None, :]
     shape: tl.constexpr = (offs_n.shape[0], BG, 8)
     r = tl.inline_asm_elementwise(
