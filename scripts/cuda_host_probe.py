@@ -12,7 +12,6 @@ session); and the bare ``cupy.cuda.driver.launchKernel`` with the arguments pack
 """
 
 import argparse
-import ctypes
 import struct
 import sys
 import time
@@ -67,11 +66,8 @@ def main(argv=None) -> int:
             pass
 
     ext = cupy.cuda.Stream.from_external(stream)
-    fmt = "@6Q6i"
-    buf = ctypes.create_string_buffer(struct.calcsize(fmt))
-    offs = [8 * k for k in range(6)] + [48 + 4 * k for k in range(6)]  # native alignment of "@6Q6i"
-    params = (ctypes.c_void_p * 12)(*[ctypes.addressof(buf) + o for o in offs])
-    params_ptr = ctypes.addressof(params)
+    fmt = "QQQQQQiiiiii"  # the decode kernel's 6 pointers and 6 ints
+    buf, params_ptr, _ = launcher._param_block(fmt)
 
     handle = launcher._kernel(plan.name, dev.index)
 
