@@ -10,6 +10,8 @@
 #   numba8        issue #8's prefill and training rows: 2048 tokens, every kernel backend, bf16,
 #                 n_masks 4 (fwd at 4096x14336, fwdbwd at 4096x11008), JSON in $OUT/bench_numba8_*.json
 #   hostprof      the same script's --profile (host time per eager call, by function), triton and cuda
+#   stream        scripts/stream_probe.py (the decode bytes alone: W and the bit-planes read, no
+#                 arithmetic), JSON in $OUT/stream.json
 #   cudaprobe     scripts/cuda_host_probe.py (the cuda backend's host launch path, piece by piece)
 #   decode1       issue #8's decode rows: 1 token, 4096x14336 and 4096x11008, n_masks 1 and 4,
 #                 fp16 and bf16, every backend, JSON in $OUT/bench_decode1.json
@@ -63,6 +65,7 @@ for step in "${steps[@]}"; do
         --backends triton,cuda,numba --baselines naive,naive+compile --json "$out/bench_numba8_fwdbwd.json" ;;
     hostprof) python3 scripts/host_loop.py --profile --backends triton,cuda ;;
     cudaprobe) python3 scripts/cuda_host_probe.py ;;
+    stream) python3 scripts/stream_probe.py --json "$out/stream.json" ;;
     decode1) python3 -m mglu bench --shapes 4096x14336,4096x11008 --tokens 1 --n-masks 1,4 --dtype fp16,bf16 \
       --baselines swiglu --json "$out/bench_decode1.json" ;;
     eager) python3 -m mglu bench --shapes 4096x14336 --tokens 1 --n-masks 4 --dtype bf16 --eager --baselines none ;;

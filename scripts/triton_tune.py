@@ -1,6 +1,7 @@
 """Sweep the Triton backend's tiles on a GPU; the source of the constants in tiles.py.
 
-Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [--json PATH]
+Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [chain]
+       [--json PATH]
 
 For each part it times the kernels with explicit tiles (``launch.launch_*``) by
 ``triton.testing.do_bench`` (median of 100 ms after 25 ms warm-up) on random inputs whose
@@ -119,6 +120,55 @@ def part_decode(limits):
             for n in (1, 4, 8):
                 time_gemv("decode", 1, *shape, n, best.get(n, (tiles.gemv_tiles(n),))[0], limits, dt)
             time_mma("decode", 1, *shape, 1, tiles.mma_fwd_tiles(1, 1, 2), limits, dt)
+
+
+def checked_gemv(part, T, K, N, n, configs, limits, dtype=torch.bfloat16):
+    """Time each GEMV config in ``configs`` whose output is within the SPEC bound of the
+    float64 torch forward; returns {config: us}."""
+    x, w, p = inputs(T, K, N, n, dtype)
+    torch_be = REGISTRY["torch"]
+    ref = torch_be.forward(x.double(), w.double(), p, "silu").cpu().numpy()
+    limit = bound(dtype, rel_error(torch_be.forward(x, w, p, "silu"), ref))
+    times = {}
+    for c in dict.fromkeys(configs):
+        out = torch.full((T, N), float("nan"), device=DEV, dtype=dtype)
+        label = f"gemv {K}x{N} T={T} n={n} {dtype} {c}"
+        try:
+            launch.launch_gemv(x, w, p, out, 0, c)
+            err = rel_error(out, ref)
+        except Exception as exc:
+            print(f"{part:8s} {label} FAILED {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+            continue
+        if not err <= limit:
+            print(f"{part:8s} {label} WRONG rel err {err:.2e} > {limit:.1e}", flush=True)
+            ROWS.append({"part": part, "label": label, "error": f"rel err {err}"})
+            continue
+        timed(part, label, lambda: launch.launch_gemv(x, w, p, out, 0, c), limits, decode_bytes(T, K, N, n))
+        if "us" in ROWS[-1]:
+            times[c] = ROWS[-1]["us"]
+    return times
+
+
+def part_chain(limits):
+    """The GEMV with one accumulator a thread and mask (Gemv.chain) against the default
+    (tiles.gemv_tiles): unroll and register caps at 1 token, 4096x14336 bf16, n_masks 1, 2,
+    4, 8; then the default against the best chain config per n_masks on issue #6's three
+    decode shapes in fp16 and bf16. Outputs checked first (SPEC bound)."""
+    best = {}
+    for n in (1, 2, 4, 8):
+        base = tiles.gemv_tiles(n)
+        chains = [tiles.Gemv(4, 32, 4, u, reg, chain=True)
+                  for u, reg in ((4, None), (4, 128), (4, 96), (4, 80), (4, 64), (2, None), (2, 80), (2, 64))]
+        times = checked_gemv("chain", 1, 4096, 14336, n, [base, *chains], limits)
+        ranked = sorted((t, str(c), c) for c, t in times.items() if c.chain)
+        if ranked:
+            best[n] = ranked[0][2]
+        print(f"chain    best at n={n}: {best.get(n)} vs default {times.get(base)}", flush=True)
+    for dt in (torch.float16, torch.bfloat16):
+        for shape in ((4096, 14336), (4096, 11008), (8192, 28672)):
+            for n in (1, 2, 4, 8):
+                checked_gemv("chain", 1, *shape, n, [tiles.gemv_tiles(n), best.get(n, tiles.gemv_tiles(n))], limits,
+                             dt)
 
 
 def part_gemv_shapes(limits):
@@ -248,7 +298,7 @@ def part_gates(limits):
 
 
 PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "shapes": part_gemv_shapes,
-         "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd}
+         "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd, "chain": part_chain}
 
 
 def main(argv=None) -> int:

@@ -89,42 +89,110 @@ def _gemv_load(x_ptr, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp,
 
 
 @triton.jit
+def _eight(v):
+    """The 8 elements of each thread's group of ``v (BN, BG, 8)`` as eight ``(BN, BG)``
+    tensors, elements ``0, 4, 2, 6, 1, 5, 3, 7`` in that order (three in-thread splits)."""
+    shape: tl.constexpr = (v.shape[0], v.shape[1])
+    even, odd = tl.split(tl.reshape(v, shape + (4, 2)))
+    e0, e2 = tl.split(tl.reshape(even, shape + (2, 2)))
+    o0, o2 = tl.split(tl.reshape(odd, shape + (2, 2)))
+    v0, v4 = tl.split(e0)
+    v2, v6 = tl.split(e2)
+    v1, v5 = tl.split(o0)
+    v3, v7 = tl.split(o2)
+    return v0, v4, v2, v6, v1, v5, v3, v7
+
+
+#: :func:`_chain`'s bit of the byte for each of :func:`_eight`'s elements
+_CHAIN_ASM = tl.constexpr("{\n.reg .pred p;\n.reg .b32 t;\nmov.b32 $0, $1;\n" + "".join(
+    f"and.b32 t, $2, {1 << e};\nsetp.ne.b32 p, t, 0;\n@p add.f32 $0, $0, ${3 + i};\n"
+    for i, e in enumerate((0, 4, 2, 6, 1, 5, 3, 7))) + "}")
+
+
+@triton.jit
+def _chain(acc, byte, prod, ASM: tl.constexpr):
+    """``acc (BN, BG) + sum_b prod[:, :, b]`` over the bits ``b`` set in ``byte (BN, BG)``,
+    ``prod (BN, BG, 8)``: with ``ASM`` the 8 predicated adds of a thread's group in one
+    inline PTX block into one register (``CHAIN``: one accumulator a thread and mask
+    instead of 8), else through ``tl.where`` and a sum."""
+    if ASM:
+        p0, p4, p2, p6, p1, p5, p3, p7 = _eight(prod)
+        r = tl.inline_asm_elementwise(_CHAIN_ASM, "=r" + ",r" * 10, [acc, byte, p0, p4, p2, p6, p1, p5, p3, p7],
+                                      dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        bit = 1 << tl.arange(0, 8)[None, None, :]
+        r = acc + tl.sum(tl.where((byte[:, :, None] & bit) != 0, prod, 0.0), axis=2)
+    return r
+
+
+@triton.jit
+def _gemv_add(acc, byte, prod, ASM: tl.constexpr, CHAIN: tl.constexpr):
+    """``acc + prod`` where mask ``byte``'s bit is set: per element (:func:`_add_where`,
+    ``acc (BN, BG, 8)``) or chained into one sum a thread (:func:`_chain`, ``acc (BN, BG)``)."""
+    if CHAIN:
+        r = _chain(acc, byte, prod, ASM)
+    else:
+        r = _add_where(acc, byte[:, :, None], 1 << tl.arange(0, 8)[None, None, :], prod, ASM)
+    return r
+
+
+@triton.jit
 def _gemv_step(loaded, grp, at, a0, a1, a2, a3, a4, a5, a6, a7,
-               G: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr, ASM: tl.constexpr, ACC: tl.constexpr):
+               G: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr, ASM: tl.constexpr, ACC: tl.constexpr,
+               CHAIN: tl.constexpr):
     """One step's arithmetic on :func:`_gemv_load`'s ``loaded``: ``at += w x`` (first
     pass) and ``a_j += w x`` where mask ``grp + j``'s bit is set, all ``(BN, BG, 8)``
-    per-element partial sums."""
+    per-element partial sums, or ``(BN, BG)`` with ``CHAIN``."""
     w, xv, bytes = loaded
     prod = tl.reshape(w.to(ACC) * xv.to(ACC), (BN, BG, 8))
     if grp == 0:
-        at += prod
-    bit = 1 << tl.arange(0, 8)[None, None, :]
-    for j in tl.static_range(G):
-        byte = bytes[j].to(tl.int32)[:, :, None]
-        if j == 0:
-            a0 = _add_where(a0, byte, bit, prod, ASM)
-        elif j == 1:
-            a1 = _add_where(a1, byte, bit, prod, ASM)
-        elif j == 2:
-            a2 = _add_where(a2, byte, bit, prod, ASM)
-        elif j == 3:
-            a3 = _add_where(a3, byte, bit, prod, ASM)
-        elif j == 4:
-            a4 = _add_where(a4, byte, bit, prod, ASM)
-        elif j == 5:
-            a5 = _add_where(a5, byte, bit, prod, ASM)
-        elif j == 6:
-            a6 = _add_where(a6, byte, bit, prod, ASM)
+        if CHAIN:
+            at += tl.sum(prod, axis=2)
         else:
-            a7 = _add_where(a7, byte, bit, prod, ASM)
+            at += prod
+    for j in tl.static_range(G):
+        byte = bytes[j].to(tl.int32)
+        if j == 0:
+            a0 = _gemv_add(a0, byte, prod, ASM, CHAIN)
+        elif j == 1:
+            a1 = _gemv_add(a1, byte, prod, ASM, CHAIN)
+        elif j == 2:
+            a2 = _gemv_add(a2, byte, prod, ASM, CHAIN)
+        elif j == 3:
+            a3 = _gemv_add(a3, byte, prod, ASM, CHAIN)
+        elif j == 4:
+            a4 = _gemv_add(a4, byte, prod, ASM, CHAIN)
+        elif j == 5:
+            a5 = _gemv_add(a5, byte, prod, ASM, CHAIN)
+        elif j == 6:
+            a6 = _gemv_add(a6, byte, prod, ASM, CHAIN)
+        else:
+            a7 = _gemv_add(a7, byte, prod, ASM, CHAIN)
     return at, a0, a1, a2, a3, a4, a5, a6, a7
 
 
 @triton.jit
-def _gemv_term(acc, total, res, valid, ACT: tl.constexpr):
-    """``res + act(g) (total - g)`` with ``g (BN,)`` the sum of ``acc (BN, BG, 8)``; ``res``
-    unchanged where ``valid`` is false (a gate slot past ``n_masks``)."""
-    g = tl.sum(tl.sum(acc, axis=2), axis=1)
+def _gemv_sum(acc, CHAIN: tl.constexpr):
+    """``(BN,)``: the sum of ``acc``, ``(BN, BG)`` with ``CHAIN``, else ``(BN, BG, 8)``."""
+    if not CHAIN:
+        acc = tl.sum(acc, axis=2)
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _gemv_zeros(BN: tl.constexpr, BG: tl.constexpr, ACC: tl.constexpr, CHAIN: tl.constexpr):
+    if CHAIN:
+        z = tl.zeros((BN, BG), ACC)
+    else:
+        z = tl.zeros((BN, BG, 8), ACC)
+    return z
+
+
+@triton.jit
+def _gemv_term(acc, total, res, valid, ACT: tl.constexpr, CHAIN: tl.constexpr):
+    """``res + act(g) (total - g)`` with ``g (BN,)`` the sum of ``acc``; ``res`` unchanged
+    where ``valid`` is false (a gate slot past ``n_masks``)."""
+    g = _gemv_sum(acc, CHAIN)
     return res + tl.where(valid, act(g, ACT) * (total - g), 0.0)
 
 
@@ -132,7 +200,7 @@ def _gemv_term(acc, total, res, valid, ACT: tl.constexpr):
 def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
              N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr,
              BN: tl.constexpr, BG: tl.constexpr, UNROLL: tl.constexpr, ASM: tl.constexpr,
-             ACC: tl.constexpr):
+             ACC: tl.constexpr, CHAIN: tl.constexpr = False):
     """``out[t, n] = sum_i act(gate_i) (total - gate_i)`` for one token ``t = program_id(0)``
     and ``BN`` rows ``n`` of W (``x (T, K)``, ``W (N, K)``, packed ``(n_masks, N, KB)``).
 
@@ -154,15 +222,15 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
     total = tl.zeros((BN,), ACC)
     res = tl.zeros((BN,), ACC)
     for grp in tl.static_range(0, N_MASKS, G):
-        at = tl.zeros((BN, BG, 8), ACC)
-        a0 = tl.zeros((BN, BG, 8), ACC)
-        a1 = tl.zeros((BN, BG, 8), ACC)
-        a2 = tl.zeros((BN, BG, 8), ACC)
-        a3 = tl.zeros((BN, BG, 8), ACC)
-        a4 = tl.zeros((BN, BG, 8), ACC)
-        a5 = tl.zeros((BN, BG, 8), ACC)
-        a6 = tl.zeros((BN, BG, 8), ACC)
-        a7 = tl.zeros((BN, BG, 8), ACC)
+        at = _gemv_zeros(BN, BG, ACC, CHAIN)
+        a0 = _gemv_zeros(BN, BG, ACC, CHAIN)
+        a1 = _gemv_zeros(BN, BG, ACC, CHAIN)
+        a2 = _gemv_zeros(BN, BG, ACC, CHAIN)
+        a3 = _gemv_zeros(BN, BG, ACC, CHAIN)
+        a4 = _gemv_zeros(BN, BG, ACC, CHAIN)
+        a5 = _gemv_zeros(BN, BG, ACC, CHAIN)
+        a6 = _gemv_zeros(BN, BG, ACC, CHAIN)
+        a7 = _gemv_zeros(BN, BG, ACC, CHAIN)
         for k0 in range(0, k_main, UNROLL * 8 * BG):
             # every load of the UNROLL steps first, so that they are in flight together
             l0 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
@@ -172,40 +240,40 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
                 l2 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 16 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
                 l3 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 24 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
             at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
-                l0, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
+                l0, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
             if UNROLL > 1:
                 at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
-                    l1, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
+                    l1, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
             if UNROLL > 2:
                 at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
-                    l2, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
+                    l2, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
                 at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
-                    l3, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
+                    l3, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
         for k0 in range(k_main, k_full, 8 * BG):
             at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
                 _gemv_load(x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, N_MASKS, G, BN, BG, False),
-                grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
+                grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
         if k_full < K:
             at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
                 _gemv_load(x_row, w_ptr, p_ptr, rows, k_full, K, KB, NKB, grp, N_MASKS, G, BN, BG, True),
-                grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
+                grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
         if grp == 0:
-            total = tl.sum(tl.sum(at, axis=2), axis=1)
-        res = _gemv_term(a0, total, res, True, ACT)
+            total = _gemv_sum(at, CHAIN)
+        res = _gemv_term(a0, total, res, True, ACT, CHAIN)
         if G > 1:
-            res = _gemv_term(a1, total, res, grp + 1 < N_MASKS, ACT)
+            res = _gemv_term(a1, total, res, grp + 1 < N_MASKS, ACT, CHAIN)
         if G > 2:
-            res = _gemv_term(a2, total, res, grp + 2 < N_MASKS, ACT)
+            res = _gemv_term(a2, total, res, grp + 2 < N_MASKS, ACT, CHAIN)
         if G > 3:
-            res = _gemv_term(a3, total, res, grp + 3 < N_MASKS, ACT)
+            res = _gemv_term(a3, total, res, grp + 3 < N_MASKS, ACT, CHAIN)
         if G > 4:
-            res = _gemv_term(a4, total, res, grp + 4 < N_MASKS, ACT)
+            res = _gemv_term(a4, total, res, grp + 4 < N_MASKS, ACT, CHAIN)
         if G > 5:
-            res = _gemv_term(a5, total, res, grp + 5 < N_MASKS, ACT)
+            res = _gemv_term(a5, total, res, grp + 5 < N_MASKS, ACT, CHAIN)
         if G > 6:
-            res = _gemv_term(a6, total, res, grp + 6 < N_MASKS, ACT)
+            res = _gemv_term(a6, total, res, grp + 6 < N_MASKS, ACT, CHAIN)
         if G > 7:
-            res = _gemv_term(a7, total, res, grp + 7 < N_MASKS, ACT)
+            res = _gemv_term(a7, total, res, grp + 7 < N_MASKS, ACT, CHAIN)
     tl.store(out_ptr + t * N + offs_n, res, mask=offs_n < N)
 
 

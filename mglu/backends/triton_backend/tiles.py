@@ -26,6 +26,9 @@ class Gemv:
     num_warps: int
     UNROLL: int = 1
     maxnreg: int | None = None
+    #: one accumulator a thread and mask, the 8 elements of a thread's group added into it
+    #: by one inline PTX block (kernels._chain), instead of 8 per-element partial sums
+    chain: bool = False
 
     def __post_init__(self):
         if self.UNROLL not in (1, 2, 4):
