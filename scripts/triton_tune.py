@@ -1,7 +1,6 @@
 """Sweep the Triton backend's tiles on a GPU; the source of the constants in tiles.py.
 
-Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [chain]
-       [--json PATH]
+Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [--json PATH]
 
 For each part it times the kernels with explicit tiles (``launch.launch_*``) by
 ``triton.testing.do_bench`` (median of 100 ms after 25 ms warm-up) on random inputs whose
@@ -104,21 +103,22 @@ def time_mma(part, T, K, N, n, c, limits, dtype=torch.bfloat16):
 
 def part_decode(limits):
     """The GEMV's unroll and register cap at 1 token (n=1: against the tensor-core tile that
-    serves it), then, with the best of them per n_masks, the three decode shapes of issue
-    #6 in fp16 and bf16."""
+    serves it), then the default against the best of them per n_masks on the three decode
+    shapes of issue #6 in fp16 and bf16. Outputs checked first (SPEC bound)."""
     best = {}
     for n in (1, 2, 4, 8):
-        for u, reg in ((1, None), (2, None), (4, None), (2, 128), (4, 128), (4, 168), (2, 168), (4, 200)):
-            c = tiles.Gemv(4, 32, 4, u, reg)
-            time_gemv("decode", 1, 4096, 14336, n, c, limits)
-            if "us" in ROWS[-1] and ROWS[-1]["us"] < best.get(n, (None, float("inf")))[1]:
-                best[n] = (c, ROWS[-1]["us"])
-        print(f"decode   best at n={n}: {best.get(n)}", flush=True)
+        configs = [tiles.gemv_tiles(n)] + [tiles.Gemv(4, 32, 4, u, reg) for u, reg in (
+            (4, None), (4, 128), (4, 96), (4, 80), (4, 64), (2, None), (2, 80), (2, 64))]
+        times = checked_gemv("decode", 1, 4096, 14336, n, configs, limits)
+        if times:
+            best[n] = min(times, key=times.get)
+        print(f"decode   best at n={n}: {best.get(n)} ({times.get(best.get(n))} us)", flush=True)
     time_mma("decode", 1, 4096, 14336, 1, tiles.mma_fwd_tiles(1, 1, 2), limits)
     for dt in (torch.float16, torch.bfloat16):
         for shape in ((4096, 14336), (4096, 11008), (8192, 28672)):
-            for n in (1, 4, 8):
-                time_gemv("decode", 1, *shape, n, best.get(n, (tiles.gemv_tiles(n),))[0], limits, dt)
+            for n in (1, 2, 4, 8):
+                checked_gemv("decode", 1, *shape, n, [tiles.gemv_tiles(n), best.get(n, tiles.gemv_tiles(n))], limits,
+                             dt)
             time_mma("decode", 1, *shape, 1, tiles.mma_fwd_tiles(1, 1, 2), limits, dt)
 
 
@@ -147,28 +147,6 @@ def checked_gemv(part, T, K, N, n, configs, limits, dtype=torch.bfloat16):
         if "us" in ROWS[-1]:
             times[c] = ROWS[-1]["us"]
     return times
-
-
-def part_chain(limits):
-    """The GEMV with one accumulator a thread and mask (Gemv.chain) against the default
-    (tiles.gemv_tiles): unroll and register caps at 1 token, 4096x14336 bf16, n_masks 1, 2,
-    4, 8; then the default against the best chain config per n_masks on issue #6's three
-    decode shapes in fp16 and bf16. Outputs checked first (SPEC bound)."""
-    best = {}
-    for n in (1, 2, 4, 8):
-        base = tiles.gemv_tiles(n)
-        chains = [tiles.Gemv(4, 32, 4, u, reg, chain=True)
-                  for u, reg in ((4, None), (4, 128), (4, 96), (4, 80), (4, 64), (2, None), (2, 80), (2, 64))]
-        times = checked_gemv("chain", 1, 4096, 14336, n, [base, *chains], limits)
-        ranked = sorted((t, str(c), c) for c, t in times.items() if c.chain)
-        if ranked:
-            best[n] = ranked[0][2]
-        print(f"chain    best at n={n}: {best.get(n)} vs default {times.get(base)}", flush=True)
-    for dt in (torch.float16, torch.bfloat16):
-        for shape in ((4096, 14336), (4096, 11008), (8192, 28672)):
-            for n in (1, 2, 4, 8):
-                checked_gemv("chain", 1, *shape, n, [tiles.gemv_tiles(n), best.get(n, tiles.gemv_tiles(n))], limits,
-                             dt)
 
 
 def part_gemv_shapes(limits):
@@ -298,7 +276,7 @@ def part_gates(limits):
 
 
 PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "shapes": part_gemv_shapes,
-         "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd, "chain": part_chain}
+         "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd}
 
 
 def main(argv=None) -> int:

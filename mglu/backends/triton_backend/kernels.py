@@ -40,25 +40,6 @@ def _wide(v):
 
 
 @triton.jit
-def _add_where(acc, byte, bit, prod, ASM: tl.constexpr):
-    """``acc + prod`` where ``byte & bit`` is nonzero, else ``acc`` (all ``(BN, BG, 8)``).
-
-    With ``ASM`` a predicated add in inline PTX (``and``, ``setp``, ``@p add.f32``), which
-    ptxas turns into one ``R2P`` per 7 bits and one predicated ``FFMA`` per element (the
-    multiply of ``prod`` folded in), as in
-    the cuda backend's ``fma_if``: about 1.15 instructions per element and mask instead of
-    the bit test, select and add of ``tl.where`` (SASS of triton 3.6 for sm_90,
-    DESIGN.md run 10). Without it (Triton's interpreter, which runs no PTX, and fp64) the
-    same sum through ``tl.where``."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            "{\n.reg .pred p;\n.reg .b32 t;\nand.b32 t, $2, $3;\nsetp.ne.b32 p, t, 0;\n"
-            "mov.b32 $0, $1;\n@p add.f32 $0, $0, $4;\n}",
-            "=r,r,r,r,r", [acc, byte, bit, prod], dtype=tl.float32, is_pure=True, pack=1)
-    return tl.where((byte & bit) != 0, acc + prod, acc)
-
-
-@triton.jit
 def _gemv_load(x_ptr, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp,
                N_MASKS: tl.constexpr, G: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
                TAIL: tl.constexpr):
@@ -112,9 +93,15 @@ _CHAIN_ASM = tl.constexpr("{\n.reg .pred p;\n.reg .b32 t;\nmov.b32 $0, $1;\n" + 
 @triton.jit
 def _chain(acc, byte, prod, ASM: tl.constexpr):
     """``acc (BN, BG) + sum_b prod[:, :, b]`` over the bits ``b`` set in ``byte (BN, BG)``,
-    ``prod (BN, BG, 8)``: with ``ASM`` the 8 predicated adds of a thread's group in one
-    inline PTX block into one register (``CHAIN``: one accumulator a thread and mask
-    instead of 8), else through ``tl.where`` and a sum."""
+    ``prod (BN, BG, 8)``.
+
+    With ``ASM`` the 8 predicated adds of a thread's group go into one register in one
+    inline PTX block (``and``, ``setp``, ``@p add.f32``), which ptxas turns into one ``R2P``
+    a byte and 8 predicated ``FFMA`` (the multiply of ``prod`` folded in), as in the cuda
+    backend's ``fma_if``. One accumulator a thread and mask: the first form kept ``(BN, BG,
+    8)`` per-element partial sums, 8 registers each (121 registers at n=4 against 65-96
+    now) and ran 15-22% slower at n=4 and 8 (H200 run 35, DESIGN.md). Without ``ASM``
+    (Triton's interpreter, which runs no PTX, and fp64) the same sum through ``tl.where``."""
     if ASM:
         p0, p4, p2, p6, p1, p5, p3, p7 = _eight(prod)
         r = tl.inline_asm_elementwise(_CHAIN_ASM, "=r" + ",r" * 10, [acc, byte, p0, p4, p2, p6, p1, p5, p3, p7],
@@ -126,73 +113,41 @@ def _chain(acc, byte, prod, ASM: tl.constexpr):
 
 
 @triton.jit
-def _gemv_add(acc, byte, prod, ASM: tl.constexpr, CHAIN: tl.constexpr):
-    """``acc + prod`` where mask ``byte``'s bit is set: per element (:func:`_add_where`,
-    ``acc (BN, BG, 8)``) or chained into one sum a thread (:func:`_chain`, ``acc (BN, BG)``)."""
-    if CHAIN:
-        r = _chain(acc, byte, prod, ASM)
-    else:
-        r = _add_where(acc, byte[:, :, None], 1 << tl.arange(0, 8)[None, None, :], prod, ASM)
-    return r
-
-
-@triton.jit
 def _gemv_step(loaded, grp, at, a0, a1, a2, a3, a4, a5, a6, a7,
-               G: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr, ASM: tl.constexpr, ACC: tl.constexpr,
-               CHAIN: tl.constexpr):
+               G: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr, ASM: tl.constexpr, ACC: tl.constexpr):
     """One step's arithmetic on :func:`_gemv_load`'s ``loaded``: ``at += w x`` (first
-    pass) and ``a_j += w x`` where mask ``grp + j``'s bit is set, all ``(BN, BG, 8)``
-    per-element partial sums, or ``(BN, BG)`` with ``CHAIN``."""
+    pass) and ``a_j += w x`` where mask ``grp + j``'s bit is set, all ``(BN, BG)``: one
+    sum a thread."""
     w, xv, bytes = loaded
     prod = tl.reshape(w.to(ACC) * xv.to(ACC), (BN, BG, 8))
     if grp == 0:
-        if CHAIN:
-            at += tl.sum(prod, axis=2)
-        else:
-            at += prod
+        at += tl.sum(prod, axis=2)
     for j in tl.static_range(G):
         byte = bytes[j].to(tl.int32)
         if j == 0:
-            a0 = _gemv_add(a0, byte, prod, ASM, CHAIN)
+            a0 = _chain(a0, byte, prod, ASM)
         elif j == 1:
-            a1 = _gemv_add(a1, byte, prod, ASM, CHAIN)
+            a1 = _chain(a1, byte, prod, ASM)
         elif j == 2:
-            a2 = _gemv_add(a2, byte, prod, ASM, CHAIN)
+            a2 = _chain(a2, byte, prod, ASM)
         elif j == 3:
-            a3 = _gemv_add(a3, byte, prod, ASM, CHAIN)
+            a3 = _chain(a3, byte, prod, ASM)
         elif j == 4:
-            a4 = _gemv_add(a4, byte, prod, ASM, CHAIN)
+            a4 = _chain(a4, byte, prod, ASM)
         elif j == 5:
-            a5 = _gemv_add(a5, byte, prod, ASM, CHAIN)
+            a5 = _chain(a5, byte, prod, ASM)
         elif j == 6:
-            a6 = _gemv_add(a6, byte, prod, ASM, CHAIN)
+            a6 = _chain(a6, byte, prod, ASM)
         else:
-            a7 = _gemv_add(a7, byte, prod, ASM, CHAIN)
+            a7 = _chain(a7, byte, prod, ASM)
     return at, a0, a1, a2, a3, a4, a5, a6, a7
 
 
 @triton.jit
-def _gemv_sum(acc, CHAIN: tl.constexpr):
-    """``(BN,)``: the sum of ``acc``, ``(BN, BG)`` with ``CHAIN``, else ``(BN, BG, 8)``."""
-    if not CHAIN:
-        acc = tl.sum(acc, axis=2)
-    return tl.sum(acc, axis=1)
-
-
-@triton.jit
-def _gemv_zeros(BN: tl.constexpr, BG: tl.constexpr, ACC: tl.constexpr, CHAIN: tl.constexpr):
-    if CHAIN:
-        z = tl.zeros((BN, BG), ACC)
-    else:
-        z = tl.zeros((BN, BG, 8), ACC)
-    return z
-
-
-@triton.jit
-def _gemv_term(acc, total, res, valid, ACT: tl.constexpr, CHAIN: tl.constexpr):
-    """``res + act(g) (total - g)`` with ``g (BN,)`` the sum of ``acc``; ``res`` unchanged
-    where ``valid`` is false (a gate slot past ``n_masks``)."""
-    g = _gemv_sum(acc, CHAIN)
+def _gemv_term(acc, total, res, valid, ACT: tl.constexpr):
+    """``res + act(g) (total - g)`` with ``g (BN,)`` the sum of ``acc (BN, BG)``; ``res``
+    unchanged where ``valid`` is false (a gate slot past ``n_masks``)."""
+    g = tl.sum(acc, axis=1)
     return res + tl.where(valid, act(g, ACT) * (total - g), 0.0)
 
 
@@ -200,7 +155,7 @@ def _gemv_term(acc, total, res, valid, ACT: tl.constexpr, CHAIN: tl.constexpr):
 def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
              N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr,
              BN: tl.constexpr, BG: tl.constexpr, UNROLL: tl.constexpr, ASM: tl.constexpr,
-             ACC: tl.constexpr, CHAIN: tl.constexpr = False):
+             ACC: tl.constexpr):
     """``out[t, n] = sum_i act(gate_i) (total - gate_i)`` for one token ``t = program_id(0)``
     and ``BN`` rows ``n`` of W (``x (T, K)``, ``W (N, K)``, packed ``(n_masks, N, KB)``).
 
@@ -222,15 +177,15 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
     total = tl.zeros((BN,), ACC)
     res = tl.zeros((BN,), ACC)
     for grp in tl.static_range(0, N_MASKS, G):
-        at = _gemv_zeros(BN, BG, ACC, CHAIN)
-        a0 = _gemv_zeros(BN, BG, ACC, CHAIN)
-        a1 = _gemv_zeros(BN, BG, ACC, CHAIN)
-        a2 = _gemv_zeros(BN, BG, ACC, CHAIN)
-        a3 = _gemv_zeros(BN, BG, ACC, CHAIN)
-        a4 = _gemv_zeros(BN, BG, ACC, CHAIN)
-        a5 = _gemv_zeros(BN, BG, ACC, CHAIN)
-        a6 = _gemv_zeros(BN, BG, ACC, CHAIN)
-        a7 = _gemv_zeros(BN, BG, ACC, CHAIN)
+        at = tl.zeros((BN, BG), ACC)
+        a0 = tl.zeros((BN, BG), ACC)
+        a1 = tl.zeros((BN, BG), ACC)
+        a2 = tl.zeros((BN, BG), ACC)
+        a3 = tl.zeros((BN, BG), ACC)
+        a4 = tl.zeros((BN, BG), ACC)
+        a5 = tl.zeros((BN, BG), ACC)
+        a6 = tl.zeros((BN, BG), ACC)
+        a7 = tl.zeros((BN, BG), ACC)
         for k0 in range(0, k_main, UNROLL * 8 * BG):
             # every load of the UNROLL steps first, so that they are in flight together
             l0 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
@@ -240,40 +195,40 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
                 l2 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 16 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
                 l3 = _gemv_load(x_row, w_ptr, p_ptr, rows, k0 + 24 * BG, K, KB, NKB, grp, N_MASKS, G, BN, BG, False)
             at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
-                l0, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
+                l0, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
             if UNROLL > 1:
                 at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
-                    l1, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
+                    l1, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
             if UNROLL > 2:
                 at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
-                    l2, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
+                    l2, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
                 at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
-                    l3, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
+                    l3, grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
         for k0 in range(k_main, k_full, 8 * BG):
             at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
                 _gemv_load(x_row, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp, N_MASKS, G, BN, BG, False),
-                grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
+                grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
         if k_full < K:
             at, a0, a1, a2, a3, a4, a5, a6, a7 = _gemv_step(
                 _gemv_load(x_row, w_ptr, p_ptr, rows, k_full, K, KB, NKB, grp, N_MASKS, G, BN, BG, True),
-                grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC, CHAIN)
+                grp, at, a0, a1, a2, a3, a4, a5, a6, a7, G, BN, BG, ASM, ACC)
         if grp == 0:
-            total = _gemv_sum(at, CHAIN)
-        res = _gemv_term(a0, total, res, True, ACT, CHAIN)
+            total = tl.sum(at, axis=1)
+        res = _gemv_term(a0, total, res, True, ACT)
         if G > 1:
-            res = _gemv_term(a1, total, res, grp + 1 < N_MASKS, ACT, CHAIN)
+            res = _gemv_term(a1, total, res, grp + 1 < N_MASKS, ACT)
         if G > 2:
-            res = _gemv_term(a2, total, res, grp + 2 < N_MASKS, ACT, CHAIN)
+            res = _gemv_term(a2, total, res, grp + 2 < N_MASKS, ACT)
         if G > 3:
-            res = _gemv_term(a3, total, res, grp + 3 < N_MASKS, ACT, CHAIN)
+            res = _gemv_term(a3, total, res, grp + 3 < N_MASKS, ACT)
         if G > 4:
-            res = _gemv_term(a4, total, res, grp + 4 < N_MASKS, ACT, CHAIN)
+            res = _gemv_term(a4, total, res, grp + 4 < N_MASKS, ACT)
         if G > 5:
-            res = _gemv_term(a5, total, res, grp + 5 < N_MASKS, ACT, CHAIN)
+            res = _gemv_term(a5, total, res, grp + 5 < N_MASKS, ACT)
         if G > 6:
-            res = _gemv_term(a6, total, res, grp + 6 < N_MASKS, ACT, CHAIN)
+            res = _gemv_term(a6, total, res, grp + 6 < N_MASKS, ACT)
         if G > 7:
-            res = _gemv_term(a7, total, res, grp + 7 < N_MASKS, ACT, CHAIN)
+            res = _gemv_term(a7, total, res, grp + 7 < N_MASKS, ACT)
     tl.store(out_ptr + t * N + offs_n, res, mask=offs_n < N)
 
 

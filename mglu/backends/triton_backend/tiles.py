@@ -26,9 +26,6 @@ class Gemv:
     num_warps: int
     UNROLL: int = 1
     maxnreg: int | None = None
-    #: one accumulator a thread and mask, the 8 elements of a thread's group added into it
-    #: by one inline PTX block (kernels._chain), instead of 8 per-element partial sums
-    chain: bool = False
 
     def __post_init__(self):
         if self.UNROLL not in (1, 2, 4):
@@ -70,8 +67,8 @@ GROUP = 8
 #: the tensor-core forward keeps total, the running sum and G gate accumulators of
 #: BN x BT fp32 live: at most 4 gates
 MAX_GATE_ACCS = 4
-#: the GEMV's gate accumulators are (BN, BG, 8) per-element partial sums, 8 registers a
-#: thread each: at most 8 per pass (n=8, unroll 2: 128 registers, H100 run 11)
+#: the GEMV's gate accumulators per pass: fwd_gemv's code names 8 (a0..a7); each is one
+#: register a thread (kernels._chain), so registers do not bound it
 MAX_GEMV_ACCS = 8
 
 
@@ -88,15 +85,18 @@ def gemv_tiles(n_masks: int) -> Gemv:
     n=8 unroll 2 uncapped 96.9 us (unroll 4: 169.2). A cap lets ptxas keep the loads of
     all the unrolled steps ahead of their arithmetic (SASS); at n=4 a higher cap costs
     occupancy (121 registers, 4 programs of 128 threads an SM, against 133 registers and
-    3 at 168)."""
+    3 at 168). H200 run 35 (`triton_tune.py chain`, do_bench, copy 4253 GB/s, every output
+    checked), with one accumulator a thread and mask (kernels._chain), 4096x14336 bf16,
+    the best of 8 unroll / cap settings against the per-element accumulators' tiles
+    above: n=1 unroll 4 at 96 registers 42.0 us against 42.0; n=2 unroll 4 at 96 44.5
+    against 47.2; n=4 unroll 2 at 80 53.1 against 62.2 (unroll 4 at 80: 56.8); n=8
+    unroll 2 at 80 70.0 against 89.7. On 4096x11008 and 8192x28672, fp16 and bf16, these
+    settings won at n=2, 4, 8 (n=4 8192x28672 fp16 162.1 against 192.5 us) and were within
+    2% at n=1 (4096x14336 bf16 42.2 against 41.4, 8192x28672 124.4 against 126.9)."""
     g = gate_group(n_masks, MAX_GEMV_ACCS)
-    if g == 1:
-        return Gemv(BN=4, BG=32, num_warps=4, UNROLL=4, maxnreg=200)
-    if g == 2:
-        return Gemv(BN=4, BG=32, num_warps=4, UNROLL=4, maxnreg=168)
-    if g <= 4:
-        return Gemv(BN=4, BG=32, num_warps=4, UNROLL=4, maxnreg=128)
-    return Gemv(BN=4, BG=32, num_warps=4, UNROLL=2)
+    if g <= 2:
+        return Gemv(BN=4, BG=32, num_warps=4, UNROLL=4, maxnreg=96)
+    return Gemv(BN=4, BG=32, num_warps=4, UNROLL=2, maxnreg=80)
 
 
 def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:
