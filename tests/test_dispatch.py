@@ -86,7 +86,7 @@ def _problem(tokens, n_masks, device="cuda", backward=False):
 
 
 @pytest.mark.parametrize("tokens,n_masks,first", [
-    (1, 1, "triton"), (1, 2, "triton"), (1, 3, "cuda"), (1, 8, "cuda"), (2, 1, "cuda"), (16, 1, "cuda"),
+    (1, 1, "triton"), (1, 2, "triton"), (1, 4, "triton"), (1, 5, "cuda"), (1, 8, "cuda"), (2, 1, "cuda"), (16, 1, "cuda"),
     (16, 4, "cuda"), (17, 4, "triton"), (64, 1, "triton"), (64, 4, "triton"), (65, 1, "triton"), (8192, 4, "triton"),
 ])
 def test_auto_priority_follows_the_measured_regimes(tokens, n_masks, first):

@@ -21,8 +21,8 @@ AUTO = "auto"
 #: 4096x14336, 8192 tokens: n=1 4.65 ms vs cuda 33.3 ms, n=4 24.5 vs 59.8 ms)
 PREFILL_TOKENS = 64
 #: at one token triton's GEMV leads up to this many masks, cuda's row kernel above (H100
-#: run 12, H200 run 24; auto_priority)
-ONE_TOKEN_TRITON_MASKS = 2
+#: run 12, H200 runs 24 and 36; auto_priority)
+ONE_TOKEN_TRITON_MASKS = 4
 #: from 2 tokens up to this many cuda's tensor-core row kernel leads (its 16-token tile,
 #: launcher.MMA_SPLIT_TOKENS), above it triton's tl.dot tile (H200 runs 23 and 26, auto_priority)
 BATCHED_CUDA_TOKENS = 16
@@ -48,6 +48,11 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
       scripts/host_loop.py: eager loop numba 653.0 us a call, triton 87.1; run 31: 720.7 and
       53.4). H200 run 24 (bench, 1 token, fp16 / bf16, 4096x14336): n=1 triton 33.4 / 34.4 us,
       cuda 36.9 / 36.5; n=4 triton 52.7 / 53.5, cuda 47.2 / 48.5 (4096x11008 the same order).
+      H200 run 36 (bench, after triton's GEMV took one accumulator a thread and mask): n=4
+      triton first at 4096x14336 (44.0 / 46.4 us against cuda 47.7 / 48.9) and 4096x11008
+      (34.9 / 37.1 against 38.0 / 39.1), cuda at 8192x28672 (149.2 / 149.8 against 155.6 /
+      160.6, the one shape where the order is wrong); n=8 cuda at all three (59.0 against
+      60.9 us at 4096x14336 fp16).
     - CUDA forward, 2..``BATCHED_CUDA_TOKENS`` tokens: cuda, then triton (H200 run 23, bench,
       bf16, 4096x14336, 16 tokens: n=1 cuda 46.5 us, triton 52.1; n=4 72.4 vs 159.2; on the
       H100, before cuda's 128-column steps, triton had led at one mask: 53.8 vs 97.1 us;
