@@ -122,6 +122,22 @@ def part_decode(limits):
             time_mma("decode", 1, *shape, 1, tiles.mma_fwd_tiles(1, 1, 2), limits, dt)
 
 
+def right(part, label, run, out, ref, limit) -> bool:
+    """Run ``run`` (which writes ``out``) once; whether ``out`` is within ``limit`` of the
+    float64 ``ref`` (a failure or a wrong output is reported and recorded)."""
+    try:
+        run()
+        err = rel_error(out, ref)
+    except Exception as exc:
+        print(f"{part:8s} {label} FAILED {type(exc).__name__}: {str(exc)[:160]}", flush=True)
+        return False
+    if not err <= limit:
+        print(f"{part:8s} {label} WRONG rel err {err:.2e} > {limit:.1e}", flush=True)
+        ROWS.append({"part": part, "label": label, "error": f"rel err {err}"})
+        return False
+    return True
+
+
 def checked_gemv(part, T, K, N, n, configs, limits, dtype=torch.bfloat16):
     """Time each GEMV config in ``configs`` whose output is within the SPEC bound of the
     float64 torch forward; returns {config: us}."""
@@ -133,15 +149,7 @@ def checked_gemv(part, T, K, N, n, configs, limits, dtype=torch.bfloat16):
     for c in dict.fromkeys(configs):
         out = torch.full((T, N), float("nan"), device=DEV, dtype=dtype)
         label = f"gemv {K}x{N} T={T} n={n} {dtype} {c}"
-        try:
-            launch.launch_gemv(x, w, p, out, 0, c)
-            err = rel_error(out, ref)
-        except Exception as exc:
-            print(f"{part:8s} {label} FAILED {type(exc).__name__}: {str(exc)[:160]}", flush=True)
-            continue
-        if not err <= limit:
-            print(f"{part:8s} {label} WRONG rel err {err:.2e} > {limit:.1e}", flush=True)
-            ROWS.append({"part": part, "label": label, "error": f"rel err {err}"})
+        if not right(part, label, lambda: launch.launch_gemv(x, w, p, out, 0, c), out, ref, limit):
             continue
         timed(part, label, lambda: launch.launch_gemv(x, w, p, out, 0, c), limits, decode_bytes(T, K, N, n))
         if "us" in ROWS[-1]:
@@ -181,15 +189,8 @@ def part_batched(limits):
                           M(32, T, 64, 2, 4, pairs=True))
             for c in dict.fromkeys(candidates):  # the default once
                 out = torch.full((T, 14336), float("nan"), device=DEV, dtype=torch.bfloat16)
-                try:
-                    launch.launch_gates(x, w, p, out, None, 0, 0, c)
-                    err = rel_error(out, ref)
-                except Exception as exc:
-                    print(f"batched  T={T} n={n} {c} FAILED {type(exc).__name__}: {str(exc)[:160]}", flush=True)
-                    continue
-                if not err <= limit:
-                    print(f"batched  T={T} n={n} {c} WRONG rel err {err:.2e} > {limit:.1e}", flush=True)
-                    ROWS.append({"part": "batched", "label": f"T={T} n={n} {c}", "error": f"rel err {err}"})
+                if not right("batched", f"T={T} n={n} {c}", lambda: launch.launch_gates(x, w, p, out, None, 0, 0, c),
+                             out, ref, limit):
                     continue
                 time_mma("batched", T, 4096, 14336, n, c, limits)
 
