@@ -99,8 +99,8 @@ def _chain(acc, byte, prod, ASM: tl.constexpr):
     inline PTX block (``and``, ``setp``, ``@p add.f32``), which ptxas turns into one ``R2P``
     a byte and 8 predicated ``FFMA`` (the multiply of ``prod`` folded in), as in the cuda
     backend's ``fma_if``. One accumulator a thread and mask: the first form kept ``(BN, BG,
-    8)`` per-element partial sums, 8 registers each (121 registers at n=4 against 65-96
-    now) and ran 15-22% slower at n=4 and 8 (H200 run 35, DESIGN.md). Without ``ASM``
+    8)`` per-element partial sums, 8 registers each (121 registers at n=4 against 65-70
+    now) and ran 18-22% slower at n=4 and 26-32% at n=8 (H200 run 35, DESIGN.md). Without ``ASM``
     (Triton's interpreter, which runs no PTX, and fp64) the same sum through ``tl.where``."""
     if ASM:
         p0, p4, p2, p6, p1, p5, p3, p7 = _eight(prod)

@@ -85,7 +85,7 @@ def gemv_tiles(n_masks: int) -> Gemv:
     n=8 unroll 2 uncapped 96.9 us (unroll 4: 169.2). A cap lets ptxas keep the loads of
     all the unrolled steps ahead of their arithmetic (SASS); at n=4 a higher cap costs
     occupancy (121 registers, 4 programs of 128 threads an SM, against 133 registers and
-    3 at 168). H200 run 35 (`triton_tune.py chain`, do_bench, copy 4253 GB/s, every output
+    3 at 168). H200 run 35 (`triton_tune.py chain` at commit 92e2dd2, now its `decode` part; do_bench, copy 4253 GB/s, every output
     checked), with one accumulator a thread and mask (kernels._chain), 4096x14336 bf16,
     the best of 8 unroll / cap settings against the per-element accumulators' tiles
     above: n=1 unroll 4 at 96 registers 42.0 us against 42.0; n=2 unroll 4 at 96 44.5
