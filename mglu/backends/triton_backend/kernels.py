@@ -84,10 +84,12 @@ def _eight(v):
     return v0, v4, v2, v6, v1, v5, v3, v7
 
 
-#: :func:`_chain`'s bit of the byte for each of :func:`_eight`'s elements
+#: the elements :func:`_eight` returns, in order (tests/test_triton_index.py checks it)
+EIGHT_ORDER = (0, 4, 2, 6, 1, 5, 3, 7)
+#: :func:`_chain`'s PTX: operand ``3 + i`` is element ``EIGHT_ORDER[i]``, added where that bit is set
 _CHAIN_ASM = tl.constexpr("{\n.reg .pred p;\n.reg .b32 t;\nmov.b32 $0, $1;\n" + "".join(
     f"and.b32 t, $2, {1 << e};\nsetp.ne.b32 p, t, 0;\n@p add.f32 $0, $0, ${3 + i};\n"
-    for i, e in enumerate((0, 4, 2, 6, 1, 5, 3, 7))) + "}")
+    for i, e in enumerate(EIGHT_ORDER)) + "}")
 
 
 @triton.jit
