@@ -27,7 +27,7 @@ from functools import lru_cache
 from numba import cuda, float32, float64, int32, int64
 
 from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
-from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_v4, store
+from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_nc, load_v4, store
 
 FORWARD, GRAD = 0, 1
 assert TILE_TPT == 2, "the tiled kernel holds two accumulator arrays (acc_a, acc_b)"
@@ -78,7 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, nc):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -96,9 +96,11 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     warp instruction, and are joined into the word; needs ``K/8 % (lanes span) == 0``).
     Indices are int32 arithmetic. Each accumulator is summed
     over the slot's lanes by ``lane_sum`` (``shuffle``: a butterfly of warp shuffles, no
-    barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32."""
+    barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32.
+    With ``nc`` the mask words (or bytes) are read through the read-only path (``load_nc``,
+    ``ld.global.nc``) as W and x are; without, as plain loads."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
-    ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
+    ROWS, SHUFFLE, BITS_T, INTERLEAVE, NC = rows, shuffle, int64 if span == 8 else int32, interleave, nc
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
     WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
@@ -140,10 +142,12 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                             byte0 = int32((j * n_ff + nr) * chunks + q0)
                                             word = BITS_T(0)
                                             for c in range(SPAN):
-                                                word |= BITS_T(packed[byte0 + c * step]) << (8 * c)
+                                                byte = load_nc(packed, byte0 + c * step) if NC else packed[byte0 + c * step]
+                                                word |= BITS_T(byte) << (8 * c)
                                             bits[(u * ROWS + r) * NM + j] = word
                                         else:
-                                            bits[(u * ROWS + r) * NM + j] = packed[int32((j * n_ff + nr) * words + s)]
+                                            q = int32((j * n_ff + nr) * words + s)
+                                            bits[(u * ROWS + r) * NM + j] = load_nc(packed, q) if NC else packed[q]
                         for u in range(UNROLL):
                             s = int32(s0 + u * n_lanes)
                             if s < words:

@@ -10,7 +10,8 @@ Wide loads (the ``decode_wide`` kernel): ``load_v4(a, i)`` returns the four int3
 ``a[4i .. 4i+3]`` of an int32 view as one 16-byte load (``ld.global.nc.v4.u32``: Numba
 has no vector load from an array, so it is an inline-PTX intrinsic); ``f16x2(word)`` and
 ``bf16x2(word)`` widen the two 16-bit halves of a word to fp32, low half first (the
-element at the lower address: little endian).
+element at the lower address: little endian). ``load_nc(a, i)`` is ``a[i]`` of an integer
+array through the read-only path (``ld.global.nc``), for the mask words.
 
 On the GPU these three are ``numba.cuda.extending.overload`` s, chosen by the argument
 types at compile time. Numba's CUDA simulator runs device code as Python on NumPy
@@ -65,6 +66,9 @@ if SIMULATED:
     def load_v4(a, i):
         return tuple(a[4 * i : 4 * i + 4])
 
+    def load_nc(a, i):
+        return a[i]
+
     def f16x2(word):
         lo, hi = np.array([word], np.int32).view(np.float16)
         return np.float32(lo), np.float32(hi)
@@ -96,6 +100,29 @@ else:
             asm = ir.InlineAsm(fnty, "ld.global.nc.v4.u32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l")
             words = builder.call(asm, [ptr])
             return context.make_tuple(builder, sig.return_type, [builder.extract_value(words, q) for q in range(4)])
+
+        return sig, codegen
+
+    #: PTX register constraint and load width of each integer element type load_nc reads
+    _NC = {1: ("r", 8), 2: ("h", 16), 4: ("r", 32), 8: ("l", 64)}
+
+    @intrinsic
+    def load_nc(typingctx, a, i):
+        """Element ``i`` of the integer array ``a`` by one ``ld.global.nc`` (the read-only
+        path; ``a`` is not written while the kernel runs)."""
+        sig = a.dtype(a, i)
+
+        def codegen(context, builder, sig, args):
+            aty, ity = sig.args
+            ary = context.make_array(aty)(context, builder, value=args[0])
+            i = context.cast(builder, args[1], ity, types.intp)
+            ptr = cgutils.get_item_pointer(context, builder, aty, ary, [i])
+            width = context.get_abi_sizeof(context.get_data_type(aty.dtype))
+            reg, bits = _NC[width]
+            rty = ir.IntType(32 if reg == "r" else bits)
+            asm = ir.InlineAsm(ir.FunctionType(rty, [ptr.type]), f"ld.global.nc.u{bits} $0, [$1];", f"={reg},l")
+            word = builder.call(asm, [ptr])
+            return builder.trunc(word, ir.IntType(bits)) if rty.width != bits else word
 
         return sig, codegen
 
