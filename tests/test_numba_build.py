@@ -9,7 +9,8 @@ worst case), every activation in fp32 and fp64 accumulators,
 dM in another dtype than x; in fp16/bf16 also the wide-load decode kernel of the default
 variant for that n_masks (constants.default_variant). It also requires that no specialisation spills its
 per-mask accumulators to local memory, that no fp32 kernel does fp64 arithmetic and that
-the wide decode kernel reads W with 16-byte loads (``ld.global.nc.v4.u32``).
+the wide decode kernel reads W with 16-byte loads (``ld.global.nc.v4.u32``) and its mask
+words through the read-only path (``ld.global.nc.u8/16/32/64``).
 """
 
 import importlib.util
@@ -77,6 +78,8 @@ for item in sys.argv[1:]:
             failures.append(f"{item} {name}: uses local memory")
         if name == "decode_wide" and "ld.global.nc.v4.u32" not in ptx:
             failures.append(f"{item} {name}: no 16-byte load of W")
+        if name == "decode_wide" and not any(f"ld.global.nc.u{b} " in ptx for b in (8, 16, 32, 64)):
+            failures.append(f"{item} {name}: mask words not read through the read-only path")
         if dtype != "float64" and dm_dtype != "float64" and ".f64" in ptx:
             failures.append(f"{item} {name}: fp64 arithmetic in an fp32 kernel")
 print(f"built {count} kernels")

@@ -78,7 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, nc):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -97,10 +97,11 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     Indices are int32 arithmetic. Each accumulator is summed
     over the slot's lanes by ``lane_sum`` (``shuffle``: a butterfly of warp shuffles, no
     barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32.
-    With ``nc`` the mask words (or bytes) are read through the read-only path (``load_nc``,
-    ``ld.global.nc``) as W and x are; without, as plain loads."""
+    The mask words (or bytes) come through the read-only path (``load_nc``, ``ld.global.nc``)
+    as W and x do: H200 run 37 against plain loads, bench timer, 4096x14336 / 4096x11008:
+    n=1 interleaved 1-3% faster, n=2 and 4 within 1.7%, n=8 4-5% faster (DESIGN.md)."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
-    ROWS, SHUFFLE, BITS_T, INTERLEAVE, NC = rows, shuffle, int64 if span == 8 else int32, interleave, nc
+    ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
     WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
@@ -142,12 +143,11 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                             byte0 = int32((j * n_ff + nr) * chunks + q0)
                                             word = BITS_T(0)
                                             for c in range(SPAN):
-                                                byte = load_nc(packed, byte0 + c * step) if NC else packed[byte0 + c * step]
-                                                word |= BITS_T(byte) << (8 * c)
+                                                word |= BITS_T(load_nc(packed, byte0 + c * step)) << (8 * c)
                                             bits[(u * ROWS + r) * NM + j] = word
                                         else:
                                             q = int32((j * n_ff + nr) * words + s)
-                                            bits[(u * ROWS + r) * NM + j] = load_nc(packed, q) if NC else packed[q]
+                                            bits[(u * ROWS + r) * NM + j] = load_nc(packed, q)
                         for u in range(UNROLL):
                             s = int32(s0 + u * n_lanes)
                             if s < words:
