@@ -56,8 +56,9 @@ class Case:
 
 #: the quick subset's dtypes for cases whose point (strides, odd sizes, many masks, a tile
 #: tail) no kernel treats differently in fp64: fp64 keeps its own code paths in the quick
-#: subset through one_token, batch_3d, garbage_tail, masks_*, n_masks_1 and
-#: triton_gemv_k_tail (the GEMV), each gradchecked, and has every case in the full
+#: subset through one_token, zero_tokens, batch_3d, garbage_tail, masks_*, n_masks_1,
+#: cuda_t1_split_tail and triton_gemv_k_tail (the GEMV; those up to the checker's
+#: GRADCHECK_MAX_ELEMENTS are gradchecked), and has every case in the full
 #: catalogue. Measured on the 2-core CPU machine (pytest --durations, the tests of commit
 #: 9e243b5): these fp64 runs took 9-39 s each under Triton's interpreter and Numba's
 #: simulator, 321 s in all, in a suite of 1094 s on two workers

@@ -99,7 +99,7 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32.
     The mask words (or bytes) come through the read-only path (``load_nc``, ``ld.global.nc``)
     as W and x do: H200 run 37 against plain loads, bench timer, 4096x14336 / 4096x11008:
-    n=1 interleaved 1-3% faster, n=2 and 4 within 1.7%, n=8 4-5% faster (DESIGN.md)."""
+    n=1 interleaved 0.6-2.6% faster, n=2 and 4 within 2.4%, n=8 3.4-5.2% faster (DESIGN.md)."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
     ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
