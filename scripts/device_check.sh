@@ -11,7 +11,7 @@
 #                 n_masks 4 (fwd at 4096x14336, fwdbwd at 4096x11008), JSON in $OUT/bench_numba8_*.json
 #   hostprof      the same script's --profile (host time per eager call, by function), triton and cuda
 #   stream        scripts/stream_probe.py (the decode bytes alone: W and the bit-planes read, no
-#                 arithmetic), JSON in $OUT/stream.json
+#                 arithmetic, beside the triton GEMV; do_bench and the bench timer), JSON in $OUT/stream.json
 #   cudaprobe     scripts/cuda_host_probe.py (the cuda backend's host launch path, piece by piece)
 #   decode1       issue #8's decode rows: 1 token, 4096x14336 and 4096x11008, n_masks 1 and 4,
 #                 fp16 and bf16, every backend, JSON in $OUT/bench_decode1.json

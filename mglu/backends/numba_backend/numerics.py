@@ -109,7 +109,9 @@ else:
     @intrinsic
     def load_nc(typingctx, a, i):
         """Element ``i`` of the integer array ``a`` by one ``ld.global.nc`` (the read-only
-        path; ``a`` is not written while the kernel runs)."""
+        path; ``a`` is not written while the kernel runs); integer arrays of 1, 2, 4 or 8 bytes."""
+        if not isinstance(a, types.Array) or not isinstance(a.dtype, types.Integer) or a.dtype.bitwidth // 8 not in _NC:
+            return None
         sig = a.dtype(a, i)
 
         def codegen(context, builder, sig, args):
