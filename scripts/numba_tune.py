@@ -1,12 +1,14 @@
 """Time the numba backend's decode variants on a GPU; the source of DECODE_VARIANT (constants.py).
 
 Usage: python scripts/numba_tune.py [--json PATH] [--budget SECONDS] [--variants NAME,...]
+[--others cuda,triton,cuda:VARIANT,triton:prefetch] [--n-masks 1,4,2,8]
 
 Decode forward at 1 token: ``out (1, d_ff) = sum_i silu(gate_i) (total - gate_i)`` for
 ``x (1, d_model)``, ``W (d_ff, d_model)``, random packed masks ``(n_masks, d_ff,
 d_model/8)``, fp16 and bf16, ``(d_model, d_ff)`` = (4096, 14336) and (4096, 11008),
 n_masks 1 and 4 first, then 2 and 8. At each point it times the variants of
-``numba_backend.DECODE_VARIANTS`` (all, or those named by ``--variants``) and the cuda and triton backends' forward with the
+``numba_backend.DECODE_VARIANTS`` (all, or those named by ``--variants``) and the other
+backends' forward (``--others``: by default the cuda and triton defaults) with the
 bench's own timer (``mglu.bench.harness.time_bounds``: events around each call after a
 GPU sleep that hides the host's launch latency, median of 100 ms of calls after 25 ms of
 warm-up; inputs rotated through enough copies that every call reads HBM, as the bench
@@ -21,6 +23,7 @@ are reported as skipped. ``*`` marks the variant the forward uses by default.
 """
 
 import argparse
+import dataclasses
 import json
 import time
 import traceback
@@ -38,7 +41,34 @@ SHAPES = ((4096, 14336), (4096, 11008))
 #: the issue's acceptance points first, so a short budget still covers them
 N_MASKS = (1, 4, 2, 8)
 DTYPES = (torch.float16, torch.bfloat16)
+#: the other backends' forward timed beside numba (``--others``): ``cuda`` and ``triton`` are
+#: their defaults; ``cuda:VARIANT`` a key of the cuda launcher's GEMV_VARIANTS; ``triton:prefetch``
+#: triton's default GEMV tiles with ``prefetch`` set (tiles.Gemv)
 OTHERS = ("cuda", "triton")
+
+
+def other_forward(name, n_masks):
+    """``fn(x, w, p) -> out`` for an ``--others`` entry."""
+    backend, _, option = name.partition(":")
+    if not option:
+        return lambda x, w, p, be=REGISTRY[backend]: be.forward(x, w, p, "silu")
+    if backend == "cuda":
+        from mglu.backends import cuda_backend
+
+        return lambda x, w, p: cuda_backend.forward(x, w, p, "silu", variant=option)
+    if backend == "triton" and option == "prefetch":
+        from mglu.backends.triton_backend import launch, tiles
+        from mglu.backends.triton_backend.act import ACT_ID
+
+        c = dataclasses.replace(tiles.gemv_tiles(n_masks), prefetch=True)
+
+        def run(x, w, p):
+            out = torch.empty(x.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
+            launch.launch_gemv(x, w, p, out, ACT_ID["silu"], c)
+            return out
+
+        return run
+    raise ValueError(f"--others: unknown entry {name!r}")
 
 
 def inputs(d_model, d_ff, n_masks, dtype, copies, seed):
@@ -86,7 +116,7 @@ def measure(label, fn, sets, read_bytes, l2, copies, l2_cold, judge):
     return row
 
 
-def point(d_model, d_ff, n_masks, dtype, copy, l2, variants):
+def point(d_model, d_ff, n_masks, dtype, copy, l2, variants, others=OTHERS):
     nbytes = d_ff * d_model * (2 + n_masks / 8)
     copies, l2_cold = rotation_copies(int(nbytes), l2)
     sets = inputs(d_model, d_ff, n_masks, dtype, copies, seed=d_model * 31 + d_ff * 7 + n_masks)
@@ -109,9 +139,8 @@ def point(d_model, d_ff, n_masks, dtype, copy, l2, variants):
         row = measure(f"numba:{variant}", fn, sets, int(nbytes), l2, copies, l2_cold, judge)
         row.update(kernel_resources(d_model, n_masks, dtype, variant))
         rows.append(row)
-    for name in OTHERS:
-        fn = lambda x, w, p, be=REGISTRY[name]: be.forward(x, w, p, "silu")  # noqa: E731
-        rows.append(measure(name, fn, sets, int(nbytes), l2, copies, l2_cold, judge))
+    for name in others:
+        rows.append(measure(name, other_forward(name, n_masks), sets, int(nbytes), l2, copies, l2_cold, judge))
     timed = [r for r in rows if "us" in r and r.get("ok")]
     best = min((r["us"] for r in timed), default=None)
     for r in rows:
@@ -137,8 +166,12 @@ def main():
                     help="seconds after which remaining points are skipped (default 200)")
     ap.add_argument("--variants", default=",".join(nb.DECODE_VARIANTS),
                     help="comma-separated names from DECODE_VARIANTS (default: all)")
+    ap.add_argument("--others", default=",".join(OTHERS),
+                    help="comma-separated other forwards to time: cuda, triton, cuda:VARIANT, triton:prefetch")
+    ap.add_argument("--n-masks", default=",".join(map(str, N_MASKS)), help="comma-separated (default 1,4,2,8)")
     args = ap.parse_args()
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v]
+    others = [o for o in args.others.split(",") if o]
     unknown = [v for v in variants if v not in nb.DECODE_VARIANTS]
     if unknown:
         ap.error(f"--variants: unknown {unknown}; known: {list(nb.DECODE_VARIANTS)}")
@@ -148,7 +181,7 @@ def main():
     print(f"{device_name(DEV)}: copy {copy:.0f} GB/s (1 GiB copy_, read + write), L2 {l2} B ({l2_source})",
           flush=True)
     rows, skipped = [], []
-    for n_masks in N_MASKS:
+    for n_masks in map(int, args.n_masks.split(",")):
         for dtype in DTYPES:
             for d_model, d_ff in SHAPES:
                 where = {"dtype": str(dtype).replace("torch.", ""), "d_model": d_model, "d_ff": d_ff, "n_masks": n_masks}
@@ -157,7 +190,7 @@ def main():
                     print(f"SKIPPED (budget {args.budget} s spent): {where}", flush=True)
                     continue
                 try:
-                    rows += point(d_model, d_ff, n_masks, dtype, copy, l2, variants)
+                    rows += point(d_model, d_ff, n_masks, dtype, copy, l2, variants, others)
                 except Exception as exc:
                     traceback.print_exc()
                     rows.append({**where, "impl": "point", "error": f"{type(exc).__name__}: {exc}"})

@@ -180,13 +180,16 @@ def _numba_cases() -> list[Case]:
     when they cover it in whole rounds of 128 chunks (d_model % 1024 == 0 on the GPU):
     numba_wide_interleaved takes two rounds, numba_wide_interleaved_twin (d_model 1056,
     not whole rounds) hands the row to the adjacent twin (GPU only, fp16/bf16: the wide
-    kernel's dtypes)."""
+    kernel's dtypes). From DECODE_MANY_MASKS = 12 masks the wide kernel takes span-2 words
+    (v4s2, int16 mask words): numba_wide_many_masks, 16 masks at 1 token (4 words a row, 4
+    lanes)."""
     wide = (torch.float16, torch.bfloat16)
     return [
         Case("numba_decode_at_switch", (4,), 200, 5, 3, quick=False),
         Case("numba_wide_full_warp", (3,), 1056, 40, 3, quick_dtypes=wide),
         Case("numba_wide_interleaved", (1,), 2048, 37, 2, quick=False, dtypes=wide),
         Case("numba_wide_interleaved_twin", (1,), 1056, 40, 1, quick=False, dtypes=wide),
+        Case("numba_wide_many_masks", (1,), 64, 40, 16, dtypes=wide),
         Case("numba_tiled_above_switch", (5,), 33, 17, 2, quick=False),
         Case("numba_tiled_two_by_two_tiles", (9,), 12, 40, 2, quick=False),
     ]
