@@ -1,7 +1,7 @@
 """Time the numba backend's decode variants on a GPU; the source of DECODE_VARIANT (constants.py).
 
 Usage: python scripts/numba_tune.py [--json PATH] [--budget SECONDS] [--variants NAME,...]
-[--others cuda,triton,cuda:VARIANT,triton:prefetch] [--n-masks 1,4,2,8]
+[--others cuda,triton,cuda:VARIANT] [--n-masks 1,4,2,8]
 
 Decode forward at 1 token: ``out (1, d_ff) = sum_i silu(gate_i) (total - gate_i)`` for
 ``x (1, d_model)``, ``W (d_ff, d_model)``, random packed masks ``(n_masks, d_ff,
@@ -23,7 +23,6 @@ are reported as skipped. ``*`` marks the variant the forward uses by default.
 """
 
 import argparse
-import dataclasses
 import json
 import time
 import traceback
@@ -42,8 +41,7 @@ SHAPES = ((4096, 14336), (4096, 11008))
 N_MASKS = (1, 4, 2, 8)
 DTYPES = (torch.float16, torch.bfloat16)
 #: the other backends' forward timed beside numba (``--others``): ``cuda`` and ``triton`` are
-#: their defaults; ``cuda:VARIANT`` a key of the cuda launcher's GEMV_VARIANTS; ``triton:prefetch``
-#: triton's default GEMV tiles with ``prefetch`` set (tiles.Gemv)
+#: their defaults; ``cuda:VARIANT`` a key of the cuda launcher's GEMV_VARIANTS
 OTHERS = ("cuda", "triton")
 
 
@@ -56,18 +54,6 @@ def other_forward(name, n_masks):
         from mglu.backends import cuda_backend
 
         return lambda x, w, p: cuda_backend.forward(x, w, p, "silu", variant=option)
-    if backend == "triton" and option == "prefetch":
-        from mglu.backends.triton_backend import launch, tiles
-        from mglu.backends.triton_backend.act import ACT_ID
-
-        c = dataclasses.replace(tiles.gemv_tiles(n_masks), prefetch=True)
-
-        def run(x, w, p):
-            out = torch.empty(x.shape[0], w.shape[0], device=x.device, dtype=x.dtype)
-            launch.launch_gemv(x, w, p, out, ACT_ID["silu"], c)
-            return out
-
-        return run
     raise ValueError(f"--others: unknown entry {name!r}")
 
 
@@ -167,7 +153,7 @@ def main():
     ap.add_argument("--variants", default=",".join(nb.DECODE_VARIANTS),
                     help="comma-separated names from DECODE_VARIANTS (default: all)")
     ap.add_argument("--others", default=",".join(OTHERS),
-                    help="comma-separated other forwards to time: cuda, triton, cuda:VARIANT, triton:prefetch")
+                    help="comma-separated other forwards to time: cuda, triton, cuda:VARIANT")
     ap.add_argument("--n-masks", default=",".join(map(str, N_MASKS)), help="comma-separated (default 1,4,2,8)")
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]

@@ -35,7 +35,7 @@ SCRIPT = PRELUDE + r"""
 n, dtype = int(sys.argv[1]), sys.argv[2]
 c = tiles.gemv_tiles(n)
 consts = dict(N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=c.BN, BG=c.BG, UNROLL=c.UNROLL,
-              ASM=True, ACC=tl.float32, PREFETCH=c.prefetch)
+              ASM=True, ACC=tl.float32)
 sig = {"x_ptr": f"*{dtype}", "w_ptr": f"*{dtype}", "p_ptr": "*u8", "out_ptr": f"*{dtype}", "N": "i32", "K": "i32",
        "KB": "i32"}
 sig.update({k: "constexpr" for k in consts})

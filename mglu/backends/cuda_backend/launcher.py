@@ -66,21 +66,16 @@ MMA_SPLIT_TOKENS = 16
 #: 32-bit word per plane and 4 consecutive chunks (``vec = 2``). See mglu_rowdot_gemv.
 #: The bytes twins of the tuned variants (same instantiations, ``vec = 1``) are the H200
 #: lead of triton_backend/DESIGN.md: each 16-byte load of a warp reads 512 contiguous bytes.
-#: A fourth field, ``prefetch`` (the kernel's run-time ``prefetch``, no instantiation of its
-#: own): a warp asks L2 for its whole row of W and of each bit-plane before its first round
-#: (``cp.async.bulk.prefetch.L2``; the lead of triton_backend/DESIGN.md's sixth H200 session).
 GEMV_VARIANTS = {
-    "pred-bytes": (1, False, 1, False),
-    "pred-bytes-occ": (2, False, 1, False),
-    "pred-bytes-split4-occ": (4, False, 4, False),
-    "pred-bytes-split4-occ-pf": (4, False, 4, True),
-    "pred-words": (1, True, 1, False),
-    "pred-words-occ": (2, True, 1, False),
-    "pred-words-occ-pf": (2, True, 1, True),
-    "pred-words-split2": (3, True, 2, False),
-    "pred-words-split4": (3, True, 4, False),
-    "pred-words-split2-occ": (4, True, 2, False),
-    "pred-words-split4-occ": (4, True, 4, False),
+    "pred-bytes": (1, False, 1),
+    "pred-bytes-occ": (2, False, 1),
+    "pred-bytes-split4-occ": (4, False, 4),
+    "pred-words": (1, True, 1),
+    "pred-words-occ": (2, True, 1),
+    "pred-words-split2": (3, True, 2),
+    "pred-words-split4": (3, True, 4),
+    "pred-words-split2-occ": (4, True, 2),
+    "pred-words-split4-occ": (4, True, 4),
 }
 #: tensor-core kernel variants: name -> (template VAR, 32-bit mask words): MMA_PRMT (1), 32-column
 #: steps; MMA_WORDS (2), 128-column steps with a 32-bit mask word per plane (``vec = 2``);
@@ -234,10 +229,10 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, variant: str | None = None) 
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     default = default_variant(dtype, n_masks, mode, tokens)
     if nt is not None:
-        var, words, split, prefetch = _variant(GEMV_VARIANTS, default, variant, dtype, mode)
+        var, words, split = _variant(GEMV_VARIANTS, default, variant, dtype, mode)
         grid = (_cdiv(d_ff, GEMV_WARPS // split), 1, 1)
         name = rowdot_name(dtype, n_masks, mode, nt, var)
-        return Launch(name, grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True, tail=(split, int(prefetch)), word_masks=words)
+        return Launch(name, grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True, tail=(split,), word_masks=words)
     bt, bn = ROWDOT_TILE
     if dtype not in MMA_DTYPES:
         if variant is not None:

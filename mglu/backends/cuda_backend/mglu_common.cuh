@@ -166,15 +166,6 @@ __device__ __forceinline__ void fma_if(double& acc, u32 bits, int e, double w, d
         : "+d"(acc) : "r"(bits), "r"(1u << e), "d"(w), "d"(x));
 }
 
-// Ask L2 for the 16-byte-aligned interior of [p, p + nbytes) (cp.async.bulk.prefetch.L2,
-// PTX ISA 8.0, sm_90: a hint; no register holds the bytes, nothing waits for them, and the
-// aligned interior never leaves the buffer).
-__device__ __forceinline__ void prefetch_l2(const void* p, i64 nbytes) {
-    const unsigned long long a = (reinterpret_cast<unsigned long long>(p) + 15ull) & ~15ull;
-    const unsigned long long e = (reinterpret_cast<unsigned long long>(p) + (unsigned long long)nbytes) & ~15ull;
-    if (e > a) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(a), "r"((u32)(e - a)) : "memory");
-}
-
 // Variants of the row-dot kernels (template parameter VAR), chosen per regime by the
 // launcher from H100 measurements (scripts/cuda_tune.py, MEASUREMENTS.md). Decode
 // (mglu_rowdot_gemv), all with the predicated FMA (fma_if) for the masked products:

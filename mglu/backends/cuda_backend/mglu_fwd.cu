@@ -95,13 +95,12 @@ __device__ __forceinline__ void gemv_load_round(const uint4* wv, const u32* mw, 
 //     per plane (NM registers, not 4 NM; one load instead of four);
 //   1 (d_model % 8 == 0, aligned): lane l takes chunks g = l + 32 (U r + u), a byte per plane;
 //   0: the scalar path over k = lane + 32 r.
-// With prefetch (a run-time flag), a row's bytes are asked of L2 before its first round.
 // Launch: block (GEMV_WARPS * 32), grid ceil(d_ff / (GEMV_WARPS / split)).
 template <class T, int NM, int MODE, int NT, int VAR>
 __global__ void __launch_bounds__(256, GemvMinBlocks<NM, NT, VAR>::value) mglu_rowdot_gemv(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
-    int T_, int d_model, int d_ff, int act, int vec, int split_arg, int prefetch) {
+    int T_, int d_model, int d_ff, int act, int vec, int split_arg) {
     typedef typename Tr<T>::acc A;
     enum { VPC = Tr<T>::VPC, WARPS = 8 };
     enum { SPLIT = VAR == VAR_SPLIT || VAR == VAR_SPLIT_OCC };
@@ -129,13 +128,6 @@ __global__ void __launch_bounds__(256, GemvMinBlocks<NM, NT, VAR>::value) mglu_r
     }
 
     const uint4* wv = reinterpret_cast<const uint4*>(wrow);
-    // prefetch (vec paths): part 0's lane 0 asks L2 for the row of W, lane 1 + i for that of plane i
-    if (prefetch && active && vec && part == 0) {
-        for (int j = lane; j <= NM; j += 32) {
-            if (j == 0) prefetch_l2(wrow, d_model * (i64)sizeof(T));
-            else prefetch_l2(m + ((i64)(j - 1) * d_ff + n) * PW, PW);
-        }
-    }
     if (active && vec == 2) {
         const u32* mw = reinterpret_cast<const u32*>(m);
         for (i64 g0 = 4 * lane + 128 * part; g0 < PW; g0 += 128 * split) {

@@ -10,15 +10,13 @@ DECODE_MAX_TOKENS = 4
 DECODE_BLOCK = 128
 #: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
 #: ``decode`` kernel (every dtype and d_model), or (span, unroll, block, rows, shuffle,
-#: interleave, prefetch) of ``decode_wide`` (fp16/bf16, 16-byte loads; kernels.py): ``span`` 16-byte
+#: interleave) of ``decode_wide`` (fp16/bf16, 16-byte loads; kernels.py): ``span`` 16-byte
 #: chunks of a row per lane and mask word (one mask byte per chunk), the loads of ``unroll``
 #: words issued before use, ``block`` threads per block, ``rows`` rows per slot of lanes
 #: (x read once for them), lanes summed by warp shuffles (``shuffle``) or through shared
 #: memory, a lane's chunks adjacent (each bit-plane read as one ``span``-byte word) or
 #: ``interleave``d over the lanes (each 16-byte load instruction of a warp reads 512
-#: contiguous bytes; the mask bytes come one per chunk), and with ``prefetch`` a slot asks L2
-#: for its whole rows of W and of each bit-plane when it starts them (one bulk prefetch
-#: each, no registers; the lead of DESIGN.md's sixth H200 session). The first seven are the H100
+#: contiguous bytes; the mask bytes come one per chunk). The first seven are the H100
 #: sweep at fddaa17 (DESIGN.md); sm_90 PTX without local memory for every n_masks 1..16
 #: (checked on CPU): scalar, v4, v4u2, v4s2, v4u2b256; v4u4 spills from n_masks 9, v4s4
 #: from 12 (NVVM stops unrolling the word loop), v4s4w from 13 (its FORWARD, fp16 and
@@ -30,19 +28,19 @@ DECODE_BLOCK = 128
 #: mask words through the read-only path since H200 run 37 (DESIGN.md, fifth H200 session)
 DECODE_VARIANTS = {
     "scalar": None,
-    "v4": (1, 1, 128, 1, False, False, False),
-    "v4u2": (1, 2, 128, 1, False, False, False),
-    "v4u4": (1, 4, 128, 1, False, False, False),
-    "v4s2": (2, 1, 128, 1, False, False, False),
-    "v4s4": (4, 1, 128, 1, False, False, False),
-    "v4u2b256": (1, 2, 256, 1, False, False, False),
-    "v4s4w": (4, 1, 128, 1, True, False, False),
-    "v4s4wb256": (4, 1, 256, 1, True, False, False),
-    "v4s4r2w": (4, 1, 128, 2, True, False, False),
-    "v4s8w": (8, 1, 128, 1, True, False, False),
-    "v4s4wi": (4, 1, 128, 1, True, True, False),
-    "v4s4wf": (4, 1, 128, 1, True, False, True),
-    "v4s4wif": (4, 1, 128, 1, True, True, True),
+    "v4": (1, 1, 128, 1, False, False),
+    "v4u2": (1, 2, 128, 1, False, False),
+    "v4u4": (1, 4, 128, 1, False, False),
+    "v4s2": (2, 1, 128, 1, False, False),
+    "v4s4": (4, 1, 128, 1, False, False),
+    "v4u2b256": (1, 2, 256, 1, False, False),
+    "v4s4w": (4, 1, 128, 1, True, False),
+    "v4s4wb256": (4, 1, 256, 1, True, False),
+    "v4s4r2w": (4, 1, 128, 2, True, False),
+    "v4s8w": (8, 1, 128, 1, True, False),
+    "v4s4wi": (4, 1, 128, 1, True, True),
+    "v4u2w": (1, 2, 128, 1, True, False),
+    "v4u4w": (1, 4, 128, 1, True, False),
 }
 #: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
 #: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and
@@ -72,7 +70,7 @@ def adjacent_twin(variant: str) -> str:
     """The variant of the same shape with adjacent chunks, for a row that an interleaved
     variant cannot cover (``d_model / 8`` not a multiple of ``lanes * span``)."""
     shape = DECODE_VARIANTS[variant]
-    return next(k for k, v in DECODE_VARIANTS.items() if v == shape[:5] + (False,) + shape[6:])
+    return next(k for k, v in DECODE_VARIANTS.items() if v == shape[:5] + (False,))
 
 
 def default_variant(n_masks: int) -> str:

@@ -27,7 +27,7 @@ from functools import lru_cache
 from numba import cuda, float32, float64, int32, int64
 
 from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
-from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_nc, load_v4, prefetch_l2, store
+from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_nc, load_v4, store
 
 FORWARD, GRAD = 0, 1
 assert TILE_TPT == 2, "the tiled kernel holds two accumulator arrays (acc_a, acc_b)"
@@ -78,7 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, prefetch):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -99,11 +99,9 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32.
     The mask words (or bytes) come through the read-only path (``load_nc``, ``ld.global.nc``)
     as W and x do: H200 run 37 against plain loads, bench timer, 4096x14336 / 4096x11008:
-    n=1 interleaved 0.6-2.6% faster, n=2 and 4 within 2.4%, n=8 3.4-5.2% faster (DESIGN.md).
-    With ``prefetch``, before its first token a slot asks L2 for its rows of W and of every
-    bit-plane (``prefetch_l2``), so the loads of a row's later words find them there."""
+    n=1 interleaved 0.6-2.6% faster, n=2 and 4 within 2.4%, n=8 3.4-5.2% faster (DESIGN.md)."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
-    ROWS, SHUFFLE, BITS_T, INTERLEAVE, PREFETCH = rows, shuffle, int64 if span == 8 else int32, interleave, prefetch
+    ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
     WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
@@ -124,14 +122,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
         per_block = (BLOCK // n_lanes) * ROWS
         for row_block in range(int32(cuda.blockIdx.x), (n_ff + per_block - 1) // per_block, int32(cuda.gridDim.x)):
             n0 = int32(row_block * per_block + slot * ROWS)
-            if PREFETCH and n0 < n_ff:  # lane 0: the rows of W; lane 1 + j: those of bit-plane j
-                for r in range(ROWS):
-                    nr = int64(min(n0 + r, n_ff - 1))
-                    for j in range(lane, NACC, n_lanes):
-                        if j == 0:
-                            prefetch_l2(w, nr * chunks * 16, chunks * 16)
-                        else:
-                            prefetch_l2(packed, ((j - 1) * int64(n_ff) + nr) * chunks, chunks)
             for t in range(int32(tokens)):
                 for j in range(RACC):
                     acc[j] = float32(0)

@@ -69,9 +69,6 @@ if SIMULATED:
     def load_nc(a, i):
         return a[i]
 
-    def prefetch_l2(a, offset, nbytes):
-        pass
-
     def f16x2(word):
         lo, hi = np.array([word], np.int32).view(np.float16)
         return np.float32(lo), np.float32(hi)
@@ -128,38 +125,6 @@ else:
             asm = ir.InlineAsm(ir.FunctionType(rty, [ptr.type]), f"ld.global.nc.u{bits} $0, [$1];", f"={reg},l")
             word = builder.call(asm, [ptr])
             return builder.trunc(word, ir.IntType(bits)) if rty.width != bits else word
-
-        return sig, codegen
-
-    #: the 16-byte-aligned interior of ``[base + offset, base + offset + nbytes)`` by one bulk
-    #: prefetch (PTX ISA 8.0, sm_90: address 16-byte aligned, size a multiple of 16); nothing
-    #: when that interior is empty
-    _PREFETCH_ASM = (
-        "{\n.reg .u64 a, e;\n.reg .u32 n;\n.reg .pred p;\n"
-        "add.u64 a, $0, $1;\nadd.u64 e, a, $2;\nadd.u64 a, a, 15;\nand.b64 a, a, -16;\nand.b64 e, e, -16;\n"
-        "setp.gt.u64 p, e, a;\nsub.u64 e, e, a;\ncvt.u32.u64 n, e;\n"
-        "@p cp.async.bulk.prefetch.L2.global [a], n;\n}"
-    )
-
-    @intrinsic
-    def prefetch_l2(typingctx, a, offset, nbytes):
-        """Ask L2 for bytes ``offset .. offset + nbytes`` of array ``a`` (``cp.async.bulk.prefetch.L2``:
-        no register holds them, nothing waits for them; only the 16-byte-aligned interior, so
-        the range never leaves ``a``). A hint: the loads that follow read the same bytes."""
-        if not isinstance(a, types.Array):
-            return None
-        sig = types.void(a, offset, nbytes)
-
-        def codegen(context, builder, sig, args):
-            aty, oty, nty = sig.args
-            ary = context.make_array(aty)(context, builder, value=args[0])
-            i64 = ir.IntType(64)
-            base = builder.ptrtoint(ary.data, i64)
-            off = context.cast(builder, args[1], oty, types.int64)
-            size = context.cast(builder, args[2], nty, types.int64)
-            asm = ir.InlineAsm(ir.FunctionType(ir.VoidType(), [i64] * 3), _PREFETCH_ASM, "l,l,l", side_effect=True)
-            builder.call(asm, [base, off, size])
-            return context.get_dummy_value()
 
         return sig, codegen
 

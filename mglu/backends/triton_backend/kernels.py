@@ -69,23 +69,6 @@ def _gemv_load(x_ptr, w_ptr, p_ptr, rows, k0, K, KB, NKB, grp,
     return w, xv, bytes
 
 
-#: :func:`_prefetch_rows`'s PTX: the 16-byte-aligned interior of ``[$1, $1 + $2)`` by one
-#: ``cp.async.bulk.prefetch.L2`` (PTX ISA 8.0, sm_90: aligned address, size a multiple of 16)
-_PREFETCH_ASM = tl.constexpr(
-    "{\n.reg .u64 a, e;\n.reg .u32 n;\n.reg .pred p;\nmov.u32 $0, 0;\n"
-    "add.u64 e, $1, $2;\nadd.u64 a, $1, 15;\nand.b64 a, a, -16;\nand.b64 e, e, -16;\n"
-    "setp.gt.u64 p, e, a;\nsub.u64 e, e, a;\ncvt.u32.u64 n, e;\n"
-    "@p cp.async.bulk.prefetch.L2.global [a], n;\n}")
-
-
-@triton.jit
-def _prefetch_rows(ptrs, nbytes):
-    """Ask L2 for ``nbytes`` from each pointer of ``ptrs`` (a hint: no register holds the
-    bytes, nothing waits for them; threads that hold the same pointer ask once per warp)."""
-    tl.inline_asm_elementwise(_PREFETCH_ASM, "=r,l,l", [ptrs.to(tl.int64), nbytes.to(tl.int64) + ptrs.to(tl.int64) * 0],
-                              dtype=tl.int32, is_pure=False, pack=1)
-
-
 @triton.jit
 def _eight(v):
     """The 8 elements of each thread's group of ``v (BN, BG, 8)`` as eight ``(BN, BG)``
@@ -174,7 +157,7 @@ def _gemv_term(acc, total, res, valid, ACT: tl.constexpr):
 def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
              N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr,
              BN: tl.constexpr, BG: tl.constexpr, UNROLL: tl.constexpr, ASM: tl.constexpr,
-             ACC: tl.constexpr, PREFETCH: tl.constexpr):
+             ACC: tl.constexpr):
     """``out[t, n] = sum_i act(gate_i) (total - gate_i)`` for one token ``t = program_id(0)``
     and ``BN`` rows ``n`` of W (``x (T, K)``, ``W (N, K)``, packed ``(n_masks, N, KB)``).
 
@@ -183,8 +166,7 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
     covering them is a ``(BN, BG)`` load in the same threads (no layout conversion).
     ``UNROLL`` (1, 2 or 4) such steps per loop iteration put their loads in flight
     together. ``G`` (1..8) gate accumulators per pass over K; ``total`` comes from the
-    first pass. With ``PREFETCH`` the program first asks L2 for its rows of W and of every
-    bit-plane (:func:`_prefetch_rows`), so that the loads of later steps find them there.
+    first pass.
     """
     tl.static_assert(UNROLL == 1 or UNROLL == 2 or UNROLL == 4, "UNROLL is 1, 2 or 4")
     t = tl.program_id(0)
@@ -192,11 +174,6 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
     rows = tl.minimum(offs_n, N - 1)[:, None]
     x_row = x_ptr + t * K
     NKB = N * KB
-    if PREFETCH:
-        row_n = tl.minimum(offs_n, N - 1)
-        _prefetch_rows(w_ptr + row_n * K, K * (w_ptr.dtype.element_ty.primitive_bitwidth // 8))
-        for m in tl.static_range(N_MASKS):
-            _prefetch_rows(p_ptr + _wide(m) * NKB + row_n * KB, KB)
     k_full = K - K % (8 * BG)
     k_main = K - K % (UNROLL * 8 * BG)
     total = tl.zeros((BN,), ACC)

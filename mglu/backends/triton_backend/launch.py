@@ -78,8 +78,7 @@ def launch_gemv(x2d, weight, packed, out, act: int, c: tiles.Gemv):
     grid = (T, _cdiv(N, c.BN))
     args = (x2d, weight, packed, out, N, K, packed.shape[2])
     constexprs = dict(N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=act, BN=c.BN, BG=c.BG,
-                      UNROLL=c.UNROLL, ASM=not interpreting() and x2d.dtype != torch.float64, ACC=_acc(x2d.dtype),
-                      PREFETCH=c.prefetch and not interpreting())
+                      UNROLL=c.UNROLL, ASM=not interpreting() and x2d.dtype != torch.float64, ACC=_acc(x2d.dtype))
     options = dict(num_warps=c.num_warps, maxnreg=c.maxnreg)
     if interpreting():
         return kernels.fwd_gemv[grid](*args, **constexprs, **options)

@@ -19,16 +19,13 @@ GEMV_MAX_TOKENS = 1
 class Gemv:
     """``fwd_gemv``: ``BN`` rows x ``BG`` byte groups (8 columns each) per step, ``UNROLL``
     steps per loop iteration (their loads in flight together); ``maxnreg`` caps ptxas's
-    registers (None: its own choice), which also moves where it schedules the loads;
-    ``prefetch``: a program asks L2 for its BN rows of W and of every bit-plane first
-    (kernels._prefetch_rows; the lead of DESIGN.md's sixth H200 session)."""
+    registers (None: its own choice), which also moves where it schedules the loads."""
 
     BN: int
     BG: int
     num_warps: int
     UNROLL: int = 1
     maxnreg: int | None = None
-    prefetch: bool = False
 
     def __post_init__(self):
         if self.UNROLL not in (1, 2, 4):
