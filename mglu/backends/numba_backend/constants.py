@@ -39,8 +39,6 @@ DECODE_VARIANTS = {
     "v4s4r2w": (4, 1, 128, 2, True, False),
     "v4s8w": (8, 1, 128, 1, True, False),
     "v4s4wi": (4, 1, 128, 1, True, True),
-    "v4s4u2w": (4, 2, 128, 1, True, False),
-    "v4s2u2w": (2, 2, 128, 1, True, False),
 }
 #: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
 #: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and
