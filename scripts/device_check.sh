@@ -27,6 +27,8 @@
 #                 conformance of backend B in one dtype ($SANITIZE_TIMEOUT seconds at most)
 #   tune[:PARTS]  scripts/triton_tune.py PARTS (comma list; default all), JSON in $OUT/tune.json
 #   ntune[:VARIANTS]   scripts/numba_tune.py [--variants VARIANTS], JSON in $OUT/numba_tune.json
+#   ncu[:SHAPE:N:DTYPE]  Nsight Compute over scripts/ncu_decode.py (the 1-token decode kernels
+#                 of numba, cuda, triton; default 4096x11008:4:fp16), CSV in $OUT/ncu_decode.csv
 #   pytest        the test suite on the GPU (python -m pytest -q)
 #   pytest:FILES  test files on the GPU (a comma list)
 # Usage, from the repo root: bash scripts/device_check.sh [STEP ...]
@@ -86,6 +88,11 @@ for step in "${steps[@]}"; do
     tune*) parts=${step#tune}; python3 scripts/triton_tune.py $(tr , " " <<<"${parts#:}") --json "$out/tune.json" ;;
     ntune*) v=${step#ntune}; python3 scripts/numba_tune.py ${v:+--variants ${v#:}} --budget 330 \
       --json "$out/numba_tune.json" ;;
+    ncu*) IFS=: read -r _ shape n dt <<<"$step"
+      ncu --csv --page details -k regex:"decode_wide|mglu_rowdot_gemv|fwd_gemv" --section SpeedOfLight \
+        --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+        python3 scripts/ncu_decode.py --shape "${shape:-4096x11008}" --n-masks "${n:-4}" --dtype "${dt:-fp16}" \
+        >"$out/ncu_decode.csv" && python3 scripts/ncu_decode.py --summarize "$out/ncu_decode.csv" ;;
     pytest) python3 -m pytest -q -x -p no:cacheprovider ;;
     pytest:*) files=${step#pytest:}; python3 -m pytest -q -p no:cacheprovider ${files//,/ } ;;
     suite) MGLU_BENCH_PRESET=paper python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=median,iqr ;;
