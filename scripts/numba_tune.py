@@ -45,7 +45,7 @@ DTYPES = (torch.float16, torch.bfloat16)
 OTHERS = ("cuda", "triton")
 
 
-def other_forward(name, n_masks):
+def other_forward(name):
     """``fn(x, w, p) -> out`` for an ``--others`` entry."""
     backend, _, option = name.partition(":")
     if not option:
@@ -126,7 +126,7 @@ def point(d_model, d_ff, n_masks, dtype, copy, l2, variants, others=OTHERS):
         row.update(kernel_resources(d_model, n_masks, dtype, variant))
         rows.append(row)
     for name in others:
-        rows.append(measure(name, other_forward(name, n_masks), sets, int(nbytes), l2, copies, l2_cold, judge))
+        rows.append(measure(name, other_forward(name), sets, int(nbytes), l2, copies, l2_cold, judge))
     timed = [r for r in rows if "us" in r and r.get("ok")]
     best = min((r["us"] for r in timed), default=None)
     for r in rows:
@@ -158,6 +158,9 @@ def main():
     args = ap.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     others = [o for o in args.others.split(",") if o]
+    bad = [o for o in others if o.partition(":")[0] not in OTHERS or (":" in o and not o.startswith("cuda:"))]
+    if bad:
+        ap.error(f"--others: unknown {bad}; known: cuda, triton, cuda:VARIANT")
     unknown = [v for v in variants if v not in nb.DECODE_VARIANTS]
     if unknown:
         ap.error(f"--variants: unknown {unknown}; known: {list(nb.DECODE_VARIANTS)}")
