@@ -3,9 +3,9 @@ Compute to profile: ``out (1, d_ff) = sum_i silu(gate_i) (total - gate_i)``, ``x
 d_model)``, ``W (d_ff, d_model)``, random packed masks ``(n_masks, d_ff, d_model/8)``.
 
 Usage (on the GPU):
-    ncu -k regex:"decode_wide|mglu_rowdot_gemv|fwd_gemv" --launch-skip 0 \
-        --section SpeedOfLight --section Occupancy --section WarpStateStats --section SchedulerStats \
-        python scripts/ncu_decode.py [--shape 4096x11008] [--n-masks 4] [--dtype fp16]
+    ncu --csv --page details -k regex:"decode_wide|mglu_rowdot_gemv|fwd_gemv" --section SpeedOfLight \
+        --section Occupancy --section WarpStateStats --section SchedulerStats \
+        --section MemoryWorkloadAnalysis python scripts/ncu_decode.py [--shape 4096x11008] [--n-masks 4] [--dtype fp16]
 
 ``python scripts/ncu_decode.py --summarize FILE`` prints, from ncu's ``--csv --page details``
 output, each profiled kernel's metrics in one table (short kernel names). The first call of
@@ -24,6 +24,7 @@ import torch
 from mglu.backends import REGISTRY
 from mglu.backends.numba_backend import numerics  # noqa: F401  (aliases np.row_stack before numba loads)
 from mglu.conformance.tolerances import bound, rel_error
+from mglu.masks import packed_width
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -60,7 +61,7 @@ def main() -> int:
     gen = torch.Generator(device=dev).manual_seed(7)
     x = torch.randn(1, d_model, device=dev, generator=gen).to(dtype)
     w = (torch.randn(d_ff, d_model, device=dev, generator=gen) / d_model**0.5).to(dtype)
-    p = torch.randint(0, 256, (args.n_masks, d_ff, d_model // 8), device=dev, dtype=torch.uint8, generator=gen)
+    p = torch.randint(0, 256, (args.n_masks, d_ff, packed_width(d_model)), device=dev, dtype=torch.uint8, generator=gen)
     torch_be = REGISTRY["torch"]
     ref = torch_be.forward(x.double(), w.double(), p, "silu").cpu().numpy()
     limit = bound(dtype, rel_error(torch_be.forward(x, w, p, "silu"), ref))
