@@ -33,7 +33,7 @@ from .constants import (
     DECODE_VARIANT_FEW_MASKS,
     DECODE_VARIANT_MANY_MASKS,
     DECODE_VARIANTS,
-    adjacent_twin,
+    STAGE_MAX_BYTES,
     default_variant,
     ELEM_BLOCK,
     SIM_MAX_BLOCKS,
@@ -43,6 +43,8 @@ from .constants import (
     TILE_N,
     TILE_T,
     TILE_THREADS,
+    staged_floats,
+    twin,
 )
 
 _state = {}
@@ -127,23 +129,29 @@ def _on_device(device: torch.device):
 
 
 def _launcher(device: torch.device):
-    """``launch(kernel, blocks, block, *args)`` on PyTorch's current stream of ``device``.
-    Every kernel strides over its work by ``gridDim.x``, so the simulator launches at most
-    SIM_MAX_BLOCKS blocks."""
+    """``launch(kernel, blocks, block, *args, shared=0)`` on PyTorch's current stream of
+    ``device``, with ``shared`` bytes of dynamic shared memory. Every kernel strides over its
+    work by ``gridDim.x``, so the simulator launches at most SIM_MAX_BLOCKS blocks."""
     if _simulating():
 
-        def launch(kernel, blocks, block, *args):
-            kernel[min(blocks, SIM_MAX_BLOCKS), block](*args)
+        def launch(kernel, blocks, block, *args, shared=0):
+            kernel[min(blocks, SIM_MAX_BLOCKS), block, 0, shared](*args)
 
         return launch
     from numba import cuda
 
     stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
 
-    def launch(kernel, blocks, block, *args):
-        kernel[blocks, block, stream](*args)
+    def launch(kernel, blocks, block, *args, shared=0):
+        kernel[blocks, block, stream, shared](*args)
 
     return launch
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    """Streaming multiprocessors of CUDA device ``index`` (the persistent grid's unit)."""
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def decode_plan(x2d, weight, packed, variant: str | None = None) -> str:
@@ -156,15 +164,18 @@ def decode_plan(x2d, weight, packed, variant: str | None = None) -> str:
     mask bytes, ``packed.numel()``, a stricter test than the words), else ``"scalar"``
     (the element-wise ``decode`` kernel: any dtype, ``d_model`` and alignment). An
     interleaved variant whose ``lanes * span`` chunks do not divide a row hands the row to
-    its adjacent twin (:func:`constants.adjacent_twin`) first; it reads the masks as bytes,
-    so they need no alignment."""
+    its adjacent twin (:func:`constants.twin`) first; it reads the masks as bytes, so they
+    need no alignment. A staged variant whose tokens' x exceeds STAGE_MAX_BYTES hands the
+    call to its unstaged twin."""
     variant = default_variant(packed.shape[0]) if variant is None else variant
     shape = DECODE_VARIANTS[variant]
     if shape is None or x2d.dtype not in (torch.float16, torch.bfloat16):
         return "scalar"
-    span, interleave = shape[0], shape[5]
-    if interleave and (x2d.shape[1] // 8) % (decode_lanes(x2d.shape[1] // (8 * span)) * span):
-        variant, interleave = adjacent_twin(variant), False
+    span, interleave = shape.span, shape.interleave
+    if interleave and (x2d.shape[1] // 8) % (decode_lanes(x2d.shape[1] // (8 * span), shape.lanes) * span):
+        variant, interleave = twin(variant, interleave=False), False
+    if shape.stage and 4 * x2d.shape[0] * staged_floats(x2d.shape[1]) > STAGE_MAX_BYTES:
+        variant = twin(variant, stage=0)
     aligned = packed.data_ptr() % (1 if interleave else span) == 0
     if x2d.shape[1] % (8 * span) or x2d.data_ptr() % 16 or weight.data_ptr() % 16 or not aligned:
         return "scalar"
@@ -173,11 +184,11 @@ def decode_plan(x2d, weight, packed, variant: str | None = None) -> str:
     return variant
 
 
-def decode_lanes(words: int) -> int:
+def decode_lanes(words: int, cap: int = DECODE_MAX_LANES) -> int:
     """Lanes per row of the decode kernels for ``words`` mask words (or byte groups) per
-    row: the power of two covering them, at most DECODE_MAX_LANES (SIM_MAX_LANES in the
-    simulator)."""
-    return min(SIM_MAX_LANES if _simulating() else DECODE_MAX_LANES, 1 << (words - 1).bit_length())
+    row: the power of two covering them, at most ``cap`` (a variant's ``lanes``;
+    DECODE_MAX_LANES for the element-wise kernel) and SIM_MAX_LANES in the simulator."""
+    return min(SIM_MAX_LANES if _simulating() else cap, 1 << (words - 1).bit_length())
 
 
 def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=None):
@@ -196,18 +207,22 @@ def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=None
         return
     plan = decode_plan(x2d, weight, packed, variant)
     if plan == "scalar":
-        kernel, block, words = kernels.decode_kernel(n_masks, code, acc64, mode), DECODE_BLOCK, (d_model + 7) // 8
+        kernel = kernels.decode_kernel(n_masks, code, acc64, mode)
+        lanes = decode_lanes((d_model + 7) // 8)
         operands = [_view(t) for t in (x2d, weight, packed)]
-    else:
-        shape = DECODE_VARIANTS[plan]
-        span, block, interleave = shape[0], shape[2], shape[5]
-        kernel = kernels.decode_wide_kernel(n_masks, code, mode, x2d.dtype == torch.bfloat16, *shape)
-        words = d_model // (8 * span)
-        masks = _view(packed, torch.uint8 if interleave else _MASK_WORD[span])
-        operands = [_view(x2d, torch.int32), _view(weight, torch.int32), masks]
-    lanes = decode_lanes(words)
-    rows = 1 if plan == "scalar" else DECODE_VARIANTS[plan][3]
-    launch(kernel, -(-d_ff // (block // lanes * rows)), block, *operands, *rest, lanes)
+        launch(kernel, -(-d_ff // (DECODE_BLOCK // lanes)), DECODE_BLOCK, *operands, *rest, lanes)
+        return
+    shape = DECODE_VARIANTS[plan]
+    kernel = kernels.decode_wide_kernel(n_masks, code, mode, x2d.dtype == torch.bfloat16, *shape)
+    lanes = decode_lanes(d_model // (8 * shape.span), shape.lanes)
+    masks = _view(packed, torch.uint8 if shape.interleave else _MASK_WORD[shape.span])
+    operands = [_view(x2d, torch.int32), _view(weight, torch.int32), masks]
+    blocks, shared = -(-d_ff // (shape.block // lanes * shape.rows)), 0
+    if shape.stage:
+        shared = 4 * tokens * staged_floats(d_model)
+        if not _simulating():
+            blocks = min(blocks, shape.stage * _sm_count(x2d.device.index or torch.cuda.current_device()))
+    launch(kernel, blocks, shape.block, *operands, *rest, lanes, shared=shared)
 
 
 def forward(x2d, weight, packed, activation, variant: str | None = None):

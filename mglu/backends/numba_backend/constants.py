@@ -3,43 +3,74 @@
 No numba import here: the capability check reads these without loading numba.
 """
 
+from typing import NamedTuple
+
 #: tokens up to which the forward uses the decode kernel (it re-reads each row of W, from
 #: cache, once per token); to be measured on the H100
 DECODE_MAX_TOKENS = 4
 #: threads per block of the element-wise decode kernel ("scalar"): 4 warps; to be measured on the H100
 DECODE_BLOCK = 128
+class Wide(NamedTuple):
+    """The shape of a ``decode_wide`` kernel (fp16/bf16, 16-byte loads; kernels.py)."""
+
+    #: 16-byte chunks of a row per lane and mask word (one mask byte per chunk)
+    span: int
+    #: the loads of ``unroll`` words issued before use
+    unroll: int
+    #: threads per block
+    block: int
+    #: rows per slot of lanes (x read once for them)
+    rows: int
+    #: lanes summed by warp shuffles (else through shared memory)
+    shuffle: bool
+    #: a lane's chunks ``interleave``d over the lanes (each 16-byte load instruction of a
+    #: warp reads 512 contiguous bytes; the mask bytes come one per chunk), else adjacent
+    #: (each bit-plane read as one ``span``-byte word)
+    interleave: bool
+    #: at most this many lanes per row (a power of two <= 32)
+    lanes: int = 32
+    #: 0: one block per ``block / lanes * rows`` rows; k > 0: x staged once per block in
+    #: shared memory as fp32 and a persistent grid of k blocks per SM striding over the rows
+    stage: int = 0
+
+
 #: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
-#: ``decode`` kernel (every dtype and d_model), or (span, unroll, block, rows, shuffle,
-#: interleave) of ``decode_wide`` (fp16/bf16, 16-byte loads; kernels.py): ``span`` 16-byte
-#: chunks of a row per lane and mask word (one mask byte per chunk), the loads of ``unroll``
-#: words issued before use, ``block`` threads per block, ``rows`` rows per slot of lanes
-#: (x read once for them), lanes summed by warp shuffles (``shuffle``) or through shared
-#: memory, a lane's chunks adjacent (each bit-plane read as one ``span``-byte word) or
-#: ``interleave``d over the lanes (each 16-byte load instruction of a warp reads 512
-#: contiguous bytes; the mask bytes come one per chunk). The first seven are the H100
-#: sweep at fddaa17 (DESIGN.md); sm_90 PTX without local memory for every n_masks 1..16
-#: (checked on CPU): scalar, v4, v4u2, v4s2, v4u2b256; v4u4 spills from n_masks 9, v4s4
-#: from 12 (NVVM stops unrolling the word loop), v4s4w from 13 (its FORWARD, fp16 and
-#: bf16); for the others no such check is recorded. v4s4wi (interleaved) is the H200 lead
-#: of DESIGN.md: numba and cuda, whose loads are ``16 span`` bytes apart across a warp, fell
-#: to 64-73% of copy there while triton's coalesced GEMV held 81-88%; the other H200
-#: candidates (v4s2w, v4s2wi, v4s4wib256, v4s4r2wi, and v4s4w / v4s4wi under a 64-register
-#: cap) tied or lost and were dropped (DESIGN.md "H200 round"). Every variant reads its
-#: mask words through the read-only path since H200 run 37 (DESIGN.md, fifth H200 session)
+#: ``decode`` kernel (every dtype and d_model), or the :class:`Wide` shape of ``decode_wide``.
+#: The first seven are the H100 sweep at fddaa17 (DESIGN.md); sm_90 PTX without local memory
+#: for every n_masks 1..16 (checked on CPU): scalar, v4, v4u2, v4s2, v4u2b256; v4u4 spills
+#: from n_masks 9, v4s4 from 12 (NVVM stops unrolling the word loop), v4s4w from 13 (its
+#: FORWARD, fp16 and bf16); for the others no such check is recorded. v4s4wi (interleaved)
+#: is the H200 lead of DESIGN.md: numba and cuda, whose loads are ``16 span`` bytes apart
+#: across a warp, fell to 64-73% of copy there while triton's coalesced GEMV held 81-88%; the
+#: other H200 candidates (v4s2w, v4s2wi, v4s4wib256, v4s4r2wi, and v4s4w / v4s4wi under a
+#: 64-register cap) tied or lost and were dropped (DESIGN.md "H200 round"). Every variant
+#: reads its mask words through the read-only path since H200 run 37 (DESIGN.md, fifth H200
+#: session). The ``l16`` (16 lanes a row: two rows a warp share the reduction and the
+#: epilogue) and ``x`` (x staged, persistent grid of 7 blocks a SM: 7 is what 70 registers
+#: a thread leave room for, 65536 / (72 * 128)) variants are the seventh H200 session's
+#: candidates (DESIGN.md)
 DECODE_VARIANTS = {
     "scalar": None,
-    "v4": (1, 1, 128, 1, False, False),
-    "v4u2": (1, 2, 128, 1, False, False),
-    "v4u4": (1, 4, 128, 1, False, False),
-    "v4s2": (2, 1, 128, 1, False, False),
-    "v4s4": (4, 1, 128, 1, False, False),
-    "v4u2b256": (1, 2, 256, 1, False, False),
-    "v4s4w": (4, 1, 128, 1, True, False),
-    "v4s4wb256": (4, 1, 256, 1, True, False),
-    "v4s4r2w": (4, 1, 128, 2, True, False),
-    "v4s8w": (8, 1, 128, 1, True, False),
-    "v4s4wi": (4, 1, 128, 1, True, True),
+    "v4": Wide(1, 1, 128, 1, False, False),
+    "v4u2": Wide(1, 2, 128, 1, False, False),
+    "v4u4": Wide(1, 4, 128, 1, False, False),
+    "v4s2": Wide(2, 1, 128, 1, False, False),
+    "v4s4": Wide(4, 1, 128, 1, False, False),
+    "v4u2b256": Wide(1, 2, 256, 1, False, False),
+    "v4s4w": Wide(4, 1, 128, 1, True, False),
+    "v4s4wb256": Wide(4, 1, 256, 1, True, False),
+    "v4s4r2w": Wide(4, 1, 128, 2, True, False),
+    "v4s8w": Wide(8, 1, 128, 1, True, False),
+    "v4s4wi": Wide(4, 1, 128, 1, True, True),
+    "v4s4wl16": Wide(4, 1, 128, 1, True, False, lanes=16),
+    "v4s4wx": Wide(4, 1, 128, 1, True, False, stage=7),
+    "v4s4wl16x": Wide(4, 1, 128, 1, True, False, lanes=16, stage=7),
+    "v4s4wix": Wide(4, 1, 128, 1, True, True, stage=7),
 }
+#: bytes of staged x a block may hold (the dynamic shared memory a launch gets without
+#: opting in: a CUDA fact); a staged variant whose tokens do not fit hands the call to its
+#: unstaged twin (:func:`twin`). fp32 rows padded by 4 floats per 32 (bank conflicts, kernels.py)
+STAGE_MAX_BYTES = 48 * 1024
 #: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
 #: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and
 #: bf16, 4096x14336 and 4096x11008, n_masks 1, 2, 4, 8; DESIGN.md has the table), e.g. fp16
@@ -64,11 +95,17 @@ DECODE_MANY_MASKS = 12
 DECODE_VARIANT_MANY_MASKS = "v4s2"
 
 
-def adjacent_twin(variant: str) -> str:
-    """The variant of the same shape with adjacent chunks, for a row that an interleaved
-    variant cannot cover (``d_model / 8`` not a multiple of ``lanes * span``)."""
-    shape = DECODE_VARIANTS[variant]
-    return next(k for k, v in DECODE_VARIANTS.items() if v == shape[:5] + (False,))
+def twin(variant: str, **fields) -> str:
+    """The variant whose shape is ``variant``'s with ``fields`` changed: ``interleave=False``
+    (adjacent chunks) for a row that an interleaved variant cannot cover (``d_model / 8`` not
+    a multiple of ``lanes * span``), ``stage=0`` for tokens whose x exceeds STAGE_MAX_BYTES."""
+    shape = DECODE_VARIANTS[variant]._replace(**fields)
+    return next(k for k, v in DECODE_VARIANTS.items() if v == shape)
+
+
+def staged_floats(d_model: int) -> int:
+    """fp32 words a token's staged x takes: ``d_model`` plus 4 of padding per 32."""
+    return d_model + 4 * -(-d_model // 32)
 
 
 def default_variant(n_masks: int) -> str:

@@ -11,7 +11,9 @@ Wide loads (the ``decode_wide`` kernel): ``load_v4(a, i)`` returns the four int3
 has no vector load from an array, so it is an inline-PTX intrinsic); ``f16x2(word)`` and
 ``bf16x2(word)`` widen the two 16-bit halves of a word to fp32, low half first (the
 element at the lower address: little endian). ``load_nc(a, i)`` is ``a[i]`` of an integer
-array through the read-only path (``ld.global.nc``), for the mask words.
+array through the read-only path (``ld.global.nc``), for the mask words; ``shared_v4(a, i)``
+the four floats ``a[4i .. 4i+3]`` of a shared float32 array as one 16-byte shared load;
+``pick(c, a, b)`` is ``a if c else b`` as a ``selp`` that the compiler keeps.
 
 On the GPU these three are ``numba.cuda.extending.overload`` s, chosen by the argument
 types at compile time. Numba's CUDA simulator runs device code as Python on NumPy
@@ -69,6 +71,12 @@ if SIMULATED:
     def load_nc(a, i):
         return a[i]
 
+    def shared_v4(a, i):
+        return tuple(a[4 * i : 4 * i + 4])
+
+    def pick(c, a, b):
+        return a if c else b
+
     def f16x2(word):
         lo, hi = np.array([word], np.int32).view(np.float16)
         return np.float32(lo), np.float32(hi)
@@ -100,6 +108,39 @@ else:
             asm = ir.InlineAsm(fnty, "ld.global.nc.v4.u32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l")
             words = builder.call(asm, [ptr])
             return context.make_tuple(builder, sig.return_type, [builder.extract_value(words, q) for q in range(4)])
+
+        return sig, codegen
+
+    @intrinsic
+    def shared_v4(typingctx, a, i):
+        """Floats ``4i .. 4i+3`` of a float32 shared-memory array ``a`` by one 16-byte load
+        (``ld.shared.v4.f32``: the pointer is cast to the shared address space, and the
+        array is declared 16-byte aligned by the caller)."""
+        sig = types.UniTuple(types.float32, 4)(a, i)
+
+        def codegen(context, builder, sig, args):
+            aty, ity = sig.args
+            ary = context.make_array(aty)(context, builder, value=args[0])
+            i = context.cast(builder, args[1], ity, types.intp)
+            ptr = cgutils.get_item_pointer(context, builder, aty, ary, [builder.mul(i, i.type(4))])
+            vec = ir.VectorType(ir.FloatType(), 4)
+            shared = builder.addrspacecast(builder.bitcast(ptr, ir.PointerType(vec)), ir.PointerType(vec, 3))
+            v = builder.load(shared, align=16)
+            return context.make_tuple(builder, sig.return_type, [builder.extract_element(v, _I32(q)) for q in range(4)])
+
+        return sig, codegen
+
+    @intrinsic
+    def pick(typingctx, c, a, b):
+        """``a if c else b`` for an int32 ``c`` and float32 ``a``, ``b`` as one ``selp.f32``:
+        LLVM turns a chain of plain selects among loads of a local array into one load at a
+        run-time index, which puts the array in local memory (seen in the sm_90 PTX)."""
+        sig = types.float32(types.int32, types.float32, types.float32)
+
+        def codegen(context, builder, sig, args):
+            fnty = ir.FunctionType(ir.FloatType(), [_I32, ir.FloatType(), ir.FloatType()])
+            asm = ir.InlineAsm(fnty, "{ .reg .pred p; setp.ne.s32 p, $1, 0; selp.f32 $0, $2, $3, p; }", "=f,r,f,f")
+            return builder.call(asm, [args[0], args[1], args[2]])
 
         return sig, codegen
 
