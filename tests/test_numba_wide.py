@@ -106,20 +106,3 @@ def test_decode_plan_refuses_the_wide_kernel_where_an_int32_index_could_overflow
     assert plan(1, 8192, 131072, 16) == "scalar"  # n_masks d_ff d_model / 8 = 2**31
 
 
-
-def test_decode_plan_hands_tokens_whose_staged_x_exceeds_the_budget_to_the_unstaged_twin():
-    """A staged variant holds every token's x as padded fp32 (constants.staged_floats) in at
-    most STAGE_MAX_BYTES of shared memory: 2 tokens of d_model 4096 fit (36 KB), 3 do not."""
-    nb = _numba_backend()
-
-    def plan(tokens, d_model, variant):
-        x = torch.empty(tokens, d_model, dtype=torch.bfloat16, device="meta")
-        w = torch.empty(64, d_model, dtype=torch.bfloat16, device="meta")
-        packed = torch.empty(4, 64, d_model // 8, dtype=torch.uint8, device="meta")
-        return nb.decode_plan(x, w, packed, variant)
-
-    assert nb.constants.staged_floats(4096) == 4608 and nb.constants.staged_floats(40) == 48
-    assert plan(2, 4096, "v4s4wx") == "v4s4wx"
-    assert plan(3, 4096, "v4s4wx") == "v4s4w"
-    assert plan(3, 4096, "v4s4wl16x") == "v4s4wl16"
-    assert plan(3, 4096, "v4s4wix") == "v4s4wi"

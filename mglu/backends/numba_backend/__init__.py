@@ -33,7 +33,6 @@ from .constants import (
     DECODE_VARIANT_FEW_MASKS,
     DECODE_VARIANT_MANY_MASKS,
     DECODE_VARIANTS,
-    STAGE_MAX_BYTES,
     default_variant,
     ELEM_BLOCK,
     SIM_MAX_BLOCKS,
@@ -43,7 +42,6 @@ from .constants import (
     TILE_N,
     TILE_T,
     TILE_THREADS,
-    staged_floats,
     twin,
 )
 
@@ -129,29 +127,23 @@ def _on_device(device: torch.device):
 
 
 def _launcher(device: torch.device):
-    """``launch(kernel, blocks, block, *args, shared=0)`` on PyTorch's current stream of
-    ``device``, with ``shared`` bytes of dynamic shared memory. Every kernel strides over its
-    work by ``gridDim.x``, so the simulator launches at most SIM_MAX_BLOCKS blocks."""
+    """``launch(kernel, blocks, block, *args)`` on PyTorch's current stream of ``device``.
+    Every kernel strides over its work by ``gridDim.x``, so the simulator launches at most
+    SIM_MAX_BLOCKS blocks."""
     if _simulating():
 
-        def launch(kernel, blocks, block, *args, shared=0):
-            kernel[min(blocks, SIM_MAX_BLOCKS), block, 0, shared](*args)
+        def launch(kernel, blocks, block, *args):
+            kernel[min(blocks, SIM_MAX_BLOCKS), block](*args)
 
         return launch
     from numba import cuda
 
     stream = cuda.external_stream(torch.cuda.current_stream(device).cuda_stream)
 
-    def launch(kernel, blocks, block, *args, shared=0):
-        kernel[blocks, block, stream, shared](*args)
+    def launch(kernel, blocks, block, *args):
+        kernel[blocks, block, stream](*args)
 
     return launch
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    """Streaming multiprocessors of CUDA device ``index`` (the persistent grid's unit)."""
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def decode_plan(x2d, weight, packed, variant: str | None = None) -> str:
@@ -165,8 +157,7 @@ def decode_plan(x2d, weight, packed, variant: str | None = None) -> str:
     (the element-wise ``decode`` kernel: any dtype, ``d_model`` and alignment). An
     interleaved variant whose ``lanes * span`` chunks do not divide a row hands the row to
     its adjacent twin (:func:`constants.twin`) first; it reads the masks as bytes, so they
-    need no alignment. A staged variant whose tokens' x exceeds STAGE_MAX_BYTES hands the
-    call to its unstaged twin."""
+    need no alignment."""
     variant = default_variant(packed.shape[0]) if variant is None else variant
     shape = DECODE_VARIANTS[variant]
     if shape is None or x2d.dtype not in (torch.float16, torch.bfloat16):
@@ -174,8 +165,6 @@ def decode_plan(x2d, weight, packed, variant: str | None = None) -> str:
     span, interleave = shape.span, shape.interleave
     if interleave and (x2d.shape[1] // 8) % (decode_lanes(x2d.shape[1] // (8 * span), shape.lanes) * span):
         variant, interleave = twin(variant, interleave=False), False
-    if shape.stage and 4 * x2d.shape[0] * staged_floats(x2d.shape[1]) > STAGE_MAX_BYTES:
-        variant = twin(variant, stage=0)
     aligned = packed.data_ptr() % (1 if interleave else span) == 0
     if x2d.shape[1] % (8 * span) or x2d.data_ptr() % 16 or weight.data_ptr() % 16 or not aligned:
         return "scalar"
@@ -217,12 +206,7 @@ def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=None
     lanes = decode_lanes(d_model // (8 * shape.span), shape.lanes)
     masks = _view(packed, torch.uint8 if shape.interleave else _MASK_WORD[shape.span])
     operands = [_view(x2d, torch.int32), _view(weight, torch.int32), masks]
-    blocks, shared = -(-d_ff // (shape.block // lanes * shape.rows)), 0
-    if shape.stage:
-        shared = 4 * tokens * staged_floats(d_model)
-        if not _simulating():
-            blocks = min(blocks, shape.stage * _sm_count(x2d.device.index or torch.cuda.current_device()))
-    launch(kernel, blocks, shape.block, *operands, *rest, lanes, shared=shared)
+    launch(kernel, -(-d_ff // (shape.block // lanes * shape.rows)), shape.block, *operands, *rest, lanes)
 
 
 def forward(x2d, weight, packed, activation, variant: str | None = None):

@@ -29,9 +29,6 @@ class Wide(NamedTuple):
     interleave: bool
     #: at most this many lanes per row (a power of two <= 32)
     lanes: int = 32
-    #: 0: one block per ``block / lanes * rows`` rows; k > 0: x staged once per block in
-    #: shared memory as fp32 and a persistent grid of k blocks per SM striding over the rows
-    stage: int = 0
 
 
 #: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
@@ -45,10 +42,9 @@ class Wide(NamedTuple):
 #: other H200 candidates (v4s2w, v4s2wi, v4s4wib256, v4s4r2wi, and v4s4w / v4s4wi under a
 #: 64-register cap) tied or lost and were dropped (DESIGN.md "H200 round"). Every variant
 #: reads its mask words through the read-only path since H200 run 37 (DESIGN.md, fifth H200
-#: session). The ``l16`` (16 lanes a row: two rows a warp share the reduction and the
-#: epilogue) and ``x`` (x staged, persistent grid of 7 blocks a SM: 7 is what 70 registers
-#: a thread leave room for, 65536 / (72 * 128)) variants are the seventh H200 session's
-#: candidates (DESIGN.md)
+#: session). The ``l16`` and ``l8`` variants (16 or 8 lanes a row: 2 or 4 rows a warp share
+#: the butterfly and the epilogue) are the seventh H200 session's (DESIGN.md; its x-staged
+#: variants lost at every point of run 46 and were dropped)
 DECODE_VARIANTS = {
     "scalar": None,
     "v4": Wide(1, 1, 128, 1, False, False),
@@ -63,14 +59,10 @@ DECODE_VARIANTS = {
     "v4s8w": Wide(8, 1, 128, 1, True, False),
     "v4s4wi": Wide(4, 1, 128, 1, True, True),
     "v4s4wl16": Wide(4, 1, 128, 1, True, False, lanes=16),
-    "v4s4wx": Wide(4, 1, 128, 1, True, False, stage=7),
-    "v4s4wl16x": Wide(4, 1, 128, 1, True, False, lanes=16, stage=7),
-    "v4s4wix": Wide(4, 1, 128, 1, True, True, stage=7),
+    "v4s4wl8": Wide(4, 1, 128, 1, True, False, lanes=8),
+    "v4s4wil16": Wide(4, 1, 128, 1, True, True, lanes=16),
+    "v4s4wil8": Wide(4, 1, 128, 1, True, True, lanes=8),
 }
-#: bytes of staged x a block may hold (the dynamic shared memory a launch gets without
-#: opting in: a CUDA fact); a staged variant whose tokens do not fit hands the call to its
-#: unstaged twin (:func:`twin`). fp32 rows padded by 4 floats per 32 (bank conflicts, kernels.py)
-STAGE_MAX_BYTES = 48 * 1024
 #: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
 #: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and
 #: bf16, 4096x14336 and 4096x11008, n_masks 1, 2, 4, 8; DESIGN.md has the table), e.g. fp16
@@ -98,14 +90,9 @@ DECODE_VARIANT_MANY_MASKS = "v4s2"
 def twin(variant: str, **fields) -> str:
     """The variant whose shape is ``variant``'s with ``fields`` changed: ``interleave=False``
     (adjacent chunks) for a row that an interleaved variant cannot cover (``d_model / 8`` not
-    a multiple of ``lanes * span``), ``stage=0`` for tokens whose x exceeds STAGE_MAX_BYTES."""
+    a multiple of ``lanes * span``)."""
     shape = DECODE_VARIANTS[variant]._replace(**fields)
     return next(k for k, v in DECODE_VARIANTS.items() if v == shape)
-
-
-def staged_floats(d_model: int) -> int:
-    """fp32 words a token's staged x takes: ``d_model`` plus 4 of padding per 32."""
-    return d_model + 4 * -(-d_model // 32)
 
 
 def default_variant(n_masks: int) -> str:

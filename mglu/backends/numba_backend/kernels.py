@@ -27,7 +27,7 @@ from functools import lru_cache
 from numba import cuda, float32, float64, int32, int64
 
 from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
-from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_nc, load_v4, pick, shared_v4, store
+from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_nc, load_v4, pick, store
 
 FORWARD, GRAD = 0, 1
 assert TILE_TPT == 2, "the tiled kernel holds two accumulator arrays (acc_a, acc_b)"
@@ -78,8 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap,
-                       stage):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -102,16 +101,11 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     as W and x do: H200 run 37 against plain loads, bench timer, 4096x14336 / 4096x11008:
     n=1 interleaved 0.6-2.6% faster, n=2 and 4 within 2.4%, n=8 3.4-5.2% faster (DESIGN.md).
     ``lanes_cap`` bounds ``lanes`` (the launcher's business; the kernel takes ``lanes``). With
-    ``stage`` the block first stages every token's x in dynamic shared memory as fp32 (token
-    ``t``'s element ``e`` at ``t staged_floats(K) + e + 4 (e // 32)``: the padding puts the 8
-    lanes of each shared-memory phase of a 16-byte read in distinct banks, adjacent or
-    interleaved) and reads a chunk's 8 x back as two 16-byte shared loads; the launcher gives
-    it a persistent grid. With ``shuffle`` the FORWARD epilogue is spread over the lanes:
+    ``shuffle`` the FORWARD epilogue is spread over the lanes:
     lane ``j`` computes mask ``j``'s term (``j < n_masks``; rounds of ``lanes`` masks), and
     the terms are summed by the same butterfly."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
     ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
-    STAGE, XALIGN = stage > 0, None if SIMULATED else 16  # the simulator takes no alignment
     SPREAD = shuffle and mode == FORWARD
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
@@ -121,7 +115,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     def decode_wide(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
         part = cuda.shared.array(SHARED, float32)
         sums = cuda.shared.array(SHARED, float32)
-        xs = cuda.shared.array(0, float32, XALIGN)  # dynamic: launched with 0 bytes unless staged
         acc = cuda.local.array(RACC, float32)
         row = cuda.local.array(NACC, float32)
         wv = cuda.local.array(WORDS, int32)
@@ -132,16 +125,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
         words = chunks // SPAN  # mask words per row and plane
         step = n_lanes if INTERLEAVE else int32(1)  # chunks between a lane's consecutive chunks of a word
         per_block = (BLOCK // n_lanes) * ROWS
-        xp = int32(d_model) + 4 * ((int32(d_model) + 31) // 32)  # constants.staged_floats
-        if STAGE:
-            for q in range(tid, int32(tokens) * chunks, BLOCK):
-                x0, x1, x2, x3 = load_v4(x, int64(q))
-                e = (q // chunks) * xp + 8 * (q % chunks) + 4 * ((q % chunks) // 4)
-                xs[e], xs[e + 1] = halves(x0, BF16)
-                xs[e + 2], xs[e + 3] = halves(x1, BF16)
-                xs[e + 4], xs[e + 5] = halves(x2, BF16)
-                xs[e + 6], xs[e + 7] = halves(x3, BF16)
-            cuda.syncthreads()
         for row_block in range(int32(cuda.blockIdx.x), (n_ff + per_block - 1) // per_block, int32(cuda.gridDim.x)):
             n0 = int32(row_block * per_block + slot * ROWS)
             for t in range(int32(tokens)):
@@ -176,16 +159,9 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                 q0 = (s - lane) * SPAN + lane if INTERLEAVE else s * SPAN
                                 first = int64(int32(t * chunks + q0))
                                 for c in range(SPAN):
-                                    if STAGE:
-                                        qc = q0 + c * step
-                                        e4 = (t * xp + 8 * qc + 4 * (qc // 4)) // 4  # a multiple of 4 floats
-                                        f0, f1, f2, f3 = shared_v4(xs, e4)
-                                        f4, f5, f6, f7 = shared_v4(xs, e4 + 1)
-                                        h0, h1, h2, h3 = (f0, f1), (f2, f3), (f4, f5), (f6, f7)
-                                    else:
-                                        x0, x1, x2, x3 = load_v4(x, first + c * step)
-                                        h0, h1 = halves(x0, BF16), halves(x1, BF16)
-                                        h2, h3 = halves(x2, BF16), halves(x3, BF16)
+                                    x0, x1, x2, x3 = load_v4(x, first + c * step)
+                                    h0, h1 = halves(x0, BF16), halves(x1, BF16)
+                                    h2, h3 = halves(x2, BF16), halves(x3, BF16)
                                     for r in range(ROWS):
                                         e, q, b = 4 * ((u * ROWS + r) * SPAN + c), (u * ROWS + r) * NM, 8 * c
                                         fma_word(acc, r * NACC, NM, bits, q, b, halves(wv[e], BF16), h0)

@@ -11,8 +11,7 @@ Wide loads (the ``decode_wide`` kernel): ``load_v4(a, i)`` returns the four int3
 has no vector load from an array, so it is an inline-PTX intrinsic); ``f16x2(word)`` and
 ``bf16x2(word)`` widen the two 16-bit halves of a word to fp32, low half first (the
 element at the lower address: little endian). ``load_nc(a, i)`` is ``a[i]`` of an integer
-array through the read-only path (``ld.global.nc``), for the mask words; ``shared_v4(a, i)``
-the four floats ``a[4i .. 4i+3]`` of a shared float32 array as one 16-byte shared load;
+array through the read-only path (``ld.global.nc``), for the mask words;
 ``pick(c, a, b)`` is ``a if c else b`` as a ``selp`` that the compiler keeps.
 
 On the GPU these three are ``numba.cuda.extending.overload`` s, chosen by the argument
@@ -71,9 +70,6 @@ if SIMULATED:
     def load_nc(a, i):
         return a[i]
 
-    def shared_v4(a, i):
-        return tuple(a[4 * i : 4 * i + 4])
-
     def pick(c, a, b):
         return a if c else b
 
@@ -108,25 +104,6 @@ else:
             asm = ir.InlineAsm(fnty, "ld.global.nc.v4.u32 {$0, $1, $2, $3}, [$4];", "=r,=r,=r,=r,l")
             words = builder.call(asm, [ptr])
             return context.make_tuple(builder, sig.return_type, [builder.extract_value(words, q) for q in range(4)])
-
-        return sig, codegen
-
-    @intrinsic
-    def shared_v4(typingctx, a, i):
-        """Floats ``4i .. 4i+3`` of a float32 shared-memory array ``a`` by one 16-byte load
-        (``ld.shared.v4.f32``: the pointer is cast to the shared address space, and the
-        array is declared 16-byte aligned by the caller)."""
-        sig = types.UniTuple(types.float32, 4)(a, i)
-
-        def codegen(context, builder, sig, args):
-            aty, ity = sig.args
-            ary = context.make_array(aty)(context, builder, value=args[0])
-            i = context.cast(builder, args[1], ity, types.intp)
-            ptr = cgutils.get_item_pointer(context, builder, aty, ary, [builder.mul(i, i.type(4))])
-            vec = ir.VectorType(ir.FloatType(), 4)
-            shared = builder.addrspacecast(builder.bitcast(ptr, ir.PointerType(vec)), ir.PointerType(vec, 3))
-            v = builder.load(shared, align=16)
-            return context.make_tuple(builder, sig.return_type, [builder.extract_element(v, _I32(q)) for q in range(4)])
 
         return sig, codegen
 
