@@ -62,6 +62,11 @@ DECODE_VARIANTS = {
     "v4s4wl8": Wide(4, 1, 128, 1, True, False, lanes=8),
     "v4s4wil16": Wide(4, 1, 128, 1, True, True, lanes=16),
     "v4s4wil8": Wide(4, 1, 128, 1, True, True, lanes=8),
+    "v4s4wl8b64": Wide(4, 1, 64, 1, True, False, lanes=8),
+    "v4s4wl8b32": Wide(4, 1, 32, 1, True, False, lanes=8),
+    "v4s4wil8b64": Wide(4, 1, 64, 1, True, True, lanes=8),
+    "v4s4wil8b32": Wide(4, 1, 32, 1, True, True, lanes=8),
+    "v4s4wl4": Wide(4, 1, 128, 1, True, False, lanes=4),
 }
 #: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
 #: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and
