@@ -1,4 +1,4 @@
-"""Time the numba backend's decode variants on a GPU; the source of DECODE_VARIANT (constants.py).
+"""Time the numba backend's decode variants on a GPU; the source of DECODE_DEFAULTS (constants.py).
 
 Usage: python scripts/numba_tune.py [--json PATH] [--budget SECONDS] [--variants NAME,...]
 [--others cuda,triton,cuda:VARIANT] [--n-masks 1,4,2,8]

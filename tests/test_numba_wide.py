@@ -69,11 +69,11 @@ def test_decode_plan_takes_the_element_wise_kernel_where_wide_loads_do_not_apply
     x48, w48, p48 = _inputs(1, 48, 9, 2, torch.bfloat16, seed=2)
     assert nb.decode_plan(x48, w48, p48, "v4") == "v4"
     assert nb.decode_plan(x48, w48, p48, "v4s4") == "scalar"  # 48 % 32 != 0
-    many = mglu.pack_masks(torch.randn(nb.DECODE_MANY_MASKS, 9, 64)).to(DEVICE)
-    assert nb.decode_plan(x, w, packed) == nb.DECODE_VARIANT_FEW_MASKS  # the measured default at 2 masks
-    three = mglu.pack_masks(torch.randn(3, 9, 64)).to(DEVICE)
-    assert nb.decode_plan(x, w, three) == nb.DECODE_VARIANT
-    assert nb.decode_plan(x, w, many) == nb.DECODE_VARIANT_MANY_MASKS
+    for n_masks in range(1, 17):  # d_model 64: every default's loads apply (2 words, 2 lanes)
+        masks = mglu.pack_masks(torch.randn(n_masks, 9, 64)).to(DEVICE)
+        assert nb.decode_plan(x, w, masks) == nb.default_variant(n_masks)
+    for (most, variant), (_, after) in zip(nb.DECODE_DEFAULTS, nb.DECODE_DEFAULTS[1:]):
+        assert (nb.default_variant(most), nb.default_variant(most + 1)) == (variant, after)
 
 
 def test_decode_plan_hands_rows_an_interleaved_variant_cannot_cover_to_its_adjacent_twin():

@@ -174,20 +174,22 @@ def _numba_cases() -> list[Case]:
     kernel up to DECODE_MAX_TOKENS = 4 tokens, 8 elements per lane, up to 32 lanes per row
     (256 elements a step); the tiled kernel above, tiles of 8 tokens x 32 rows x 32 of
     d_model, 2 tokens per thread. Small enough for the simulator (SIM_MAX_MACS), except
-    numba_wide_full_warp (GPU only): the 16-byte decode kernel (v4s4w) with 33 mask words
-    a row, so all 32 lanes meet in the shuffle sum and lane 0 takes two words. Up to
-    DECODE_FEW_MASKS masks the wide kernel interleaves a row's chunks over the 32 lanes
-    when they cover it in whole rounds of 128 chunks (d_model % 1024 == 0 on the GPU):
-    numba_wide_interleaved takes two rounds, numba_wide_interleaved_twin (d_model 1056,
-    not whole rounds) hands the row to the adjacent twin (GPU only, fp16/bf16: the wide
-    kernel's dtypes). From DECODE_MANY_MASKS = 12 masks the wide kernel takes span-2 words
-    (v4s2, int16 mask words): numba_wide_many_masks, 16 masks at 1 token (4 words a row, 4
-    lanes)."""
+    numba_wide_full_warp (GPU only): the 16-byte decode kernel at 5 masks (v4s4w, 32 lanes a
+    row, constants.DECODE_DEFAULTS) with 33 mask words a row, so all 32 lanes meet in the
+    shuffle sum and lane 0 takes two words; numba_wide_eight_lanes the same row at 3 masks
+    (v4s4wl8: 8 lanes a row, 4 rows a warp, lane 0 takes five words, the last warp of the
+    d_ff 37 rows holds one real row). At 1 mask the wide kernel interleaves a row's chunks
+    over its 8 lanes when they cover it in whole rounds of 32 chunks (d_model % 256 == 0 on
+    the GPU): numba_wide_interleaved takes two rounds, numba_wide_interleaved_twin (d_model
+    1056, not whole rounds) hands the row to the adjacent twin (GPU only, fp16/bf16: the
+    wide kernel's dtypes). From 12 masks the wide kernel takes span-2 words (v4s2, int16
+    mask words): numba_wide_many_masks, 16 masks at 1 token (4 words a row, 4 lanes)."""
     wide = (torch.float16, torch.bfloat16)
     return [
         Case("numba_decode_at_switch", (4,), 200, 5, 3, quick=False),
-        Case("numba_wide_full_warp", (3,), 1056, 40, 3, quick_dtypes=wide),
-        Case("numba_wide_interleaved", (1,), 2048, 37, 2, quick=False, dtypes=wide),
+        Case("numba_wide_full_warp", (3,), 1056, 40, 5, quick_dtypes=wide),
+        Case("numba_wide_eight_lanes", (1,), 1056, 37, 3, quick=False, dtypes=wide),
+        Case("numba_wide_interleaved", (1,), 512, 37, 1, quick=False, dtypes=wide),
         Case("numba_wide_interleaved_twin", (1,), 1056, 40, 1, quick=False, dtypes=wide),
         Case("numba_wide_many_masks", (1,), 64, 40, 16, dtypes=wide),
         Case("numba_tiled_above_switch", (5,), 33, 17, 2, quick=False),

@@ -26,12 +26,9 @@ import torch
 from ..base import Backend, Problem, new_output
 from .constants import (
     DECODE_BLOCK,
+    DECODE_DEFAULTS,
     DECODE_MAX_LANES,
-    DECODE_MANY_MASKS,
     DECODE_MAX_TOKENS,
-    DECODE_VARIANT,
-    DECODE_VARIANT_FEW_MASKS,
-    DECODE_VARIANT_MANY_MASKS,
     DECODE_VARIANTS,
     default_variant,
     ELEM_BLOCK,

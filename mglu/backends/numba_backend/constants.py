@@ -44,7 +44,13 @@ class Wide(NamedTuple):
 #: reads its mask words through the read-only path since H200 run 37 (DESIGN.md, fifth H200
 #: session). The ``l16`` and ``l8`` variants (16 or 8 lanes a row: 2 or 4 rows a warp share
 #: the butterfly and the epilogue) are the seventh H200 session's (DESIGN.md; its x-staged
-#: variants lost at every point of run 46 and were dropped)
+#: variants lost at every point of run 46 and were dropped). v4s8wl8 and v4s8wl8b32 keep
+#: 128 bytes of W in flight per lane instead of 64: at 4096x11008 the 8-lane grid is 2752
+#: warps, about 21 an SM, too few loads in flight to cover the memory latency; at n_masks 4
+#: they take 92 registers (scripts/numba_resources.py), 20 warps an SM in 128-thread blocks
+#: (a second wave at 4096x11008) and 21 in 32-thread blocks (one wave): the eighth
+#: session's lead, DESIGN.md. Unrolling two span-4 words instead (unroll 2) put them in
+#: local memory at n_masks 4 (checked on CPU)
 DECODE_VARIANTS = {
     "scalar": None,
     "v4": Wide(1, 1, 128, 1, False, False),
@@ -60,36 +66,25 @@ DECODE_VARIANTS = {
     "v4s4wi": Wide(4, 1, 128, 1, True, True),
     "v4s4wl16": Wide(4, 1, 128, 1, True, False, lanes=16),
     "v4s4wl8": Wide(4, 1, 128, 1, True, False, lanes=8),
-    "v4s4wil16": Wide(4, 1, 128, 1, True, True, lanes=16),
     "v4s4wil8": Wide(4, 1, 128, 1, True, True, lanes=8),
-    "v4s4wl8b64": Wide(4, 1, 64, 1, True, False, lanes=8),
-    "v4s4wl8b32": Wide(4, 1, 32, 1, True, False, lanes=8),
-    "v4s4wil8b64": Wide(4, 1, 64, 1, True, True, lanes=8),
-    "v4s4wil8b32": Wide(4, 1, 32, 1, True, True, lanes=8),
-    "v4s4wl4": Wide(4, 1, 128, 1, True, False, lanes=4),
+    "v4s8wl8": Wide(8, 1, 128, 1, True, False, lanes=8),
+    "v4s8wl8b32": Wide(8, 1, 32, 1, True, False, lanes=8),
 }
-#: the variant the forward uses where its wide loads apply: v4s4w was the fastest variant at
-#: every point of the H100 sweep at commit fddaa17 (scripts/numba_tune.py, 1 token, fp16 and
-#: bf16, 4096x14336 and 4096x11008, n_masks 1, 2, 4, 8; DESIGN.md has the table), e.g. fp16
-#: 4096x14336: n=1 49.6 us (v4s4wb256 50.7, v4s4r2w 52.3, v4s4 58.2, v4s8w 68.0), n=4 60.1 us
-#: (v4s4r2w 61.9, v4s4wb256 65.0, v4s4 70.3), n=8 75.4 us (v4s4wb256 79.3, v4s4 88.8)
-DECODE_VARIANT = "v4s4w"
-#: up to this many masks the forward takes DECODE_VARIANT_FEW_MASKS: on the H200 (runs 22
-#: and 23, commits 60cad37 and dacede1, scripts/numba_tune.py, bench timer) the interleaved
-#: v4s4wi beat v4s4w at every point of n_masks 1 and 2 (fp16 4096x14336 n=1 39.0 / 39.6 us
-#: against 43.6 / 43.4; 4096x11008 31.7 / 32.0 against 35.5 / 35.5; n=2 44.3 against 45.7,
-#: 36.8 against 37.0) and lost at every point of 4 and 8 (n=4 56.4 against 49.8; n=8 95.3
-#: against 69.7, bf16): its mask bytes are 4 byte loads a plane and word instead of one
-DECODE_FEW_MASKS = 2
-DECODE_VARIANT_FEW_MASKS = "v4s4wi"
-#: near this n_masks the span-4 kernels' sm_90 PTX holds their mask words in local memory
-#: (NVVM stops unrolling; checked on CPU: v4s4 at 86fa957 from 12, v4s4w's FORWARD from 13 in
-#: fp16 and bf16; the threshold stays at 12), so from it on the forward takes
-#: DECODE_VARIANT_MANY_MASKS, the fastest variant without local memory at n_masks 8 in the
-#: sweep recorded at commit 86fa957 (its DESIGN.md), a sweep that had no shuffle variant;
-#: neither is measured at n_masks >= 12, where a shuffle span-2 kernel is the open lead
-DECODE_MANY_MASKS = 12
-DECODE_VARIANT_MANY_MASKS = "v4s2"
+#: the decode variant by n_masks: (at most this many masks, variant), from the H200 sweeps
+#: of the seventh session (scripts/numba_tune.py, bench timer, 1 token, fp16 and bf16,
+#: 4096x14336 and 4096x11008; DESIGN.md has the tables). Run 47 (commit bc0abfa): n=1
+#: v4s4wil8 35.8 / 36.3 us fp16 / bf16 at 4096x14336 and 30.7 / 30.6 at 4096x11008, against
+#: v4s4wi 39.0 / 38.8 and 32.2 / 31.6; n=2 v4s4wl8 40.5 / 40.4 and 34.9 / 35.4, the fastest;
+#: n=4 v4s4wl8 44.8 / 45.6 and 39.1 / 39.0; n=8 v4s4wl8 78.6 against v4s4w 63.9. Run 48
+#: (commit 2beb5e1): n=4 v4s4wl8 44.1 / 44.6 and 38.3 / 38.5 against v4s4w 48.6 / 49.2 and
+#: 39.0 / 39.6 (v4s4wl8 in 64- or 32-thread blocks within 1.6% of it, dropped). v4s4w was
+#: the fastest at n_masks 8 in the H100 sweep at fddaa17 and ties v4s4wl16 there on the
+#: H200 (run 47); from 12 masks the span-4 kernels' sm_90 PTX holds their mask words in
+#: local memory (NVVM stops unrolling; checked on CPU: v4s4 at 86fa957 from 12, v4s4w's
+#: FORWARD from 13), so there v4s2 runs, the fastest variant without local memory at
+#: n_masks 8 in the sweep at commit 86fa957, which had no shuffle variant; nothing is
+#: measured at n_masks >= 12
+DECODE_DEFAULTS = ((1, "v4s4wil8"), (4, "v4s4wl8"), (11, "v4s4w"), (16, "v4s2"))
 
 
 def twin(variant: str, **fields) -> str:
@@ -101,11 +96,8 @@ def twin(variant: str, **fields) -> str:
 
 
 def default_variant(n_masks: int) -> str:
-    """The decode variant the forward uses for ``n_masks`` masks (see DECODE_VARIANT,
-    DECODE_FEW_MASKS, DECODE_MANY_MASKS)."""
-    if n_masks <= DECODE_FEW_MASKS:
-        return DECODE_VARIANT_FEW_MASKS
-    return DECODE_VARIANT if n_masks < DECODE_MANY_MASKS else DECODE_VARIANT_MANY_MASKS
+    """The decode variant the forward uses for ``n_masks`` masks (DECODE_DEFAULTS)."""
+    return next(v for most, v in DECODE_DEFAULTS if n_masks <= most)
 #: lanes per row of the decode kernel: at most one warp, i.e. 8 * 32 = 256 elements of a
 #: row per step; fewer (a power of two) when d_model is small
 DECODE_MAX_LANES = 32
