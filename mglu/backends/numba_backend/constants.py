@@ -29,6 +29,9 @@ class Wide(NamedTuple):
     interleave: bool
     #: at most this many lanes per row (a power of two <= 32)
     lanes: int = 32
+    #: with ``interleave``: the mask words loaded as in the adjacent layout (one load a plane)
+    #: and each lane's bytes gathered from the other lanes by warp shuffles (span <= 4)
+    gather: bool = False
 
 
 #: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
@@ -44,13 +47,11 @@ class Wide(NamedTuple):
 #: reads its mask words through the read-only path since H200 run 37 (DESIGN.md, fifth H200
 #: session). The ``l16`` and ``l8`` variants (16 or 8 lanes a row: 2 or 4 rows a warp share
 #: the butterfly and the epilogue) are the seventh H200 session's (DESIGN.md; its x-staged
-#: variants lost at every point of run 46 and were dropped). v4s8wl8 and v4s8wl8b32 keep
-#: 128 bytes of W in flight per lane instead of 64: at 4096x11008 the 8-lane grid is 2752
-#: warps, about 21 an SM, too few loads in flight to cover the memory latency; at n_masks 4
-#: they take 92 registers (scripts/numba_resources.py), 20 warps an SM in 128-thread blocks
-#: (a second wave at 4096x11008) and 21 in 32-thread blocks (one wave): the eighth
-#: session's lead, DESIGN.md. Unrolling two span-4 words instead (unroll 2) put them in
-#: local memory at n_masks 4 (checked on CPU)
+#: variants lost at every point of run 46 and were dropped; the eighth session's span-8
+#: eight-lane variants lost at every point of run 49, 1.8-2.4x slower). v4s4wgl8 and v4s4wg
+#: interleave W as v4s4wil8 / v4s4wi do but load each mask plane as one word a lane and
+#: gather the bytes by warp shuffles: the lead of DESIGN.md since run 22, written in the
+#: eighth session
 DECODE_VARIANTS = {
     "scalar": None,
     "v4": Wide(1, 1, 128, 1, False, False),
@@ -67,8 +68,8 @@ DECODE_VARIANTS = {
     "v4s4wl16": Wide(4, 1, 128, 1, True, False, lanes=16),
     "v4s4wl8": Wide(4, 1, 128, 1, True, False, lanes=8),
     "v4s4wil8": Wide(4, 1, 128, 1, True, True, lanes=8),
-    "v4s8wl8": Wide(8, 1, 128, 1, True, False, lanes=8),
-    "v4s8wl8b32": Wide(8, 1, 32, 1, True, False, lanes=8),
+    "v4s4wgl8": Wide(4, 1, 128, 1, True, True, lanes=8, gather=True),
+    "v4s4wg": Wide(4, 1, 128, 1, True, True, gather=True),
 }
 #: the decode variant by n_masks: (at most this many masks, variant), from the H200 sweeps
 #: of the seventh session (scripts/numba_tune.py, bench timer, 1 token, fp16 and bf16,
