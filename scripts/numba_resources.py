@@ -48,7 +48,7 @@ def ptx(variant: str, n_masks: int, bf16: bool) -> str:
     shape = DECODE_VARIANTS[variant]
     kernel = K.decode_wide_kernel(n_masks, ACT_CODE["silu"], K.FORWARD, bf16, *shape)
     a = "int16[::1]" if bf16 else "float16[::1]"
-    words = "uint8" if shape.interleave and not shape.gather else MASK_WORD[shape.span]
+    words = "uint8" if shape.interleave else MASK_WORD[shape.span]
     sig = f"void(int32[::1],int32[::1],{words}[::1],{a},{a},{a},int64,int64,int64,int64)"
     text, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
     # NVVM may stamp a PTX ISA newer than this ptxas names; 9.0 is what sm_90 code needs

@@ -56,7 +56,7 @@ def specs(dtype, n_masks, act, dm_dtype, only_wide):
             shape = DECODE_VARIANTS[default_variant(n_masks)]
             span = shape.span
             kernel = K.decode_wide_kernel(n_masks, code, mode, dtype == "bfloat16", *shape)
-            words = "uint8" if shape.interleave and not shape.gather else MASK_WORD[span]  # interleaved: one byte per chunk
+            words = "uint8" if shape.interleave else MASK_WORD[span]  # interleaved: one byte per chunk
             yield "decode_wide", kernel, f"void(int32[::1],int32[::1],{words}[::1],{a},{a},{a},int64,int64,int64,int64)"
         if not only_wide:
             yield "tiled", K.tiled_kernel(n_masks, code, acc64, mode), products + ")"

@@ -29,9 +29,6 @@ class Wide(NamedTuple):
     interleave: bool
     #: at most this many lanes per row (a power of two <= 32)
     lanes: int = 32
-    #: with ``interleave``: the mask words loaded as in the adjacent layout (one load a plane)
-    #: and each lane's bytes gathered from the other lanes by warp shuffles (span <= 4)
-    gather: bool = False
 
 
 #: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
@@ -47,11 +44,10 @@ class Wide(NamedTuple):
 #: reads its mask words through the read-only path since H200 run 37 (DESIGN.md, fifth H200
 #: session). The ``l16`` and ``l8`` variants (16 or 8 lanes a row: 2 or 4 rows a warp share
 #: the butterfly and the epilogue) are the seventh H200 session's (DESIGN.md; its x-staged
-#: variants lost at every point of run 46 and were dropped; the eighth session's span-8
-#: eight-lane variants lost at every point of run 49, 1.8-2.4x slower). v4s4wgl8 and v4s4wg
-#: interleave W as v4s4wil8 / v4s4wi do but load each mask plane as one word a lane and
-#: gather the bytes by warp shuffles: the lead of DESIGN.md since run 22, written in the
-#: eighth session
+#: variants lost at every point of run 46 and were dropped). The eighth session's span-8
+#: eight-lane variants (128 bytes of W in flight a lane) lost at every point of run 49,
+#: 1.6-2.4x slower, and its gather variants (interleaved W, mask words gathered by warp
+#: shuffles) at every point of run 50, 1.2-1.9x: both dropped (DESIGN.md)
 DECODE_VARIANTS = {
     "scalar": None,
     "v4": Wide(1, 1, 128, 1, False, False),
@@ -68,8 +64,6 @@ DECODE_VARIANTS = {
     "v4s4wl16": Wide(4, 1, 128, 1, True, False, lanes=16),
     "v4s4wl8": Wide(4, 1, 128, 1, True, False, lanes=8),
     "v4s4wil8": Wide(4, 1, 128, 1, True, True, lanes=8),
-    "v4s4wgl8": Wide(4, 1, 128, 1, True, True, lanes=8, gather=True),
-    "v4s4wg": Wide(4, 1, 128, 1, True, True, gather=True),
 }
 #: the decode variant by n_masks: (at most this many masks, variant), from the H200 sweeps
 #: of the seventh session (scripts/numba_tune.py, bench timer, 1 token, fp16 and bf16,
@@ -84,7 +78,10 @@ DECODE_VARIANTS = {
 #: local memory (NVVM stops unrolling; checked on CPU: v4s4 at 86fa957 from 12, v4s4w's
 #: FORWARD from 13), so there v4s2 runs, the fastest variant without local memory at
 #: n_masks 8 in the sweep at commit 86fa957, which had no shuffle variant; nothing is
-#: measured at n_masks >= 12
+#: measured at n_masks >= 12. Run 50 (the eighth session, commit 16653f5) confirms the
+#: table: n=4 v4s4wl8 44.1 / 44.1 and 38.2 / 38.7 against v4s4w 47.8 / 48.1 and 39.1 / 38.6;
+#: n=1 v4s4wil8 35.5 / 35.9 and 29.9 / 30.4 against v4s4wl8 38.1 / 38.2 and 34.3 / 33.9;
+#: n=8 v4s4w 63.4 / 64.9 and 50.7 / 50.5 against v4s4wl8 77.7 / 78.0 and 53.2 / 53.7
 DECODE_DEFAULTS = ((1, "v4s4wil8"), (4, "v4s4wl8"), (11, "v4s4w"), (16, "v4s2"))
 
 

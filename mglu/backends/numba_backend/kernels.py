@@ -78,8 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap,
-                       gather=False):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -95,12 +94,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     (``c < span``: each 16-byte load instruction of the slot reads ``16 lanes`` contiguous
     bytes, the mask bytes arrive as ``span`` byte loads per plane, 32 contiguous bytes per
     warp instruction, and are joined into the word; needs ``K/8 % (lanes span) == 0``).
-    With ``gather`` (and ``interleave``) the masks arrive as words, as in the adjacent layout:
-    each lane loads word ``s`` of each plane (the ``span`` bytes of chunks ``span s .. span s
-    + span - 1``) and ``gather_word`` fetches its own chunks' bytes from the lanes that hold
-    them by warp shuffles, one a chunk: one mask load per plane and word instead of ``span``;
-    every slot then runs the word loop, also past the last row (it re-reads that row), so that
-    every lane of the warp takes part in each shuffle.
     Indices are int32 arithmetic. Each accumulator is summed
     over the slot's lanes by ``lane_sum`` (``shuffle``: a butterfly of warp shuffles, no
     barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32.
@@ -113,7 +106,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     the terms are summed by the same butterfly."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
     ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
-    GATHER = gather and interleave
     SPREAD = shuffle and mode == FORWARD
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
@@ -129,7 +121,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
         bits = cuda.local.array(BITS, BITS_T)
         tid, n_ff, n_lanes = int32(cuda.threadIdx.x), int32(d_ff), int32(lanes)
         lane, slot = tid % n_lanes, tid // n_lanes
-        base = (tid & int32(31)) - lane  # the warp lane of this slot's lane 0
         chunks = int32(d_model) // 8  # 16-byte chunks per row
         words = chunks // SPAN  # mask words per row and plane
         step = n_lanes if INTERLEAVE else int32(1)  # chunks between a lane's consecutive chunks of a word
@@ -139,7 +130,7 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
             for t in range(int32(tokens)):
                 for j in range(RACC):
                     acc[j] = float32(0)
-                if n0 < n_ff or GATHER:
+                if n0 < n_ff:
                     for s0 in range(lane, words, n_lanes * UNROLL):
                         for u in range(UNROLL):
                             s = int32(s0 + u * n_lanes)
@@ -153,11 +144,7 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                         e = 4 * ((u * ROWS + r) * SPAN + c)
                                         wv[e], wv[e + 1], wv[e + 2], wv[e + 3] = a0, a1, a2, a3
                                     for j in range(NM):
-                                        if GATHER:
-                                            q = int32((j * n_ff + nr) * words + s)
-                                            bits[(u * ROWS + r) * NM + j] = gather_word(
-                                                packed, q, load_nc(packed, q), SPAN, lane, n_lanes, base)
-                                        elif INTERLEAVE:
+                                        if INTERLEAVE:
                                             byte0 = int32((j * n_ff + nr) * chunks + q0)
                                             word = BITS_T(0)
                                             for c in range(SPAN):
@@ -202,16 +189,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
 
 if SIMULATED:
 
-    def gather_word(packed, q, mine, span, lane, lanes, base):
-        """The simulator's twin of the shuffle gather below (it has no warp intrinsics): the
-        same word, read from ``packed`` at the index the source lane loaded."""
-        word = int32(0)
-        for c in range(span):
-            p = c * lanes + lane
-            v = int32(packed[q - lane + p // span])
-            word |= ((v >> int32(8 * (p % span))) & int32(0xFF)) << int32(8 * c)
-        return word
-
     def lane_sum(v, lanes, scratch, tid):
         """The simulator's twin of the shuffle butterfly below (it has no warp intrinsics):
         the same sums in the same order, exchanged through shared ``scratch`` (one float per
@@ -226,21 +203,6 @@ if SIMULATED:
         return v
 
 else:
-
-    @cuda.jit(device=True)
-    def gather_word(packed, q, mine, span, lane, lanes, base):
-        """This lane's mask word of the interleaved layout (byte ``c``: the mask byte of its
-        chunk ``c lanes + lane`` of the slot's round of ``lanes span`` chunks), gathered from
-        ``mine``, the word ``q`` each lane of the slot loaded (the round's bytes ``span lane
-        ..``): chunk ``p``'s byte is byte ``p % span`` of lane ``p // span``'s word. Every lane
-        of the warp calls it (full-mask shuffles); ``packed`` and ``q`` are the twin's. Words
-        of at most 4 bytes (``span <= 4``: one 32-bit shuffle a chunk)."""
-        word = int32(0)
-        for c in range(span):
-            p = int32(c) * lanes + lane
-            v = cuda.shfl_sync(0xFFFFFFFF, int32(mine), base + p // span)
-            word |= int32(((v >> int32(8 * (p % span))) & int32(0xFF)) << int32(8 * c))
-        return word
 
     @cuda.jit(device=True)
     def lane_sum(v, lanes, scratch, tid):
