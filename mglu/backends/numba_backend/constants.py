@@ -47,7 +47,10 @@ class Wide(NamedTuple):
 #: variants lost at every point of run 46 and were dropped). The eighth session's span-8
 #: eight-lane variants (128 bytes of W in flight a lane) lost at every point of run 49,
 #: 1.6-2.4x slower, and its gather variants (interleaved W, mask words gathered by warp
-#: shuffles) at every point of run 50, 1.2-1.9x: both dropped (DESIGN.md)
+#: shuffles) at every point of run 50, 1.2-1.9x: both dropped (DESIGN.md). v4s2wl8 and
+#: v4s2u2wl8 (span 2: a lane's chunks 32 bytes apart across the warp, 8 lines a load
+#: instruction instead of span 4's 16) test run 51's finding that the 8-lane kernel is held
+#: by its L1 throughput (DESIGN.md)
 DECODE_VARIANTS = {
     "scalar": None,
     "v4": Wide(1, 1, 128, 1, False, False),
@@ -64,6 +67,8 @@ DECODE_VARIANTS = {
     "v4s4wl16": Wide(4, 1, 128, 1, True, False, lanes=16),
     "v4s4wl8": Wide(4, 1, 128, 1, True, False, lanes=8),
     "v4s4wil8": Wide(4, 1, 128, 1, True, True, lanes=8),
+    "v4s2wl8": Wide(2, 1, 128, 1, True, False, lanes=8),
+    "v4s2u2wl8": Wide(2, 2, 128, 1, True, False, lanes=8),
 }
 #: the decode variant by n_masks: (at most this many masks, variant), from the H200 sweeps
 #: of the seventh session (scripts/numba_tune.py, bench timer, 1 token, fp16 and bf16,
