@@ -43,7 +43,10 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
       12 of triton_backend/DESIGN.md: 4096x14336 n=1 triton 45.5 us, cuda 46.7; n=2 48.9
       vs 51.6; n=4 61.9 vs 57.2; n=8 84.5 vs 72.7; 2048x8192 the same order). On the H100
       (run 12) numba's kernel beat triton's from four masks (59.8 and 74.9 us); on the H200
-      it is the slowest of the three at all but two 1-token points of runs 36-38; an eager numba call
+      it was the slowest of the three at all but two 1-token points of runs 36-38, and since
+      its 8-lane defaults (run 49, bench, fp16 / bf16, 4096x14336 and 4096x11008, n 1 and 4)
+      within 1.00-1.13x of triton in device time, ahead of cuda at 4 of the 8 points and level
+      with triton at one (bf16 4096x14336 n=4: 44.7 against 45.2 us); an eager numba call
       costs 455.0 us (run 10) and 646.7 (run 12) against triton's 65.5 and 86.6 (bench
       --eager, 4096x14336, n=4, bf16), so numba stays after triton (H200 run 25,
       scripts/host_loop.py: eager loop numba 653.0 us a call, triton 87.1; run 31: 720.7 and

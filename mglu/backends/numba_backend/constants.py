@@ -33,24 +33,23 @@ class Wide(NamedTuple):
 
 #: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
 #: ``decode`` kernel (every dtype and d_model), or the :class:`Wide` shape of ``decode_wide``.
-#: The first seven are the H100 sweep at fddaa17 (DESIGN.md); sm_90 PTX without local memory
-#: for every n_masks 1..16 (checked on CPU): scalar, v4, v4u2, v4s2, v4u2b256; v4u4 spills
-#: from n_masks 9, v4s4 from 12 (NVVM stops unrolling the word loop), v4s4w from 13 (its
-#: FORWARD, fp16 and bf16); for the others no such check is recorded. v4s4wi (interleaved)
-#: is the H200 lead of DESIGN.md: numba and cuda, whose loads are ``16 span`` bytes apart
-#: across a warp, fell to 64-73% of copy there while triton's coalesced GEMV held 81-88%; the
-#: other H200 candidates (v4s2w, v4s2wi, v4s4wib256, v4s4r2wi, and v4s4w / v4s4wi under a
-#: 64-register cap) tied or lost and were dropped (DESIGN.md "H200 round"). Every variant
-#: reads its mask words through the read-only path since H200 run 37 (DESIGN.md, fifth H200
-#: session). The ``l16`` and ``l8`` variants (16 or 8 lanes a row: 2 or 4 rows a warp share
-#: the butterfly and the epilogue) are the seventh H200 session's (DESIGN.md; its x-staged
-#: variants lost at every point of run 46 and were dropped). The eighth session's span-8
-#: eight-lane variants (128 bytes of W in flight a lane) lost at every point of run 49,
-#: 1.6-2.4x slower, and its gather variants (interleaved W, mask words gathered by warp
-#: shuffles) at every point of run 50, 1.2-1.9x: both dropped (DESIGN.md). v4s2wl8 and
-#: v4s2u2wl8 (span 2: a lane's chunks 32 bytes apart across the warp, 8 lines a load
-#: instruction instead of span 4's 16) test run 51's finding that the 8-lane kernel is held
-#: by its L1 throughput (DESIGN.md)
+#: The first seven are the H100 sweep at fddaa17 (MEASUREMENTS.md); sm_90 PTX without local
+#: memory for every n_masks 1..16 (checked on CPU): scalar, v4, v4u2, v4s2, v4u2b256; v4u4
+#: spills from n_masks 9, v4s4 from 12 (NVVM stops unrolling the word loop), v4s4w from 13 (its
+#: FORWARD, fp16 and bf16); for the others no such check is recorded. v4s4wi (interleaved) is
+#: the H200 lead of MEASUREMENTS_H200.md: numba and cuda, whose loads are ``16 span`` bytes
+#: apart across a warp, fell to 64-73% of copy there while triton's coalesced GEMV held 81-88%;
+#: the other H200 candidates (v4s2w, v4s2wi, v4s4wib256, v4s4r2wi, and v4s4w / v4s4wi under a
+#: 64-register cap) tied or lost and were dropped (MEASUREMENTS_H200.md "H200 round"). Every
+#: variant reads its mask words through the read-only path since H200 run 37
+#: (MEASUREMENTS_H200.md, fifth H200 session). The ``l16`` and ``l8`` variants (16 or 8 lanes a
+#: row: 2 or 4 rows a warp share the butterfly and the epilogue) are the seventh H200 session's
+#: (MEASUREMENTS_H200.md; its x-staged variants lost at every point of run 46 and were dropped).
+#: The eighth session's span-8 eight-lane variants (128 bytes of W in flight a lane) lost at
+#: every point of run 49, 1.6-2.4x slower, and its gather variants (interleaved W, mask words
+#: gathered by warp shuffles) at every point of run 50, 1.2-1.9x, as did span 2 at 8 lanes
+#: (v4s2wl8, v4s2u2wl8: half the lines a load instruction touches, twice the mask loads) at
+#: n_masks 4 in run 52, 1.11-1.15x, tying at 1 and 2: all dropped (MEASUREMENTS_H200.md)
 DECODE_VARIANTS = {
     "scalar": None,
     "v4": Wide(1, 1, 128, 1, False, False),
@@ -67,26 +66,24 @@ DECODE_VARIANTS = {
     "v4s4wl16": Wide(4, 1, 128, 1, True, False, lanes=16),
     "v4s4wl8": Wide(4, 1, 128, 1, True, False, lanes=8),
     "v4s4wil8": Wide(4, 1, 128, 1, True, True, lanes=8),
-    "v4s2wl8": Wide(2, 1, 128, 1, True, False, lanes=8),
-    "v4s2u2wl8": Wide(2, 2, 128, 1, True, False, lanes=8),
 }
-#: the decode variant by n_masks: (at most this many masks, variant), from the H200 sweeps
-#: of the seventh session (scripts/numba_tune.py, bench timer, 1 token, fp16 and bf16,
-#: 4096x14336 and 4096x11008; DESIGN.md has the tables). Run 47 (commit bc0abfa): n=1
-#: v4s4wil8 35.8 / 36.3 us fp16 / bf16 at 4096x14336 and 30.7 / 30.6 at 4096x11008, against
-#: v4s4wi 39.0 / 38.8 and 32.2 / 31.6; n=2 v4s4wl8 40.5 / 40.4 and 34.9 / 35.4, the fastest;
-#: n=4 v4s4wl8 44.8 / 45.6 and 39.1 / 39.0; n=8 v4s4wl8 78.6 against v4s4w 63.9. Run 48
-#: (commit 2beb5e1): n=4 v4s4wl8 44.1 / 44.6 and 38.3 / 38.5 against v4s4w 48.6 / 49.2 and
-#: 39.0 / 39.6 (v4s4wl8 in 64- or 32-thread blocks within 1.6% of it, dropped). v4s4w was
-#: the fastest at n_masks 8 in the H100 sweep at fddaa17 and ties v4s4wl16 there on the
-#: H200 (run 47); from 12 masks the span-4 kernels' sm_90 PTX holds their mask words in
-#: local memory (NVVM stops unrolling; checked on CPU: v4s4 at 86fa957 from 12, v4s4w's
-#: FORWARD from 13), so there v4s2 runs, the fastest variant without local memory at
-#: n_masks 8 in the sweep at commit 86fa957, which had no shuffle variant; nothing is
-#: measured at n_masks >= 12. Run 50 (the eighth session, commit 16653f5) confirms the
-#: table: n=4 v4s4wl8 44.1 / 44.1 and 38.2 / 38.7 against v4s4w 47.8 / 48.1 and 39.1 / 38.6;
-#: n=1 v4s4wil8 35.5 / 35.9 and 29.9 / 30.4 against v4s4wl8 38.1 / 38.2 and 34.3 / 33.9;
-#: n=8 v4s4w 63.4 / 64.9 and 50.7 / 50.5 against v4s4wl8 77.7 / 78.0 and 53.2 / 53.7
+#: the decode variant by n_masks: (at most this many masks, variant), from the H200 sweeps of
+#: the seventh session (scripts/numba_tune.py, bench timer, 1 token, fp16 and bf16, 4096x14336
+#: and 4096x11008; MEASUREMENTS_H200.md has the tables). Run 47 (commit bc0abfa): n=1 v4s4wil8
+#: 35.8 / 36.3 us fp16 / bf16 at 4096x14336 and 30.7 / 30.6 at 4096x11008, against v4s4wi 39.0 /
+#: 38.8 and 32.2 / 31.6; n=2 v4s4wl8 40.5 / 40.4 and 34.9 / 35.4, the fastest; n=4 v4s4wl8 44.8
+#: / 45.6 and 39.1 / 39.0; n=8 v4s4wl8 78.6 against v4s4w 63.9. Run 48 (commit 2beb5e1): n=4
+#: v4s4wl8 44.1 / 44.6 and 38.3 / 38.5 against v4s4w 48.6 / 49.2 and 39.0 / 39.6 (v4s4wl8 in 64-
+#: or 32-thread blocks within 1.6% of it, dropped). v4s4w was the fastest at n_masks 8 in the
+#: H100 sweep at fddaa17 and ties v4s4wl16 there on the H200 (run 47); from 12 masks the span-4
+#: kernels' sm_90 PTX holds their mask words in local memory (NVVM stops unrolling; checked on
+#: CPU: v4s4 at 86fa957 from 12, v4s4w's FORWARD from 13), so there v4s2 runs, the fastest
+#: variant without local memory at n_masks 8 in the sweep at commit 86fa957, which had no
+#: shuffle variant; nothing is measured at n_masks >= 12. Run 50 (the eighth session, commit
+#: 16653f5) confirms the table: n=4 v4s4wl8 44.1 / 44.1 and 38.2 / 38.7 against v4s4w 47.8 /
+#: 48.1 and 39.1 / 38.6; n=1 v4s4wil8 35.5 / 35.9 and 29.9 / 30.4 against v4s4wl8 38.1 / 38.2
+#: and 34.3 / 33.9; n=8 v4s4w 63.4 / 64.9 and 50.7 / 50.5 against v4s4wl8 77.7 / 78.0 and 53.2 /
+#: 53.7
 DECODE_DEFAULTS = ((1, "v4s4wil8"), (4, "v4s4wl8"), (11, "v4s4w"), (16, "v4s2"))
 
 

@@ -99,7 +99,7 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     barrier) or ``finish_row`` (shared memory, lane order, two barriers); accumulation in fp32.
     The mask words (or bytes) come through the read-only path (``load_nc``, ``ld.global.nc``)
     as W and x do: H200 run 37 against plain loads, bench timer, 4096x14336 / 4096x11008:
-    n=1 interleaved 0.6-2.6% faster, n=2 and 4 within 2.4%, n=8 3.4-5.2% faster (DESIGN.md).
+    n=1 interleaved 0.6-2.6% faster, n=2 and 4 within 2.4%, n=8 3.4-5.2% faster (MEASUREMENTS_H200.md).
     ``lanes_cap`` bounds ``lanes`` (the launcher's business; the kernel takes ``lanes``). With
     ``shuffle`` the FORWARD epilogue is spread over the lanes:
     lane ``j`` computes mask ``j``'s term (``j < n_masks``; rounds of ``lanes`` masks), and
