@@ -38,24 +38,17 @@ def _inputs(tokens, d_model, d_ff, n_masks, dtype, seed):
 
 # d_model 64: every lane reads two mask words (4 lanes in the simulator); 96: three, so
 # unrolled words run past the row end and a lane of the span-4 layout idles (span 8: 128
-# and 192); d_ff 9 is odd, so the two-row layout clamps its last row. Split variants take
-# rows long enough for every piece to read: split 4 at 512 (one round of 4 lanes a piece in
-# the simulator) and 448 (the last piece short), split 2 at 256 and 224; interleaved and
-# split, 512 and 768 (the last piece empty in the simulator)
+# and 192); d_ff 9 is odd, so the two-row layout clamps its last row
 @pytest.mark.parametrize("variant", [v for v, shape in _numba_backend().DECODE_VARIANTS.items() if shape])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("tokens,d_model,n_masks", [(1, 64, 1), (2, 96, 3)])
 def test_decode_variant_matches_reference(variant, dtype, tokens, d_model, n_masks):
     nb, d_ff = _numba_backend(), 9
-    shape = nb.DECODE_VARIANTS[variant]
-    d_model *= max(1, shape.span // 4)  # span 8: two and three mask words too
-    if shape.interleave and shape.split > 1:
-        d_model = 512 if d_model == 64 else 768
-    elif shape.interleave:  # whole rounds of lanes * span chunks: 64 (2 lanes, one round), 96 -> 256 (4 lanes
-        # and two rounds each in the simulator, 8 lanes and one round on the GPU)
+    span, interleave = nb.DECODE_VARIANTS[variant].span, nb.DECODE_VARIANTS[variant].interleave
+    d_model *= max(1, span // 4)  # span 8: two and three mask words too
+    if interleave:  # whole rounds of lanes * span chunks: 64 (2 lanes, one round), 96 -> 256 (4 lanes and
+        # two rounds each in the simulator, 8 lanes and one round on the GPU)
         d_model = 64 if d_model == 64 else 256
-    elif shape.split > 1:
-        d_model = (128 if d_model == 64 else 112) * shape.split
     x, w, packed = _inputs(tokens, d_model, d_ff, n_masks, dtype, seed=tokens * 1000 + d_model)
     assert nb.decode_plan(x, w, packed, variant) == variant
     got = nb.forward(x, w, packed, "silu", variant=variant)

@@ -203,8 +203,7 @@ def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=None
     lanes = decode_lanes(d_model // (8 * shape.span), shape.lanes)
     masks = _view(packed, torch.uint8 if shape.interleave else _MASK_WORD[shape.span])
     operands = [_view(x2d, torch.int32), _view(weight, torch.int32), masks]
-    rows = shape.block // lanes // shape.split * shape.rows  # rows a block covers
-    launch(kernel, -(-d_ff // rows), shape.block, *operands, *rest, lanes)
+    launch(kernel, -(-d_ff // (shape.block // lanes * shape.rows)), shape.block, *operands, *rest, lanes)
 
 
 def forward(x2d, weight, packed, activation, variant: str | None = None):

@@ -29,9 +29,6 @@ class Wide(NamedTuple):
     interleave: bool
     #: at most this many lanes per row (a power of two <= 32)
     lanes: int = 32
-    #: pieces of whole warps that share a block's rows, each reading ``1/split`` of every row
-    #: (``shuffle`` only; the pieces' sums are added in piece order through shared memory)
-    split: int = 1
 
 
 #: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
@@ -69,9 +66,6 @@ DECODE_VARIANTS = {
     "v4s4wl16": Wide(4, 1, 128, 1, True, False, lanes=16),
     "v4s4wl8": Wide(4, 1, 128, 1, True, False, lanes=8),
     "v4s4wil8": Wide(4, 1, 128, 1, True, True, lanes=8),
-    "v4s4wl8k2": Wide(4, 1, 128, 1, True, False, lanes=8, split=2),
-    "v4s4wl8k4": Wide(4, 1, 128, 1, True, False, lanes=8, split=4),
-    "v4s4wil8k4": Wide(4, 1, 128, 1, True, True, lanes=8, split=4),
 }
 #: the decode variant by n_masks: (at most this many masks, variant), from the H200 sweeps of
 #: the seventh session (scripts/numba_tune.py, bench timer, 1 token, fp16 and bf16, 4096x14336

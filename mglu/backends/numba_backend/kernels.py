@@ -78,8 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap,
-                       split):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -104,48 +103,38 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     ``lanes_cap`` bounds ``lanes`` (the launcher's business; the kernel takes ``lanes``). With
     ``shuffle`` the FORWARD epilogue is spread over the lanes:
     lane ``j`` computes mask ``j``'s term (``j < n_masks``; rounds of ``lanes`` masks), and
-    the terms are summed by the same butterfly. With ``split`` > 1 (``shuffle`` only) the
-    block's slots form ``split`` pieces of whole warps that share rows: piece ``p`` reads
-    the words ``p * per, .., (p + 1) * per - 1`` of each row (``per``: ``ceil(words /
-    split)`` rounded up to whole rounds of lanes), and ``split_sum`` adds the pieces' sums
-    in piece order (two barriers a row: the same bits every run) for piece 0's epilogue."""
+    the terms are summed by the same butterfly."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
     ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
-    SPREAD, SPLIT = shuffle and mode == FORWARD, split
-    assert SPLIT == 1 or (SHUFFLE and (BLOCK // 32) % SPLIT == 0), "pieces of whole warps, summed after the shuffles"
-    # constant sizes; with shuffles only the simulator's lane_sum and split_sum use shared memory
+    SPREAD = shuffle and mode == FORWARD
+    # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
-    PIECES = NACC * BLOCK if SPLIT > 1 else 1  # a slot's NACC sums, at most BLOCK slots (one lane each)
     WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
 
     @cuda.jit(cache=True)
     def decode_wide(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
         part = cuda.shared.array(SHARED, float32)
         sums = cuda.shared.array(SHARED, float32)
-        pieces = cuda.shared.array(PIECES, float32)
         acc = cuda.local.array(RACC, float32)
         row = cuda.local.array(NACC, float32)
         wv = cuda.local.array(WORDS, int32)
         bits = cuda.local.array(BITS, BITS_T)
         tid, n_ff, n_lanes = int32(cuda.threadIdx.x), int32(d_ff), int32(lanes)
-        cells = (BLOCK // n_lanes) // SPLIT  # row slots of a piece
-        lane, slot, piece = tid % n_lanes, (tid // n_lanes) % cells, tid // n_lanes // cells
+        lane, slot = tid % n_lanes, tid // n_lanes
         chunks = int32(d_model) // 8  # 16-byte chunks per row
         words = chunks // SPAN  # mask words per row and plane
-        per = ((words + SPLIT - 1) // SPLIT + n_lanes - 1) // n_lanes * n_lanes  # words of a piece
-        first_word, end_word = piece * per, min(piece * per + per, words)
         step = n_lanes if INTERLEAVE else int32(1)  # chunks between a lane's consecutive chunks of a word
-        per_block = cells * ROWS
+        per_block = (BLOCK // n_lanes) * ROWS
         for row_block in range(int32(cuda.blockIdx.x), (n_ff + per_block - 1) // per_block, int32(cuda.gridDim.x)):
             n0 = int32(row_block * per_block + slot * ROWS)
             for t in range(int32(tokens)):
                 for j in range(RACC):
                     acc[j] = float32(0)
                 if n0 < n_ff:
-                    for s0 in range(first_word + lane, end_word, n_lanes * UNROLL):
+                    for s0 in range(lane, words, n_lanes * UNROLL):
                         for u in range(UNROLL):
                             s = int32(s0 + u * n_lanes)
-                            if s < end_word:
+                            if s < words:
                                 q0 = (s - lane) * SPAN + lane if INTERLEAVE else s * SPAN  # chunk c: q0 + c * step
                                 for r in range(ROWS):
                                     nr = min(n0 + r, n_ff - 1)  # a row past the end re-reads the last
@@ -166,7 +155,7 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                             bits[(u * ROWS + r) * NM + j] = load_nc(packed, q)
                         for u in range(UNROLL):
                             s = int32(s0 + u * n_lanes)
-                            if s < end_word:
+                            if s < words:
                                 q0 = (s - lane) * SPAN + lane if INTERLEAVE else s * SPAN
                                 first = int64(int32(t * chunks + q0))
                                 for c in range(SPAN):
@@ -185,10 +174,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                     if SHUFFLE:
                         for j in range(NACC):
                             row[j] = lane_sum(row[j], n_lanes, part, tid)
-                        if SPLIT > 1:
-                            split_sum(row, NACC, pieces, slot, cells, piece, SPLIT, lane)
-                        if piece > 0:  # whole warps: piece 0 holds the row's sums
-                            continue
                         if SPREAD:
                             y = spread_forward(row, NM, ACT, lane, n_lanes, part, tid)
                             if lane == 0 and n0 + r < n_ff:
@@ -249,25 +234,6 @@ def spread_forward(row, n_masks, act_code, lane, lanes, scratch, tid):
         y += act(g, act_code) * (total - g)
         j += int32(lanes)
     return lane_sum(y, lanes, scratch, tid)
-
-
-@device
-def split_sum(row, nacc, pieces, cell, cells, piece, split, lane):
-    """``row`` (``nacc`` sums of one piece's words, the same in every lane of the slot) summed
-    over the ``split`` pieces in piece order into piece 0's lanes, through shared ``pieces``
-    (one cell of ``nacc`` floats a slot and piece); two barriers every thread passes (the
-    first: the previous row's readers are done)."""
-    cuda.syncthreads()
-    if lane == 0:
-        for j in range(nacc):
-            pieces[(piece * cells + cell) * nacc + j] = row[j]
-    cuda.syncthreads()
-    if piece == 0:
-        for j in range(nacc):
-            s = pieces[cell * nacc + j]
-            for p in range(1, split):
-                s += pieces[(p * cells + cell) * nacc + j]
-            row[j] = s
 
 
 @device
