@@ -29,8 +29,6 @@ class Wide(NamedTuple):
     interleave: bool
     #: at most this many lanes per row (a power of two <= 32)
     lanes: int = 32
-    #: the loads of the next word issued before the current word's arithmetic (two register sets)
-    pipe: bool = False
 
 
 #: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
@@ -68,10 +66,6 @@ DECODE_VARIANTS = {
     "v4s4wl16": Wide(4, 1, 128, 1, True, False, lanes=16),
     "v4s4wl8": Wide(4, 1, 128, 1, True, False, lanes=8),
     "v4s4wil8": Wide(4, 1, 128, 1, True, True, lanes=8),
-    "v4s4wl8p": Wide(4, 1, 128, 1, True, False, lanes=8, pipe=True),
-    "v4s4wl8pb32": Wide(4, 1, 32, 1, True, False, lanes=8, pipe=True),
-    "v4s4wil8p": Wide(4, 1, 128, 1, True, True, lanes=8, pipe=True),
-    "v4s4wil8pb32": Wide(4, 1, 32, 1, True, True, lanes=8, pipe=True),
 }
 #: the decode variant by n_masks: (at most this many masks, variant), from the H200 sweeps of
 #: the seventh session (scripts/numba_tune.py, bench timer, 1 token, fp16 and bf16, 4096x14336

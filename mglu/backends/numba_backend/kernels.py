@@ -78,8 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap,
-                       pipe):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -104,18 +103,13 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     ``lanes_cap`` bounds ``lanes`` (the launcher's business; the kernel takes ``lanes``). With
     ``shuffle`` the FORWARD epilogue is spread over the lanes:
     lane ``j`` computes mask ``j``'s term (``j < n_masks``; rounds of ``lanes`` masks), and
-    the terms are summed by the same butterfly. With ``pipe`` (``unroll`` 1) the loop runs
-    one round ahead: round ``s`` issues the loads of word ``s`` into a second register set,
-    computes word ``s - lanes`` from the first while they are in flight, then moves the
-    second set into the first (register moves once unrolled)."""
+    the terms are summed by the same butterfly."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
     ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
-    SPREAD, PIPE = shuffle and mode == FORWARD, pipe
-    assert not PIPE or UNROLL == 1, "one word ahead"
-    AHEAD = 1 if PIPE else 0  # register sets past the computed ones: the loads of the next round
+    SPREAD = shuffle and mode == FORWARD
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
-    WORDS, BITS, RACC = 4 * span * (unroll + AHEAD) * rows, n_masks * (unroll + AHEAD) * rows, (n_masks + 1) * rows
+    WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
 
     @cuda.jit(cache=True)
     def decode_wide(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
@@ -137,9 +131,9 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                 for j in range(RACC):
                     acc[j] = float32(0)
                 if n0 < n_ff:
-                    for s0 in range(lane, words + AHEAD * n_lanes, n_lanes * UNROLL):
+                    for s0 in range(lane, words, n_lanes * UNROLL):
                         for u in range(UNROLL):
-                            s, v = int32(s0 + u * n_lanes), u + AHEAD  # v: the register set loaded
+                            s = int32(s0 + u * n_lanes)
                             if s < words:
                                 q0 = (s - lane) * SPAN + lane if INTERLEAVE else s * SPAN  # chunk c: q0 + c * step
                                 for r in range(ROWS):
@@ -147,7 +141,7 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                     first = int64(int32(nr * chunks + q0))  # c in 64 bits: an address offset
                                     for c in range(SPAN):
                                         a0, a1, a2, a3 = load_v4(w, first + c * step)
-                                        e = 4 * ((v * ROWS + r) * SPAN + c)
+                                        e = 4 * ((u * ROWS + r) * SPAN + c)
                                         wv[e], wv[e + 1], wv[e + 2], wv[e + 3] = a0, a1, a2, a3
                                     for j in range(NM):
                                         if INTERLEAVE:
@@ -155,13 +149,13 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                             word = BITS_T(0)
                                             for c in range(SPAN):
                                                 word |= BITS_T(load_nc(packed, byte0 + c * step)) << (8 * c)
-                                            bits[(v * ROWS + r) * NM + j] = word
+                                            bits[(u * ROWS + r) * NM + j] = word
                                         else:
                                             q = int32((j * n_ff + nr) * words + s)
-                                            bits[(v * ROWS + r) * NM + j] = load_nc(packed, q)
+                                            bits[(u * ROWS + r) * NM + j] = load_nc(packed, q)
                         for u in range(UNROLL):
-                            s = int32(s0 + (u - AHEAD) * n_lanes)  # the word loaded a round earlier
-                            if s >= 0 and s < words:
+                            s = int32(s0 + u * n_lanes)
+                            if s < words:
                                 q0 = (s - lane) * SPAN + lane if INTERLEAVE else s * SPAN
                                 first = int64(int32(t * chunks + q0))
                                 for c in range(SPAN):
@@ -174,11 +168,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                         fma_word(acc, r * NACC, NM, bits, q, b + 2, halves(wv[e + 1], BF16), h1)
                                         fma_word(acc, r * NACC, NM, bits, q, b + 4, halves(wv[e + 2], BF16), h2)
                                         fma_word(acc, r * NACC, NM, bits, q, b + 6, halves(wv[e + 3], BF16), h3)
-                        if PIPE:  # the next round computes what this one loaded
-                            for e in range(WORDS // 2):
-                                wv[e] = wv[e + WORDS // 2]
-                            for e in range(BITS // 2):
-                                bits[e] = bits[e + BITS // 2]
                 for r in range(ROWS):
                     for j in range(NACC):
                         row[j] = acc[r * NACC + j]
