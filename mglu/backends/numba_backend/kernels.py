@@ -164,9 +164,10 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                     h2, h3 = halves(x2, BF16), halves(x3, BF16)
                                     for r in range(ROWS):
                                         e, q, b = 4 * ((u * ROWS + r) * SPAN + c), (u * ROWS + r) * NM, 8 * c
-                                        w0, w1 = halves(wv[e], BF16), halves(wv[e + 1], BF16)
-                                        w2, w3 = halves(wv[e + 2], BF16), halves(wv[e + 3], BF16)
-                                        fma_chunk(acc, r * NACC, NM, bits, q, b, w0, w1, w2, w3, h0, h1, h2, h3)
+                                        fma_word(acc, r * NACC, NM, bits, q, b, halves(wv[e], BF16), h0)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 2, halves(wv[e + 1], BF16), h1)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 4, halves(wv[e + 2], BF16), h2)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 6, halves(wv[e + 3], BF16), h3)
                 for r in range(ROWS):
                     for j in range(NACC):
                         row[j] = acc[r * NACC + j]
@@ -266,40 +267,18 @@ def finish_row(acc, part, sums, nacc, block, tid, lane, lanes, r, n, t, mode, ac
 
 
 @device
-def fma_chunk(acc, a0, n_masks, bits, base, b, w0, w1, w2, w3, x0, x1, x2, x3):
-    """Elements ``b .. b + 7`` of a mask word (one 16-byte chunk), ``w0 .. w3`` and ``x0 ..
-    x3`` their fp32 pairs: ``p_e = w_e x_e`` into the total ``acc[a0 + n_masks]`` and into
-    ``acc[a0 + j]`` where bit ``b + e`` of ``bits[base + j]`` is set, each sum in element
-    order. The masks are the outer loop, so a plane's 8 tests of the chunk come together."""
-    p0, p1, p2, p3 = w0[0] * x0[0], w0[1] * x0[1], w1[0] * x1[0], w1[1] * x1[1]
-    p4, p5, p6, p7 = w2[0] * x2[0], w2[1] * x2[1], w3[0] * x3[0], w3[1] * x3[1]
-    t = a0 + n_masks
-    acc[t] += p0
-    acc[t] += p1
-    acc[t] += p2
-    acc[t] += p3
-    acc[t] += p4
-    acc[t] += p5
-    acc[t] += p6
-    acc[t] += p7
+def fma_word(acc, a0, n_masks, bits, base, b, w, x):
+    """Elements ``b``, ``b + 1`` of a mask word, ``w = (w_b, w_b+1)`` and ``x`` alike (fp32):
+    ``p = w_b x_b`` into the total ``acc[a0 + n_masks]``, and into ``acc[a0 + j]`` where bit
+    ``b`` of ``bits[base + j]`` is set; the same for ``b + 1``."""
+    p, q = w[0] * x[0], w[1] * x[1]
+    acc[a0 + n_masks] += p
+    acc[a0 + n_masks] += q
     for j in range(n_masks):  # b is a constant after unrolling: each test becomes a bit test of a constant mask
-        m = bits[base + j]
-        if (m >> b) & 1:
-            acc[a0 + j] += p0
-        if (m >> (b + 1)) & 1:
-            acc[a0 + j] += p1
-        if (m >> (b + 2)) & 1:
-            acc[a0 + j] += p2
-        if (m >> (b + 3)) & 1:
-            acc[a0 + j] += p3
-        if (m >> (b + 4)) & 1:
-            acc[a0 + j] += p4
-        if (m >> (b + 5)) & 1:
-            acc[a0 + j] += p5
-        if (m >> (b + 6)) & 1:
-            acc[a0 + j] += p6
-        if (m >> (b + 7)) & 1:
-            acc[a0 + j] += p7
+        if (bits[base + j] >> b) & 1:
+            acc[a0 + j] += p
+        if (bits[base + j] >> (b + 1)) & 1:
+            acc[a0 + j] += q
 
 
 @lru_cache(maxsize=None)
