@@ -44,13 +44,10 @@ def _inputs(tokens, d_model, d_ff, n_masks, dtype, seed):
 @pytest.mark.parametrize("tokens,d_model,n_masks", [(1, 64, 1), (2, 96, 3)])
 def test_decode_variant_matches_reference(variant, dtype, tokens, d_model, n_masks):
     nb, d_ff = _numba_backend(), 9
-    shape = nb.DECODE_VARIANTS[variant]
-    d_model *= max(1, shape.span // 4)  # span 8: two and three mask words too
-    if shape.vmask:  # 4 or 8 lanes: 128 (4 lanes, one round), 512 (4 lanes and 4 rounds in the
-        # simulator, 8 lanes and 2 rounds on the GPU)
-        d_model = 128 if d_model == 64 else 512
-    elif shape.interleave:  # whole rounds of lanes * span chunks: 64 (2 lanes, one round), 96 -> 256 (4
-        # lanes and two rounds each in the simulator, 8 lanes and one round on the GPU)
+    span, interleave = nb.DECODE_VARIANTS[variant].span, nb.DECODE_VARIANTS[variant].interleave
+    d_model *= max(1, span // 4)  # span 8: two and three mask words too
+    if interleave:  # whole rounds of lanes * span chunks: 64 (2 lanes, one round), 96 -> 256 (4 lanes and
+        # two rounds each in the simulator, 8 lanes and one round on the GPU)
         d_model = 64 if d_model == 64 else 256
     x, w, packed = _inputs(tokens, d_model, d_ff, n_masks, dtype, seed=tokens * 1000 + d_model)
     assert nb.decode_plan(x, w, packed, variant) == variant
@@ -91,13 +88,6 @@ def test_decode_plan_hands_rows_an_interleaved_variant_cannot_cover_to_its_adjac
     assert nb.decode_plan(x, w, odd, "v4s4w") == "scalar"
     got = nb.forward(x96, w96, p96, "silu", variant="v4s4wi")
     torch.testing.assert_close(got, nb.forward(x96, w96, p96, "silu", variant="v4s4w"), rtol=0, atol=0)
-    # 16-byte loads of the masks: 4 or 8 lanes and 16-byte aligned masks, else the adjacent twin
-    x128, w128, p128 = _inputs(1, 128, 9, 2, torch.float16, seed=5)  # 16 chunks, 4 lanes of 4
-    assert nb.decode_plan(x128, w128, p128, "v4s4wil8v") == "v4s4wil8v"
-    assert nb.decode_plan(x, w, packed, "v4s4wil8v") == "v4s4wl8"  # 8 chunks: 2 lanes
-    odd128 = torch.empty(p128.numel() + 4, dtype=torch.uint8, device=DEVICE)[4:].view(p128.shape)
-    odd128.copy_(p128)  # 4 bytes off 16
-    assert nb.decode_plan(x128, w128, odd128, "v4s4wil8v") == "v4s4wl8"
 
 
 def test_decode_plan_refuses_the_wide_kernel_where_an_int32_index_could_overflow():

@@ -154,16 +154,13 @@ def decode_plan(x2d, weight, packed, variant: str | None = None) -> str:
     (the element-wise ``decode`` kernel: any dtype, ``d_model`` and alignment). An
     interleaved variant whose ``lanes * span`` chunks do not divide a row hands the row to
     its adjacent twin (:func:`constants.twin`) first; it reads the masks as bytes, so they
-    need no alignment, except with ``vmask`` (16-byte loads of the masks), which also
-    hands over rows of other than 4 or 8 lanes and masks not 16-byte aligned."""
+    need no alignment."""
     variant = default_variant(packed.shape[0]) if variant is None else variant
     shape = DECODE_VARIANTS[variant]
     if shape is None or x2d.dtype not in (torch.float16, torch.bfloat16):
         return "scalar"
     span, interleave = shape.span, shape.interleave
-    lanes = decode_lanes(x2d.shape[1] // (8 * span), shape.lanes)
-    misfit = shape.vmask and (lanes not in (4, 8) or packed.data_ptr() % 16)
-    if interleave and ((x2d.shape[1] // 8) % (lanes * span) or misfit):
+    if interleave and (x2d.shape[1] // 8) % (decode_lanes(x2d.shape[1] // (8 * span), shape.lanes) * span):
         variant, interleave = twin(variant, interleave=False), False
     aligned = packed.data_ptr() % (1 if interleave else span) == 0
     if x2d.shape[1] % (8 * span) or x2d.data_ptr() % 16 or weight.data_ptr() % 16 or not aligned:
@@ -204,7 +201,7 @@ def _products(mode, x2d, weight, packed, activation, dout, out, dg, variant=None
     shape = DECODE_VARIANTS[plan]
     kernel = kernels.decode_wide_kernel(n_masks, code, mode, x2d.dtype == torch.bfloat16, *shape)
     lanes = decode_lanes(d_model // (8 * shape.span), shape.lanes)
-    masks = _view(packed, torch.int32 if shape.vmask else torch.uint8 if shape.interleave else _MASK_WORD[shape.span])
+    masks = _view(packed, torch.uint8 if shape.interleave else _MASK_WORD[shape.span])
     operands = [_view(x2d, torch.int32), _view(weight, torch.int32), masks]
     launch(kernel, -(-d_ff // (shape.block // lanes * shape.rows)), shape.block, *operands, *rest, lanes)
 

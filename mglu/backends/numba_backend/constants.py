@@ -29,10 +29,6 @@ class Wide(NamedTuple):
     interleave: bool
     #: at most this many lanes per row (a power of two <= 32)
     lanes: int = 32
-    #: with ``interleave`` (span 4): each plane's mask segment of a slot read whole by every
-    #: lane (16-byte loads, the same addresses across the slot) and the lane's bytes picked
-    #: in registers, instead of one byte load per chunk
-    vmask: bool = False
 
 
 #: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
@@ -70,7 +66,6 @@ DECODE_VARIANTS = {
     "v4s4wl16": Wide(4, 1, 128, 1, True, False, lanes=16),
     "v4s4wl8": Wide(4, 1, 128, 1, True, False, lanes=8),
     "v4s4wil8": Wide(4, 1, 128, 1, True, True, lanes=8),
-    "v4s4wil8v": Wide(4, 1, 128, 1, True, True, lanes=8, vmask=True),
 }
 #: the decode variant by n_masks: (at most this many masks, variant), from the H200 sweeps of
 #: the seventh session (scripts/numba_tune.py, bench timer, 1 token, fp16 and bf16, 4096x14336
@@ -97,7 +92,6 @@ def twin(variant: str, **fields) -> str:
     (adjacent chunks) for a row that an interleaved variant cannot cover (``d_model / 8`` not
     a multiple of ``lanes * span``)."""
     shape = DECODE_VARIANTS[variant]._replace(**fields)
-    shape = shape._replace(vmask=shape.vmask and shape.interleave)
     return next(k for k, v in DECODE_VARIANTS.items() if v == shape)
 
 

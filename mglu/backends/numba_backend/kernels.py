@@ -27,7 +27,7 @@ from functools import lru_cache
 from numba import cuda, float32, float64, int32, int64
 
 from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
-from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_nc, load_v4, pick, prmt, store
+from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_nc, load_v4, pick, store
 
 FORWARD, GRAD = 0, 1
 assert TILE_TPT == 2, "the tiled kernel holds two accumulator arrays (acc_a, acc_b)"
@@ -78,8 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap,
-                       vmask):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -104,14 +103,9 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     ``lanes_cap`` bounds ``lanes`` (the launcher's business; the kernel takes ``lanes``). With
     ``shuffle`` the FORWARD epilogue is spread over the lanes:
     lane ``j`` computes mask ``j``'s term (``j < n_masks``; rounds of ``lanes`` masks), and
-    the terms are summed by the same butterfly. With ``vmask`` (``interleave``, span 4, 4 or 8
-    lanes; ``packed`` as int32 words) each lane reads the slot's whole ``4 lanes``-byte mask
-    segment of a plane and row with one or two 16-byte loads (the same addresses across
-    the slot's lanes) and picks its bytes ``lane + lanes c`` by ``mask_bytes``."""
+    the terms are summed by the same butterfly."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
     ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
-    VMASK = vmask
-    assert not VMASK or (INTERLEAVE and SPAN == 4), "a lane's 4 bytes of an interleaved segment"
     SPREAD = shuffle and mode == FORWARD
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
@@ -129,7 +123,6 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
         lane, slot = tid % n_lanes, tid // n_lanes
         chunks = int32(d_model) // 8  # 16-byte chunks per row
         words = chunks // SPAN  # mask words per row and plane
-        plane16 = (n_ff * chunks) >> 4  # 16-byte units of a bit-plane (vmask: chunks % 16 == 0)
         step = n_lanes if INTERLEAVE else int32(1)  # chunks between a lane's consecutive chunks of a word
         per_block = (BLOCK // n_lanes) * ROWS
         for row_block in range(int32(cuda.blockIdx.x), (n_ff + per_block - 1) // per_block, int32(cuda.gridDim.x)):
@@ -151,10 +144,7 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                         e = 4 * ((u * ROWS + r) * SPAN + c)
                                         wv[e], wv[e + 1], wv[e + 2], wv[e + 3] = a0, a1, a2, a3
                                     for j in range(NM):
-                                        if VMASK:  # the segment's first 16-byte unit: its bytes start at chunk q0 - lane
-                                            v0 = int32(((nr * chunks + q0 - lane) >> 4) + j * plane16)
-                                            bits[(u * ROWS + r) * NM + j] = mask_bytes(packed, v0, lane, n_lanes)
-                                        elif INTERLEAVE:
+                                        if INTERLEAVE:
                                             byte0 = int32((j * n_ff + nr) * chunks + q0)
                                             word = BITS_T(0)
                                             for c in range(SPAN):
@@ -274,23 +264,6 @@ def finish_row(acc, part, sums, nacc, block, tid, lane, lanes, r, n, t, mode, ac
         for j in range(nacc):
             acc[j] = sums[r * nacc + j]
         epilogue(acc, nacc - 1, mode, act_code, out, dout, dg, t, n, tokens, d_ff)
-
-
-@device
-def mask_bytes(packed, v0, lane, lanes):
-    """Bytes ``lane + lanes c`` (``c`` = 0..3) of the ``4 lanes`` bytes (``lanes`` 4 or 8) that
-    start at 16-byte unit ``v0`` of the int32 array ``packed``, as one word (byte ``c`` of
-    it): ``lanes / 4`` 16-byte loads, then byte ``lane & 3`` of words ``lanes / 4 c + lane //
-    4`` joined by three ``prmt``."""
-    u0, u1, u2, u3 = load_v4(packed, v0)
-    e0, e1, e2, e3 = u0, u1, u2, u3
-    if lanes == 8:
-        u4, u5, u6, u7 = load_v4(packed, v0 + 1)
-        up = (lane >> 2) & 1
-        e0, e1, e2, e3 = (u1, u3, u5, u7) if up else (u0, u2, u4, u6)
-    b = int32(lane & 3)
-    sel = b | (b + 4) << 4  # byte b of the first operand, then byte b of the second
-    return prmt(prmt(e0, e1, sel), prmt(e2, e3, sel), int32(0x5410))
 
 
 @device

@@ -73,11 +73,6 @@ if SIMULATED:
     def pick(c, a, b):
         return a if c else b
 
-    def prmt(a, b, sel):
-        src = (int(a) & 0xFFFFFFFF) | (int(b) & 0xFFFFFFFF) << 32
-        out = sum(((src >> (8 * ((int(sel) >> (4 * i)) & 7))) & 0xFF) << (8 * i) for i in range(4))
-        return np.array([out], np.uint32).view(np.int32)[0]
-
     def f16x2(word):
         lo, hi = np.array([word], np.int32).view(np.float16)
         return np.float32(lo), np.float32(hi)
@@ -123,19 +118,6 @@ else:
             fnty = ir.FunctionType(ir.FloatType(), [_I32, ir.FloatType(), ir.FloatType()])
             asm = ir.InlineAsm(fnty, "{ .reg .pred p; setp.ne.s32 p, $1, 0; selp.f32 $0, $2, $3, p; }", "=f,r,f,f")
             return builder.call(asm, [args[0], args[1], args[2]])
-
-        return sig, codegen
-
-    @intrinsic
-    def prmt(typingctx, a, b, sel):
-        """``prmt.b32``: byte ``i`` of the result is byte ``sel``'s nibble ``i`` (0-7) of the 8
-        bytes ``b:a`` (``a`` the low word); int32 operands."""
-        sig = types.int32(types.int32, types.int32, types.int32)
-
-        def codegen(context, builder, sig, args):
-            fnty = ir.FunctionType(_I32, [_I32, _I32, _I32])
-            asm = ir.InlineAsm(fnty, "prmt.b32 $0, $1, $2, $3;", "=r,r,r,r")
-            return builder.call(asm, list(args))
 
         return sig, codegen
 
