@@ -65,6 +65,7 @@ def test_activation_ids_match_the_one_list():
 def test_tile_constants_match_the_kernels():
     fwd = (launcher.HERE / "mglu_fwd.cu").read_text()
     bwd = (launcher.HERE / "mglu_bwd.cu").read_text()
+    common = (launcher.HERE / "mglu_common.cuh").read_text()
     assert "enum { BT = 32, BN = 32, TK = 32 };" in fwd and launcher.ROWDOT_TILE == (32, 32)
     assert "enum { BT = 32, BK = 64, BR = 16 };" in bwd and launcher.DX_TILE == (32, 64)
     assert "enum { BN = 32, BK = 64, BT = 16 };" in bwd and launcher.DW_TILE == (32, 64)
@@ -75,6 +76,8 @@ def test_tile_constants_match_the_kernels():
     assert "blockIdx.y * 32 + (warp >> 1) * 16" in bwd and "blockIdx.x * 32 + (warp & 1) * 16" in bwd
     assert "blockIdx.y * 32 + (warp >> 1) * 16" in fwd and "blockIdx.x * 32 + (warp & 1) * 16" in fwd
     assert launcher.THREADS == launcher.GEMV_WARPS * 32 == 256
+    assert "L = GemvLanes<VAR>::value, RPW = 32 / L, WARPS = L == 32 ? 8 : 4" in fwd
+    assert "value = VAR == VAR_LANES8 ? 8 : 32" in common and launcher.GEMV_LANES8_WARPS == 4
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -120,6 +123,11 @@ def test_every_variant_names_a_compiled_kernel_where_offered(dtype):
                     plan = launcher.rowdot_plan(dtype, 8, mode, tokens, 100, variant)
                     assert plan.name in compiled
                     assert plan.word_masks == ("words" in variant)
+                    if tokens <= max(launcher.GEMV_TOKENS):  # the kernel's rows: warps / split x 32 / lanes a block
+                        var, _, split, lanes = table[variant]
+                        assert plan.block[0] == (launcher.GEMV_WARPS if lanes == 32 else launcher.GEMV_LANES8_WARPS) * 32
+                        rows = plan.block[0] // 32 // split * (32 // lanes)
+                        assert plan.grid[0] == -(-100 // rows) and f", {var}>" in plan.name
                 else:
                     with pytest.raises(ValueError, match="variant"):
                         launcher.rowdot_plan(dtype, 8, mode, tokens, 100, variant)

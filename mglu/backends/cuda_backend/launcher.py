@@ -57,7 +57,8 @@ MMA_THREADS = 128
 #: so no warp idles on absent tokens and twice the blocks stream W; whether layout 1 also
 #: wins from 17 to 32 tokens is to be measured on the H100
 MMA_SPLIT_TOKENS = 16
-#: decode kernel variants: name -> (template VAR, 32-bit mask words, warps per row). VAR_PRED
+#: decode kernel variants: name -> (template VAR, 32-bit mask words, warps per row, lanes per
+#: row). VAR_PRED
 #: (1): one warp per row; VAR_SPLIT (3): each row's rounds split over 2 or 4 warps (the
 #: kernel's run-time ``split_arg``), the parts added in shared memory: smaller pieces of
 #: work, against the wave quantisation of MEASUREMENTS.md; VAR_PRED_OCC (2), VAR_SPLIT_OCC (4):
@@ -66,16 +67,20 @@ MMA_SPLIT_TOKENS = 16
 #: 32-bit word per plane and 4 consecutive chunks (``vec = 2``). See mglu_rowdot_gemv.
 #: The bytes twins of the tuned variants (same instantiations, ``vec = 1``) are the H200
 #: lead of triton_backend/DESIGN.md: each 16-byte load of a warp reads 512 contiguous bytes.
+#: VAR_LANES8 (5): 8 lanes a row, 4 rows a warp, GEMV_LANES8_WARPS warps a block: the numba
+#: backend's layout, its fastest at 2-4 masks on the H200 (numba_backend/DESIGN.md).
 GEMV_VARIANTS = {
-    "pred-bytes": (1, False, 1),
-    "pred-bytes-occ": (2, False, 1),
-    "pred-bytes-split4-occ": (4, False, 4),
-    "pred-words": (1, True, 1),
-    "pred-words-occ": (2, True, 1),
-    "pred-words-split2": (3, True, 2),
-    "pred-words-split4": (3, True, 4),
-    "pred-words-split2-occ": (4, True, 2),
-    "pred-words-split4-occ": (4, True, 4),
+    "pred-bytes": (1, False, 1, 32),
+    "pred-bytes-occ": (2, False, 1, 32),
+    "pred-bytes-split4-occ": (4, False, 4, 32),
+    "pred-words": (1, True, 1, 32),
+    "pred-words-occ": (2, True, 1, 32),
+    "pred-words-split2": (3, True, 2, 32),
+    "pred-words-split4": (3, True, 4, 32),
+    "pred-words-split2-occ": (4, True, 2, 32),
+    "pred-words-split4-occ": (4, True, 4, 32),
+    "lanes8-bytes": (5, False, 1, 8),
+    "lanes8-words": (5, True, 1, 8),
 }
 #: tensor-core kernel variants: name -> (template VAR, 32-bit mask words): MMA_PRMT (1), 32-column
 #: steps; MMA_WORDS (2), 128-column steps with a 32-bit mask word per plane (``vec = 2``);
@@ -115,6 +120,9 @@ MMA_DEFAULTS_FEW_TOKENS = ((8, "prmt-words-occ"), (MAX_MASKS, "prmt"))
 TUNED_DTYPES = (torch.float16, torch.bfloat16)
 #: warps per decode block, one W row per warp (8 x 32 = 256 threads, the launch bound)
 GEMV_WARPS = 8
+#: warps per block of the 8-lane decode kernel (VAR_LANES8: 16 rows a block), as the numba
+#: backend's v4s4wl8 (128-thread blocks; its H200 run 48: 64 or 32 threads within 1.6%)
+GEMV_LANES8_WARPS = 4
 THREADS = 256
 #: tile sizes: mglu_rowdot_tiled's enum and mglu_rowdot_mma's 2 x 2 warps (32 x 32), mglu_bwd_dx (32 tokens x 64
 #: columns), mglu_bwd_dw (32 rows x 64 columns); kept equal to the .cu constants
@@ -229,10 +237,11 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, variant: str | None = None) 
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     default = default_variant(dtype, n_masks, mode, tokens)
     if nt is not None:
-        var, words, split = _variant(GEMV_VARIANTS, default, variant, dtype, mode)
-        grid = (_cdiv(d_ff, GEMV_WARPS // split), 1, 1)
+        var, words, split, lanes = _variant(GEMV_VARIANTS, default, variant, dtype, mode)
+        warps = GEMV_WARPS if lanes == 32 else GEMV_LANES8_WARPS
+        grid = (_cdiv(d_ff, warps // split * (32 // lanes)), 1, 1)
         name = rowdot_name(dtype, n_masks, mode, nt, var)
-        return Launch(name, grid, (GEMV_WARPS * 32, 1, 1), takes_vec=True, tail=(split,), word_masks=words)
+        return Launch(name, grid, (warps * 32, 1, 1), takes_vec=True, tail=(split,), word_masks=words)
     bt, bn = ROWDOT_TILE
     if dtype not in MMA_DTYPES:
         if variant is not None:

@@ -179,7 +179,8 @@ __device__ __forceinline__ void fma_if(double& acc, u32 bits, int e, double w, d
 //   MMA_WORDS_OCC: MMA_WORDS under a register cap (MmaMinBlocks).
 // Dropped after the H100 runs (MEASUREMENTS.md): select arithmetic and shift pair masks (VAR 0),
 // software pipelining of the decode rounds (slower at every point: more registers).
-enum { VAR_PRED = 1, VAR_PRED_OCC = 2, VAR_SPLIT = 3, VAR_SPLIT_OCC = 4 };
+//   VAR_LANES8: 8 lanes per row, 4 rows per warp (the numba backend's v4s4wl8 layout), 4 warps a block.
+enum { VAR_PRED = 1, VAR_PRED_OCC = 2, VAR_SPLIT = 3, VAR_SPLIT_OCC = 4, VAR_LANES8 = 5 };
 enum { MMA_PRMT = 1, MMA_WORDS = 2, MMA_WORDS_OCC = 3 };
 
 // Minimum blocks per SM for __launch_bounds__ (ptxas caps registers at 65536 / (threads x
@@ -192,6 +193,11 @@ template <int NM, int NT, int VAR>
 struct GemvMinBlocks {
     enum { occ = VAR == VAR_PRED_OCC || VAR == VAR_SPLIT_OCC,
            value = occ && NT == 1 ? (NM == 1 ? 5 : NM <= 4 ? 4 : NM <= 8 ? 3 : 1) : 1 };
+};
+// Lanes per W row of the decode kernel: 8 for VAR_LANES8 (4 rows a warp), else a warp.
+template <int VAR>
+struct GemvLanes {
+    enum { value = VAR == VAR_LANES8 ? 8 : 32 };
 };
 template <int NM, int VAR>
 struct MmaMinBlocks {

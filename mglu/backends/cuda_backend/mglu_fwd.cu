@@ -95,14 +95,17 @@ __device__ __forceinline__ void gemv_load_round(const uint4* wv, const u32* mw, 
 //     per plane (NM registers, not 4 NM; one load instead of four);
 //   1 (d_model % 8 == 0, aligned): lane l takes chunks g = l + 32 (U r + u), a byte per plane;
 //   0: the scalar path over k = lane + 32 r.
-// Launch: block (GEMV_WARPS * 32), grid ceil(d_ff / (GEMV_WARPS / split)).
+// VAR_LANES8: L = 8 lanes per row and 32 / L = 4 rows per warp (slot s = lane / L of the
+// warp takes row 4 w' + s), WARPS = 4; lane l of a slot then strides by L where a warp
+// strides by 32, and the sums take log2(L) shuffles.
+// Launch: block (WARPS * 32), grid ceil(d_ff / (WARPS / split * 32 / L)).
 template <class T, int NM, int MODE, int NT, int VAR>
 __global__ void __launch_bounds__(256, GemvMinBlocks<NM, NT, VAR>::value) mglu_rowdot_gemv(
     const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
     const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
     int T_, int d_model, int d_ff, int act, int vec, int split_arg) {
     typedef typename Tr<T>::acc A;
-    enum { VPC = Tr<T>::VPC, WARPS = 8 };
+    enum { VPC = Tr<T>::VPC, L = GemvLanes<VAR>::value, RPW = 32 / L, WARPS = L == 32 ? 8 : 4 };
     enum { SPLIT = VAR == VAR_SPLIT || VAR == VAR_SPLIT_OCC };
     // a compile-time 1 unless VAR splits rows: the run-time split costs registers (ptxas,
     // bf16 n_masks 1: 59 against 48, 4 blocks per SM instead of 5)
@@ -112,10 +115,11 @@ __global__ void __launch_bounds__(256, GemvMinBlocks<NM, NT, VAR>::value) mglu_r
     // not swept (the vec = 2 path fixes 4 chunks: one 32-bit mask word per plane)
     enum { U0 = (NM <= 8 ? 4 : 2) / VPC, U = U0 > 0 ? U0 : 1 };
     __shared__ A red[WARPS][NT][NM + 1];  // split > 1: each warp's sums, [warp][token][total, gates]
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % split;
-    const i64 n = (i64)blockIdx.x * (WARPS / split) + warp / split;
+    const int lane = (threadIdx.x & 31) % L, warp = threadIdx.x >> 5, part = warp % split;
+    const i64 n = ((i64)blockIdx.x * (WARPS / split) + warp / split) * RPW + (threadIdx.x & 31) / L;
     const bool active = n < d_ff;
-    if (split == 1 && !active) return;  // split > 1: no return before the barrier below
+    // split > 1: no return before the barrier below; L < 32: none before the shuffles
+    if (split == 1 && L == 32 && !active) return;
     const i64 PW = (d_model + 7) >> 3;
     const T* wrow = w + (active ? n : 0) * d_model;
 
@@ -130,7 +134,7 @@ __global__ void __launch_bounds__(256, GemvMinBlocks<NM, NT, VAR>::value) mglu_r
     const uint4* wv = reinterpret_cast<const uint4*>(wrow);
     if (active && vec == 2) {
         const u32* mw = reinterpret_cast<const u32*>(m);
-        for (i64 g0 = 4 * lane + 128 * part; g0 < PW; g0 += 128 * split) {
+        for (i64 g0 = 4 * lane + 4 * L * part; g0 < PW; g0 += 4 * L * split) {
             uint4 q[4][VPC];
             u32 mb[NM];
             gemv_load_round<T, NM>(wv, mw, g0, n, d_ff, PW, q, mb);
@@ -138,12 +142,12 @@ __global__ void __launch_bounds__(256, GemvMinBlocks<NM, NT, VAR>::value) mglu_r
             for (int u = 0; u < 4; ++u) gemv_chunk<T, NM, NT>(q[u], mb, 8 * u, x, g0 + u, T_, d_model, total, gate);
         }
     } else if (active && vec) {
-        for (i64 g0 = lane + 32 * U * part; g0 < PW; g0 += 32 * U * split) {
+        for (i64 g0 = lane + L * U * part; g0 < PW; g0 += L * U * split) {
             uint4 q[U][VPC];
             u32 mb[U][NM];
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-                const i64 g = g0 + 32 * u;
+                const i64 g = g0 + L * u;
                 if (g < PW) {
 #pragma unroll
                     for (int v = 0; v < VPC; ++v) q[u][v] = __ldg(wv + g * VPC + v);
@@ -158,13 +162,13 @@ __global__ void __launch_bounds__(256, GemvMinBlocks<NM, NT, VAR>::value) mglu_r
             }
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-                const i64 g = g0 + 32 * u;
+                const i64 g = g0 + L * u;
                 if (g >= PW) break;
                 gemv_chunk<T, NM, NT>(q[u], mb[u], 0, x, g, T_, d_model, total, gate);
             }
         }
     } else if (active) {
-        for (i64 k = lane + 32 * part; k < d_model; k += 32 * split) {
+        for (i64 k = lane + L * part; k < d_model; k += L * split) {
             const A wk = Tr<T>::ld(wrow, k);
             u32 mb[NM];
 #pragma unroll
@@ -184,7 +188,7 @@ __global__ void __launch_bounds__(256, GemvMinBlocks<NM, NT, VAR>::value) mglu_r
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
 #pragma unroll
-        for (int off = 16; off > 0; off >>= 1) {
+        for (int off = L / 2; off > 0; off >>= 1) {
             total[t] += __shfl_xor_sync(0xffffffffu, total[t], off);
 #pragma unroll
             for (int i = 0; i < NM; ++i) gate[t][i] += __shfl_xor_sync(0xffffffffu, gate[t][i], off);
