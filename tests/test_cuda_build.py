@@ -200,7 +200,9 @@ def test_default_variants_follow_the_measured_regimes():
     fwd, bwd = launcher.MODE_FWD, launcher.MODE_BWD
     for dtype in launcher.TUNED_DTYPES:
         assert launcher.default_variant(dtype, 1, fwd, 1) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[1]
-        assert launcher.default_variant(dtype, 4, fwd, 1) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[8] == "pred-words-occ"
+        assert launcher.default_variant(dtype, 2, fwd, 1) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[4] == "lanes8-words"
+        assert launcher.default_variant(dtype, 4, fwd, 1) == "lanes8-words"
+        assert launcher.default_variant(dtype, 5, fwd, 1) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[8] == "pred-words-occ"
         # above 8 masks the -occ cap is off: the plain kernel, not a second instantiation of it
         assert launcher.default_variant(dtype, 16, fwd, 1) == "pred-words"
         assert launcher.default_variant(dtype, 1, fwd, 4) == launcher.DEFAULT_GEMV_VARIANT

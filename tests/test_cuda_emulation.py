@@ -30,31 +30,33 @@ def _byte(m, i, n, g, d_ff, pw):
     return int(m.reshape(-1)[(i * d_ff + n) * pw + g])
 
 
-def _gemv_chunks(lane, pw, vec, part=0, split=1):
+def _gemv_chunks(lane, pw, vec, part=0, split=1, lanes=32):
     """(chunk g, its mask bits' shift in the lane's mask register) in the order lane of part
-    ``part`` (of ``split`` warps per row) visits them: rounds r = part + split j."""
+    ``part`` (of ``split`` warps per row; ``lanes`` lanes a row) visits them: rounds r = part
+    + split j."""
     if vec == 2:  # 4 consecutive chunks per round, one 32-bit mask word per plane
         assert pw % 4 == 0
-        return [(g0 + u, 8 * u) for g0 in range(4 * lane + 128 * part, pw, 128 * split) for u in range(4)]
-    return [(g0 + 32 * u, 0) for g0 in range(lane + 32 * U * part, pw, 32 * U * split) for u in range(U)
-            if g0 + 32 * u < pw]
+        return [(g0 + u, 8 * u) for g0 in range(4 * lane + 4 * lanes * part, pw, 4 * lanes * split) for u in range(4)]
+    return [(g0 + lanes * u, 0) for g0 in range(lane + lanes * U * part, pw, lanes * U * split) for u in range(U)
+            if g0 + lanes * u < pw]
 
 
-def emulate_gemv(x, w, m, vec, split=1):
-    """mglu_rowdot_gemv: split warps per row n (parts p < split take rounds p + split j); vec
-    1: lane l takes chunks g = l + 32 (U r + u) and a byte per plane; vec 2: chunks
-    g = 128 r + 4 l + u, one 32-bit word per plane; vec 0: columns k = l + 32 r. Each part
-    sums over its lanes, part 0 adds the others in part order."""
+def emulate_gemv(x, w, m, vec, split=1, lanes=32):
+    """mglu_rowdot_gemv with L = ``lanes`` lanes a row (32: VAR_PRED..VAR_SPLIT_OCC; 8:
+    VAR_LANES8): split warps per row n (parts p < split take rounds p + split j); vec 1:
+    lane l takes chunks g = l + L (U r + u) and a byte per plane; vec 2: chunks g = 4 L r +
+    4 l + u, one 32-bit word per plane; vec 0: columns k = l + L r. Each part sums over its
+    lanes, part 0 adds the others in part order."""
     tokens, d_model = x.shape
     n_masks, d_ff, pw = m.shape
     out = np.full((tokens, d_ff), np.nan)
     for n in range(d_ff):
-        total = np.zeros((split, 32, tokens))
-        gate = np.zeros((split, 32, tokens, n_masks))
+        total = np.zeros((split, lanes, tokens))
+        gate = np.zeros((split, lanes, tokens, n_masks))
         for part in range(split):
-            for lane in range(32):
+            for lane in range(lanes):
                 if vec:
-                    for g, sh in _gemv_chunks(lane, pw, vec, part, split):
+                    for g, sh in _gemv_chunks(lane, pw, vec, part, split, lanes):
                         wf = w[n, 8 * g: 8 * g + 8]
                         if vec == 2:  # u32 index ((i d_ff + n) PW + g0) >> 2 of the packed bytes, little-endian
                             words = m.reshape(-1).view("<u4")
@@ -68,7 +70,7 @@ def emulate_gemv(x, w, m, vec, split=1):
                                 sel = np.array([(mb[i] >> (sh + e)) & 1 for e in range(8)], dtype=bool)
                                 gate[part, lane, t, i] += (np.where(sel, wf, 0.0) * xf).sum()
                 else:
-                    for k in range(lane + 32 * part, d_model, 32 * split):
+                    for k in range(lane + lanes * part, d_model, lanes * split):
                         for t in range(tokens):
                             total[part, lane, t] += w[n, k] * x[t, k]
                             for i in range(n_masks):
@@ -194,6 +196,14 @@ def _problem(tokens, d_model, d_ff, n_masks, seed=0):
 def test_decode_kernel_index_math(shape, vec, split):
     x, w, m, expected = _problem(*shape)
     np.testing.assert_allclose(emulate_gemv(x, w, m, vec, split), expected, rtol=1e-12, atol=1e-12)
+
+
+# 8 lanes a row: 288 = one 32-chunk round and 4 chunks (vec 2), 200 = 25 chunks (vec 1,
+# U rounds of 8 lanes with a tail), 77 (vec 0: 8-column strides over a row not of whole chunks)
+@pytest.mark.parametrize("shape, vec", [((1, 288, 3, 3), 2), ((2, 200, 3, 2), 1), ((1, 77, 2, 4), 0)])
+def test_eight_lane_decode_kernel_index_math(shape, vec):
+    x, w, m, expected = _problem(*shape)
+    np.testing.assert_allclose(emulate_gemv(x, w, m, vec, lanes=8), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("shape, layout, words", [((37, 45, 41, 2), 0, False), ((17, 72, 33, 3), 0, False),

@@ -146,6 +146,10 @@ def _cuda_cases() -> list[Case]:
     (cuda_gemm_tails: one token, 8 rows or columns and 8 of K past whole tiles in the products;
     cuda_gemm_logits: dM, a batch, 4 masks; cuda_gemm_many_masks: 17 planes;
     cuda_gemm_d_model_odd: d_model % 8 != 0 keeps the row-dot kernels at 256 tokens).
+    The 1-token fp16/bf16 default at 2-4 masks (lanes8-words) runs 8 lanes a row, 4 rows a
+    warp, 16 rows a block, 32-chunk rounds: cuda_lanes8_tail (one round and 4 chunks, the
+    second block's last warp with one live row), cuda_lanes8_bytes (d_model % 32 != 0: the
+    byte path), cuda_lanes8_scalar (d_model % 8 != 0: the scalar path, tail bits set).
     """
     half = (torch.float16, torch.bfloat16)  # the staged GEMM path exists for these only
     cases = [
@@ -160,6 +164,9 @@ def _cuda_cases() -> list[Case]:
         Case("cuda_t32_full_tile", (32,), 64, 32, 16, activation="gelu_tanh", quick=False),
         Case("cuda_t33_tail", (33,), 67, 65, 4, masks="garbage_tail", quick=False),
         Case("cuda_t70_tiles", (70,), 130, 97, 1, activation="sigmoid", quick=False),
+        Case("cuda_lanes8_tail", (1,), 288, 21, 3, dtypes=half, quick_dtypes=(torch.bfloat16,)),
+        Case("cuda_lanes8_bytes", (1,), 200, 19, 2, activation="gelu", quick=False, dtypes=half),
+        Case("cuda_lanes8_scalar", (1,), 77, 10, 4, masks="garbage_tail", quick=False, dtypes=half),
         Case("cuda_gemm_tails", (257,), 40, 136, 2, dtypes=half),
         Case("cuda_gemm_logits", (2, 130), 48, 24, 4, activation="gelu", form="logits", dtypes=half),
         Case("cuda_gemm_many_masks", (300,), 72, 128, 16, activation="sigmoid", quick=False, dtypes=half),

@@ -106,7 +106,14 @@ DEFAULT_MMA_VARIANT = "prmt"
 #: fp16 / bf16 4096x14336 36.9 / 37.0 us, 4096x11008 30.3 / 29.7, against
 #: pred-words-split4-occ's 40.7 / 46.3 and 33.1 / 36.8; n_masks 4: pred-words-occ still the
 #: fastest (45.9 / 47.9 and 37.3 / 37.8; pred-bytes-occ 48.7 / 49.7 and 40.2 / 40.9).
-GEMV_DEFAULTS_1_TOKEN = ((1, "pred-bytes-split4-occ"), (8, "pred-words-occ"), (MAX_MASKS, "pred-words"))
+#: H200 run 57 (commit d0073fc, cuda_tune.py, bench timer; MEASUREMENTS_H200.md), fp16 / bf16:
+#: lanes8-words at n_masks 4 43.6 / 45.4 us at 4096x14336 and 37.6 / 39.4 at 4096x11008
+#: against pred-words-occ's 47.6 / 47.9 and 37.2 / 37.9 (sum 166.0 against 170.6); n_masks
+#: 2 38.7 / 40.5 and 33.3 / 35.4 against 42.3 / 44.7 and 34.6 / 35.0 (147.9 against 156.6);
+#: n_masks 1 it lost to pred-bytes-split4-occ (141.0 against 135.7). n_masks 3 not timed;
+#: from 5 masks pred-words-occ stays (lanes8 takes 94 registers at 8).
+GEMV_DEFAULTS_1_TOKEN = ((1, "pred-bytes-split4-occ"), (4, "lanes8-words"), (8, "pred-words-occ"),
+                         (MAX_MASKS, "pred-words"))
 #: the fp16/bf16 forward at 5..MMA_SPLIT_TOKENS tokens (mma layout 1), (largest n_masks,
 #: variant), timed at 16 tokens only (5-15 follow it untimed): prmt-words beat prmt at every shape, dtype and n_masks 1, 4, 8 at 16 tokens in
 #: run 1 (commit d311605), by 1.25x to 2.21x; in run 2 prmt-words-occ was the fastest by the
