@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     out = torch.empty(1, d_ff, device="cuda", dtype=torch.bfloat16)
     dev = x.device
     ref = cuda_backend.forward(x, w, packed, "silu")
-    plan = launcher.rowdot_plan(x.dtype, n_masks, launcher.MODE_FWD, 1, d_ff)
+    plan = launcher.rowdot_plan(x.dtype, n_masks, launcher.MODE_FWD, 1, d_ff, d_model)
     p = launcher.pointer
 
     def args():
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
 
     rows = {
         "backend forward (plan, args, launch, torch.empty)": lambda: cuda_backend.forward(x, w, packed, "silu"),
-        "rowdot_plan": lambda: launcher.rowdot_plan(x.dtype, n_masks, launcher.MODE_FWD, 1, d_ff),
+        "rowdot_plan": lambda: launcher.rowdot_plan(x.dtype, n_masks, launcher.MODE_FWD, 1, d_ff, d_model),
         "argument tuple (np.uint64 / np.int32)": args,
         "launcher.launch (prebuilt args)": lambda: launcher.launch(plan, fixed, dev, str),
         "CuPy path: with-blocks and RawKernel call (prebuilt args)": cupy_launch,

@@ -29,7 +29,7 @@ DECODE_TARGETS = [launcher.rowdot_name(dt, nm, FWD, 1, var) for dt in (torch.flo
                   for nm in (1, 2, 4, 8) for var in sorted({v[0] for v in launcher.GEMV_VARIANTS.values()})]
 #: the kernels the launcher takes by default at these points: no local memory allowed
 #: (other variants may spill: reported, not failed; MEASUREMENTS.md lists the known ones)
-DEFAULTS = {launcher.rowdot_plan(dt, nm, FWD, tokens, 64).name for dt in (torch.float16, torch.bfloat16)
+DEFAULTS = {launcher.rowdot_plan(dt, nm, FWD, tokens, 64, 4096).name for dt in (torch.float16, torch.bfloat16)
             for nm in (1, 2, 4, 8) for tokens in (1, 16)}
 
 
@@ -40,11 +40,11 @@ def kernels() -> list[str]:
     names = list(DECODE_TARGETS)
     for dt in DTYPES:
         for nm in (1, 4, 16):
-            plans = [launcher.rowdot_plan(dt, nm, mode, tokens, 64).name for mode in (FWD, BWD) for tokens in (1, 4, 16)]
+            plans = [launcher.rowdot_plan(dt, nm, mode, tokens, 64, 4096).name for mode in (FWD, BWD) for tokens in (1, 4, 16)]
             DEFAULTS.update(plans)
             names += plans
             if dt in launcher.TUNED_DTYPES:
-                names += [launcher.rowdot_plan(dt, nm, FWD, 16, 64, v).name for v in launcher.MMA_VARIANTS]
+                names += [launcher.rowdot_plan(dt, nm, FWD, 16, 64, 4096, v).name for v in launcher.MMA_VARIANTS]
         names += [launcher.dx_name(dt), launcher.dw_name(dt, dt)]
         DEFAULTS.update(names[-2:])
         if dt in launcher.MMA_DTYPES:  # the GEMM path: every kernel of it is a default

@@ -85,7 +85,7 @@ def check(x, w, packed, variant, ref, tol, compiled) -> dict:
     """Compile (timed once per instantiation), run once on poisoned outputs, judge."""
     tokens, d_model = x.shape
     d_ff, n_masks = w.shape[0], packed.shape[0]
-    plan = launcher.rowdot_plan(x.dtype, n_masks, launcher.MODE_FWD, tokens, d_ff, variant)
+    plan = launcher.rowdot_plan(x.dtype, n_masks, launcher.MODE_FWD, tokens, d_ff, d_model, variant)
     row = {"kernel": plan.name, "compile_s": compile_seconds(plan, compiled)}
     with poisoned_outputs():  # NaN where the kernel skipped an output
         out = cuda_backend.forward(x, w, packed, "silu", variant=variant)
@@ -113,11 +113,11 @@ def run_variant(sets, variant, ref, tol, compiled, copy_gbps, l2) -> dict:
     return row
 
 
-def variants_for(tokens, dtype, n_masks):
+def variants_for(tokens, dtype, n_masks, d_model):
     """(the variants of the kernel that runs ``tokens``, the one the launcher takes by default)."""
     gemv = tokens <= max(launcher.GEMV_TOKENS)
     table = launcher.GEMV_VARIANTS if gemv else launcher.MMA_VARIANTS
-    return list(table), launcher.default_variant(dtype, n_masks, launcher.MODE_FWD, tokens)
+    return list(table), launcher.default_variant(dtype, n_masks, launcher.MODE_FWD, tokens, d_model)
 
 
 def record(report, row, path):
@@ -153,7 +153,7 @@ def main() -> int:
                 for tokens in (1, 3, 16):
                     x, w, packed = inputs(tokens, d_model, d_ff, n_masks, DTYPES[dname], seed=n_masks * 7 + tokens)
                     ref, tol = judge(x, w, packed)
-                    for variant in variants_for(tokens, DTYPES[dname], n_masks)[0]:
+                    for variant in variants_for(tokens, DTYPES[dname], n_masks, d_model)[0]:
                         row = {"check_only": True, "dtype": dname, "d_model": d_model, "d_ff": d_ff,
                                "n_masks": n_masks, "tokens": tokens, "variant": variant}
                         try:
@@ -177,7 +177,7 @@ def main() -> int:
                     sets = [inputs(tokens, d_model, d_ff, n_masks, DTYPES[dname], seed=n_masks * 100 + tokens + 1000 * c)
                             for c in range(copies)]
                     ref, tol = judge(*sets[0])
-                    variants, default = variants_for(tokens, DTYPES[dname], n_masks)
+                    variants, default = variants_for(tokens, DTYPES[dname], n_masks, d_model)
                     for variant in variants:
                         row = {"dtype": dname, "d_model": d_model, "d_ff": d_ff, "n_masks": n_masks,
                                "tokens": tokens, "variant": variant, "default": variant == default}

@@ -87,7 +87,7 @@ def test_plans_name_compiled_kernels_and_cover_the_outputs(dtype, tokens):
     d_model, d_ff = 77, 131
     for n_masks in (1, MAX_MASKS):
         for mode in (launcher.MODE_FWD, launcher.MODE_BWD):
-            plan = launcher.rowdot_plan(dtype, n_masks, mode, tokens, d_ff)
+            plan = launcher.rowdot_plan(dtype, n_masks, mode, tokens, d_ff, d_model)
             assert plan.name in compiled
             if "gemv" in plan.name:
                 nt = int(plan.name.rstrip(">").split(",")[-2])
@@ -120,7 +120,7 @@ def test_every_variant_names_a_compiled_kernel_where_offered(dtype):
                 if tokens == 16 and dtype not in launcher.MMA_DTYPES:
                     offered = False
                 if offered:
-                    plan = launcher.rowdot_plan(dtype, 8, mode, tokens, 100, variant)
+                    plan = launcher.rowdot_plan(dtype, 8, mode, tokens, 100, 64, variant)
                     assert plan.name in compiled
                     assert plan.word_masks == ("words" in variant)
                     if tokens <= max(launcher.GEMV_TOKENS):  # the kernel's rows: warps / split x 32 / lanes a block
@@ -130,15 +130,15 @@ def test_every_variant_names_a_compiled_kernel_where_offered(dtype):
                         assert plan.grid[0] == -(-100 // rows) and f", {var}>" in plan.name
                 else:
                     with pytest.raises(ValueError, match="variant"):
-                        launcher.rowdot_plan(dtype, 8, mode, tokens, 100, variant)
+                        launcher.rowdot_plan(dtype, 8, mode, tokens, 100, 64, variant)
     with pytest.raises(ValueError, match="variant must be one of"):
-        launcher.rowdot_plan(dtype, 8, launcher.MODE_FWD, 1, 100, "fastest")
+        launcher.rowdot_plan(dtype, 8, launcher.MODE_FWD, 1, 100, 64, "fastest")
 
 
 def test_regime_switch():
-    assert "gemv" in launcher.rowdot_plan(torch.bfloat16, 1, 0, max(launcher.GEMV_TOKENS), 10).name
-    assert "mma" in launcher.rowdot_plan(torch.bfloat16, 1, 0, max(launcher.GEMV_TOKENS) + 1, 10).name
-    assert "tiled" in launcher.rowdot_plan(torch.float32, 1, 0, max(launcher.GEMV_TOKENS) + 1, 10).name
+    assert "gemv" in launcher.rowdot_plan(torch.bfloat16, 1, 0, max(launcher.GEMV_TOKENS), 10, 64).name
+    assert "mma" in launcher.rowdot_plan(torch.bfloat16, 1, 0, max(launcher.GEMV_TOKENS) + 1, 10, 64).name
+    assert "tiled" in launcher.rowdot_plan(torch.float32, 1, 0, max(launcher.GEMV_TOKENS) + 1, 10, 64).name
 
 
 def test_source_is_one_self_contained_unit():
@@ -199,19 +199,24 @@ def test_default_variants_follow_the_measured_regimes():
     """The tuned defaults apply to the fp16/bf16 forward only (launcher.default_variant)."""
     fwd, bwd = launcher.MODE_FWD, launcher.MODE_BWD
     for dtype in launcher.TUNED_DTYPES:
-        assert launcher.default_variant(dtype, 1, fwd, 1) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[1]
-        assert launcher.default_variant(dtype, 2, fwd, 1) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[4] == "lanes8-words"
-        assert launcher.default_variant(dtype, 4, fwd, 1) == "lanes8-words"
-        assert launcher.default_variant(dtype, 5, fwd, 1) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[8] == "pred-words-occ"
+        assert launcher.default_variant(dtype, 1, fwd, 1, 4096) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[1]
+        assert launcher.default_variant(dtype, 2, fwd, 1, 4096) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[4] == "lanes8-words"
+        assert launcher.default_variant(dtype, 4, fwd, 1, 4096) == "lanes8-words"
+        # rows past GEMV_LANES8_MAX_D_MODEL columns: a warp a row (H200 run 58 at 8192x28672)
+        long_rows = launcher.GEMV_LANES8_MAX_D_MODEL + 32
+        assert launcher.default_variant(dtype, 4, fwd, 1, long_rows) == launcher.GEMV_LONG_ROWS == "pred-words-occ"
+        assert launcher.default_variant(dtype, 2, fwd, 1, 8192) == "pred-words-occ"
+        assert launcher.default_variant(dtype, 1, fwd, 1, 8192) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[1]
+        assert launcher.default_variant(dtype, 5, fwd, 1, 4096) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[8] == "pred-words-occ"
         # above 8 masks the -occ cap is off: the plain kernel, not a second instantiation of it
-        assert launcher.default_variant(dtype, 16, fwd, 1) == "pred-words"
-        assert launcher.default_variant(dtype, 1, fwd, 4) == launcher.DEFAULT_GEMV_VARIANT
-        assert launcher.default_variant(dtype, 1, bwd, 1) == launcher.DEFAULT_GEMV_VARIANT
-        assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS) == dict(launcher.MMA_DEFAULTS_FEW_TOKENS)[8]
-        assert launcher.default_variant(dtype, 16, fwd, launcher.MMA_SPLIT_TOKENS) == launcher.DEFAULT_MMA_VARIANT
-        assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS + 1) == launcher.DEFAULT_MMA_VARIANT
-        assert launcher.default_variant(dtype, 4, bwd, 16) == launcher.DEFAULT_MMA_VARIANT
-    assert launcher.default_variant(torch.float32, 1, fwd, 1) == launcher.DEFAULT_GEMV_VARIANT
+        assert launcher.default_variant(dtype, 16, fwd, 1, 4096) == "pred-words"
+        assert launcher.default_variant(dtype, 1, fwd, 4, 4096) == launcher.DEFAULT_GEMV_VARIANT
+        assert launcher.default_variant(dtype, 1, bwd, 1, 4096) == launcher.DEFAULT_GEMV_VARIANT
+        assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS, 4096) == dict(launcher.MMA_DEFAULTS_FEW_TOKENS)[8]
+        assert launcher.default_variant(dtype, 16, fwd, launcher.MMA_SPLIT_TOKENS, 4096) == launcher.DEFAULT_MMA_VARIANT
+        assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS + 1, 4096) == launcher.DEFAULT_MMA_VARIANT
+        assert launcher.default_variant(dtype, 4, bwd, 16, 4096) == launcher.DEFAULT_MMA_VARIANT
+    assert launcher.default_variant(torch.float32, 1, fwd, 1, 4096) == launcher.DEFAULT_GEMV_VARIANT
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -296,7 +301,7 @@ def test_launch_packs_each_argument_where_its_pointer_points(monkeypatch):
     import numpy as np
 
     seen = _fake_driver(monkeypatch)
-    plan = launcher.rowdot_plan(torch.bfloat16, 4, launcher.MODE_FWD, 1, 1000)
+    plan = launcher.rowdot_plan(torch.bfloat16, 4, launcher.MODE_FWD, 1, 1000, 4096)
     for index, args in [(0, (np.uint64(2**40 + 8), np.int32(-3), np.uint64(0), np.int32(2**31 - 1))),
                         (0, (np.uint64(16), np.int32(5), np.uint64(2**63), np.int32(0))),
                         (1, (np.uint64(32), np.int32(6), np.uint64(1), np.int32(-1)))]:
@@ -313,7 +318,7 @@ def test_launch_failure_names_the_kernel_and_the_problem(monkeypatch):
     import numpy as np
 
     _fake_driver(monkeypatch, fail=ValueError("CUDA_ERROR_INVALID_VALUE"))
-    plan = launcher.rowdot_plan(torch.float32, 2, launcher.MODE_FWD, 40, 64)
+    plan = launcher.rowdot_plan(torch.float32, 2, launcher.MODE_FWD, 40, 64, 64)
     with pytest.raises(RuntimeError, match=r"kernel mglu_rowdot_tiled<float, 2, 0> grid=.* failed for T=40 .*"
                                            r"CUDA_ERROR_INVALID_VALUE"):
         launcher.launch(plan, (np.uint64(0), np.int32(1)), torch.device("cuda", 0), lambda: "T=40 d_model=8")

@@ -71,7 +71,7 @@ MASK_WORD_BYTES = 4
 def _rowdot(mode, x2d, weight, packed, activation, dout, out, dbuf, variant=None):
     tokens, d_model = x2d.shape
     d_ff, n_masks = weight.shape[0], packed.shape[0]
-    plan = rowdot_plan(x2d.dtype, n_masks, mode, tokens, d_ff, variant)
+    plan = rowdot_plan(x2d.dtype, n_masks, mode, tokens, d_ff, d_model, variant)
     args = [pointer(x2d), pointer(weight), pointer(packed), pointer(dout), pointer(out), pointer(dbuf),
             np.int32(tokens), np.int32(d_model), np.int32(d_ff), np.int32(launcher.activation_id(activation))]
     if plan.takes_vec:

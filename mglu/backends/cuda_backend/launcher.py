@@ -112,8 +112,14 @@ DEFAULT_MMA_VARIANT = "prmt"
 #: 2 38.7 / 40.5 and 33.3 / 35.4 against 42.3 / 44.7 and 34.6 / 35.0 (147.9 against 156.6);
 #: n_masks 1 it lost to pred-bytes-split4-occ (141.0 against 135.7). n_masks 3 not timed;
 #: from 5 masks pred-words-occ stays (lanes8 takes 94 registers at 8).
+#: Run 58 (commit fa1ce40) at 8192x28672: lanes8-words lost, n_masks 4 157.4 / 158.9 against
+#: pred-words-occ's 149.3 / 151.0, n_masks 2 156.1 / 150.7 against 137.6 / 137.4 (a row of
+#: 8192 columns pays its warp reduction and epilogue half as often per byte, which the
+#: 8 lanes a row amortise): rows longer than GEMV_LANES8_MAX_D_MODEL take GEMV_LONG_ROWS.
 GEMV_DEFAULTS_1_TOKEN = ((1, "pred-bytes-split4-occ"), (4, "lanes8-words"), (8, "pred-words-occ"),
                          (MAX_MASKS, "pred-words"))
+GEMV_LANES8_MAX_D_MODEL = 4096
+GEMV_LONG_ROWS = "pred-words-occ"
 #: the fp16/bf16 forward at 5..MMA_SPLIT_TOKENS tokens (mma layout 1), (largest n_masks,
 #: variant), timed at 16 tokens only (5-15 follow it untimed): prmt-words beat prmt at every shape, dtype and n_masks 1, 4, 8 at 16 tokens in
 #: run 1 (commit d311605), by 1.25x to 2.21x; in run 2 prmt-words-occ was the fastest by the
@@ -204,15 +210,18 @@ def _variant(table: dict, default: str, variant: str | None, dtype, mode):
     return table[name]
 
 
-def default_variant(dtype, n_masks: int, mode: int, tokens: int) -> str:
+def default_variant(dtype, n_masks: int, mode: int, tokens: int, d_model: int) -> str:
     """The variant a call gets without ``variant=``: the measured winners of the fp16/bf16
-    forward at 1 token (by n_masks) and at 5..MMA_SPLIT_TOKENS tokens, the base defaults
+    forward at 1 token (by n_masks; an 8-lane variant only on rows of at most
+    GEMV_LANES8_MAX_D_MODEL columns) and at 5..MMA_SPLIT_TOKENS tokens, the base defaults
     elsewhere."""
     tuned = dtype in TUNED_DTYPES and mode == MODE_FWD
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     if nt is not None:
         if tuned and nt == 1:
-            return next(v for top, v in GEMV_DEFAULTS_1_TOKEN if n_masks <= top)
+            variant = next(v for top, v in GEMV_DEFAULTS_1_TOKEN if n_masks <= top)
+            lanes = GEMV_VARIANTS[variant][3]
+            return GEMV_LONG_ROWS if lanes < 32 and d_model > GEMV_LANES8_MAX_D_MODEL else variant
         return DEFAULT_GEMV_VARIANT
     if tuned and tokens <= MMA_SPLIT_TOKENS:
         return next(v for top, v in MMA_DEFAULTS_FEW_TOKENS if n_masks <= top)
@@ -237,12 +246,12 @@ def dw_name(dtype, dmask_dtype) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, variant: str | None = None) -> Launch:
+def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, d_model, variant: str | None = None) -> Launch:
     """Decode kernel (one warp per W row) for ``tokens <= max(GEMV_TOKENS)``, else the tile;
     ``variant``: a key of GEMV_VARIANTS or MMA_VARIANTS (None: the default). Cached: a
     decode loop asks for the same plan on every call."""
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
-    default = default_variant(dtype, n_masks, mode, tokens)
+    default = default_variant(dtype, n_masks, mode, tokens, d_model)
     if nt is not None:
         var, words, split, lanes = _variant(GEMV_VARIANTS, default, variant, dtype, mode)
         warps = GEMV_WARPS if lanes == 32 else GEMV_LANES8_WARPS
