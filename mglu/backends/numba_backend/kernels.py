@@ -79,7 +79,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 @lru_cache(maxsize=None)
 def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap,
-                       chain):
+                       chain, min_blocks):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -107,14 +107,17 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     the terms are summed by the same butterfly."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
     ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
-    CHAIN = chain
+    CHAIN, MIN_BLOCKS = chain, min_blocks
+    bounds = {} if SIMULATED or not min_blocks else {"launch_bounds": (block, min_blocks)}
     SPREAD = shuffle and mode == FORWARD
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
     WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
 
-    @cuda.jit(cache=True)
+    @cuda.jit(cache=True, **bounds)
     def decode_wide(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
+        if MIN_BLOCKS < 0:  # never: it puts MIN_BLOCKS in the closure, which numba's disk cache keys on
+            return  # (launch_bounds is not in that key)
         part = cuda.shared.array(SHARED, float32)
         sums = cuda.shared.array(SHARED, float32)
         acc = cuda.local.array(RACC, float32)
