@@ -50,8 +50,7 @@ def ptx(variant: str, n_masks: int, bf16: bool) -> str:
     a = "int16[::1]" if bf16 else "float16[::1]"
     words = "uint8" if shape.interleave else MASK_WORD[shape.span]
     sig = f"void(int32[::1],int32[::1],{words}[::1],{a},{a},{a},int64,int64,int64,int64)"
-    bounds = (shape.block, shape.min_blocks) if shape.min_blocks else None
-    text, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0), launch_bounds=bounds)
+    text, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(9, 0))
     # NVVM may stamp a PTX ISA newer than this ptxas names; 9.0 is what sm_90 code needs
     return re.sub(r"^\.version \S+", ".version 9.0", text, count=1, flags=re.M)
 

@@ -29,11 +29,6 @@ class Wide(NamedTuple):
     interleave: bool
     #: at most this many lanes per row (a power of two <= 32)
     lanes: int = 32
-    #: a chunk's masked sums by ``numerics.chain8`` (8 predicated adds in inline PTX, one
-    #: R2P a byte, the masks the outer loop) instead of per element pair (``fma_word``)
-    chain: bool = False
-    #: blocks an SM asked of ptxas (``launch_bounds``: a register cap), 0 for none
-    min_blocks: int = 0
 
 
 #: decode kernels the tuner times (scripts/numba_tune.py): name -> None for the element-wise
@@ -71,10 +66,6 @@ DECODE_VARIANTS = {
     "v4s4wl16": Wide(4, 1, 128, 1, True, False, lanes=16),
     "v4s4wl8": Wide(4, 1, 128, 1, True, False, lanes=8),
     "v4s4wil8": Wide(4, 1, 128, 1, True, True, lanes=8),
-    "v4s4wil8c": Wide(4, 1, 128, 1, True, True, lanes=8, chain=True),
-    "v4s4wl8c": Wide(4, 1, 128, 1, True, False, lanes=8, chain=True),
-    "v4u2wc": Wide(1, 2, 128, 1, True, False, chain=True),
-    "v4s4wl8co7": Wide(4, 1, 128, 1, True, False, lanes=8, chain=True, min_blocks=7),
 }
 #: the decode variant by n_masks: (at most this many masks, variant), from the H200 sweeps of
 #: the seventh session (scripts/numba_tune.py, bench timer, 1 token, fp16 and bf16, 4096x14336

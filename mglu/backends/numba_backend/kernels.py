@@ -27,7 +27,7 @@ from functools import lru_cache
 from numba import cuda, float32, float64, int32, int64
 
 from .constants import DECODE_BLOCK, TILE_K, TILE_KP, TILE_N, TILE_T, TILE_THREADS, TILE_TPT
-from .numerics import SIMULATED, act, act_and_grad, chain8, device, halves, like, load, load_nc, load_v4, pick, store
+from .numerics import SIMULATED, act, act_and_grad, device, halves, like, load, load_nc, load_v4, pick, store
 
 FORWARD, GRAD = 0, 1
 assert TILE_TPT == 2, "the tiled kernel holds two accumulator arrays (acc_a, acc_b)"
@@ -78,8 +78,7 @@ def decode_kernel(n_masks, act_code, acc64, mode):
 
 
 @lru_cache(maxsize=None)
-def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap,
-                       chain, min_blocks):
+def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows, shuffle, interleave, lanes_cap):
     """``[blocks, block]`` kernel, ``decode`` for fp16/bf16 with wide loads: ``x (T, K)`` and
     ``w (N, K)`` arrive as int32 words (two elements each), ``packed (NM, N, K/(8 span))`` as
     words of ``span`` bytes (uint8, int16, int32, int64; with ``interleave`` the bytes
@@ -107,17 +106,13 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
     the terms are summed by the same butterfly."""
     NM, NACC, ACT, MODE, BLOCK, SPAN, UNROLL, BF16 = n_masks, n_masks + 1, act_code, mode, block, span, unroll, bf16
     ROWS, SHUFFLE, BITS_T, INTERLEAVE = rows, shuffle, int64 if span == 8 else int32, interleave
-    CHAIN, MIN_BLOCKS = chain, min_blocks
-    bounds = {} if SIMULATED or not min_blocks else {"launch_bounds": (block, min_blocks)}
     SPREAD = shuffle and mode == FORWARD
     # constant sizes; with shuffles only the simulator's lane_sum uses shared memory
     SHARED = (BLOCK if SIMULATED else 1) if SHUFFLE else NACC * BLOCK
     WORDS, BITS, RACC = 4 * span * unroll * rows, n_masks * unroll * rows, (n_masks + 1) * rows
 
-    @cuda.jit(cache=True, **bounds)
+    @cuda.jit(cache=True)
     def decode_wide(x, w, packed, dout, out, dg, tokens, d_ff, d_model, lanes):
-        if MIN_BLOCKS < 0:  # never: it puts MIN_BLOCKS in the closure, which numba's disk cache keys on
-            return  # (launch_bounds is not in that key)
         part = cuda.shared.array(SHARED, float32)
         sums = cuda.shared.array(SHARED, float32)
         acc = cuda.local.array(RACC, float32)
@@ -169,15 +164,10 @@ def decode_wide_kernel(n_masks, act_code, mode, bf16, span, unroll, block, rows,
                                     h2, h3 = halves(x2, BF16), halves(x3, BF16)
                                     for r in range(ROWS):
                                         e, q, b = 4 * ((u * ROWS + r) * SPAN + c), (u * ROWS + r) * NM, 8 * c
-                                        if CHAIN:
-                                            w0, w1 = halves(wv[e], BF16), halves(wv[e + 1], BF16)
-                                            w2, w3 = halves(wv[e + 2], BF16), halves(wv[e + 3], BF16)
-                                            fma_chunk(acc, r * NACC, NM, bits, q, b, w0, w1, w2, w3, h0, h1, h2, h3)
-                                        else:
-                                            fma_word(acc, r * NACC, NM, bits, q, b, halves(wv[e], BF16), h0)
-                                            fma_word(acc, r * NACC, NM, bits, q, b + 2, halves(wv[e + 1], BF16), h1)
-                                            fma_word(acc, r * NACC, NM, bits, q, b + 4, halves(wv[e + 2], BF16), h2)
-                                            fma_word(acc, r * NACC, NM, bits, q, b + 6, halves(wv[e + 3], BF16), h3)
+                                        fma_word(acc, r * NACC, NM, bits, q, b, halves(wv[e], BF16), h0)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 2, halves(wv[e + 1], BF16), h1)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 4, halves(wv[e + 2], BF16), h2)
+                                        fma_word(acc, r * NACC, NM, bits, q, b + 6, halves(wv[e + 3], BF16), h3)
                 for r in range(ROWS):
                     for j in range(NACC):
                         row[j] = acc[r * NACC + j]
@@ -289,28 +279,6 @@ def fma_word(acc, a0, n_masks, bits, base, b, w, x):
             acc[a0 + j] += p
         if (bits[base + j] >> (b + 1)) & 1:
             acc[a0 + j] += q
-
-
-@device
-def fma_chunk(acc, a0, n_masks, bits, base, b, w0, w1, w2, w3, x0, x1, x2, x3):
-    """Elements ``b .. b + 7`` of a mask word (one 16-byte chunk), ``w0 .. w3`` and ``x0 ..
-    x3`` their fp32 pairs: ``p_e = w_e x_e`` into the total ``acc[a0 + n_masks]``, and by
-    ``chain8`` (8 predicated adds, one ``R2P``) into ``acc[a0 + j]`` where bit ``b + e`` of
-    ``bits[base + j]`` is set; every sum in element order."""
-    p0, p1, p2, p3 = w0[0] * x0[0], w0[1] * x0[1], w1[0] * x1[0], w1[1] * x1[1]
-    p4, p5, p6, p7 = w2[0] * x2[0], w2[1] * x2[1], w3[0] * x3[0], w3[1] * x3[1]
-    t = a0 + n_masks
-    acc[t] += p0
-    acc[t] += p1
-    acc[t] += p2
-    acc[t] += p3
-    acc[t] += p4
-    acc[t] += p5
-    acc[t] += p6
-    acc[t] += p7
-    for j in range(n_masks):  # b is a constant after unrolling
-        byte = int32((bits[base + j] >> b) & 0xFF)
-        acc[a0 + j] = chain8(acc[a0 + j], byte, p0, p1, p2, p3, p4, p5, p6, p7)
 
 
 @lru_cache(maxsize=None)

@@ -73,12 +73,6 @@ if SIMULATED:
     def pick(c, a, b):
         return a if c else b
 
-    def chain8(acc, byte, p0, p1, p2, p3, p4, p5, p6, p7):
-        for e, p in enumerate((p0, p1, p2, p3, p4, p5, p6, p7)):
-            if (byte >> e) & 1:
-                acc = np.float32(acc + p)
-        return acc
-
     def f16x2(word):
         lo, hi = np.array([word], np.int32).view(np.float16)
         return np.float32(lo), np.float32(hi)
@@ -124,26 +118,6 @@ else:
             fnty = ir.FunctionType(ir.FloatType(), [_I32, ir.FloatType(), ir.FloatType()])
             asm = ir.InlineAsm(fnty, "{ .reg .pred p; setp.ne.s32 p, $1, 0; selp.f32 $0, $2, $3, p; }", "=f,r,f,f")
             return builder.call(asm, [args[0], args[1], args[2]])
-
-        return sig, codegen
-
-    #: chain8's PTX: ``$0 = $1``, then ``$0 += $(3 + e)`` where bit ``e`` of ``$2`` is set, e = 0..7
-    _CHAIN8 = "{\n.reg .pred p;\n.reg .b32 t;\nmov.f32 $0, $1;\n" + "".join(
-        f"and.b32 t, $2, {1 << e};\nsetp.ne.b32 p, t, 0;\n@p add.f32 $0, $0, ${3 + e};\n" for e in range(8)) + "}"
-
-    @intrinsic
-    def chain8(typingctx, acc, byte, p0, p1, p2, p3, p4, p5, p6, p7):
-        """``acc + sum_e p_e`` over the bits ``e`` set in the int32 ``byte`` (bits 0..7), in
-        element order, as one inline PTX block of 8 predicated adds: ptxas turns it into one
-        ``R2P`` and 8 predicated ``FFMA`` (the products' multiplies folded in), the Triton
-        GEMV's ``_chain`` (triton_backend/kernels.py)."""
-        sig = types.float32(types.float32, types.int32, *[types.float32] * 8)
-
-        def codegen(context, builder, sig, args):
-            f32 = ir.FloatType()
-            fnty = ir.FunctionType(f32, [f32, _I32] + [f32] * 8)
-            asm = ir.InlineAsm(fnty, _CHAIN8, "=f,f,r" + ",f" * 8)
-            return builder.call(asm, list(args))
 
         return sig, codegen
 
