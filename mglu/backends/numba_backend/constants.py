@@ -49,7 +49,10 @@ class Wide(NamedTuple):
 #: every point of run 49, 1.6-2.4x slower, and its gather variants (interleaved W, mask words
 #: gathered by warp shuffles) at every point of run 50, 1.2-1.9x, as did span 2 at 8 lanes
 #: (v4s2wl8, v4s2u2wl8: half the lines a load instruction touches, twice the mask loads) at
-#: n_masks 4 in run 52, 1.11-1.15x, tying at 1 and 2: all dropped (MEASUREMENTS_H200.md)
+#: n_masks 4 in run 52, 1.11-1.15x, tying at 1 and 2: all dropped (MEASUREMENTS_H200.md). The
+#: ninth session's (runs 53-61: rows split over warps, a pipelined loop, plane-outer bit tests,
+#: whole mask segments by 16-byte loads, Triton's predicated-add chain with and without a
+#: register cap) lost or tied against these defaults and were dropped (MEASUREMENTS_H200.md)
 DECODE_VARIANTS = {
     "scalar": None,
     "v4": Wide(1, 1, 128, 1, False, False),
