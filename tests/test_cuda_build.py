@@ -210,7 +210,10 @@ def test_default_variants_follow_the_measured_regimes():
         assert launcher.default_variant(dtype, 5, fwd, 1, 4096) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[8] == "pred-words-occ"
         # above 8 masks the -occ cap is off: the plain kernel, not a second instantiation of it
         assert launcher.default_variant(dtype, 16, fwd, 1, 4096) == "pred-words"
-        assert launcher.default_variant(dtype, 1, fwd, 4, 4096) == launcher.DEFAULT_GEMV_VARIANT
+        # 2-4 tokens (NT = 4): bytes at one mask, the base default above (H200 run 62)
+        assert [launcher.default_variant(dtype, 1, fwd, t, 4096) for t in (2, 3, 4)] == ["pred-bytes"] * 3
+        assert launcher.default_variant(dtype, 2, fwd, 4, 4096) == launcher.DEFAULT_GEMV_VARIANT
+        assert launcher.default_variant(dtype, 1, bwd, 4, 4096) == launcher.DEFAULT_GEMV_VARIANT
         assert launcher.default_variant(dtype, 1, bwd, 1, 4096) == launcher.DEFAULT_GEMV_VARIANT
         assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS, 4096) == dict(launcher.MMA_DEFAULTS_FEW_TOKENS)[8]
         assert launcher.default_variant(dtype, 16, fwd, launcher.MMA_SPLIT_TOKENS, 4096) == launcher.DEFAULT_MMA_VARIANT

@@ -150,6 +150,9 @@ def _cuda_cases() -> list[Case]:
     warp, 16 rows a block, 32-chunk rounds: cuda_lanes8_tail (one round and 4 chunks, the
     second block's last warp with one live row), cuda_lanes8_bytes (d_model % 32 != 0: the
     byte path), cuda_lanes8_scalar (d_model % 8 != 0: the scalar path, tail bits set).
+    From 2 to 4 tokens at one mask the fp16/bf16 default reads the masks as bytes
+    (pred-bytes): cuda_t3_bytes (3 tokens of NT = 4, one 256-column round and a 64-column
+    tail, a lane past the row's last chunk).
     """
     half = (torch.float16, torch.bfloat16)  # the staged GEMM path exists for these only
     cases = [
@@ -165,6 +168,7 @@ def _cuda_cases() -> list[Case]:
         Case("cuda_t33_tail", (33,), 67, 65, 4, masks="garbage_tail", quick=False),
         Case("cuda_t70_tiles", (70,), 130, 97, 1, activation="sigmoid", quick=False),
         Case("cuda_lanes8_tail", (1,), 288, 21, 3, dtypes=half, quick_dtypes=(torch.bfloat16,)),
+        Case("cuda_t3_bytes", (3,), 320, 19, 1, activation="gelu_tanh", quick=False, dtypes=half),
         Case("cuda_lanes8_bytes", (1,), 200, 19, 2, activation="gelu", quick=False, dtypes=half),
         Case("cuda_lanes8_scalar", (1,), 77, 10, 4, masks="garbage_tail", quick=False, dtypes=half),
         Case("cuda_gemm_tails", (257,), 40, 136, 2, dtypes=half),

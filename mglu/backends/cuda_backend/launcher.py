@@ -120,6 +120,13 @@ GEMV_DEFAULTS_1_TOKEN = ((1, "pred-bytes-split4-occ"), (4, "lanes8-words"), (8, 
                          (MAX_MASKS, "pred-words"))
 GEMV_LANES8_MAX_D_MODEL = 4096
 GEMV_LONG_ROWS = "pred-words-occ"
+#: the fp16/bf16 forward at 2-4 tokens (NT = 4): (largest n_masks, variant), H200 run 62
+#: (commit 649a0d6, cuda_tune.py --tokens 4, bench timer; MEASUREMENTS_H200.md), fp16 / bf16:
+#: n_masks 1 pred-bytes 79.9 / 85.0 us at 4096x14336 and 69.6 / 73.4 at 4096x11008 against
+#: pred-words' 94.0 / 100.2 and 78.2 / 82.0; n_masks 4 pred-words 152.9 / 157.1 and 123.2 /
+#: 126.4, pred-bytes 1.33x and lanes8-words 1.08-1.29x slower. Timed at 4 tokens only (2 and
+#: 3 run the same NT = 4 kernel), not at n_masks 2, 3 or above 4.
+GEMV_DEFAULTS_4_TOKENS = ((1, "pred-bytes"), (MAX_MASKS, "pred-words"))
 #: the fp16/bf16 forward at 5..MMA_SPLIT_TOKENS tokens (mma layout 1), (largest n_masks,
 #: variant), timed at 16 tokens only (5-15 follow it untimed): prmt-words beat prmt at every shape, dtype and n_masks 1, 4, 8 at 16 tokens in
 #: run 1 (commit d311605), by 1.25x to 2.21x; in run 2 prmt-words-occ was the fastest by the
@@ -213,8 +220,8 @@ def _variant(table: dict, default: str, variant: str | None, dtype, mode):
 def default_variant(dtype, n_masks: int, mode: int, tokens: int, d_model: int) -> str:
     """The variant a call gets without ``variant=``: the measured winners of the fp16/bf16
     forward at 1 token (by n_masks; an 8-lane variant only on rows of at most
-    GEMV_LANES8_MAX_D_MODEL columns) and at 5..MMA_SPLIT_TOKENS tokens, the base defaults
-    elsewhere."""
+    GEMV_LANES8_MAX_D_MODEL columns), at 2-4 tokens (by n_masks) and at 5..MMA_SPLIT_TOKENS
+    tokens, the base defaults elsewhere."""
     tuned = dtype in TUNED_DTYPES and mode == MODE_FWD
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     if nt is not None:
@@ -222,6 +229,8 @@ def default_variant(dtype, n_masks: int, mode: int, tokens: int, d_model: int) -
             variant = next(v for top, v in GEMV_DEFAULTS_1_TOKEN if n_masks <= top)
             lanes = GEMV_VARIANTS[variant][3]
             return GEMV_LONG_ROWS if lanes < 32 and d_model > GEMV_LANES8_MAX_D_MODEL else variant
+        if tuned:
+            return next(v for top, v in GEMV_DEFAULTS_4_TOKENS if n_masks <= top)
         return DEFAULT_GEMV_VARIANT
     if tuned and tokens <= MMA_SPLIT_TOKENS:
         return next(v for top, v in MMA_DEFAULTS_FEW_TOKENS if n_masks <= top)
