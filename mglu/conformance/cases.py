@@ -151,8 +151,8 @@ def _cuda_cases() -> list[Case]:
     second block's last warp with one live row), cuda_lanes8_bytes (d_model % 32 != 0: the
     byte path), cuda_lanes8_scalar (d_model % 8 != 0: the scalar path, tail bits set).
     From 2 to 4 tokens at one mask the fp16/bf16 default reads the masks as bytes
-    (pred-bytes): cuda_t3_bytes (3 tokens of NT = 4, one 256-column round and a 64-column
-    tail, a lane past the row's last chunk).
+    (pred-bytes): cuda_t3_bytes (3 tokens of NT = 4, 40 chunks: every lane's first chunk of
+    the round, a second for lanes 0-7, the others' second chunk past the row's end).
     """
     half = (torch.float16, torch.bfloat16)  # the staged GEMM path exists for these only
     cases = [

@@ -118,7 +118,9 @@ DEFAULT_MMA_VARIANT = "prmt"
 #: 8 lanes a row amortise): rows longer than GEMV_LANES8_MAX_D_MODEL take GEMV_LONG_ROWS.
 GEMV_DEFAULTS_1_TOKEN = ((1, "pred-bytes-split4-occ"), (4, "lanes8-words"), (8, "pred-words-occ"),
                          (MAX_MASKS, "pred-words"))
+#: the longest row (d_model) that takes an 8-lane default (run 57: 4096 wins; run 58: 8192 loses)
 GEMV_LANES8_MAX_D_MODEL = 4096
+#: the 1-token variant of longer rows where the table names an 8-lane one (run 58's winner)
 GEMV_LONG_ROWS = "pred-words-occ"
 #: the fp16/bf16 forward at 2-4 tokens (NT = 4): (largest n_masks, variant), H200 run 62
 #: (commit 649a0d6, cuda_tune.py --tokens 4, bench timer; MEASUREMENTS_H200.md), fp16 / bf16:
@@ -256,7 +258,7 @@ def dw_name(dtype, dmask_dtype) -> str:
 
 @functools.lru_cache(maxsize=1024)
 def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, d_model, variant: str | None = None) -> Launch:
-    """Decode kernel (one warp per W row) for ``tokens <= max(GEMV_TOKENS)``, else the tile;
+    """Decode kernel (a warp or 8 lanes per W row) for ``tokens <= max(GEMV_TOKENS)``, else the tile;
     ``variant``: a key of GEMV_VARIANTS or MMA_VARIANTS (None: the default). Cached: a
     decode loop asks for the same plan on every call."""
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
