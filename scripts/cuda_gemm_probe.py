@@ -50,7 +50,7 @@ def rebuild(bk: int, stages: int) -> None:
     launcher.GEMM_BK, launcher.GEMM_STAGES = bk, stages
     launcher._function.cache_clear()
     launcher._kernel.cache_clear()
-    launcher._allow_smem.cache_clear()
+    launcher._smem_allowed.clear()
 
 
 SOURCE, BUILT = launcher.source(), (launcher.GEMM_BK, launcher.GEMM_STAGES)

@@ -8,9 +8,11 @@ Usage: PYTHONPATH=$PWD python scripts/cuda_tune.py [--json PATH] [--shapes 4096x
 [--n-masks 1 4 ...] [--tokens 1 16] [--check-shapes 4128x1001 ...]
 
 First, at the odd check shapes (tails: d_model % 128 != 0 or % 32 != 0, d_ff not a multiple
-of a block's rows) every variant of 1, 3 and 16 tokens is checked, not timed. Then for every
+of a block's rows) every variant of 1, 3 and 16 tokens (``--check-tokens``) is checked, not
+timed; the ring variants (launcher.RING_VARIANTS) where d_model % 128 == 0 (4224x1001). Then for every
 dtype (bf16, fp16), shape (d_model x d_ff), n_masks and token count (1: the decode kernel's
-variants, launcher.GEMV_VARIANTS; 16: the tensor-core kernel's, MMA_VARIANTS) it
+variants, launcher.GEMV_VARIANTS; 16: the tensor-core kernel's, MMA_VARIANTS; the ring
+kernel's, RING_VARIANTS, at 1-16 tokens where it serves the call) it
 
 - compiles each instantiation once and reports that first-call compile time (NVRTC through
   CuPy, plus module load), kept out of every timing;
@@ -47,11 +49,14 @@ DEV = torch.device("cuda")
 #: the paper preset first, then the largest (the rows a cut-short run must not lose)
 SHAPES = ("4096x14336", "8192x28672", "4096x11008")
 #: tails of every path: 4128 = 32 * 129 (words paths with a 32-column tail step), 4104 =
-#: 8 * 513 (bytes path); d_ff odd (a partial last block)
-CHECK_SHAPES = ("4128x1001", "4104x999")
+#: 8 * 513 (bytes path), 4224 = 128 * 33 (the ring kernel's whole stages, 33 of them: the
+#: ring's slots wrap); d_ff odd (a partial last block)
+CHECK_SHAPES = ("4128x1001", "4104x999", "4224x1001")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 #: 1 GiB: far above the 50 MB L2, so the copy streams from HBM
 COPY_BYTES = 1 << 30
+#: --variants: the variants timed and checked (None: all)
+ONLY = None
 #: seconds of timed calls per row (the bench takes 0.1): ~150 rows must fit one device call
 REP_S = 0.05
 
@@ -115,9 +120,11 @@ def run_variant(sets, variant, ref, tol, compiled, copy_gbps, l2) -> dict:
 
 def variants_for(tokens, dtype, n_masks, d_model):
     """(the variants of the kernel that runs ``tokens``, the one the launcher takes by default)."""
-    gemv = tokens <= max(launcher.GEMV_TOKENS)
-    table = launcher.GEMV_VARIANTS if gemv else launcher.MMA_VARIANTS
-    return list(table), launcher.default_variant(dtype, n_masks, launcher.MODE_FWD, tokens, d_model)
+    names = list(launcher.GEMV_VARIANTS if tokens <= max(launcher.GEMV_TOKENS) else launcher.MMA_VARIANTS)
+    # the ring kernel's variants where it serves the call (fresh inputs: 16-byte aligned)
+    names += [v for v in launcher.RING_VARIANTS if launcher.ring_ok(dtype, n_masks, launcher.MODE_FWD, tokens, d_model, True)]
+    return [v for v in names if ONLY is None or v in ONLY], launcher.default_variant(
+        dtype, n_masks, launcher.MODE_FWD, tokens, d_model)
 
 
 def record(report, row, path):
@@ -134,8 +141,12 @@ def main() -> int:
     ap.add_argument("--check-shapes", nargs="*", default=list(CHECK_SHAPES), help="checked only, not timed")
     ap.add_argument("--n-masks", nargs="+", type=int, default=[1, 4, 8])
     ap.add_argument("--tokens", nargs="+", type=int, default=[1, 16])
+    ap.add_argument("--variants", help="only these variants (a comma list; default: every one)")
+    ap.add_argument("--check-tokens", nargs="+", type=int, default=[1, 3, 16], help="token counts of the check shapes")
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     args = ap.parse_args()
+    global ONLY
+    ONLY = None if args.variants is None else set(args.variants.split(","))
 
     start = time.perf_counter()
     copy_gbps = copy_GBps(DEV, COPY_BYTES, reps=20, warm=3)
@@ -150,7 +161,7 @@ def main() -> int:
         d_model, d_ff = (int(v) for v in shape.split("x"))
         for dname in args.dtypes:
             for n_masks in (1, 4):
-                for tokens in (1, 3, 16):
+                for tokens in args.check_tokens:
                     x, w, packed = inputs(tokens, d_model, d_ff, n_masks, DTYPES[dname], seed=n_masks * 7 + tokens)
                     ref, tol = judge(x, w, packed)
                     for variant in variants_for(tokens, DTYPES[dname], n_masks, d_model)[0]:

@@ -27,6 +27,9 @@
 #                 conformance of backend B in one dtype ($SANITIZE_TIMEOUT seconds at most)
 #   tune[:PARTS]  scripts/triton_tune.py PARTS (comma list; default all), JSON in $OUT/tune.json
 #   ntune[:VARIANTS]   scripts/numba_tune.py [--variants VARIANTS], JSON in $OUT/numba_tune.json
+#   ctune         scripts/cuda_tune.py $CTUNE_ARGS, JSON in $OUT/cuda_tune.json
+#   batched16     the 16-token rows of issues #6 and #7: 4096x14336 and 4096x11008, n_masks 1
+#                 and 4, fp16 and bf16, triton and cuda, JSON in $OUT/bench_batched16.json
 #   ncu[:SHAPE:N:DTYPE]  Nsight Compute over scripts/ncu_decode.py (the 1-token decode kernels
 #                 of numba, cuda, triton; default 4096x11008:4:fp16), CSV in $OUT/ncu_decode.csv
 #   pytest        the test suite on the GPU (python -m pytest -q)
@@ -66,6 +69,9 @@ for step in "${steps[@]}"; do
       python3 -m mglu bench --mode fwdbwd --shapes 4096x11008 --tokens 2048 --n-masks 4 --dtype bf16 \
         --backends triton,cuda,numba --baselines naive,naive+compile --json "$out/bench_numba8_fwdbwd.json" ;;
     hostprof) python3 scripts/host_loop.py --profile --backends triton,cuda ;;
+    ctune) python3 scripts/cuda_tune.py ${CTUNE_ARGS:-} --json "$out/cuda_tune.json" ;;
+    batched16) python3 -m mglu bench --shapes 4096x14336,4096x11008 --tokens 16 --n-masks 1,4 --dtype fp16,bf16 \
+      --backends triton,cuda --baselines swiglu --json "$out/bench_batched16.json" ;;
     cudaprobe) python3 scripts/cuda_host_probe.py ;;
     stream) python3 scripts/stream_probe.py --json "$out/stream.json" ;;
     decode1) python3 -m mglu bench --shapes 4096x14336,4096x11008 --tokens 1 --n-masks 1,4 --dtype fp16,bf16 \

@@ -78,6 +78,10 @@ def test_tile_constants_match_the_kernels():
     assert launcher.THREADS == launcher.GEMV_WARPS * 32 == 256
     assert "L = GemvLanes<VAR>::value, RPW = 32 / L, WARPS = L == 32 ? 8 : 4" in fwd
     assert "value = VAR == VAR_LANES8 ? 8 : 32" in common and launcher.GEMV_LANES8_WARPS == 4
+    ring = (launcher.HERE / "mglu_ring.cu").read_text()
+    assert "enum { RBN = 32, RBK = 128, RTHREADS = 128 };" in ring
+    assert (launcher.RING_ROWS, launcher.RING_K, launcher.RING_THREADS) == (32, 128, 128)
+    assert "__launch_bounds__(RTHREADS, RingMinBlocks<NM>::value)" in ring
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -179,7 +183,7 @@ def test_launch_arguments_match_the_kernel_signatures(monkeypatch, dtype, tokens
 
     sigs, calls = _signatures(), []
     assert set(sigs) == {"mglu_rowdot_gemv", "mglu_rowdot_tiled", "mglu_rowdot_mma", "mglu_bwd_dx", "mglu_bwd_dw",
-                         "mglu_bwd_dw_mma", "mglu_bwd_dx_mma", "mglu_gemm", "mglu_expand"}
+                         "mglu_bwd_dw_mma", "mglu_bwd_dx_mma", "mglu_gemm", "mglu_expand", "mglu_rowdot_ring"}
     monkeypatch.setattr(cuda_backend, "launch", lambda plan, args, device, what: calls.append((plan, args, what())))
     d_model, d_ff, n_masks = 20, 12, 3
     x = torch.randn(tokens, d_model).to(dtype)
@@ -193,6 +197,43 @@ def test_launch_arguments_match_the_kernel_signatures(monkeypatch, dtype, tokens
         assert [("ptr" if isinstance(a, np.uint64) else "int" if isinstance(a, np.int32) else "?") for a in args] == kinds
         assert f"T={tokens}" in what and "activation=gelu" in what
     assert (out[2] is None) != logits and out[0].shape == (tokens, d_model) and out[1].shape == (d_ff, d_model)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("variant", list(launcher.RING_VARIANTS))
+def test_ring_variants_launch_where_they_serve_and_refuse_elsewhere(monkeypatch, dtype, variant):
+    """A ring variant (mglu_rowdot_ring) runs the fp16/bf16 forward at 1..16 tokens, n_masks <=
+    RING_MAX_MASKS, d_model % RING_K == 0 on 16-byte aligned inputs: one compiled kernel, the
+    signature's argument kinds, its stages as the last argument, a grid of RING_ROWS-row blocks
+    over d_ff and ring_smem bytes; any other call is refused with a ValueError."""
+    import numpy as np
+
+    from mglu.backends import cuda_backend
+
+    compiled, calls = set(launcher.instantiations()), []
+    monkeypatch.setattr(cuda_backend, "launch", lambda plan, args, device, what: calls.append((plan, args)))
+    stages, d_model, d_ff = launcher.RING_VARIANTS[variant], 2 * launcher.RING_K, 70
+    for tokens, n_masks in ((2, 1), (5, 1), (16, launcher.RING_MAX_MASKS), (9, 4)):
+        x, w = torch.randn(tokens, d_model).to(dtype), torch.randn(d_ff, d_model).to(dtype)
+        packed = torch.zeros(n_masks, d_ff, d_model // 8, dtype=torch.uint8)
+        assert launcher.aligned(x, w, packed)
+        cuda_backend.forward(x, w, packed, "silu", variant=variant)
+        plan, args = calls.pop()
+        assert plan.name == f"mglu_rowdot_ring<{launcher.CTYPE[dtype]}, {n_masks}>" and plan.name in compiled
+        kinds = _signatures()["mglu_rowdot_ring"]
+        assert [("ptr" if isinstance(a, np.uint64) else "int") for a in args] == kinds and int(args[-1]) == stages
+        assert plan.grid == (-(-d_ff // launcher.RING_ROWS), 1, 1) and plan.block == (launcher.RING_THREADS, 1, 1)
+        assert plan.smem == launcher.ring_smem(n_masks, stages) == stages * (12288 + n_masks * 512)
+    fwd = launcher.MODE_FWD
+    for args in ((dtype, 4, fwd, 0, d_model, True), (dtype, 4, fwd, 17, d_model, True),
+                 (dtype, launcher.RING_MAX_MASKS + 1, fwd, 16, d_model, True), (dtype, 4, fwd, 16, d_model + 32, True),
+                 (dtype, 4, fwd, 16, d_model, False), (dtype, 4, launcher.MODE_BWD, 16, d_model, True),
+                 (torch.float32, 4, fwd, 16, d_model, True)):
+        dt, n_masks, mode, tokens, dm, al = args
+        assert not launcher.ring_ok(*args)
+        with pytest.raises(ValueError, match=f"variant {variant!r} needs"):
+            launcher.rowdot_plan(dt, n_masks, mode, tokens, d_ff, dm, variant, al)
+    assert launcher.ring_ok(dtype, 4, fwd, 16, d_model, True)
 
 
 def test_default_variants_follow_the_measured_regimes():

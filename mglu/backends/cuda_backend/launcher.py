@@ -29,7 +29,7 @@ from ...activations import ACTIVATIONS, GELU_TANH_A, GELU_TANH_C
 from ...masks import MAX_MASKS, MIN_MASKS
 
 HERE = Path(__file__).parent
-SOURCES = ("mglu_common.cuh", "mglu_fwd.cu", "mglu_bwd.cu", "mglu_gemm.cu")
+SOURCES = ("mglu_common.cuh", "mglu_fwd.cu", "mglu_bwd.cu", "mglu_gemm.cu", "mglu_ring.cu")
 
 #: storage type of each dtype in the kernels (mglu_common.cuh)
 CTYPE = {
@@ -137,6 +137,15 @@ GEMV_DEFAULTS_4_TOKENS = ((1, "pred-bytes"), (MAX_MASKS, "pred-words"))
 #: prmt-words, today's code: 4096x14336 fp16 n_masks 4 89.6 us against run 2's occ 76.5).
 #: Above 8 masks the words path was not timed and spills at 16 (ptxas: 12 bytes).
 MMA_DEFAULTS_FEW_TOKENS = ((8, "prmt-words-occ"), (MAX_MASKS, "prmt"))
+#: the cp.async ring kernel (mglu_ring.cu, the fp16/bf16 forward at 1..MMA_SPLIT_TOKENS
+#: tokens): name -> ring stages (a run-time argument: one instantiation per dtype and
+#: n_masks). Rows of RING_K columns (d_model % RING_K == 0) and 16-byte aligned x, W and
+#: masks only (:func:`ring_ok`); instantiated up to RING_MAX_MASKS masks
+RING_VARIANTS = {"ring2": 2, "ring3": 3, "ring4": 4}
+#: block tile of mglu_rowdot_ring: RING_ROWS rows of W, 16 tokens, RING_K columns a stage,
+#: RING_THREADS threads (4 warps: 2 row tiles x 2 K halves); kept equal to the .cu enum
+RING_ROWS, RING_K, RING_THREADS = 32, 128, 128
+RING_MAX_MASKS = 8
 #: the non-default variants are instantiated (and selectable) only in the regime they were
 #: written and timed for: the fp16/bf16 forward
 TUNED_DTYPES = (torch.float16, torch.bfloat16)
@@ -219,6 +228,21 @@ def _variant(table: dict, default: str, variant: str | None, dtype, mode):
     return table[name]
 
 
+def ring_smem(n_masks: int, stages: int) -> int:
+    """Bytes of dynamic shared memory of mglu_rowdot_ring: ``stages`` slots of W (RING_ROWS x
+    RING_K), x (16 x RING_K) and the mask bytes (n_masks x RING_ROWS x RING_K / 8); the K
+    halves' reduction after the loop reuses it (static_assert in the .cu)."""
+    return stages * (RING_ROWS * RING_K * 2 + 16 * RING_K * 2 + n_masks * RING_ROWS * RING_K // 8)
+
+
+def ring_ok(dtype, n_masks: int, mode: int, tokens: int, d_model: int, aligned16: bool) -> bool:
+    """mglu_rowdot_ring serves the call: the fp16/bf16 forward at 1..MMA_SPLIT_TOKENS tokens (one
+    16-token tile), at most RING_MAX_MASKS masks, whole RING_K-column stages, 16-byte aligned x,
+    W and masks."""
+    return (dtype in MMA_DTYPES and mode == MODE_FWD and 1 <= tokens <= MMA_SPLIT_TOKENS
+            and n_masks <= RING_MAX_MASKS and d_model % RING_K == 0 and aligned16)
+
+
 def default_variant(dtype, n_masks: int, mode: int, tokens: int, d_model: int) -> str:
     """The variant a call gets without ``variant=``: the measured winners of the fp16/bf16
     forward at 1 token (by n_masks; an 8-lane variant only on rows of at most
@@ -257,10 +281,21 @@ def dw_name(dtype, dmask_dtype) -> str:
 
 
 @functools.lru_cache(maxsize=1024)
-def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, d_model, variant: str | None = None) -> Launch:
+def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, d_model, variant: str | None = None,
+                aligned16: bool = True) -> Launch:
     """Decode kernel (a warp or 8 lanes per W row) for ``tokens <= max(GEMV_TOKENS)``, else the tile;
-    ``variant``: a key of GEMV_VARIANTS or MMA_VARIANTS (None: the default). Cached: a
-    decode loop asks for the same plan on every call."""
+    ``variant``: a key of GEMV_VARIANTS, MMA_VARIANTS or RING_VARIANTS (None: the default);
+    ``aligned16``: x, W and the masks are 16-byte aligned (a ring variant needs it, :func:`ring_ok`).
+    Cached: a decode loop asks for the same plan on every call."""
+    if variant in RING_VARIANTS:
+        if not ring_ok(dtype, n_masks, mode, tokens, d_model, aligned16):
+            raise ValueError(f"variant {variant!r} needs the fp16/bf16 forward at 1.."
+                             f"{MMA_SPLIT_TOKENS} tokens, n_masks <= {RING_MAX_MASKS}, d_model % {RING_K} == 0 "
+                             f"and 16-byte aligned inputs (got {dtype}, mode {mode}, {tokens} tokens, "
+                             f"n_masks {n_masks}, d_model {d_model}, aligned {aligned16})")
+        stages = RING_VARIANTS[variant]
+        return Launch(f"mglu_rowdot_ring<{CTYPE[dtype]}, {n_masks}>", (_cdiv(d_ff, RING_ROWS), 1, 1),
+                      (RING_THREADS, 1, 1), tail=(stages,), smem=ring_smem(n_masks, stages))
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     default = default_variant(dtype, n_masks, mode, tokens, d_model)
     if nt is not None:
@@ -354,6 +389,8 @@ def instantiations(dtype=None) -> list[str]:
                 mma = {v[0] for v in MMA_VARIANTS.values()} if tuned else {MMA_VARIANTS[DEFAULT_MMA_VARIANT][0]}
                 names += [rowdot_name(dt, nm, mode, nt, v) for nt in GEMV_TOKENS for v in sorted(gemv)]
                 names += [rowdot_name(dt, nm, mode, None, v) for v in sorted(mma if dt in MMA_DTYPES else {0})]
+        if dt in MMA_DTYPES:
+            names += [f"mglu_rowdot_ring<{CTYPE[dt]}, {nm}>" for nm in range(MIN_MASKS, RING_MAX_MASKS + 1)]
         names.append(dx_name(dt))
         names += [dw_name(dt, dm) for dm in CTYPE]
         if dt in MMA_DTYPES:
@@ -412,14 +449,20 @@ def _kernel(name: str, index: int) -> int:
         return _function(name, _capability(index)).kernel.ptr
 
 
-@functools.cache
+_smem_allowed: dict[tuple[str, int], int] = {}
+
+
 def _allow_smem(name: str, index: int, nbytes: int) -> None:
-    """Raise the kernel's dynamic shared-memory limit (48 KB by default) to ``nbytes``, once
-    per device."""
+    """Raise the kernel's dynamic shared-memory limit (48 KB by default) to ``nbytes`` where it
+    is lower, once per device and size (a ring kernel's stages, a run-time argument, change
+    its size: the limit only grows)."""
     import cupy
 
+    if _smem_allowed.get((name, index), 0) >= nbytes:
+        return
     with cupy.cuda.Device(index):
         _function(name, _capability(index)).max_dynamic_shared_size_bytes = nbytes
+    _smem_allowed[(name, index)] = nbytes
 
 
 @functools.cache

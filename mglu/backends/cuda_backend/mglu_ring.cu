@@ -1,0 +1,194 @@
+// Batched decode on tensor cores through a cp.async ring (fp16/bf16 forward, 1..16 tokens):
+//   out (T, d_ff) = sum_i act(gate_i) (total - gate_i),  total = x W^T,  gate_i = x (M_i * W)^T
+//   x (T <= 16, d_model), W (d_ff, d_model), masks (NM, d_ff, d_model / 8) packed bits.
+// Needs d_model % RBK == 0 and 16-byte aligned x, W and masks (launcher.ring_ok): every
+// stage is whole, every copy a 16-byte chunk inside a row.
+//
+// A block owns RBN = 32 rows of W and the T tokens (one 16-token tile). The K loop takes
+// RBK = 128 columns a stage through a `stages`-deep ring of shared memory (2 or more, a
+// run-time argument): W (32 rows x 128), x (16 tokens x 128) and the mask bytes (NM planes
+// x 32 rows x 16 bytes). Every global read is a cp.async of 16 bytes, 16 consecutive threads
+// on 256 contiguous bytes of one row (4 whole 128-byte lines a warp instruction), where
+// mglu_rowdot_mma's lanes load 16 bytes 64 apart (16 lines a warp instruction, the L1
+// pressure of numba_backend/DESIGN.md's run 51). The copies of stage k + stages - 1 are in
+// flight while stage k is computed, so the bytes in flight do not cost registers.
+//
+// 4 warps: 2 row tiles (16 rows, two n8 tiles) x 2 K halves (columns 64 kh .. 64 kh + 63 of
+// every stage). mma.sync m16n8k16 as in mglu_rowdot_mma (A = 16 tokens x 16 k of x, B = 16
+// k x 8 rows of W, fp32 accumulators), but in natural k order: A and B come by ldmatrix from
+// the XOR-swizzled tiles (swz<16>: the 8 rows a matrix reads fall in 8 distinct bank
+// groups). Lane (g, q) of n tile j holds W[row 8j + g][k 2q, 2q+1] (b0) and [k 2q+8, 2q+9]
+// (b1): the bits 2q, 2q + 1 of two consecutive mask bytes, whose pair masks come from one
+// 32-bit word per 2 k16 steps (ring_signs, ring_pm). The K halves' partial sums meet in shared
+// memory after the loop and are added in a fixed order (deterministic, no atomics).
+// Launch: RTHREADS threads, grid (ceil(d_ff / RBN)), dynamic shared memory
+// launcher.ring_smem(NM, stages) = stages * RingTile<NM>::STAGE bytes.
+#include "mglu_common.cuh"
+
+enum { RBN = 32, RBK = 128, RTHREADS = 128 };
+
+template <int NM>
+struct RingTile {
+    enum { W = RBN * RBK * 2, X = 16 * RBK * 2, M = NM * RBN * RBK / 8, STAGE = W + X + M,
+           RED = 2 * (NM + 1) * 2 * 4 * 32 * 4 };
+    static_assert(2 * STAGE >= RED, "the K halves' reduction reuses the ring");
+};
+
+// Pair masks of lane q from a 32-bit word of mask bytes (4 k8 groups): ring_signs puts
+// bit 2q of every byte on that byte's sign bit (lo = (w << (7 - 2q)) & 0x80808080; a lower
+// byte's bits land above bit 7 of their own byte, so no byte takes another's bit) and bit
+// 2q + 1 likewise (hi); ring_pm(lo, hi, b) widens byte b's two bits to 0x0000ffff /
+// 0xffff0000, the AND mask of a pair of 16-bit elements: prmt with selector nibbles 8 + b
+// (lo's byte b, sign replicated) and 12 + b (hi's byte b). 4 instructions a word and one a
+// pair mask (tests/test_cuda_emulation.py checks every byte and q).
+__device__ __forceinline__ void ring_signs(u32 w, int q, u32& lo, u32& hi) {
+    lo = (w << (7 - 2 * q)) & 0x80808080u;
+    hi = (w << (6 - 2 * q)) & 0x80808080u;
+}
+__device__ __forceinline__ u32 ring_pm(u32 lo, u32 hi, int b) {
+    u32 d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(lo), "r"(hi), "r"((8u + b) * 0x11u + (12u + b) * 0x1100u));
+    return d;
+}
+
+// The copies of one stage: W rows n0 .. n0 + 31, tokens 0 .. 15, mask planes, columns k0 ..
+// k0 + 127, into ring slot s (byte address). Rows past d_ff and tokens past T are zero-filled.
+template <class T, int NM>
+__device__ __forceinline__ void ring_load(u32 s, const T* x, const T* w, const unsigned char* m, int T_, int d_model,
+                                          int d_ff, i64 n0, i64 k0, int tid) {
+    typedef RingTile<NM> R;
+#pragma unroll
+    for (int j = 0; j < RBN * 16 / RTHREADS; ++j) {
+        const int e = tid + j * RTHREADS, r = e >> 4, c = e & 15;
+        const bool ok = n0 + r < d_ff;
+        cp_async16(s + 16 * swz<16>(r, c), ok ? w + (n0 + r) * d_model + k0 + 8 * c : w, ok);
+    }
+#pragma unroll
+    for (int j = 0; j < 16 * 16 / RTHREADS; ++j) {
+        const int e = tid + j * RTHREADS, t = e >> 4, c = e & 15;
+        const bool ok = t < T_;
+        cp_async16(s + R::W + 16 * swz<16>(t, c), ok ? x + (i64)t * d_model + k0 + 8 * c : x, ok);
+    }
+    const i64 pw = d_model / 8;
+    for (int e = tid; e < NM * RBN; e += RTHREADS) {
+        const int i = e / RBN, r = e % RBN;
+        const bool ok = n0 + r < d_ff;
+        cp_async16(s + R::W + R::X + 16 * e, ok ? m + ((i64)i * d_ff + n0 + r) * pw + k0 / 8 : m, ok);
+    }
+}
+
+// cp.async.wait_group takes an immediate: all but the newest stages - 2 groups complete (at
+// most 2 pending from 4 stages up: correct for any depth, the deepest overlap up to 4)
+__device__ __forceinline__ void cp_async_wait_ring(int stages) {
+    if (stages == 2) cp_async_wait<0>();
+    else if (stages == 3) cp_async_wait<1>();
+    else cp_async_wait<2>();
+}
+
+// Registers: 4 blocks an SM (128 a thread) up to 4 masks, 3 (170) above. ptxas 13.0, sm_90:
+// 122 at 1 mask; at 4 masks 168 without the cap (3 blocks an SM: 396 of the 448 blocks of
+// d_ff 14336 resident), 128 with it and 32 bytes of loop-invariant values spilled (8 LDL a
+// stage, L1 hits); at 8 masks 168 and 24 bytes spilled.
+template <int NM>
+struct RingMinBlocks {
+    enum { value = NM <= 4 ? 4 : 3 };
+};
+
+template <class T, int NM>
+__global__ void __launch_bounds__(RTHREADS, RingMinBlocks<NM>::value) mglu_rowdot_ring(
+    const T* __restrict__ x, const T* __restrict__ w, const unsigned char* __restrict__ m,
+    const T* __restrict__ dout, T* __restrict__ out, T* __restrict__ dbuf,
+    int T_, int d_model, int d_ff, int act, int stages) {
+    typedef RingTile<NM> R;
+    extern __shared__ uint4 ring_smem[];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, q = lane & 3, wr = warp & 1, kh = warp >> 1, l7 = lane & 7, lj = lane >> 3;
+    const i64 n0 = (i64)blockIdx.x * RBN;
+    const u32 base = smem_u32(ring_smem);
+    const int KT = d_model / RBK;
+
+    float acc[NM + 1][2][4];
+#pragma unroll
+    for (int p = 0; p <= NM; ++p)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int r = 0; r < 4; ++r) acc[p][j][r] = 0.f;
+
+    for (int s = 0; s < stages - 1; ++s) {
+        if (s < KT) ring_load<T, NM>(base + s * R::STAGE, x, w, m, T_, d_model, d_ff, n0, (i64)s * RBK, tid);
+        cp_async_commit();
+    }
+    // ldmatrix row addresses: lane lj * 8 + l7 names row l7 of matrix lj. B (W): matrices
+    // (rows 0-7, chunk c), (0-7, c + 1), (8-15, c), (8-15, c + 1) of the warp's row tile: b0, b1
+    // of n tile 0, then of n tile 1. A (x): (tokens 0-7, c), (8-15, c), (0-7, c + 1), (8-15, c + 1):
+    // a0 .. a3. c = 8 kh + 2 s for k16 step s of the warp's K half.
+    const int b_row = 16 * wr + 8 * (lj >> 1) + l7, b_dc = lj & 1;
+    const int a_row = 8 * (lj & 1) + l7, a_dc = lj >> 1;
+    int slot = 0;
+    for (int kt = 0; kt < KT; ++kt) {
+        cp_async_wait_ring(stages);
+        __syncthreads();
+        {
+            const int nk = kt + stages - 1;
+            const int ns = slot == 0 ? stages - 1 : slot - 1;  // (kt + stages - 1) % stages: the slot of kt - 1
+            if (nk < KT) ring_load<T, NM>(base + ns * R::STAGE, x, w, m, T_, d_model, d_ff, n0, (i64)nk * RBK, tid);
+            cp_async_commit();
+        }
+        const u32 sw = base + slot * R::STAGE, sx = sw + R::W, sm = sx + R::X;
+        // mask bytes 8 kh .. 8 kh + 7 of the rows of n tiles 0 and 1, one 8-byte read each, as
+        // raw words: word h covers k16 steps 2h (bytes 0, 1) and 2h + 1 (bytes 2, 3) of the K half
+        u32 mw[NM][2][2];
+#pragma unroll
+        for (int i = 0; i < NM; ++i)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const u32 a = sm + 16 * (i * RBN + 16 * wr + 8 * j + g) + 8 * kh;
+                asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];" : "=r"(mw[i][j][0]), "=r"(mw[i][j][1]) : "r"(a));
+            }
+#pragma unroll
+        for (int st = 0; st < 4; ++st) {
+            const int c = 8 * kh + 2 * st, b = 2 * (st & 1);
+            u32 a[4], bw[4];
+            ldsm4<false>(sx + 16 * swz<16>(a_row, c + a_dc), a);
+            ldsm4<false>(sw + 16 * swz<16>(b_row, c + b_dc), bw);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                const u32 b0 = bw[2 * j], b1 = bw[2 * j + 1];
+                mma16816<T>(acc[0][j], a, b0, b1);
+#pragma unroll
+                for (int i = 0; i < NM; ++i) {
+                    u32 lo, hi;
+                    ring_signs(mw[i][j][st >> 1], q, lo, hi);
+                    mma16816<T>(acc[i + 1][j], a, b0 & ring_pm(lo, hi, b), b1 & ring_pm(lo, hi, b + 1));
+                }
+            }
+        }
+        slot = slot + 1 == stages ? 0 : slot + 1;
+    }
+    cp_async_wait<0>();
+    __syncthreads();
+
+    float* red = reinterpret_cast<float*>(ring_smem);  // [wr][product][n tile][reg][lane]
+    if (kh == 1) {
+#pragma unroll
+        for (int p = 0; p <= NM; ++p)
+#pragma unroll
+            for (int j = 0; j < 2; ++j)
+#pragma unroll
+                for (int r = 0; r < 4; ++r) red[(((wr * (NM + 1) + p) * 2 + j) * 4 + r) * 32 + lane] = acc[p][j][r];
+    }
+    __syncthreads();
+    if (kh == 1) return;
+#pragma unroll
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            const i64 t = g + 8 * (r >> 1), n = n0 + 16 * wr + 8 * j + 2 * q + (r & 1);
+            const float total = acc[0][j][r] + red[(((wr * (NM + 1)) * 2 + j) * 4 + r) * 32 + lane];
+            float gate[NM];
+#pragma unroll
+            for (int i = 0; i < NM; ++i) gate[i] = acc[i + 1][j][r] + red[(((wr * (NM + 1) + i + 1) * 2 + j) * 4 + r) * 32 + lane];
+            if (t < T_ && n < d_ff) rowdot_epilogue<T, NM, MODE_FWD>(act, total, gate, t, n, T_, d_ff, dout, out, dbuf);
+        }
+}
