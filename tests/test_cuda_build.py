@@ -79,7 +79,7 @@ def test_tile_constants_match_the_kernels():
     assert "L = GemvLanes<VAR>::value, RPW = 32 / L, WARPS = L == 32 ? 8 : 4" in fwd
     assert "value = VAR == VAR_LANES8 ? 8 : 32" in common and launcher.GEMV_LANES8_WARPS == 4
     ring = (launcher.HERE / "mglu_ring.cu").read_text()
-    assert "enum { RBN = 32, RBK = 128, RTHREADS = 128 };" in ring
+    assert "enum { RBN = 32, RBK = 128, RTHREADS = 128, RROW = 2 * RBK + 16 };" in ring and launcher.RING_ROW == 272
     assert (launcher.RING_ROWS, launcher.RING_K, launcher.RING_THREADS) == (32, 128, 128)
     assert "__launch_bounds__(RTHREADS, RingMinBlocks<NM>::value)" in ring
 
@@ -223,7 +223,7 @@ def test_ring_variants_launch_where_they_serve_and_refuse_elsewhere(monkeypatch,
         kinds = _signatures()["mglu_rowdot_ring"]
         assert [("ptr" if isinstance(a, np.uint64) else "int") for a in args] == kinds and int(args[-1]) == stages
         assert plan.grid == (-(-d_ff // launcher.RING_ROWS), 1, 1) and plan.block == (launcher.RING_THREADS, 1, 1)
-        assert plan.smem == launcher.ring_smem(n_masks, stages) == stages * (12288 + n_masks * 512)
+        assert plan.smem == launcher.ring_smem(n_masks, stages) == stages * (13056 + n_masks * 512)
     fwd = launcher.MODE_FWD
     for args in ((dtype, 4, fwd, 0, d_model, True), (dtype, 4, fwd, 17, d_model, True),
                  (dtype, launcher.RING_MAX_MASKS + 1, fwd, 16, d_model, True), (dtype, 4, fwd, 16, d_model + 32, True),

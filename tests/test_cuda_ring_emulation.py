@@ -1,11 +1,12 @@
 """NumPy mirror of mglu_ring.cu's index math (the cp.async ring kernel), against the torch backend.
 
 out (T, d_ff) = sum_i act(gate_i) (total - gate_i) for T <= 16 tokens. The mirror follows
-the kernel step by step in float64: the stages' copies into swizzled ring slots (rows past
-d_ff and tokens past T zero-filled), the prefetch into the slot of the stage before, the
+the kernel step by step in float64: the stages' copies into ring slots of padded rows (rows
+past d_ff and tokens past T read the last valid one), the prefetch into the slot of the
+stage before (every slot starts as NaN: a row read before it is written shows), the
 ldmatrix row addresses and the registers they fill, the mask bytes' sign words and pair
 masks (ring_signs, ring_pm as bit operations), the mma fragments of each lane, the K
-halves' sum and the epilogue's output mapping. A wrong swizzle, slot, chunk, byte or bit
+halves' sum and the epilogue's output mapping. A wrong slot, chunk, clamp, byte or bit
 formula shows up as a mismatch; a divergence between this mirror and the CUDA text does
 not (the device conformance run catches that).
 """
@@ -21,9 +22,12 @@ from test_cuda_emulation import _epilogue, _problem
 RBN, RBK = launcher.RING_ROWS, launcher.RING_K
 
 
-def _swz(r, c):
-    """swz<16> of mglu_gemm.cu: the chunk slot of (row r, 16-byte chunk c) in 16-chunk rows."""
-    return r * 16 + (c ^ (r & 7))
+ROW_CHUNKS = launcher.RING_ROW // 16  # 16-byte chunks a padded slot row (16 of data, 1 of padding)
+
+
+def _chunk(r, c):
+    """The slot chunk of (row r, 16-byte chunk c): r * RROW + 16 c bytes."""
+    return r * ROW_CHUNKS + c
 
 
 def _prmt(a, b, sel):
@@ -39,7 +43,8 @@ def _prmt(a, b, sel):
 
 
 def ring_signs(w, q):
-    return (w << (7 - 2 * q)) & 0x80808080, (w << (6 - 2 * q)) & 0x80808080
+    """lo, hi as the kernel's 32-bit shifts leave them (every bit, not only the sign bits)."""
+    return (w << (7 - 2 * q)) & 0xFFFFFFFF, (w << (6 - 2 * q)) & 0xFFFFFFFF
 
 
 def ring_pm(lo, hi, b):
@@ -63,22 +68,21 @@ def emulate_ring(x, w, m, stages):
 
         def load(slot, kt):
             k0 = kt * RBK
-            ws = np.zeros((RBN * 16, 8))
-            xs = np.zeros((16 * 16, 8))
+            ws = np.full((RBN * ROW_CHUNKS, 8), np.nan)
+            xs = np.full((16 * ROW_CHUNKS, 8), np.nan)
             ms = np.zeros((n_masks * RBN, 16), dtype=np.int64)
-            for e in range(RBN * 16):
-                r, c = e >> 4, e & 15
-                if n0 + r < d_ff:
-                    ws[_swz(r, c)] = w[n0 + r, k0 + 8 * c:k0 + 8 * c + 8]
-            for e in range(16 * 16):
-                t, c = e >> 4, e & 15
-                if t < tokens:
-                    xs[_swz(t, c)] = x[t, k0 + 8 * c:k0 + 8 * c + 8]
+            for tid in range(launcher.RING_THREADS):  # ring_sources: rows past d_ff, tokens past T clamped
+                c = tid & 15
+                for j in range(RBN // 8):
+                    r = (tid >> 4) + 8 * j
+                    ws[_chunk(r, c)] = w[min(n0 + r, d_ff - 1), k0 + 8 * c:k0 + 8 * c + 8]
+                for j in range(2):
+                    t = (tid >> 4) + 8 * j
+                    xs[_chunk(t, c)] = x[min(t, tokens - 1), k0 + 8 * c:k0 + 8 * c + 8]
             for e in range(n_masks * RBN):
                 i, r = e // RBN, e % RBN
-                if n0 + r < d_ff:
-                    start = (i * d_ff + n0 + r) * pw + k0 // 8
-                    ms[e] = mflat[start:start + 16]
+                start = (i * d_ff + min(n0 + r, d_ff - 1)) * pw + k0 // 8
+                ms[e] = mflat[start:start + 16]
             ring[slot] = (ws, xs, ms)
 
         for s in range(stages - 1):
@@ -109,8 +113,8 @@ def emulate_ring(x, w, m, stages):
                         for lane in range(32):  # ldmatrix: lane lj * 8 + l7 names row l7 of matrix lj
                             lj, l7 = lane >> 3, lane & 7
                             a_row, b_row = 8 * (lj & 1) + l7, 16 * wr + 8 * (lj >> 1) + l7
-                            arow = xs[_swz(a_row, c + (lj >> 1))]
-                            brow = ws[_swz(b_row, c + (lj & 1))]
+                            arow = xs[_chunk(a_row, c + (lj >> 1))]
+                            brow = ws[_chunk(b_row, c + (lj & 1))]
                             for dst in range(32):  # register lj of lane (g, q): row g, elements 2q, 2q + 1
                                 if dst >> 2 == l7:
                                     qq = dst & 3
@@ -166,4 +170,4 @@ def test_ring_pair_masks_for_every_byte_and_lane():
             for b in range(4):
                 byte = (word >> (8 * b)) & 0xFF
                 want = (0xFFFF if (byte >> 2 * q) & 1 else 0) | (0xFFFF0000 if (byte >> (2 * q + 1)) & 1 else 0)
-                assert ring_pm(lo & 0xFFFFFFFF, hi & 0xFFFFFFFF, b) == want, (word, q, b)
+                assert ring_pm(lo, hi, b) == want, (word, q, b)

@@ -137,7 +137,7 @@ GEMV_DEFAULTS_4_TOKENS = ((1, "pred-bytes"), (MAX_MASKS, "pred-words"))
 #: prmt-words, today's code: 4096x14336 fp16 n_masks 4 89.6 us against run 2's occ 76.5).
 #: Above 8 masks the words path was not timed and spills at 16 (ptxas: 12 bytes).
 MMA_DEFAULTS_FEW_TOKENS = ((8, "prmt-words-occ"), (MAX_MASKS, "prmt"))
-#: the cp.async ring kernel (mglu_ring.cu, the fp16/bf16 forward at 1..MMA_SPLIT_TOKENS
+#: the cp.async ring kernel (mglu_ring.cu; the fp16/bf16 forward at 1..MMA_SPLIT_TOKENS
 #: tokens): name -> ring stages (a run-time argument: one instantiation per dtype and
 #: n_masks). Rows of RING_K columns (d_model % RING_K == 0) and 16-byte aligned x, W and
 #: masks only (:func:`ring_ok`); instantiated up to RING_MAX_MASKS masks
@@ -145,6 +145,9 @@ RING_VARIANTS = {"ring2": 2, "ring3": 3, "ring4": 4}
 #: block tile of mglu_rowdot_ring: RING_ROWS rows of W, 16 tokens, RING_K columns a stage,
 #: RING_THREADS threads (4 warps: 2 row tiles x 2 K halves); kept equal to the .cu enum
 RING_ROWS, RING_K, RING_THREADS = 32, 128, 128
+#: bytes of a W or x row in a ring slot: RING_K 16-bit elements and 16 bytes of padding, so
+#: that the 8 rows an ldmatrix matrix reads start 4 banks apart (32 banks of 4 bytes)
+RING_ROW = 2 * RING_K + 16
 RING_MAX_MASKS = 8
 #: the non-default variants are instantiated (and selectable) only in the regime they were
 #: written and timed for: the fp16/bf16 forward
@@ -229,10 +232,10 @@ def _variant(table: dict, default: str, variant: str | None, dtype, mode):
 
 
 def ring_smem(n_masks: int, stages: int) -> int:
-    """Bytes of dynamic shared memory of mglu_rowdot_ring: ``stages`` slots of W (RING_ROWS x
-    RING_K), x (16 x RING_K) and the mask bytes (n_masks x RING_ROWS x RING_K / 8); the K
-    halves' reduction after the loop reuses it (static_assert in the .cu)."""
-    return stages * (RING_ROWS * RING_K * 2 + 16 * RING_K * 2 + n_masks * RING_ROWS * RING_K // 8)
+    """Bytes of dynamic shared memory of mglu_rowdot_ring: ``stages`` slots of W (RING_ROWS rows
+    of RING_ROW bytes), x (16 rows) and the mask bytes (n_masks x RING_ROWS x RING_K / 8); the
+    K halves' reduction after the loop reuses them (static_assert in the .cu)."""
+    return stages * ((RING_ROWS + 16) * RING_ROW + n_masks * RING_ROWS * RING_K // 8)
 
 
 def ring_ok(dtype, n_masks: int, mode: int, tokens: int, d_model: int, aligned16: bool) -> bool:

@@ -2,48 +2,59 @@
 //   out (T, d_ff) = sum_i act(gate_i) (total - gate_i),  total = x W^T,  gate_i = x (M_i * W)^T
 //   x (T <= 16, d_model), W (d_ff, d_model), masks (NM, d_ff, d_model / 8) packed bits.
 // Needs d_model % RBK == 0 and 16-byte aligned x, W and masks (launcher.ring_ok): every
-// stage is whole, every copy a 16-byte chunk inside a row.
+// stage is whole, every copy a 16-byte multiple inside one row.
 //
 // A block owns RBN = 32 rows of W and the T tokens (one 16-token tile). The K loop takes
 // RBK = 128 columns a stage through a `stages`-deep ring of shared memory (2 or more, a
 // run-time argument): W (32 rows x 128), x (16 tokens x 128) and the mask bytes (NM planes
-// x 32 rows x 16 bytes). Every global read is a cp.async of 16 bytes, 16 consecutive threads
-// on 256 contiguous bytes of one row (4 whole 128-byte lines a warp instruction), where
-// mglu_rowdot_mma's lanes load 16 bytes 64 apart (16 lines a warp instruction, the L1
-// pressure of numba_backend/DESIGN.md's run 51). The copies of stage k + stages - 1 are in
-// flight while stage k is computed, so the bytes in flight do not cost registers.
+// x 32 rows x 16 bytes), copied by 16-byte cp.async, 16 consecutive threads on 256 contiguous
+// bytes of a row (4 whole 128-byte lines a warp instruction, where mglu_rowdot_mma's lanes
+// load 16 bytes 64 apart: 16 lines). The stages - 1 stages ahead are in flight while one is
+// computed, so the bytes in flight cost no registers. Each thread's source rows are fixed
+// for the block: its pointers are set once (ring_sources) and a stage adds k0. Rows past d_ff
+// and tokens past T read the last valid row (clamped): those slot rows reach only the
+// products of outputs that are not written (D[t][n] reads row t of x and row n of W only).
+// (Measured offline, ptxas 13.0 SASS: with the guards and row products recomputed in every
+// stage, 200 of a warp's 386 instructions a stage at 1 mask went to the copies, run 63;
+// cp.async.bulk from warp 0 compiles to UBLKCP, whose operands are uniform registers, so 32
+// lanes' rows are issued one lane at a time.)
 //
 // 4 warps: 2 row tiles (16 rows, two n8 tiles) x 2 K halves (columns 64 kh .. 64 kh + 63 of
 // every stage). mma.sync m16n8k16 as in mglu_rowdot_mma (A = 16 tokens x 16 k of x, B = 16
 // k x 8 rows of W, fp32 accumulators), but in natural k order: A and B come by ldmatrix from
-// the XOR-swizzled tiles (swz<16>: the 8 rows a matrix reads fall in 8 distinct bank
-// groups). Lane (g, q) of n tile j holds W[row 8j + g][k 2q, 2q+1] (b0) and [k 2q+8, 2q+9]
-// (b1): the bits 2q, 2q + 1 of two consecutive mask bytes, whose pair masks come from one
-// 32-bit word per 2 k16 steps (ring_signs, ring_pm). The K halves' partial sums meet in shared
-// memory after the loop and are added in a fixed order (deterministic, no atomics).
+// tiles whose rows are padded to RROW = 272 bytes (68 words: the 8 rows a matrix reads start
+// 4 banks apart, so they fall in 8 distinct bank groups). Lane (g, q) of n tile j holds
+// W[row 8j + g][k 2q, 2q+1] (b0) and [k 2q+8, 2q+9] (b1): the bits 2q, 2q + 1 of two
+// consecutive mask bytes, whose pair masks come from one 32-bit word per 2 k16 steps
+// (ring_signs, ring_pm). The K halves' partial sums meet in shared memory after the loop and
+// are added in a fixed order (deterministic, no atomics).
 // Launch: RTHREADS threads, grid (ceil(d_ff / RBN)), dynamic shared memory
 // launcher.ring_smem(NM, stages) = stages * RingTile<NM>::STAGE bytes.
 #include "mglu_common.cuh"
 
-enum { RBN = 32, RBK = 128, RTHREADS = 128 };
+enum { RBN = 32, RBK = 128, RTHREADS = 128, RROW = 2 * RBK + 16 };
 
 template <int NM>
 struct RingTile {
-    enum { W = RBN * RBK * 2, X = 16 * RBK * 2, M = NM * RBN * RBK / 8, STAGE = W + X + M,
+    enum { W = RBN * RROW, X = 16 * RROW, M = NM * RBN * RBK / 8, STAGE = W + X + M,
            RED = 2 * (NM + 1) * 2 * 4 * 32 * 4 };
     static_assert(2 * STAGE >= RED, "the K halves' reduction reuses the ring");
+    static_assert(STAGE % 16 == 0, "16-byte aligned slots");
+    // mask chunks (one plane's 16 bytes of a row) a thread copies
+    enum { MJ = (NM * RBN + RTHREADS - 1) / RTHREADS };
 };
 
-// Pair masks of lane q from a 32-bit word of mask bytes (4 k8 groups): ring_signs puts
-// bit 2q of every byte on that byte's sign bit (lo = (w << (7 - 2q)) & 0x80808080; a lower
-// byte's bits land above bit 7 of their own byte, so no byte takes another's bit) and bit
-// 2q + 1 likewise (hi); ring_pm(lo, hi, b) widens byte b's two bits to 0x0000ffff /
-// 0xffff0000, the AND mask of a pair of 16-bit elements: prmt with selector nibbles 8 + b
-// (lo's byte b, sign replicated) and 12 + b (hi's byte b). 4 instructions a word and one a
-// pair mask (tests/test_cuda_emulation.py checks every byte and q).
+// Pair masks of lane q from a 32-bit word of mask bytes (4 k8 groups): ring_signs puts bit
+// 2q of every byte on that byte's sign bit (lo = w << (7 - 2q): bit 7 of byte b is bit 8b + 2q
+// of w) and bit 2q + 1 likewise (hi = w << (6 - 2q)); ring_pm(lo, hi, b) widens byte b's two
+// bits to 0x0000ffff / 0xffff0000, the AND mask of a pair of 16-bit elements: prmt with
+// selector nibbles 8 + b (lo's byte b, sign replicated) and 12 + b (hi's byte b). prmt reads
+// only the sign bit of a byte it replicates, so the other bits need no masking: 2
+// instructions a word and one a pair mask (tests/test_cuda_ring_emulation.py checks every
+// byte and q).
 __device__ __forceinline__ void ring_signs(u32 w, int q, u32& lo, u32& hi) {
-    lo = (w << (7 - 2 * q)) & 0x80808080u;
-    hi = (w << (6 - 2 * q)) & 0x80808080u;
+    lo = w << (7 - 2 * q);
+    hi = w << (6 - 2 * q);
 }
 __device__ __forceinline__ u32 ring_pm(u32 lo, u32 hi, int b) {
     u32 d;
@@ -51,44 +62,67 @@ __device__ __forceinline__ u32 ring_pm(u32 lo, u32 hi, int b) {
     return d;
 }
 
-// The copies of one stage: W rows n0 .. n0 + 31, tokens 0 .. 15, mask planes, columns k0 ..
-// k0 + 127, into ring slot s (byte address). Rows past d_ff and tokens past T are zero-filled.
+// A thread's copies of every stage: W chunk tid % 16 of rows tid / 16 + 8j, x the same of
+// tokens tid / 16 + 8j, mask chunk e = tid + RTHREADS j (plane e / RBN, row e % RBN); each a
+// source (column 0 of the stage; rows clamped) and a destination offset in the slot.
 template <class T, int NM>
-__device__ __forceinline__ void ring_load(u32 s, const T* x, const T* w, const unsigned char* m, int T_, int d_model,
-                                          int d_ff, i64 n0, i64 k0, int tid) {
+struct RingSources {
+    const T* w[RBN / 8];
+    const T* x[2];
+    const unsigned char* m[RingTile<NM>::MJ];
+    u32 wd[RBN / 8], xd[2], md[RingTile<NM>::MJ];
+};
+
+template <class T, int NM>
+__device__ __forceinline__ void ring_sources(RingSources<T, NM>& src, const T* x, const T* w, const unsigned char* m,
+                                             int T_, int d_model, int d_ff, i64 n0, int tid) {
     typedef RingTile<NM> R;
+    const int c = tid & 15;
 #pragma unroll
-    for (int j = 0; j < RBN * 16 / RTHREADS; ++j) {
-        const int e = tid + j * RTHREADS, r = e >> 4, c = e & 15;
-        const bool ok = n0 + r < d_ff;
-        cp_async16(s + 16 * swz<16>(r, c), ok ? w + (n0 + r) * d_model + k0 + 8 * c : w, ok);
+    for (int j = 0; j < RBN / 8; ++j) {
+        const int r = (tid >> 4) + 8 * j;
+        const i64 n = n0 + r < d_ff ? n0 + r : d_ff - 1;
+        src.w[j] = w + n * d_model + 8 * c;
+        src.wd[j] = r * RROW + 16 * c;
     }
 #pragma unroll
-    for (int j = 0; j < 16 * 16 / RTHREADS; ++j) {
-        const int e = tid + j * RTHREADS, t = e >> 4, c = e & 15;
-        const bool ok = t < T_;
-        cp_async16(s + R::W + 16 * swz<16>(t, c), ok ? x + (i64)t * d_model + k0 + 8 * c : x, ok);
+    for (int j = 0; j < 2; ++j) {
+        const int t = (tid >> 4) + 8 * j;
+        src.x[j] = x + (i64)(t < T_ ? t : T_ - 1) * d_model + 8 * c;
+        src.xd[j] = R::W + t * RROW + 16 * c;
     }
-    const i64 pw = d_model / 8;
-    for (int e = tid; e < NM * RBN; e += RTHREADS) {
-        const int i = e / RBN, r = e % RBN;
-        const bool ok = n0 + r < d_ff;
-        cp_async16(s + R::W + R::X + 16 * e, ok ? m + ((i64)i * d_ff + n0 + r) * pw + k0 / 8 : m, ok);
+#pragma unroll
+    for (int j = 0; j < R::MJ; ++j) {
+        const int e = tid + RTHREADS * j, i = e / RBN, r = e % RBN;
+        const i64 n = n0 + r < d_ff ? n0 + r : d_ff - 1;
+        src.m[j] = m + ((i64)i * d_ff + n) * (d_model / 8);
+        src.md[j] = R::W + R::X + 16 * e;
     }
 }
 
+// The copies of the stage of columns k0 .. k0 + RBK - 1 into slot s (byte address), one group.
+template <class T, int NM>
+__device__ __forceinline__ void ring_fill(const RingSources<T, NM>& src, u32 s, i64 k0, int tid) {
+#pragma unroll
+    for (int j = 0; j < RBN / 8; ++j) cp_async16(s + src.wd[j], src.w[j] + k0, true);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) cp_async16(s + src.xd[j], src.x[j] + k0, true);
+#pragma unroll
+    for (int j = 0; j < RingTile<NM>::MJ; ++j)
+        if (tid + RTHREADS * j < NM * RBN) cp_async16(s + src.md[j], src.m[j] + k0 / 8, true);
+    cp_async_commit();
+}
+
 // cp.async.wait_group takes an immediate: all but the newest stages - 2 groups complete (at
-// most 2 pending from 4 stages up: correct for any depth, the deepest overlap up to 4)
+// most 2 pending from 4 stages up: correct for any depth)
 __device__ __forceinline__ void cp_async_wait_ring(int stages) {
     if (stages == 2) cp_async_wait<0>();
     else if (stages == 3) cp_async_wait<1>();
     else cp_async_wait<2>();
 }
 
-// Registers: 4 blocks an SM (128 a thread) up to 4 masks, 3 (170) above. ptxas 13.0, sm_90:
-// 122 at 1 mask; at 4 masks 168 without the cap (3 blocks an SM: 396 of the 448 blocks of
-// d_ff 14336 resident), 128 with it and 32 bytes of loop-invariant values spilled (8 LDL a
-// stage, L1 hits); at 8 masks 168 and 24 bytes spilled.
+// Registers: 4 blocks an SM (128 a thread) up to 4 masks, 3 (170) above (ptxas report in
+// MEASUREMENTS_H200.md, run 64 lead).
 template <int NM>
 struct RingMinBlocks {
     enum { value = NM <= 4 ? 4 : 3 };
@@ -115,29 +149,31 @@ __global__ void __launch_bounds__(RTHREADS, RingMinBlocks<NM>::value) mglu_rowdo
 #pragma unroll
             for (int r = 0; r < 4; ++r) acc[p][j][r] = 0.f;
 
+    RingSources<T, NM> src;
+    ring_sources<T, NM>(src, x, w, m, T_, d_model, d_ff, n0, tid);
     for (int s = 0; s < stages - 1; ++s) {
-        if (s < KT) ring_load<T, NM>(base + s * R::STAGE, x, w, m, T_, d_model, d_ff, n0, (i64)s * RBK, tid);
-        cp_async_commit();
+        if (s < KT) ring_fill<T, NM>(src, base + s * R::STAGE, (i64)s * RBK, tid);
+        else cp_async_commit();  // empty groups keep the count that cp_async_wait_ring assumes
     }
     // ldmatrix row addresses: lane lj * 8 + l7 names row l7 of matrix lj. B (W): matrices
     // (rows 0-7, chunk c), (0-7, c + 1), (8-15, c), (8-15, c + 1) of the warp's row tile: b0, b1
     // of n tile 0, then of n tile 1. A (x): (tokens 0-7, c), (8-15, c), (0-7, c + 1), (8-15, c + 1):
-    // a0 .. a3. c = 8 kh + 2 s for k16 step s of the warp's K half.
+    // a0 .. a3. c = 8 kh + 2 st for k16 step st of the warp's K half (16-byte chunks of a row).
     const int b_row = 16 * wr + 8 * (lj >> 1) + l7, b_dc = lj & 1;
     const int a_row = 8 * (lj & 1) + l7, a_dc = lj >> 1;
     int slot = 0;
     for (int kt = 0; kt < KT; ++kt) {
-        cp_async_wait_ring(stages);
-        __syncthreads();
+        cp_async_wait_ring(stages);  // this thread's copies of stage kt have landed
+        __syncthreads();             // everyone's have, and every warp is done with stage kt - 1
         {
             const int nk = kt + stages - 1;
             const int ns = slot == 0 ? stages - 1 : slot - 1;  // (kt + stages - 1) % stages: the slot of kt - 1
-            if (nk < KT) ring_load<T, NM>(base + ns * R::STAGE, x, w, m, T_, d_model, d_ff, n0, (i64)nk * RBK, tid);
-            cp_async_commit();
+            if (nk < KT) ring_fill<T, NM>(src, base + ns * R::STAGE, (i64)nk * RBK, tid);
+            else cp_async_commit();
         }
         const u32 sw = base + slot * R::STAGE, sx = sw + R::W, sm = sx + R::X;
-        // mask bytes 8 kh .. 8 kh + 7 of the rows of n tiles 0 and 1, one 8-byte read each, as
-        // raw words: word h covers k16 steps 2h (bytes 0, 1) and 2h + 1 (bytes 2, 3) of the K half
+        // mask bytes 8 kh .. 8 kh + 7 of the rows of n tiles 0 and 1, one 8-byte read each:
+        // word h covers k16 steps 2h (bytes 0, 1) and 2h + 1 (bytes 2, 3) of the K half
         u32 mw[NM][2][2];
 #pragma unroll
         for (int i = 0; i < NM; ++i)
@@ -150,8 +186,8 @@ __global__ void __launch_bounds__(RTHREADS, RingMinBlocks<NM>::value) mglu_rowdo
         for (int st = 0; st < 4; ++st) {
             const int c = 8 * kh + 2 * st, b = 2 * (st & 1);
             u32 a[4], bw[4];
-            ldsm4<false>(sx + 16 * swz<16>(a_row, c + a_dc), a);
-            ldsm4<false>(sw + 16 * swz<16>(b_row, c + b_dc), bw);
+            ldsm4<false>(sx + a_row * RROW + 16 * (c + a_dc), a);
+            ldsm4<false>(sw + b_row * RROW + 16 * (c + b_dc), bw);
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
                 const u32 b0 = bw[2 * j], b1 = bw[2 * j + 1];
@@ -167,7 +203,7 @@ __global__ void __launch_bounds__(RTHREADS, RingMinBlocks<NM>::value) mglu_rowdo
         slot = slot + 1 == stages ? 0 : slot + 1;
     }
     cp_async_wait<0>();
-    __syncthreads();
+    __syncthreads();  // every copy landed and was read: the ring holds the K halves' sums now
 
     float* red = reinterpret_cast<float*>(ring_smem);  // [wr][product][n tile][reg][lane]
     if (kh == 1) {
