@@ -1,6 +1,6 @@
-"""The 1-token decode forward of the numba, cuda and triton backends, twice each, for Nsight
-Compute to profile: ``out (1, d_ff) = sum_i silu(gate_i) (total - gate_i)``, ``x (1,
-d_model)``, ``W (d_ff, d_model)``, random packed masks ``(n_masks, d_ff, d_model/8)``.
+"""The decode forward of the numba, cuda and triton backends (and named cuda variants), twice
+each, for Nsight Compute to profile: ``out (T, d_ff) = sum_i silu(gate_i) (total - gate_i)``,
+``x (T, d_model)`` (``--tokens``, 1 by default), ``W (d_ff, d_model)``, random packed masks ``(n_masks, d_ff, d_model/8)``.
 
 Usage (on the GPU):
     ncu --csv --page details -k regex:"decode_wide|mglu_rowdot_gemv|fwd_gemv" --section SpeedOfLight \
@@ -35,7 +35,7 @@ def summarize(path) -> int:
         rows = list(csv.DictReader(line for line in f if line.startswith('"')))
     launches = {}
     for r in rows:
-        name = re.search(r"decode_wide|mglu_rowdot_gemv[^(]*|fwd_gemv", r["Kernel Name"])
+        name = re.search(r"decode_wide|mglu_rowdot_(gemv|ring|mma)[^(]*|fwd_gemv", r["Kernel Name"])
         launches.setdefault(r["ID"], name.group(0) if name else r["Kernel Name"][:40])
     ids = list(launches)
     metrics = dict.fromkeys((r["Section Name"], r["Metric Name"], r["Metric Unit"]) for r in rows)
@@ -53,22 +53,31 @@ def main() -> int:
     ap.add_argument("--n-masks", type=int, default=4)
     ap.add_argument("--dtype", default="fp16", choices=list(DTYPES))
     ap.add_argument("--backends", default="numba,cuda,triton")
+    ap.add_argument("--tokens", type=int, default=1)
+    ap.add_argument("--cuda-variants", default="", help="comma list of cuda variants (launcher tables) to run "
+                    "beside the defaults, e.g. ring3")
     args = ap.parse_args()
     if args.summarize:
         return summarize(args.summarize)
     d_model, d_ff = (int(v) for v in args.shape.split("x"))
     dev, dtype = torch.device("cuda"), DTYPES[args.dtype]
     gen = torch.Generator(device=dev).manual_seed(7)
-    x = torch.randn(1, d_model, device=dev, generator=gen).to(dtype)
+    x = torch.randn(args.tokens, d_model, device=dev, generator=gen).to(dtype)
     w = (torch.randn(d_ff, d_model, device=dev, generator=gen) / d_model**0.5).to(dtype)
     p = torch.randint(0, 256, (args.n_masks, d_ff, packed_width(d_model)), device=dev, dtype=torch.uint8, generator=gen)
     torch_be = REGISTRY["torch"]
     ref = torch_be.forward(x.double(), w.double(), p, "silu").cpu().numpy()
     limit = bound(dtype, rel_error(torch_be.forward(x, w, p, "silu"), ref))
+    runs = [(name, lambda name=name: REGISTRY[name].forward(x, w, p, "silu")) for name in args.backends.split(",") if name]
+    if args.cuda_variants:
+        from mglu.backends import cuda_backend
+
+        runs += [(f"cuda:{v}", lambda v=v: cuda_backend.forward(x, w, p, "silu", variant=v))
+                 for v in args.cuda_variants.split(",")]
     bad = 0
-    for name in args.backends.split(","):
+    for name, run in runs:
         for _ in range(2):
-            out = REGISTRY[name].forward(x, w, p, "silu")
+            out = run()
         torch.cuda.synchronize()
         err = rel_error(out, ref)
         print(f"{name}: rel err {err:.2e} (bound {limit:.1e}) {'ok' if err <= limit else 'WRONG'}", flush=True)

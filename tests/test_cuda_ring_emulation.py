@@ -2,7 +2,7 @@
 
 out (T, d_ff) = sum_i act(gate_i) (total - gate_i) for T <= 16 tokens. The mirror follows
 the kernel step by step in float64: the stages' copies into ring slots of padded rows (rows
-past d_ff and tokens past T read the last valid one), the prefetch into the slot of the
+past d_ff read the last valid one, tokens past T are zero-filled), the prefetch into the slot of the
 stage before (every slot starts as NaN: a row read before it is written shows), the
 ldmatrix row addresses and the registers they fill, the mask bytes' sign words and pair
 masks (ring_signs, ring_pm as bit operations), the mma fragments of each lane, the K
@@ -76,9 +76,9 @@ def emulate_ring(x, w, m, stages):
                 for j in range(RBN // 8):
                     r = (tid >> 4) + 8 * j
                     ws[_chunk(r, c)] = w[min(n0 + r, d_ff - 1), k0 + 8 * c:k0 + 8 * c + 8]
-                for j in range(2):
+                for j in range(2):  # tokens past T zero-filled
                     t = (tid >> 4) + 8 * j
-                    xs[_chunk(t, c)] = x[min(t, tokens - 1), k0 + 8 * c:k0 + 8 * c + 8]
+                    xs[_chunk(t, c)] = x[t, k0 + 8 * c:k0 + 8 * c + 8] if t < tokens else 0.0
             for e in range(n_masks * RBN):
                 i, r = e // RBN, e % RBN
                 start = (i * d_ff + min(n0 + r, d_ff - 1)) * pw + k0 // 8
