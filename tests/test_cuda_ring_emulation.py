@@ -66,8 +66,8 @@ def emulate_ring(x, w, m, stages):
         n0 = bx * RBN
         ring = [None] * stages
 
-        def load(slot, kt):
-            k0 = kt * RBK
+        def load(slot, kt):  # block bx starts at column block bx % KT and wraps
+            k0 = (kt + bx % kt_total) % kt_total * RBK
             ws = np.full((RBN * ROW_CHUNKS, 8), np.nan)
             xs = np.full((16 * ROW_CHUNKS, 8), np.nan)
             ms = np.zeros((n_masks * RBN, 16), dtype=np.int64)

@@ -156,8 +156,12 @@ __global__ void __launch_bounds__(RTHREADS, RingMinBlocks<NM>::value) mglu_rowdo
 
     RingSources<T, NM> src;
     ring_sources<T, NM>(src, x, w, m, T_, d_model, d_ff, n0, tid);
+    // block b takes its stages from column block b % KT on (wrapping): the blocks of a wave
+    // read different stages of x at a time instead of the same RBK columns of every row
+    const int k_first = blockIdx.x % KT;
+    const auto stage_k0 = [&](int s) { return (i64)(s + k_first < KT ? s + k_first : s + k_first - KT) * RBK; };
     for (int s = 0; s < stages - 1; ++s) {
-        if (s < KT) ring_fill<T, NM>(src, base + s * R::STAGE, (i64)s * RBK, tid);
+        if (s < KT) ring_fill<T, NM>(src, base + s * R::STAGE, stage_k0(s), tid);
         else cp_async_commit();  // empty groups keep the count that cp_async_wait_ring assumes
     }
     // ldmatrix row addresses: lane lj * 8 + l7 names row l7 of matrix lj. B (W): matrices
@@ -173,7 +177,7 @@ __global__ void __launch_bounds__(RTHREADS, RingMinBlocks<NM>::value) mglu_rowdo
         {
             const int nk = kt + stages - 1;
             const int ns = slot == 0 ? stages - 1 : slot - 1;  // (kt + stages - 1) % stages: the slot of kt - 1
-            if (nk < KT) ring_fill<T, NM>(src, base + ns * R::STAGE, (i64)nk * RBK, tid);
+            if (nk < KT) ring_fill<T, NM>(src, base + ns * R::STAGE, stage_k0(nk), tid);
             else cp_async_commit();
         }
         const u32 sw = base + slot * R::STAGE, sx = sw + R::W, sm = sx + R::X;
