@@ -251,15 +251,26 @@ def test_default_variants_follow_the_measured_regimes():
         assert launcher.default_variant(dtype, 5, fwd, 1, 4096) == dict(launcher.GEMV_DEFAULTS_1_TOKEN)[8] == "pred-words-occ"
         # above 8 masks the -occ cap is off: the plain kernel, not a second instantiation of it
         assert launcher.default_variant(dtype, 16, fwd, 1, 4096) == "pred-words"
-        # 2-4 tokens (NT = 4): bytes at one mask, the base default above (H200 run 62)
-        assert [launcher.default_variant(dtype, 1, fwd, t, 4096) for t in (2, 3, 4)] == ["pred-bytes"] * 3
-        assert launcher.default_variant(dtype, 2, fwd, 4, 4096) == launcher.DEFAULT_GEMV_VARIANT
+        # 2-4 tokens where the ring kernel serves the call (run 66): ring3 up to RING_MAX_MASKS masks
+        assert [launcher.default_variant(dtype, n, fwd, t, 4096) for t in (2, 3, 4) for n in (1, 4, 8)] == ["ring3"] * 9
+        # else the decode kernel (NT = 4): bytes at one mask, the base default above (H200 run 62)
+        for why in (dict(aligned16=False), dict(d_model=4096 + 32)):
+            args = dict(dtype=dtype, mode=fwd, d_model=4096) | why
+            assert [launcher.default_variant(n_masks=1, tokens=t, **args) for t in (2, 3, 4)] == ["pred-bytes"] * 3
+            assert launcher.default_variant(n_masks=2, tokens=4, **args) == launcher.DEFAULT_GEMV_VARIANT
+            assert launcher.default_variant(n_masks=4, tokens=16, **args) == dict(launcher.MMA_DEFAULTS_FEW_TOKENS)[8]
+        assert launcher.default_variant(dtype, launcher.RING_MAX_MASKS + 1, fwd, 4, 4096) == launcher.DEFAULT_GEMV_VARIANT
         assert launcher.default_variant(dtype, 1, bwd, 4, 4096) == launcher.DEFAULT_GEMV_VARIANT
         assert launcher.default_variant(dtype, 1, bwd, 1, 4096) == launcher.DEFAULT_GEMV_VARIANT
-        assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS, 4096) == dict(launcher.MMA_DEFAULTS_FEW_TOKENS)[8]
+        # 5-16 tokens: ring2 from 2 to RING_MAX_MASKS masks, prmt-words-occ at one (run 66)
+        assert [launcher.default_variant(dtype, n, fwd, t, 4096) for t in (5, 16) for n in (2, 4, 8)] == ["ring2"] * 6
+        assert launcher.default_variant(dtype, 1, fwd, 16, 4096) == dict(launcher.MMA_DEFAULTS_FEW_TOKENS)[8]
         assert launcher.default_variant(dtype, 16, fwd, launcher.MMA_SPLIT_TOKENS, 4096) == launcher.DEFAULT_MMA_VARIANT
         assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS + 1, 4096) == launcher.DEFAULT_MMA_VARIANT
         assert launcher.default_variant(dtype, 4, bwd, 16, 4096) == launcher.DEFAULT_MMA_VARIANT
+        plan = launcher.rowdot_plan(dtype, 4, fwd, 16, 100, 4096)
+        assert plan.name.startswith("mglu_rowdot_ring<") and plan.tail == (2,)
+        assert launcher.rowdot_plan(dtype, 4, fwd, 16, 100, 4096, aligned16=False).name.startswith("mglu_rowdot_mma<")
     assert launcher.default_variant(torch.float32, 1, fwd, 1, 4096) == launcher.DEFAULT_GEMV_VARIANT
 
 

@@ -151,8 +151,15 @@ def _cuda_cases() -> list[Case]:
     second block's last warp with one live row), cuda_lanes8_bytes (d_model % 32 != 0: the
     byte path), cuda_lanes8_scalar (d_model % 8 != 0: the scalar path, tail bits set).
     From 2 to 4 tokens at one mask the fp16/bf16 default reads the masks as bytes
-    (pred-bytes): cuda_t3_bytes (3 tokens of NT = 4, 40 chunks: every lane's first chunk of
-    the round, a second for lanes 0-7, the others' second chunk past the row's end).
+    (pred-bytes) where the ring kernel does not serve the call: cuda_t3_bytes (3 tokens of
+    NT = 4, 40 chunks: every lane's first chunk of the round, a second for lanes 0-7, the
+    others' second chunk past the row's end; d_model 320 is not whole 128-column stages).
+    The ring kernel (mglu_ring.cu: 2-16 tokens up to 8 masks, d_model % 128 == 0, 32-row
+    blocks, 128-column stages through 2 or 3 slots, each block starting at column block
+    blockIdx % stages): cuda_ring_t2 (2 stages, fewer than ring3's prologue; d_ff 33, a
+    second block of one row), cuda_ring_t16_wrap (5 stages: the slots and the start wrap;
+    a second block of 8 rows), cuda_ring_t9_masks8 (8 masks, 9 tokens), cuda_ring_t4_batch
+    (a (2, 2) batch of tokens, one whole stage, one block).
     """
     half = (torch.float16, torch.bfloat16)  # the staged GEMM path exists for these only
     cases = [
@@ -171,6 +178,10 @@ def _cuda_cases() -> list[Case]:
         Case("cuda_t3_bytes", (3,), 320, 19, 1, activation="gelu_tanh", quick=False, dtypes=half),
         Case("cuda_lanes8_bytes", (1,), 200, 19, 2, activation="gelu", quick=False, dtypes=half),
         Case("cuda_lanes8_scalar", (1,), 77, 10, 4, masks="garbage_tail", quick=False, dtypes=half),
+        Case("cuda_ring_t2", (2,), 256, 33, 1, dtypes=half),
+        Case("cuda_ring_t16_wrap", (16,), 640, 40, 3, activation="gelu", dtypes=half, quick_dtypes=(torch.bfloat16,)),
+        Case("cuda_ring_t9_masks8", (9,), 384, 40, 8, activation="sigmoid", quick=False, dtypes=half),
+        Case("cuda_ring_t4_batch", (2, 2), 128, 32, 2, quick=False, dtypes=half),
         Case("cuda_gemm_tails", (257,), 40, 136, 2, dtypes=half),
         Case("cuda_gemm_logits", (2, 130), 48, 24, 4, activation="gelu", form="logits", dtypes=half),
         Case("cuda_gemm_many_masks", (300,), 72, 128, 16, activation="sigmoid", quick=False, dtypes=half),

@@ -149,6 +149,11 @@ RING_ROWS, RING_K, RING_THREADS = 32, 128, 128
 #: that the 8 rows an ldmatrix matrix reads start 4 banks apart (32 banks of 4 bytes)
 RING_ROW = 2 * RING_K + 16
 RING_MAX_MASKS = 8
+#: the ring kernel's defaults where it serves the call (ring_ok), (largest n_masks, variant or
+#: None for the table above): 2-4 tokens, and 5..MMA_SPLIT_TOKENS tokens. To be set from the
+#: ring's H200 runs (cuda MEASUREMENTS_H200.md, runs 63-66)
+RING_DEFAULTS_4_TOKENS = ((RING_MAX_MASKS, "ring3"),)
+RING_DEFAULTS_FEW_TOKENS = ((1, None), (RING_MAX_MASKS, "ring2"))
 #: the non-default variants are instantiated (and selectable) only in the regime they were
 #: written and timed for: the fp16/bf16 forward
 TUNED_DTYPES = (torch.float16, torch.bfloat16)
@@ -246,12 +251,18 @@ def ring_ok(dtype, n_masks: int, mode: int, tokens: int, d_model: int, aligned16
             and n_masks <= RING_MAX_MASKS and d_model % RING_K == 0 and aligned16)
 
 
-def default_variant(dtype, n_masks: int, mode: int, tokens: int, d_model: int) -> str:
+def default_variant(dtype, n_masks: int, mode: int, tokens: int, d_model: int, aligned16: bool = True) -> str:
     """The variant a call gets without ``variant=``: the measured winners of the fp16/bf16
     forward at 1 token (by n_masks; an 8-lane variant only on rows of at most
-    GEMV_LANES8_MAX_D_MODEL columns), at 2-4 tokens (by n_masks) and at 5..MMA_SPLIT_TOKENS
-    tokens, the base defaults elsewhere."""
+    GEMV_LANES8_MAX_D_MODEL columns), at 2-4 tokens and at 5..MMA_SPLIT_TOKENS tokens (the
+    ring kernel where it serves the call, :func:`ring_ok`, and the table names one; else by
+    n_masks), the base defaults elsewhere."""
     tuned = dtype in TUNED_DTYPES and mode == MODE_FWD
+    if tuned and tokens > 1 and ring_ok(dtype, n_masks, mode, tokens, d_model, aligned16):
+        table = RING_DEFAULTS_4_TOKENS if tokens <= max(GEMV_TOKENS) else RING_DEFAULTS_FEW_TOKENS
+        ring = next(v for top, v in table if n_masks <= top)
+        if ring is not None:
+            return ring
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     if nt is not None:
         if tuned and nt == 1:
@@ -290,7 +301,9 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, d_model, variant: str | None
     ``variant``: a key of GEMV_VARIANTS, MMA_VARIANTS or RING_VARIANTS (None: the default);
     ``aligned16``: x, W and the masks are 16-byte aligned (a ring variant needs it, :func:`ring_ok`).
     Cached: a decode loop asks for the same plan on every call."""
-    if variant in RING_VARIANTS:
+    default = default_variant(dtype, n_masks, mode, tokens, d_model, aligned16)
+    if (variant or default) in RING_VARIANTS:
+        variant = variant or default
         if not ring_ok(dtype, n_masks, mode, tokens, d_model, aligned16):
             raise ValueError(f"variant {variant!r} needs the fp16/bf16 forward at 1.."
                              f"{MMA_SPLIT_TOKENS} tokens, n_masks <= {RING_MAX_MASKS}, d_model % {RING_K} == 0 "
@@ -300,7 +313,6 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, d_model, variant: str | None
         return Launch(f"mglu_rowdot_ring<{CTYPE[dtype]}, {n_masks}>", (_cdiv(d_ff, RING_ROWS), 1, 1),
                       (RING_THREADS, 1, 1), tail=(stages,), smem=ring_smem(n_masks, stages))
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
-    default = default_variant(dtype, n_masks, mode, tokens, d_model)
     if nt is not None:
         var, words, split, lanes = _variant(GEMV_VARIANTS, default, variant, dtype, mode)
         warps = GEMV_WARPS if lanes == 32 else GEMV_LANES8_WARPS
