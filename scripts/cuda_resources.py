@@ -4,7 +4,7 @@ Runs on a CPU machine with nvcc (no GPU): compiles a representative set of insta
 for sm_90 at full optimisation with ``-Xptxas -v``, prints one line per kernel, then
 disassembles the cubin (cuobjdump -sass) and checks that the decode kernels of the target
 regime (fp16/bf16, 1 token, every variant) load W with 16-byte loads (LDG.E.128), that
-the fp16/bf16 tensor-core kernels issue HMMA.16816, and that the kernels the launcher
+the fp16/bf16 tensor-core kernels (the ring kernel among them) issue HMMA.16816, and that the kernels the launcher
 takes by default touch no local memory (LDL/STL); a non-default variant that does is
 reported. Exit status 1 when a check fails.
 
@@ -35,7 +35,8 @@ DEFAULTS = {launcher.rowdot_plan(dt, nm, FWD, tokens, 64, 4096).name for dt in (
 
 def kernels() -> list[str]:
     """The decode targets, then per dtype the plans of 1, 4 and 16 tokens at n_masks 1, 4, 16
-    (default variants), the tensor-core variants of the fp16/bf16 forward, dx and dW, and the
+    (default variants), the tensor-core variants of the fp16/bf16 forward, the ring kernel at
+    RING_MAX_MASKS, dx and dW, and the
     staged GEMM path's kernels (fp16/bf16: mglu_gemm in its four modes, mglu_expand)."""
     names = list(DECODE_TARGETS)
     for dt in DTYPES:
@@ -45,6 +46,9 @@ def kernels() -> list[str]:
             names += plans
             if dt in launcher.TUNED_DTYPES:
                 names += [launcher.rowdot_plan(dt, nm, FWD, 16, 64, 4096, v).name for v in launcher.MMA_VARIANTS]
+        if dt in launcher.TUNED_DTYPES:  # the ring kernel at its largest n_masks (a default there)
+            names.append(launcher.rowdot_plan(dt, launcher.RING_MAX_MASKS, FWD, 16, 64, 4096).name)
+            DEFAULTS.add(names[-1])
         names += [launcher.dx_name(dt), launcher.dw_name(dt, dt)]
         DEFAULTS.update(names[-2:])
         if dt in launcher.MMA_DTYPES:  # the GEMM path: every kernel of it is a default
@@ -93,7 +97,7 @@ def main() -> int:
         ldg128, local = len(re.findall(r"\bLDG\.E\.128", body)), len(re.findall(r"\b(LDL|STL)\b", body))
         hmma = len(re.findall(r"\bHMMA\.16816", body))
         target, mma = name in DECODE_TARGETS, name.startswith(("mglu_rowdot_mma", "mglu_bwd_dw_mma", "mglu_bwd_dx_mma",
-                                                                   "mglu_gemm"))
+                                                                   "mglu_gemm", "mglu_rowdot_ring"))
         strict = name in DEFAULTS and (target or mma)
         ok = bool(body) and (not target or ldg128 > 0) and (not mma or hmma > 0) and not (strict and local)
         failed += not ok
