@@ -143,7 +143,9 @@ MMA_DEFAULTS_FEW_TOKENS = ((8, "prmt-words-occ"), (MAX_MASKS, "prmt"))
 #: masks only (:func:`ring_ok`); instantiated up to RING_MAX_MASKS masks
 RING_VARIANTS = {"ring2": 2, "ring3": 3, "ring4": 4}
 #: block tile of mglu_rowdot_ring: RING_ROWS rows of W, 16 tokens, RING_K columns a stage,
-#: RING_THREADS threads (4 warps: 2 row tiles x 2 K halves); kept equal to the .cu enum
+#: RING_THREADS threads (4 warps: 2 row tiles x 2 K halves); kept equal to the .cu enum.
+#: Not swept: 32 rows give 448 blocks at d_ff 14336 (3.4 an SM, 4-5 fit); 128 columns are
+#: 256 contiguous bytes of a row a stage (each warp copy instruction 4 whole 128-byte lines)
 RING_ROWS, RING_K, RING_THREADS = 32, 128, 128
 #: bytes of a W or x row in a ring slot: RING_K 16-bit elements and 16 bytes of padding, so
 #: that the 8 rows an ldmatrix matrix reads start 4 banks apart (32 banks of 4 bytes)
