@@ -6,7 +6,8 @@ Run 63's first form of mglu_rowdot_ring (16-byte cp.async with guards recomputed
 stage, XOR-swizzled slot rows, 122 registers at one mask) ran 16 tokens at one mask in 38.9
 us at 4096x14336, fp16, the current form 49.5 (run 66). This compiles the first form's text
 (git show 21e8261, in a namespace) beside the package's kernels, also with the current
-form's per-block starting stage patched in ("first+stagger"), and times them with the
+form's per-block starting stage patched in ("first+stagger"), and the current form with the
+first form's XOR-swizzled 256-byte slot rows ("current+swizzle"), and times them with the
 current one (ring3, fp16, 4096x14336 and 4096x11008, n_masks 1 and 4, 16 and 2 tokens)
 with the bench's timer, each output checked against the float64 torch backend first.
 """
@@ -42,12 +43,22 @@ def first_forms(path: str | None = None) -> dict[str, str]:
         var = call.split(")")[1].split("*")[0].strip()
         stagger = stagger.replace(call, f"(i64)({var} + k_first < KT ? {var} + k_first : {var} + k_first - KT) * RBK")
     assert stagger.count("k_first") == 7
-    return {"first": text, "first+stagger": stagger}
+    current = (launcher.HERE / "mglu_ring.cu").read_text().replace('#include "mglu_common.cuh"\n', "")
+    swizzled = current
+    for old, new in (("W = RBN * RROW, X = 16 * RROW", "W = RBN * RBK * 2, X = 16 * RBK * 2"),
+                     ("src.wd[j] = r * RROW + 16 * c;", "src.wd[j] = 16 * swz<16>(r, c);"),
+                     ("src.xd[j] = R::W + t * RROW + 16 * c;", "src.xd[j] = R::W + 16 * swz<16>(t, c);"),
+                     ("sx + a_row * RROW + 16 * (c + a_dc)", "sx + 16 * swz<16>(a_row, c + a_dc)"),
+                     ("sw + b_row * RROW + 16 * (c + b_dc)", "sw + 16 * swz<16>(b_row, c + b_dc)")):
+        assert old in swizzled, old
+        swizzled = swizzled.replace(old, new)
+    return {"first": text, "first+stagger": stagger, "current+swizzle": swizzled}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json")
+    ap.add_argument("--shapes", type=int, default=2, help="how many of the two shapes")
     ap.add_argument("--first-source", help="the first form's mglu_ring.cu (default: git show %s)" % FIRST)
     args = ap.parse_args()
     base = launcher.source()
@@ -63,7 +74,7 @@ def main() -> int:
     l2, _ = l2_bytes(DEV)
     print(f"copy {copy:.0f} GB/s", flush=True)
     rows, torch_be = [], REGISTRY["torch"]
-    for d_model, d_ff in ((4096, 14336), (4096, 11008)):
+    for d_model, d_ff in ((4096, 14336), (4096, 11008))[:args.shapes]:
         for n_masks in (1, 4):
             for tokens in (16, 2):
                 nbytes = d_ff * d_model * (2 + n_masks / 8)
@@ -76,7 +87,7 @@ def main() -> int:
                 ref = torch_be.forward(*(t.double() if t.is_floating_point() else t for t in sets[0]), "silu").cpu()
                 tol = bound(torch.float16, rel_error(torch_be.forward(*sets[0], "silu"), ref))
                 stages = launcher.RING_VARIANTS["ring3"]
-                # the first form's slots: W and x rows of 256 bytes (swizzled), then the mask bytes
+                # the first forms' slots: W and x rows of 256 bytes (swizzled), then the mask bytes
                 first_smem = stages * ((32 + 16) * 256 + n_masks * 32 * 16)
 
                 def first(s, fn):
