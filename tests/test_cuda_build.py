@@ -79,7 +79,8 @@ def test_tile_constants_match_the_kernels():
     assert "L = GemvLanes<VAR>::value, RPW = 32 / L, WARPS = L == 32 ? 8 : 4" in fwd
     assert "value = VAR == VAR_LANES8 ? 8 : 32" in common and launcher.GEMV_LANES8_WARPS == 4
     ring = (launcher.HERE / "mglu_ring.cu").read_text()
-    assert "enum { RBN = 32, RBK = 128, RTHREADS = 128, RROW = 2 * RBK + 16 };" in ring and launcher.RING_ROW == 272
+    assert "enum { RBN = 32, RBK = 128, RTHREADS = 128 };" in ring and launcher.RING_ROW == 256
+    assert "16 * swz<16>(tid >> 4, c)" in ring and "16 * swz<16>(b_row, c + b_dc)" in ring
     assert (launcher.RING_ROWS, launcher.RING_K, launcher.RING_THREADS) == (32, 128, 128)
     assert "__launch_bounds__(RTHREADS, RingMinBlocks<NM>::value)" in ring
 
@@ -223,7 +224,7 @@ def test_ring_variants_launch_where_they_serve_and_refuse_elsewhere(monkeypatch,
         kinds = _signatures()["mglu_rowdot_ring"]
         assert [("ptr" if isinstance(a, np.uint64) else "int") for a in args] == kinds and int(args[-1]) == stages
         assert plan.grid == (-(-d_ff // launcher.RING_ROWS), 1, 1) and plan.block == (launcher.RING_THREADS, 1, 1)
-        assert plan.smem == launcher.ring_smem(n_masks, stages) == stages * (13056 + n_masks * 512)
+        assert plan.smem == launcher.ring_smem(n_masks, stages) == stages * (12288 + n_masks * 512)
     fwd = launcher.MODE_FWD
     for args in ((dtype, 4, fwd, 0, d_model, True), (dtype, 4, fwd, 17, d_model, True),
                  (dtype, launcher.RING_MAX_MASKS + 1, fwd, 16, d_model, True), (dtype, 4, fwd, 16, d_model + 32, True),
@@ -262,9 +263,8 @@ def test_default_variants_follow_the_measured_regimes():
         assert launcher.default_variant(dtype, launcher.RING_MAX_MASKS + 1, fwd, 4, 4096) == launcher.DEFAULT_GEMV_VARIANT
         assert launcher.default_variant(dtype, 1, bwd, 4, 4096) == launcher.DEFAULT_GEMV_VARIANT
         assert launcher.default_variant(dtype, 1, bwd, 1, 4096) == launcher.DEFAULT_GEMV_VARIANT
-        # 5-16 tokens: ring2 from 2 to RING_MAX_MASKS masks, prmt-words-occ at one (run 66)
-        assert [launcher.default_variant(dtype, n, fwd, t, 4096) for t in (5, 16) for n in (2, 4, 8)] == ["ring2"] * 6
-        assert launcher.default_variant(dtype, 1, fwd, 16, 4096) == dict(launcher.MMA_DEFAULTS_FEW_TOKENS)[8]
+        # 5-16 tokens: ring2 up to RING_MAX_MASKS masks (runs 66-72)
+        assert [launcher.default_variant(dtype, n, fwd, t, 4096) for t in (5, 16) for n in (1, 4, 8)] == ["ring2"] * 6
         assert launcher.default_variant(dtype, 16, fwd, launcher.MMA_SPLIT_TOKENS, 4096) == launcher.DEFAULT_MMA_VARIANT
         assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS + 1, 4096) == launcher.DEFAULT_MMA_VARIANT
         assert launcher.default_variant(dtype, 4, bwd, 16, 4096) == launcher.DEFAULT_MMA_VARIANT

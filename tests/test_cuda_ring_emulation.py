@@ -1,7 +1,7 @@
 """NumPy mirror of mglu_ring.cu's index math (the cp.async ring kernel), against the torch backend.
 
 out (T, d_ff) = sum_i act(gate_i) (total - gate_i) for T <= 16 tokens. The mirror follows
-the kernel step by step in float64: the stages' copies into ring slots of padded rows (rows
+the kernel step by step in float64: the stages' copies into ring slots of swizzled rows (rows
 past d_ff read the last valid one, tokens past T are zero-filled), the prefetch into the slot of the
 stage before (every slot starts as NaN: a row read before it is written shows), the
 ldmatrix row addresses and the registers they fill, the mask bytes' sign words and pair
@@ -22,12 +22,9 @@ from test_cuda_emulation import _epilogue, _problem
 RBN, RBK = launcher.RING_ROWS, launcher.RING_K
 
 
-ROW_CHUNKS = launcher.RING_ROW // 16  # 16-byte chunks a padded slot row (16 of data, 1 of padding)
-
-
 def _chunk(r, c):
-    """The slot chunk of (row r, 16-byte chunk c): r * RROW + 16 c bytes."""
-    return r * ROW_CHUNKS + c
+    """swz<16> of mglu_gemm.cu: the slot chunk of (row r, 16-byte chunk c) in 16-chunk rows."""
+    return r * 16 + (c ^ (r & 7))
 
 
 def _prmt(a, b, sel):
@@ -68,17 +65,17 @@ def emulate_ring(x, w, m, stages):
 
         def load(slot, kt):  # block bx starts at column block bx % KT and wraps
             k0 = (kt + bx % kt_total) % kt_total * RBK
-            ws = np.full((RBN * ROW_CHUNKS, 8), np.nan)
-            xs = np.full((16 * ROW_CHUNKS, 8), np.nan)
+            ws = np.full((RBN * 16, 8), np.nan)
+            xs = np.full((16 * 16, 8), np.nan)
             ms = np.zeros((n_masks * RBN, 16), dtype=np.int64)
-            for tid in range(launcher.RING_THREADS):  # ring_sources: rows past d_ff, tokens past T clamped
-                c = tid & 15
+            for tid in range(launcher.RING_THREADS):  # ring_sources / ring_fill: rows past d_ff clamped
+                c, d = tid & 15, _chunk(tid >> 4, tid & 15)  # src.d; row 8j further: 128 j chunks
                 for j in range(RBN // 8):
                     r = (tid >> 4) + 8 * j
-                    ws[_chunk(r, c)] = w[min(n0 + r, d_ff - 1), k0 + 8 * c:k0 + 8 * c + 8]
+                    ws[d + 128 * j] = w[min(n0 + r, d_ff - 1), k0 + 8 * c:k0 + 8 * c + 8]
                 for j in range(2):  # tokens past T zero-filled
                     t = (tid >> 4) + 8 * j
-                    xs[_chunk(t, c)] = x[t, k0 + 8 * c:k0 + 8 * c + 8] if t < tokens else 0.0
+                    xs[d + 128 * j] = x[t, k0 + 8 * c:k0 + 8 * c + 8] if t < tokens else 0.0
             for e in range(n_masks * RBN):
                 i, r = e // RBN, e % RBN
                 start = (i * d_ff + min(n0 + r, d_ff - 1)) * pw + k0 // 8

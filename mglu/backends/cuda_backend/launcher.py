@@ -147,15 +147,17 @@ RING_VARIANTS = {"ring2": 2, "ring3": 3, "ring4": 4}
 #: Not swept: 32 rows give 448 blocks at d_ff 14336 (3.4 an SM, 4-5 fit); 128 columns are
 #: 256 contiguous bytes of a row a stage (each warp copy instruction 4 whole 128-byte lines)
 RING_ROWS, RING_K, RING_THREADS = 32, 128, 128
-#: bytes of a W or x row in a ring slot: RING_K 16-bit elements and 16 bytes of padding, so
-#: that the 8 rows an ldmatrix matrix reads start 4 banks apart (32 banks of 4 bytes)
-RING_ROW = 2 * RING_K + 16
+#: bytes of a W or x row in a ring slot: RING_K 16-bit elements, 16-byte chunks XOR-swizzled
+#: (padded 272-byte rows ran 1.23-1.38x slower: H200 run 71)
+RING_ROW = 2 * RING_K
 RING_MAX_MASKS = 8
 #: the ring kernel's defaults where it serves the call (ring_ok), (largest n_masks, variant or
-#: None for the table above): 2-4 tokens, and 5..MMA_SPLIT_TOKENS tokens. To be set from the
-#: ring's H200 runs (cuda MEASUREMENTS_H200.md, runs 63-66)
+#: None for the table above): 2-4 tokens, and 5..MMA_SPLIT_TOKENS tokens. H200 runs 66-72
+#: (cuda MEASUREMENTS_H200.md): ring3 at 2-4 tokens, ring2 at 5-16 (runs 66-67, padded slot
+#: rows); with swizzled rows the ring also wins at one mask (run 71: 36.7 us at 16 tokens,
+#: 4096x14336 fp16, against prmt-words-occ's 46.9 in run 66)
 RING_DEFAULTS_4_TOKENS = ((RING_MAX_MASKS, "ring3"),)
-RING_DEFAULTS_FEW_TOKENS = ((1, None), (RING_MAX_MASKS, "ring2"))
+RING_DEFAULTS_FEW_TOKENS = ((RING_MAX_MASKS, "ring2"),)
 #: the non-default variants are instantiated (and selectable) only in the regime they were
 #: written and timed for: the fp16/bf16 forward
 TUNED_DTYPES = (torch.float16, torch.bfloat16)

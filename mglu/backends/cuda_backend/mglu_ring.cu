@@ -25,8 +25,10 @@
 // 4 warps: 2 row tiles (16 rows, two n8 tiles) x 2 K halves (columns 64 kh .. 64 kh + 63 of
 // every stage). mma.sync m16n8k16 as in mglu_rowdot_mma (A = 16 tokens x 16 k of x, B = 16
 // k x 8 rows of W, fp32 accumulators), but in natural k order: A and B come by ldmatrix from
-// tiles whose rows are padded to RROW = 272 bytes (68 words: the 8 rows a matrix reads start
-// 4 banks apart, so they fall in 8 distinct bank groups). Lane (g, q) of n tile j holds
+// 256-byte slot rows whose 16-byte chunks are XOR-swizzled (swz<16> of mglu_gemm.cu: the 8
+// rows a matrix reads fall in 8 distinct bank groups). Rows padded to 272 bytes instead, also
+// free of bank conflicts on paper, ran 1.23-1.38x slower (run 71, scripts/cuda_ring_ab.py).
+// Lane (g, q) of n tile j holds
 // W[row 8j + g][k 2q, 2q+1] (b0) and [k 2q+8, 2q+9] (b1): the bits 2q, 2q + 1 of two
 // consecutive mask bytes, whose pair masks come from one 32-bit word per 2 k16 steps
 // (ring_signs, ring_pm). The K halves' partial sums meet in shared memory after the loop and
@@ -35,11 +37,11 @@
 // launcher.ring_smem(NM, stages) = stages * RingTile<NM>::STAGE bytes.
 #include "mglu_common.cuh"
 
-enum { RBN = 32, RBK = 128, RTHREADS = 128, RROW = 2 * RBK + 16 };
+enum { RBN = 32, RBK = 128, RTHREADS = 128 };
 
 template <int NM>
 struct RingTile {
-    enum { W = RBN * RROW, X = 16 * RROW, M = NM * RBN * RBK / 8, STAGE = W + X + M,
+    enum { W = RBN * RBK * 2, X = 16 * RBK * 2, M = NM * RBN * RBK / 8, STAGE = W + X + M,
            RED = 2 * (NM + 1) * 2 * 4 * 32 * 4 };
     static_assert(2 * STAGE >= RED, "the K halves' reduction reuses the ring");
     static_assert(STAGE % 16 == 0, "16-byte aligned slots");
@@ -73,7 +75,9 @@ struct RingSources {
     const T* w[RBN / 8];
     const T* x[2];
     const unsigned char* m[RingTile<NM>::MJ];
-    u32 wd[RBN / 8], xd[2], md[RingTile<NM>::MJ];
+    // the slot offset of chunk (tid / 16, tid % 16); the rows tid / 16 + 8j of W and x lie
+    // 8j rows (2048j bytes) further with the same swizzle (tid / 16 < 8), mask chunk e at 16e
+    u32 d;
     bool xv[2];  // token < T: else the chunk is zero-filled, no read
 };
 
@@ -82,26 +86,24 @@ __device__ __forceinline__ void ring_sources(RingSources<T, NM>& src, const T* x
                                              int T_, int d_model, int d_ff, i64 n0, int tid) {
     typedef RingTile<NM> R;
     const int c = tid & 15;
+    src.d = 16 * swz<16>(tid >> 4, c);
 #pragma unroll
     for (int j = 0; j < RBN / 8; ++j) {
         const int r = (tid >> 4) + 8 * j;
         const i64 n = n0 + r < d_ff ? n0 + r : d_ff - 1;
         src.w[j] = w + n * d_model + 8 * c;
-        src.wd[j] = r * RROW + 16 * c;
     }
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
         const int t = (tid >> 4) + 8 * j;
         src.xv[j] = t < T_;
         src.x[j] = x + (i64)(t < T_ ? t : 0) * d_model + 8 * c;
-        src.xd[j] = R::W + t * RROW + 16 * c;
     }
 #pragma unroll
     for (int j = 0; j < R::MJ; ++j) {
         const int e = tid + RTHREADS * j, i = e / RBN, r = e % RBN;
         const i64 n = n0 + r < d_ff ? n0 + r : d_ff - 1;
         src.m[j] = m + ((i64)i * d_ff + n) * (d_model / 8);
-        src.md[j] = R::W + R::X + 16 * e;
     }
 }
 
@@ -109,12 +111,13 @@ __device__ __forceinline__ void ring_sources(RingSources<T, NM>& src, const T* x
 template <class T, int NM>
 __device__ __forceinline__ void ring_fill(const RingSources<T, NM>& src, u32 s, i64 k0, int tid) {
 #pragma unroll
-    for (int j = 0; j < RBN / 8; ++j) cp_async16(s + src.wd[j], src.w[j] + k0, true);
+    for (int j = 0; j < RBN / 8; ++j) cp_async16(s + src.d + 2048 * j, src.w[j] + k0, true);
 #pragma unroll
-    for (int j = 0; j < 2; ++j) cp_async16(s + src.xd[j], src.x[j] + k0, src.xv[j]);
+    for (int j = 0; j < 2; ++j) cp_async16(s + RingTile<NM>::W + src.d + 2048 * j, src.x[j] + k0, src.xv[j]);
 #pragma unroll
     for (int j = 0; j < RingTile<NM>::MJ; ++j)
-        if (tid + RTHREADS * j < NM * RBN) cp_async16(s + src.md[j], src.m[j] + k0 / 8, true);
+        if (tid + RTHREADS * j < NM * RBN)
+            cp_async16(s + RingTile<NM>::W + RingTile<NM>::X + 16 * (tid + RTHREADS * j), src.m[j] + k0 / 8, true);
     cp_async_commit();
 }
 
@@ -195,8 +198,8 @@ __global__ void __launch_bounds__(RTHREADS, RingMinBlocks<NM>::value) mglu_rowdo
         for (int st = 0; st < 4; ++st) {
             const int c = 8 * kh + 2 * st, b = 2 * (st & 1);
             u32 a[4], bw[4];
-            ldsm4<false>(sx + a_row * RROW + 16 * (c + a_dc), a);
-            ldsm4<false>(sw + b_row * RROW + 16 * (c + b_dc), bw);
+            ldsm4<false>(sx + 16 * swz<16>(a_row, c + a_dc), a);
+            ldsm4<false>(sw + 16 * swz<16>(b_row, c + b_dc), bw);
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
                 const u32 b0 = bw[2 * j], b1 = bw[2 * j + 1];
