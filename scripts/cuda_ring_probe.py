@@ -25,7 +25,7 @@ from mglu.backends import cuda_backend
 from mglu.backends.cuda_backend import launcher
 from mglu.bench.harness import Bound, copy_GBps, l2_bytes, rotation_copies, time_bounds
 
-DEV = torch.device("cuda")
+DEV = torch.device("cuda", 0)
 #: bytes of shared memory an SM (H100/H200: 228 KB) and reserved a block (1 KB): hardware facts
 SM_SMEM, BLOCK_RESERVED = 228 * 1024, 1024
 
