@@ -263,8 +263,9 @@ def test_default_variants_follow_the_measured_regimes():
         assert launcher.default_variant(dtype, launcher.RING_MAX_MASKS + 1, fwd, 4, 4096) == launcher.DEFAULT_GEMV_VARIANT
         assert launcher.default_variant(dtype, 1, bwd, 4, 4096) == launcher.DEFAULT_GEMV_VARIANT
         assert launcher.default_variant(dtype, 1, bwd, 1, 4096) == launcher.DEFAULT_GEMV_VARIANT
-        # 5-16 tokens: ring2 up to RING_MAX_MASKS masks (runs 66-72)
-        assert [launcher.default_variant(dtype, n, fwd, t, 4096) for t in (5, 16) for n in (1, 4, 8)] == ["ring2"] * 6
+        # 5-16 tokens: ring3 at one mask, ring2 up to RING_MAX_MASKS (run 72)
+        assert [launcher.default_variant(dtype, n, fwd, t, 4096) for t in (5, 16) for n in (1, 4, 8)] == [
+            "ring3", "ring2", "ring2"] * 2
         assert launcher.default_variant(dtype, 16, fwd, launcher.MMA_SPLIT_TOKENS, 4096) == launcher.DEFAULT_MMA_VARIANT
         assert launcher.default_variant(dtype, 4, fwd, launcher.MMA_SPLIT_TOKENS + 1, 4096) == launcher.DEFAULT_MMA_VARIANT
         assert launcher.default_variant(dtype, 4, bwd, 16, 4096) == launcher.DEFAULT_MMA_VARIANT

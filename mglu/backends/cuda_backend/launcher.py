@@ -154,10 +154,11 @@ RING_MAX_MASKS = 8
 #: the ring kernel's defaults where it serves the call (ring_ok), (largest n_masks, variant or
 #: None for the table above): 2-4 tokens, and 5..MMA_SPLIT_TOKENS tokens. H200 runs 66-72
 #: (cuda MEASUREMENTS_H200.md): ring3 at 2-4 tokens, ring2 at 5-16 (runs 66-67, padded slot
-#: rows); with swizzled rows the ring also wins at one mask (run 71: 36.7 us at 16 tokens,
-#: 4096x14336 fp16, against prmt-words-occ's 46.9 in run 66)
+#: rows); with swizzled rows the ring also wins at one mask (run 72, 4096x14336 fp16, 16
+#: tokens: ring3 37.4 us, ring2 39.9, prmt-words-occ 47.6), where ring3 beats ring2 by 6-19%
+#: at 8 and 16 tokens; at 4 masks they tie (59.7 / 59.9), at 8 ring2 leads by 1-2%
 RING_DEFAULTS_4_TOKENS = ((RING_MAX_MASKS, "ring3"),)
-RING_DEFAULTS_FEW_TOKENS = ((RING_MAX_MASKS, "ring2"),)
+RING_DEFAULTS_FEW_TOKENS = ((1, "ring3"), (RING_MAX_MASKS, "ring2"))
 #: the non-default variants are instantiated (and selectable) only in the regime they were
 #: written and timed for: the fp16/bf16 forward
 TUNED_DTYPES = (torch.float16, torch.bfloat16)
