@@ -57,12 +57,11 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
       (34.9 / 37.1 against 38.0 / 39.1), cuda at 8192x28672 (149.2 / 149.8 against 155.6 /
       160.6, the one shape where the order is wrong); n=8 cuda at all three (59.0 against
       60.9 us at 4096x14336 fp16).
-    - CUDA forward, 2..``BATCHED_CUDA_TOKENS`` tokens: cuda, then triton (H200 run 67, bench,
-      16 tokens, fp16 / bf16, with cuda's ring kernel at 2-8 masks: n=4 cuda 68.4 / 67.8 us
-      against triton 123.6 / 123.4 at 4096x14336, 52.7 against 122.2 (bf16) at 4096x11008;
-      n=1 cuda 36.7 against 44.6 / 44.7 at 4096x11008, triton ahead at 4096x14336, 44.7 /
-      45.5 against 47.3 / 46.7; run 23, bf16, 4096x14336: n=1 cuda 46.5, triton 52.1; 2-15
-      tokens of triton not timed; cuda_backend/MEASUREMENTS_H200.md has cuda at 2, 4, 8).
+    - CUDA forward, 2..``BATCHED_CUDA_TOKENS`` tokens: cuda, then triton (H200 run 73, bench,
+      16 tokens, fp16 / bf16, cuda's ring kernel: 4096x14336 n=1 cuda 36.6 / 36.8 us, triton
+      44.6 / 44.5; n=4 60.1 / 60.0 against 122.8 / 123.0; 4096x11008 n=1 31.1 / 29.9 against
+      44.5 / 44.5, n=4 47.6 / 47.8 against 121.7 / 121.8; 2-15 tokens of triton not timed,
+      cuda's at 2, 4 and 8 in cuda_backend/MEASUREMENTS_H200.md).
     - CUDA forward, ``BATCHED_CUDA_TOKENS`` + 1 .. 64 tokens: triton, then cuda (64 tokens,
       bf16, 4096x14336: n=1 triton 75.9 us, cuda 329.0, H200 run 23, bench; n=4 triton
       239.5 us under do_bench with its L2 flush, H200 run 26, with the 64-deep tile of
