@@ -148,7 +148,7 @@ RING_VARIANTS = {"ring2": 2, "ring3": 3, "ring4": 4}
 #: 256 contiguous bytes of a row a stage (each warp copy instruction 4 whole 128-byte lines)
 RING_ROWS, RING_K, RING_THREADS = 32, 128, 128
 #: bytes of a W or x row in a ring slot: RING_K 16-bit elements, 16-byte chunks XOR-swizzled
-#: (padded 272-byte rows ran 1.23-1.38x slower: H200 run 71)
+#: (padded 272-byte rows ran 1.04-1.38x slower: H200 run 71)
 RING_ROW = 2 * RING_K
 RING_MAX_MASKS = 8
 #: the ring kernel's defaults where it serves the call (ring_ok), (largest n_masks, variant or

@@ -27,7 +27,7 @@
 // k x 8 rows of W, fp32 accumulators), but in natural k order: A and B come by ldmatrix from
 // 256-byte slot rows whose 16-byte chunks are XOR-swizzled (swz<16> of mglu_gemm.cu: the 8
 // rows a matrix reads fall in 8 distinct bank groups). Rows padded to 272 bytes instead, also
-// free of bank conflicts on paper, ran 1.23-1.38x slower (run 71, scripts/cuda_ring_ab.py).
+// free of bank conflicts on paper, ran 1.04-1.38x slower (run 71, scripts/cuda_ring_ab.py).
 // Lane (g, q) of n tile j holds
 // W[row 8j + g][k 2q, 2q+1] (b0) and [k 2q+8, 2q+9] (b1): the bits 2q, 2q + 1 of two
 // consecutive mask bytes, whose pair masks come from one 32-bit word per 2 k16 steps
@@ -129,8 +129,8 @@ __device__ __forceinline__ void cp_async_wait_ring(int stages) {
     else cp_async_wait<2>();
 }
 
-// Registers: 4 blocks an SM (128 a thread) up to 4 masks, 3 (170) above (ptxas report in
-// MEASUREMENTS_H200.md, run 64 lead).
+// Registers: 4 blocks an SM (128 a thread) up to 4 masks, 3 (170) above. ptxas 13.0, sm_90
+// (scripts/cuda_resources.py): 86 / 128 / 168 at 1 / 4 / 8 masks, no local memory.
 template <int NM>
 struct RingMinBlocks {
     enum { value = NM <= 4 ? 4 : 3 };
