@@ -155,8 +155,8 @@ def _cuda_cases() -> list[Case]:
     NT = 4, 40 chunks: every lane's first chunk of the round, a second for lanes 0-7, the
     others' second chunk past the row's end; d_model 320 is not whole 128-column stages).
     The ring kernel (mglu_ring.cu: 2-16 tokens up to 8 masks, d_model % 128 == 0, 32-row
-    blocks, 128-column stages through 2 or 3 slots, each block starting at column block
-    blockIdx % stages): cuda_ring_t2 (2 stages, fewer than ring3's prologue; d_ff 33, a
+    blocks, 128-column stages through 2 or 3 slots, block b starting at stage b % (d_model
+    / 128)): cuda_ring_t2 (2 stages, fewer than ring3's prologue; d_ff 33, a
     second block of one row), cuda_ring_t16_wrap (5 stages: the slots and the start wrap;
     a second block of 8 rows), cuda_ring_t9_masks8 (8 masks, 9 tokens), cuda_ring_t4_batch
     (a (2, 2) batch of tokens, one whole stage, one block).
