@@ -214,7 +214,7 @@ def test_ring_variants_launch_where_they_serve_and_refuse_elsewhere(monkeypatch,
     compiled, calls = set(launcher.instantiations()), []
     monkeypatch.setattr(cuda_backend, "launch", lambda plan, args, device, what: calls.append((plan, args)))
     stages, d_model, d_ff = launcher.RING_VARIANTS[variant], 2 * launcher.RING_K, 70
-    for tokens, n_masks in ((2, 1), (5, 1), (16, launcher.RING_MAX_MASKS), (9, 4)):
+    for tokens, n_masks in ((1, 2), (2, 1), (5, 1), (16, launcher.RING_MAX_MASKS), (9, 4)):
         x, w = torch.randn(tokens, d_model).to(dtype), torch.randn(d_ff, d_model).to(dtype)
         packed = torch.zeros(n_masks, d_ff, d_model // 8, dtype=torch.uint8)
         assert launcher.aligned(x, w, packed)

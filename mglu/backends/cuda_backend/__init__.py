@@ -71,8 +71,9 @@ MASK_WORD_BYTES = 4
 def _rowdot(mode, x2d, weight, packed, activation, dout, out, dbuf, variant=None):
     tokens, d_model = x2d.shape
     d_ff, n_masks = weight.shape[0], packed.shape[0]
-    # the ring kernel's 16-byte copies (launcher.ring_ok); asked only where it may run
-    aligned16 = tokens > 1 and aligned(x2d, weight, packed)
+    # the ring kernel's 16-byte copies (launcher.ring_ok); asked only where it may run (its
+    # defaults start at 2 tokens; a ring variant named at 1 token runs too)
+    aligned16 = (tokens > 1 or variant in launcher.RING_VARIANTS) and aligned(x2d, weight, packed)
     plan = rowdot_plan(x2d.dtype, n_masks, mode, tokens, d_ff, d_model, variant, aligned16)
     args = [pointer(x2d), pointer(weight), pointer(packed), pointer(dout), pointer(out), pointer(dbuf),
             np.int32(tokens), np.int32(d_model), np.int32(d_ff), np.int32(launcher.activation_id(activation))]
