@@ -150,9 +150,10 @@ def emulate_ring(x, w, m, stages):
 
 
 # d_model 256 = 2 stages (shorter than the ring at 3 and 4 stages: the prologue's empty
-# groups), 640 = 5 (the slots wrap); d_ff 40 and 33 end in a partial block; 16, 5 and 9 tokens
+# groups), 640 = 5 (the slots wrap); d_ff 40, 33, 17 and 20 end in a partial block;
+# 16, 5, 9, 2 and 1 tokens
 @pytest.mark.parametrize("shape, stages", [((16, 640, 40, 2), 3), ((5, 256, 33, 1), 4), ((9, 640, 33, 3), 2),
-                                           ((16, 384, 32, 1), 4)])
+                                           ((16, 384, 32, 1), 4), ((2, 384, 17, 4), 3), ((1, 256, 20, 2), 3)])
 def test_ring_kernel_index_math(shape, stages):
     x, w, m, expected = _problem(*shape)
     np.testing.assert_allclose(emulate_ring(x, w, m, stages), expected, rtol=1e-12, atol=1e-12)
