@@ -55,8 +55,6 @@ CHECK_SHAPES = ("4128x1001", "4104x999", "4224x1001")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 #: 1 GiB: far above the 50 MB L2, so the copy streams from HBM
 COPY_BYTES = 1 << 30
-#: --variants: the variants timed and checked (None: all)
-ONLY = None
 #: seconds of timed calls per row (the bench takes 0.1): ~150 rows must fit one device call
 REP_S = 0.05
 
@@ -118,12 +116,13 @@ def run_variant(sets, variant, ref, tol, compiled, copy_gbps, l2) -> dict:
     return row
 
 
-def variants_for(tokens, dtype, n_masks, d_model):
-    """(the variants of the kernel that runs ``tokens``, the one the launcher takes by default)."""
+def variants_for(tokens, dtype, n_masks, d_model, only=None):
+    """(the variants of the kernel that runs ``tokens``, those in ``only`` if given; the one the
+    launcher takes by default)."""
     names = list(launcher.GEMV_VARIANTS if tokens <= max(launcher.GEMV_TOKENS) else launcher.MMA_VARIANTS)
     # the ring kernel's variants where it serves the call (fresh inputs: 16-byte aligned)
     names += [v for v in launcher.RING_VARIANTS if launcher.ring_ok(dtype, n_masks, launcher.MODE_FWD, tokens, d_model, True)]
-    return [v for v in names if ONLY is None or v in ONLY], launcher.default_variant(
+    return [v for v in names if only is None or v in only], launcher.default_variant(
         dtype, n_masks, launcher.MODE_FWD, tokens, d_model)
 
 
@@ -145,8 +144,7 @@ def main() -> int:
     ap.add_argument("--check-tokens", nargs="+", type=int, default=[1, 3, 16], help="token counts of the check shapes")
     ap.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES))
     args = ap.parse_args()
-    global ONLY
-    ONLY = None if args.variants is None else set(args.variants.split(","))
+    only = None if args.variants is None else set(args.variants.split(","))
 
     start = time.perf_counter()
     copy_gbps = copy_GBps(DEV, COPY_BYTES, reps=20, warm=3)
@@ -164,7 +162,7 @@ def main() -> int:
                 for tokens in args.check_tokens:
                     x, w, packed = inputs(tokens, d_model, d_ff, n_masks, DTYPES[dname], seed=n_masks * 7 + tokens)
                     ref, tol = judge(x, w, packed)
-                    for variant in variants_for(tokens, DTYPES[dname], n_masks, d_model)[0]:
+                    for variant in variants_for(tokens, DTYPES[dname], n_masks, d_model, only)[0]:
                         row = {"check_only": True, "dtype": dname, "d_model": d_model, "d_ff": d_ff,
                                "n_masks": n_masks, "tokens": tokens, "variant": variant}
                         try:
@@ -188,7 +186,7 @@ def main() -> int:
                     sets = [inputs(tokens, d_model, d_ff, n_masks, DTYPES[dname], seed=n_masks * 100 + tokens + 1000 * c)
                             for c in range(copies)]
                     ref, tol = judge(*sets[0])
-                    variants, default = variants_for(tokens, DTYPES[dname], n_masks, d_model)
+                    variants, default = variants_for(tokens, DTYPES[dname], n_masks, d_model, only)
                     for variant in variants:
                         row = {"dtype": dname, "d_model": d_model, "d_ff": d_ff, "n_masks": n_masks,
                                "tokens": tokens, "variant": variant, "default": variant == default}

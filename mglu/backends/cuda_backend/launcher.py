@@ -151,8 +151,8 @@ RING_ROWS, RING_K, RING_THREADS = 32, 128, 128
 #: (padded 272-byte rows ran 1.04-1.38x slower: H200 run 71)
 RING_ROW = 2 * RING_K
 RING_MAX_MASKS = 8
-#: the ring kernel's defaults where it serves the call (ring_ok), (largest n_masks, variant or
-#: None for the table above): 2-4 tokens, and 5..MMA_SPLIT_TOKENS tokens. H200 runs 66-72
+#: the ring kernel's defaults where it serves the call (ring_ok), (largest n_masks, variant):
+#: 2-4 tokens, and 5..MMA_SPLIT_TOKENS tokens. H200 runs 66-72
 #: (cuda MEASUREMENTS_H200.md): ring3 at 2-4 tokens, ring2 at 5-16 (runs 66-67, padded slot
 #: rows); with swizzled rows the ring also wins at one mask (run 72, 4096x14336 fp16, 16
 #: tokens: ring3 37.4 us, ring2 39.9, prmt-words-occ 47.6), where ring3 beats ring2 by 6-19%
@@ -230,6 +230,11 @@ def rowdot_name(dtype, n_masks: int, mode: int, nt: int | None, var: int) -> str
     return f"mglu_rowdot_tiled<{CTYPE[dtype]}, {n_masks}, {mode}>"
 
 
+def ring_name(dtype, n_masks: int) -> str:
+    """``mglu_rowdot_ring<T, NM>`` (mglu_ring.cu; the fp16/bf16 forward only)."""
+    return f"mglu_rowdot_ring<{CTYPE[dtype]}, {n_masks}>"
+
+
 def _variant(table: dict, default: str, variant: str | None, dtype, mode):
     """``table[variant]`` (``default`` for None); outside the fp16/bf16 forward only the
     base default (DEFAULT_GEMV_VARIANT, DEFAULT_MMA_VARIANT) is instantiated."""
@@ -260,14 +265,12 @@ def default_variant(dtype, n_masks: int, mode: int, tokens: int, d_model: int, a
     """The variant a call gets without ``variant=``: the measured winners of the fp16/bf16
     forward at 1 token (by n_masks; an 8-lane variant only on rows of at most
     GEMV_LANES8_MAX_D_MODEL columns), at 2-4 tokens and at 5..MMA_SPLIT_TOKENS tokens (the
-    ring kernel where it serves the call, :func:`ring_ok`, and the table names one; else by
-    n_masks), the base defaults elsewhere."""
+    ring kernel where it serves the call, :func:`ring_ok`; else by n_masks), the base
+    defaults elsewhere."""
     tuned = dtype in TUNED_DTYPES and mode == MODE_FWD
     if tuned and tokens > 1 and ring_ok(dtype, n_masks, mode, tokens, d_model, aligned16):
         table = RING_DEFAULTS_4_TOKENS if tokens <= max(GEMV_TOKENS) else RING_DEFAULTS_FEW_TOKENS
-        ring = next(v for top, v in table if n_masks <= top)
-        if ring is not None:
-            return ring
+        return next(v for top, v in table if n_masks <= top)
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     if nt is not None:
         if tuned and nt == 1:
@@ -315,7 +318,7 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, d_model, variant: str | None
                              f"and 16-byte aligned inputs (got {dtype}, mode {mode}, {tokens} tokens, "
                              f"n_masks {n_masks}, d_model {d_model}, aligned {aligned16})")
         stages = RING_VARIANTS[variant]
-        return Launch(f"mglu_rowdot_ring<{CTYPE[dtype]}, {n_masks}>", (_cdiv(d_ff, RING_ROWS), 1, 1),
+        return Launch(ring_name(dtype, n_masks), (_cdiv(d_ff, RING_ROWS), 1, 1),
                       (RING_THREADS, 1, 1), tail=(stages,), smem=ring_smem(n_masks, stages))
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     if nt is not None:
@@ -410,7 +413,7 @@ def instantiations(dtype=None) -> list[str]:
                 names += [rowdot_name(dt, nm, mode, nt, v) for nt in GEMV_TOKENS for v in sorted(gemv)]
                 names += [rowdot_name(dt, nm, mode, None, v) for v in sorted(mma if dt in MMA_DTYPES else {0})]
         if dt in MMA_DTYPES:
-            names += [f"mglu_rowdot_ring<{CTYPE[dt]}, {nm}>" for nm in range(MIN_MASKS, RING_MAX_MASKS + 1)]
+            names += [ring_name(dt, nm) for nm in range(MIN_MASKS, RING_MAX_MASKS + 1)]
         names.append(dx_name(dt))
         names += [dw_name(dt, dm) for dm in CTYPE]
         if dt in MMA_DTYPES:
