@@ -8,7 +8,9 @@ Usage (on the GPU):
         --section MemoryWorkloadAnalysis python scripts/ncu_decode.py [--shape 4096x11008] [--n-masks 4] [--dtype fp16]
 
 ``python scripts/ncu_decode.py --summarize FILE`` prints, from ncu's ``--csv --page details``
-output, each profiled kernel's metrics in one table (short kernel names). The first call of
+output, each profiled kernel's metrics in one table (short kernel names); ``--summarize-raw
+FILE`` the same from ``--csv --page raw`` output, for the metrics that say where a kernel's
+time goes (RAW_METRICS: issue, pipes, stall reasons, shared memory, DRAM). The first call of
 each backend compiles; the second is the same kernel again (ncu profiles
 both: compare them, the numbers should agree). Each output is checked against the torch
 backend within SPEC §4's bound before the script exits (a wrong kernel's profile is worthless).
@@ -46,9 +48,36 @@ def summarize(path) -> int:
     return 0
 
 
+#: substrings of the raw page's metric names that --summarize-raw prints: throughput against
+#: peak, issue activity, the pipes' utilisation, the warp stall reasons, instruction counts
+RAW_METRICS = ("gpu__time_duration.sum", "dram__throughput.avg.pct", "sm__throughput.avg.pct",
+               "l1tex__throughput.avg.pct", "lts__throughput.avg.pct", "smsp__issue_active.avg.pct",
+               "sm__warps_active.avg.per_cycle_active", "smsp__inst_executed.sum", "pipe_tensor", "pipe_alu",
+               "pipe_fma", "pipe_lsu", "pipe_shared", "mio", "issue_stalled", "data_pipe_lsu_wavefronts_mem_shared",
+               "registers_per_thread", "shared_mem_per_block")
+
+
+def summarize_raw(path) -> int:
+    """The RAW_METRICS columns of ncu's ``--csv --page raw`` output, one column per launch."""
+    with open(path) as f:
+        rows = list(csv.reader(line for line in f if line.startswith('"')))
+    head, units, launches = rows[0], rows[1], rows[2:]
+    kname = head.index("Kernel Name")
+    names = []
+    for r in launches:
+        m = re.search(r"decode_wide|mglu_rowdot_(gemv|ring|mma)[^(]*|fwd_gemv|fwd_mma", r[kname])
+        names.append(m.group(0) if m else r[kname][:20])
+    print("launch: " + "; ".join(f"{i}={n}" for i, n in enumerate(names)))
+    for c, name in enumerate(head):
+        if any(k in name for k in RAW_METRICS):
+            print(f"{name[:70]:70s} {units[c][:8]:8s} " + " ".join(f"{r[c][:11]:>11s}" for r in launches))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--summarize", metavar="CSV", help="print the table of an ncu CSV and exit")
+    ap.add_argument("--summarize-raw", metavar="CSV", help="the same for ncu's raw page")
     ap.add_argument("--shape", default="4096x11008", help="d_model x d_ff")
     ap.add_argument("--n-masks", type=int, default=4)
     ap.add_argument("--dtype", default="fp16", choices=list(DTYPES))
@@ -59,6 +88,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.summarize:
         return summarize(args.summarize)
+    if args.summarize_raw:
+        return summarize_raw(args.summarize_raw)
     d_model, d_ff = (int(v) for v in args.shape.split("x"))
     dev, dtype = torch.device("cuda"), DTYPES[args.dtype]
     gen = torch.Generator(device=dev).manual_seed(7)
