@@ -5,7 +5,7 @@ Usage: python scripts/triton_compile_check.py [--dtypes fp16,bf16,fp32,fp64] [--
 ``triton.compile`` with ``GPUTarget("cuda", 90, 32)`` runs the whole pipeline (TTIR,
 TTGIR, LLVM, PTX, ptxas) on the CPU, so a lowering failure on Hopper (such as Triton
 3.6's fp64 dot on a register operand) shows up before any device
-time is spent (registers and spills are reported on the GPU by scripts/triton_tune.py). Exit 1 if any kernel fails to compile.
+time is spent; each line also counts the TTGIR's ``convert_layout`` ops (registers and spills are reported on the GPU by scripts/triton_tune.py). Exit 1 if any kernel fails to compile.
 """
 
 import argparse
@@ -37,7 +37,9 @@ def _compile(fn, sig: dict, consts: dict, c) -> str:
         lines = [ln for ln in str(exc).splitlines() if "rror" in ln or "ssert" in ln]
         return "FAIL " + (lines[0] if lines else type(exc).__name__)[:200]
     meta = k.metadata
-    return f"ok shared={meta.shared} B"
+    # layout conversions in the TTGIR: each one between registers is a trip through shared
+    # memory (DESIGN.md, "What Triton's lowering costs the masked tensor-core tile")
+    return f"ok shared={meta.shared} B convert_layout={k.asm['ttgir'].count('ttg.convert_layout')}"
 
 
 def main(argv=None) -> int:
@@ -62,7 +64,8 @@ def main(argv=None) -> int:
                     sig = base  # MODE 2's aux (the gradient factors) is in the input dtype too
                     jobs.append((f"fwd_mma mode={mode}", kernels.fwd_mma, sig, dict(
                         N_MASKS=n, G=g, ACT=0, MODE=mode, BN=c.BN, BT=c.BT, BK=c.BK, GROUP=tiles.GROUP,
-                        STAGED=c.staged, PREC="ieee", UPCAST=False, ACC=acc), c))
+                        STAGED=c.staged, PREC="ieee", UPCAST=False, ACC=acc,
+                        PAIRS=c.pairs and not c.staged and dt in ("fp16", "bf16")), c))  # as launch._pairs
                 jobs.append(("ds_from_factors", kernels.ds_from_factors, {
                     "f_ptr": p, "dout_ptr": p, "ds_ptr": p, "TN": "i32"},
                     dict(N_MASKS=n, BLOCK=tiles.DS_BLOCK, ACC=acc), SimpleNamespace(num_warps=tiles.DS_WARPS)))

@@ -87,7 +87,7 @@ print("DEFAULT_PAIRS", int(c.pairs))
 def test_mma_masked_tiles_in_inline_ptx_take_a_prmt_a_pair():
     """16 tokens, n=4, bf16, the default tile, 16-divisible sizes (8 columns a thread):
     with ``pairs`` every register pair of every mask is one ``prmt`` and the kernel is at
-    least a fifth shorter than with ``tl.where`` (DESIGN.md: 2600 -> 2032 instructions,
+    least a fifth shorter than with ``tl.where`` (MEASUREMENTS_H200.md: 2600 -> 2032 instructions,
     triton 3.6); the default tile takes it."""
     n = 4
     run = subprocess.run([sys.executable, "-c", MMA_SCRIPT, str(n), "16"], capture_output=True, text=True, timeout=600)

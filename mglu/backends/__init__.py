@@ -35,12 +35,12 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
     - CPU: torch (the kernel backends run on CPU only under their interpreters).
     - CUDA backward, more than ``PREFILL_TOKENS`` tokens: triton first (training step
       forward + backward on one backend, 4096x11008, 2048 tokens, n=4, bf16, H100 run 8 of
-      triton_backend/DESIGN.md: triton 11.1 ms, the torch backend 19.7 ms; run 9, with the
+      triton_backend/MEASUREMENTS.md: triton 11.1 ms, the torch backend 19.7 ms; run 9, with the
       faster mask packing, triton 9.3 ms); fewer tokens: torch first (triton's backward is
       not measured there).
     - CUDA forward, 1 token: up to ``ONE_TOKEN_TRITON_MASKS`` masks triton first, then
       cuda; more masks cuda first (``python -m mglu bench --preset paper``, fp16, H100 run
-      12 of triton_backend/DESIGN.md: 4096x14336 n=1 triton 45.5 us, cuda 46.7; n=2 48.9
+      12 of triton_backend/MEASUREMENTS.md: 4096x14336 n=1 triton 45.5 us, cuda 46.7; n=2 48.9
       vs 51.6; n=4 61.9 vs 57.2; n=8 84.5 vs 72.7; 2048x8192 the same order). On the H100
       (run 12) numba's kernel beat triton's from four masks (59.8 and 74.9 us); on the H200
       it was the slowest of the three at all but two 1-token points of runs 36-38, and since

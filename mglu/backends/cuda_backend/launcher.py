@@ -66,7 +66,7 @@ MMA_SPLIT_TOKENS = 16
 #: Mask loads: a byte per plane and chunk (``vec = 1``) or, where d_model % 32 == 0, a
 #: 32-bit word per plane and 4 consecutive chunks (``vec = 2``). See mglu_rowdot_gemv.
 #: The bytes twins of the tuned variants (same instantiations, ``vec = 1``) are the H200
-#: lead of triton_backend/DESIGN.md: each 16-byte load of a warp reads 512 contiguous bytes.
+#: lead of triton_backend/MEASUREMENTS_H200.md: each 16-byte load of a warp reads 512 contiguous bytes.
 #: VAR_LANES8 (5): 8 lanes a row, 4 rows a warp, GEMV_LANES8_WARPS warps a block: the numba
 #: backend's layout, its fastest at 2-4 masks on the H200 (numba_backend/DESIGN.md).
 GEMV_VARIANTS = {
@@ -185,7 +185,7 @@ VECTOR_BYTES = 16
 
 #: fp16/bf16 calls of at least this many tokens take the staged-weight GEMM path
 #: (mglu_gemm.cu) when d_model and d_ff are multiples of 8 and the bases 16-byte aligned.
-#: 256 is the switch the Triton backend measured for its own staged path (triton DESIGN.md,
+#: 256 is the switch the Triton backend measured for its own staged path (triton MEASUREMENTS.md,
 #: run 7: n_masks 4, 256 tokens staged 663 us vs 855); not measured for these kernels.
 GEMM_MIN_TOKENS = 256
 #: mglu_gemm's MODE: forward, backward kernel A (D, S), dx, dW/dM (mglu_gemm.cu enum)

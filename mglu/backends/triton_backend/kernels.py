@@ -102,7 +102,7 @@ def _chain(acc, byte, prod, ASM: tl.constexpr):
     a byte and 8 predicated ``FFMA`` (the multiply of ``prod`` folded in), as in the cuda
     backend's ``fma_if``. One accumulator a thread and mask: the first form kept ``(BN, BG,
     8)`` per-element partial sums, 8 registers each (121 registers at n=4 against 65-70
-    now) and ran 18-22% slower at n=4 and 26-32% at n=8 (H200 run 35, DESIGN.md). Without ``ASM``
+    now) and ran 18-22% slower at n=4 and 26-32% at n=8 (H200 run 35, MEASUREMENTS_H200.md). Without ``ASM``
     (Triton's interpreter, which runs no PTX, and fp64) the same sum through ``tl.where``."""
     if ASM:
         p0, p4, p2, p6, p1, p5, p3, p7 = _eight(prod)
@@ -260,7 +260,7 @@ def _bits(p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
     """``(BN, 8 BG)`` int1: bit ``c % 8`` of byte ``P[m, n, c // 8]`` for the columns
     ``c = 8 kb0 ..``; all-ones where ``valid`` is false (the plane ``M_n = 1``). One byte
     load per 8 columns, expanded in registers (``(BN, BG, 8)`` reshaped): a per-column
-    byte gather ran 5-7x slower on the H100 (DESIGN.md)."""
+    byte gather ran 5-7x slower on the H100 (MEASUREMENTS.md run 2)."""
     byte = _mask_bytes(p_ptr, m, offs_n, kb0, N, KB, valid, BG)
     bits = (byte[:, :, None] >> tl.arange(0, 8).to(tl.uint8)[None, None, :]) & 1
     return tl.reshape(bits, (offs_n.shape[0], 8 * BG)) != 0
@@ -287,11 +287,11 @@ def _masked_pairs(w, p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
     ``j`` to bit 15, ``byte * 2**(31 - j)`` the high element's to bit 31, a
     sign-replicating ``prmt`` spreads them over the two halves and an ``and`` applies them:
     4 instructions a pair, against about 8 an element for the select (bit shift, compare,
-    select and repacking of :func:`_bits`; SASS of triton 3.6, DESIGN.md). Each element
+    select and repacking of :func:`_bits`; SASS of triton 3.6, MEASUREMENTS_H200.md run 33). Each element
     brings its own byte and ``j``: which two elements share a register depends on the
     layout Triton picks (8 consecutive columns a thread for 16-divisible sizes, one for
     others: offline TTGIR; the first form, which assumed the former, failed the GPU
-    conformance, DESIGN.md run 34)."""
+    conformance, MEASUREMENTS_H200.md run 34)."""
     byte = _mask_bytes(p_ptr, m, offs_n, kb0, N, KB, valid, BG)
     j = tl.arange(0, 8)[None, None, :]
     shape: tl.constexpr = (offs_n.shape[0], BG, 8)

@@ -111,7 +111,7 @@ def _launch_compiled(jit_fn, grid, args: tuple, constexprs: dict, options: dict)
     options and :func:`_specialisation` of every argument) and launched through
     ``CompiledKernel.run``, the call ``JITFunction.run`` ends in (triton/runtime/jit.py). On
     the H200 ``JITFunction.run`` was the largest host cost of an eager decode call after
-    the op's own code (``scripts/host_loop.py --profile``, triton_backend/DESIGN.md run
+    the op's own code (``scripts/host_loop.py --profile``, triton_backend/MEASUREMENTS_H200.md run
     27). With a launch hook set (a profiler) every call takes Triton's own path."""
     runtime = triton.knobs.runtime
     hooked = _hook_set(runtime.launch_enter_hook) or _hook_set(runtime.launch_exit_hook)

@@ -1,7 +1,7 @@
 """Every tile and regime constant of the Triton backend, with where it came from.
 
 ``T`` tokens, ``n`` masks. The constants marked *H100* were chosen by the sweep in
-``scripts/triton_tune.py`` on the device tool's H100 (numbers in DESIGN.md); the rest
+``scripts/triton_tune.py`` on the device tool's H100 (numbers in MEASUREMENTS.md, the H200's in MEASUREMENTS_H200.md); the rest
 follow from a hardware fact stated beside them.
 """
 
