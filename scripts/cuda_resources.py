@@ -36,7 +36,7 @@ DEFAULTS = {launcher.rowdot_plan(dt, nm, FWD, tokens, 64, 4096).name for dt in (
 def kernels() -> list[str]:
     """The decode targets, then per dtype the plans of 1, 4 and 16 tokens at n_masks 1, 4, 16
     (default variants), the tensor-core variants of the fp16/bf16 forward, the ring kernel at
-    RING_MAX_MASKS, dx and dW, and the
+    RING_MAX_MASKS and its mask-line form at 1, 4 and RING_MAX_MASKS, dx and dW, and the
     staged GEMM path's kernels (fp16/bf16: mglu_gemm in its four modes, mglu_expand)."""
     names = list(DECODE_TARGETS)
     for dt in DTYPES:
@@ -49,6 +49,8 @@ def kernels() -> list[str]:
         if dt in launcher.TUNED_DTYPES:  # the ring kernel at its largest n_masks (a default there)
             names.append(launcher.rowdot_plan(dt, launcher.RING_MAX_MASKS, FWD, 16, 64, 4096).name)
             DEFAULTS.add(names[-1])
+            # its mask-line variants (not defaults: reported)
+            names += [launcher.ring_name(dt, nm, True) for nm in (1, 4, launcher.RING_MAX_MASKS)]
         names += [launcher.dx_name(dt), launcher.dw_name(dt, dt)]
         DEFAULTS.update(names[-2:])
         if dt in launcher.MMA_DTYPES:  # the GEMM path: every kernel of it is a default

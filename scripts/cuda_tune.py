@@ -9,7 +9,7 @@ Usage: PYTHONPATH=$PWD python scripts/cuda_tune.py [--json PATH] [--shapes 4096x
 
 First, at the odd check shapes (tails: d_model % 128 != 0 or % 32 != 0, d_ff not a multiple
 of a block's rows) every variant of 1, 3 and 16 tokens (``--check-tokens``) is checked, not
-timed; the ring variants (launcher.RING_VARIANTS) where d_model % 128 == 0 (4224x1001). Then for every
+timed; the ring variants (launcher.RING_VARIANTS) where they serve the shape (4224x1001; the mask-line ones at 2048x1001). Then for every
 dtype (bf16, fp16), shape (d_model x d_ff), n_masks and token count (1: the decode kernel's
 variants, launcher.GEMV_VARIANTS; 16: the tensor-core kernel's, MMA_VARIANTS; the ring
 kernel's, RING_VARIANTS, at 1-16 tokens where it serves the call) it
@@ -50,8 +50,9 @@ DEV = torch.device("cuda")
 SHAPES = ("4096x14336", "8192x28672", "4096x11008")
 #: tails of every path: 4128 = 32 * 129 (words paths with a 32-column tail step), 4104 =
 #: 8 * 513 (bytes path), 4224 = 128 * 33 (the ring kernel's whole stages, 33 of them: the
-#: ring's slots wrap); d_ff odd (a partial last block)
-CHECK_SHAPES = ("4128x1001", "4104x999", "4224x1001")
+#: ring's slots wrap), 2048 = 1024 * 2 (two lines of the ring's mask-line variants, whose
+#: blocks start at line 0 or 1); d_ff odd (a partial last block)
+CHECK_SHAPES = ("4128x1001", "4104x999", "4224x1001", "2048x1001")
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 #: 1 GiB: far above the 50 MB L2, so the copy streams from HBM
 COPY_BYTES = 1 << 30
@@ -121,7 +122,8 @@ def variants_for(tokens, dtype, n_masks, d_model, only=None):
     launcher takes by default)."""
     names = list(launcher.GEMV_VARIANTS if tokens <= max(launcher.GEMV_TOKENS) else launcher.MMA_VARIANTS)
     # the ring kernel's variants where it serves the call (fresh inputs: 16-byte aligned)
-    names += [v for v in launcher.RING_VARIANTS if launcher.ring_ok(dtype, n_masks, launcher.MODE_FWD, tokens, d_model, True)]
+    names += [v for v, (_, lines) in launcher.RING_VARIANTS.items()
+              if launcher.ring_ok(dtype, n_masks, launcher.MODE_FWD, tokens, d_model, True, lines)]
     return [v for v in names if only is None or v in only], launcher.default_variant(
         dtype, n_masks, launcher.MODE_FWD, tokens, d_model)
 

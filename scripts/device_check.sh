@@ -32,9 +32,9 @@
 #                 and 4, fp16 and bf16, triton and cuda, JSON in $OUT/bench_batched16.json
 #   ncu[:SHAPE:N:DTYPE]  Nsight Compute over scripts/ncu_decode.py (the 1-token decode kernels
 #                 of numba, cuda, triton; default 4096x11008:4:fp16), CSV in $OUT/ncu_decode.csv
-#   ncuraw:SHAPE:N:DTYPE:TOKENS[:BACKENDS]  the same kernels at TOKENS tokens (the ring and
-#                 triton's fwd_mma too), every metric of the sections that say where the time goes
-#                 (ncu's raw page), CSV in $OUT/ncu_raw_TOKENS.csv and the summary of RAW_METRICS
+#   ncuraw:SHAPE:N:DTYPE:TOKENS[:BACKENDS[:CUDA_VARIANTS]]  the same kernels at TOKENS tokens
+#                 (the ring and triton's fwd_mma too; named cuda variants beside the defaults), every metric of the sections that say where the time goes
+#                 (ncu's raw page), CSV in $OUT/ncu_raw_N_TOKENS.csv and the summary of RAW_METRICS
 #   pytest        the test suite on the GPU (python -m pytest -q)
 #   pytest:FILES  test files on the GPU (a comma list)
 # Usage, from the repo root: bash scripts/device_check.sh [STEP ...]
@@ -102,13 +102,13 @@ for step in "${steps[@]}"; do
         --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
         python3 scripts/ncu_decode.py --shape "${shape:-4096x11008}" --n-masks "${n:-4}" --dtype "${dt:-fp16}" \
         >"$out/ncu_decode.csv" && python3 scripts/ncu_decode.py --summarize "$out/ncu_decode.csv" ;;
-    ncuraw:*) IFS=: read -r _ shape n dt tk be <<<"$step"
+    ncuraw:*) IFS=: read -r _ shape n dt tk be cv <<<"$step"
       ncu --csv --page raw -k regex:"decode_wide|mglu_rowdot|fwd_gemv|fwd_mma" --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
         --section SchedulerStats --section WarpStateStats --section InstructionStats --section LaunchStats \
         python3 scripts/ncu_decode.py --shape "$shape" --n-masks "$n" --dtype "$dt" --tokens "$tk" \
-        --backends "${be:-cuda,triton}" >"$out/ncu_raw_$tk.csv" \
-        && python3 scripts/ncu_decode.py --summarize-raw "$out/ncu_raw_$tk.csv" ;;
+        --backends "${be:-cuda,triton}" --cuda-variants "${cv:-}" >"$out/ncu_raw_${n}_$tk.csv" \
+        && python3 scripts/ncu_decode.py --summarize-raw "$out/ncu_raw_${n}_$tk.csv" ;;
     pytest) python3 -m pytest -q -x -p no:cacheprovider ;;
     pytest:*) files=${step#pytest:}; python3 -m pytest -q -p no:cacheprovider ${files//,/ } ;;
     suite) MGLU_BENCH_PRESET=paper python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=median,iqr ;;

@@ -49,7 +49,9 @@ def test_nvrtc_compiles_one_of_each_kernel():
              launcher.dw_name(torch.bfloat16, torch.float32),
              launcher.gemm_name(torch.bfloat16, launcher.GEMM_DS),
              launcher.gemm_name(torch.float16, launcher.GEMM_DW, torch.float32),
-             launcher.expand_plan(torch.bfloat16, 8, 8).name]
+             launcher.expand_plan(torch.bfloat16, 8, 8).name,
+             launcher.ring_name(torch.float16, 4),
+             launcher.ring_name(torch.bfloat16, 4, lines=True)]
     ok, log = build.nvrtc(names)
     assert ok, log
 
@@ -79,10 +81,12 @@ def test_tile_constants_match_the_kernels():
     assert "L = GemvLanes<VAR>::value, RPW = 32 / L, WARPS = L == 32 ? 8 : 4" in fwd
     assert "value = VAR == VAR_LANES8 ? 8 : 32" in common and launcher.GEMV_LANES8_WARPS == 4
     ring = (launcher.HERE / "mglu_ring.cu").read_text()
-    assert "enum { RBN = 32, RBK = 128, RTHREADS = 128 };" in ring and launcher.RING_ROW == 256
+    assert "enum { RBN = 32, RBK = 128, RTHREADS = 128, RLINE = 8 };" in ring and launcher.RING_ROW == 256
     assert "16 * swz<16>(tid >> 4, c)" in ring and "16 * swz<16>(b_row, c + b_dc)" in ring
     assert (launcher.RING_ROWS, launcher.RING_K, launcher.RING_THREADS) == (32, 128, 128)
-    assert "__launch_bounds__(RTHREADS, RingMinBlocks<NM>::value)" in ring
+    assert "__launch_bounds__(RTHREADS, RingMinBlocks<NM>::value) mglu_rowdot_ring(" in ring
+    assert "__launch_bounds__(RTHREADS, RingMinBlocks<NM, true>::value) mglu_rowdot_ring_lines(" in ring
+    assert launcher.RING_LINE == 8
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -184,7 +188,8 @@ def test_launch_arguments_match_the_kernel_signatures(monkeypatch, dtype, tokens
 
     sigs, calls = _signatures(), []
     assert set(sigs) == {"mglu_rowdot_gemv", "mglu_rowdot_tiled", "mglu_rowdot_mma", "mglu_bwd_dx", "mglu_bwd_dw",
-                         "mglu_bwd_dw_mma", "mglu_bwd_dx_mma", "mglu_gemm", "mglu_expand", "mglu_rowdot_ring"}
+                         "mglu_bwd_dw_mma", "mglu_bwd_dx_mma", "mglu_gemm", "mglu_expand", "mglu_rowdot_ring",
+                         "mglu_rowdot_ring_lines"}
     monkeypatch.setattr(cuda_backend, "launch", lambda plan, args, device, what: calls.append((plan, args, what())))
     d_model, d_ff, n_masks = 20, 12, 3
     x = torch.randn(tokens, d_model).to(dtype)
@@ -203,8 +208,9 @@ def test_launch_arguments_match_the_kernel_signatures(monkeypatch, dtype, tokens
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("variant", list(launcher.RING_VARIANTS))
 def test_ring_variants_launch_where_they_serve_and_refuse_elsewhere(monkeypatch, dtype, variant):
-    """A ring variant (mglu_rowdot_ring) runs the fp16/bf16 forward at 1..16 tokens, n_masks <=
-    RING_MAX_MASKS, d_model % RING_K == 0 on 16-byte aligned inputs: one compiled kernel, the
+    """A ring variant (mglu_rowdot_ring, or mglu_rowdot_ring_lines with mask lines) runs the
+    fp16/bf16 forward at 1..16 tokens, n_masks <= RING_MAX_MASKS, d_model % RING_K == 0 (with
+    lines % (RING_K * RING_LINE)) on 16-byte aligned inputs: one compiled kernel, the
     signature's argument kinds, its stages as the last argument, a grid of RING_ROWS-row blocks
     over d_ff and ring_smem bytes; any other call is refused with a ValueError."""
     import numpy as np
@@ -213,28 +219,36 @@ def test_ring_variants_launch_where_they_serve_and_refuse_elsewhere(monkeypatch,
 
     compiled, calls = set(launcher.instantiations()), []
     monkeypatch.setattr(cuda_backend, "launch", lambda plan, args, device, what: calls.append((plan, args)))
-    stages, d_model, d_ff = launcher.RING_VARIANTS[variant], 2 * launcher.RING_K, 70
+    (stages, lines), d_ff = launcher.RING_VARIANTS[variant], 70
+    d_model = launcher.RING_K * (launcher.RING_LINE if lines else 2)
+    kernel = "mglu_rowdot_ring_lines" if lines else "mglu_rowdot_ring"
     for tokens, n_masks in ((1, 2), (2, 1), (5, 1), (16, launcher.RING_MAX_MASKS), (9, 4)):
         x, w = torch.randn(tokens, d_model).to(dtype), torch.randn(d_ff, d_model).to(dtype)
         packed = torch.zeros(n_masks, d_ff, d_model // 8, dtype=torch.uint8)
         assert launcher.aligned(x, w, packed)
         cuda_backend.forward(x, w, packed, "silu", variant=variant)
         plan, args = calls.pop()
-        assert plan.name == f"mglu_rowdot_ring<{launcher.CTYPE[dtype]}, {n_masks}>" and plan.name in compiled
-        kinds = _signatures()["mglu_rowdot_ring"]
+        assert plan.name == f"{kernel}<{launcher.CTYPE[dtype]}, {n_masks}>" and plan.name in compiled
+        kinds = _signatures()[kernel]
         assert [("ptr" if isinstance(a, np.uint64) else "int") for a in args] == kinds and int(args[-1]) == stages
         assert plan.grid == (-(-d_ff // launcher.RING_ROWS), 1, 1) and plan.block == (launcher.RING_THREADS, 1, 1)
-        assert plan.smem == launcher.ring_smem(n_masks, stages) == stages * (12288 + n_masks * 512)
+        # W (32 rows) and x (16) of 256 bytes a stage, and the mask bytes: 512 a plane and
+        # stage, or two line slots of 8 stages' (lines)
+        masks = 2 * 8 * n_masks * 512 if lines else stages * n_masks * 512
+        assert plan.smem == launcher.ring_smem(n_masks, stages, lines) == stages * 12288 + masks
     fwd = launcher.MODE_FWD
-    for args in ((dtype, 4, fwd, 0, d_model, True), (dtype, 4, fwd, 17, d_model, True),
-                 (dtype, launcher.RING_MAX_MASKS + 1, fwd, 16, d_model, True), (dtype, 4, fwd, 16, d_model + 32, True),
-                 (dtype, 4, fwd, 16, d_model, False), (dtype, 4, launcher.MODE_BWD, 16, d_model, True),
-                 (torch.float32, 4, fwd, 16, d_model, True)):
+    refused = [(dtype, 4, fwd, 0, d_model, True), (dtype, 4, fwd, 17, d_model, True),
+               (dtype, launcher.RING_MAX_MASKS + 1, fwd, 16, d_model, True), (dtype, 4, fwd, 16, d_model + 32, True),
+               (dtype, 4, fwd, 16, d_model, False), (dtype, 4, launcher.MODE_BWD, 16, d_model, True),
+               (torch.float32, 4, fwd, 16, d_model, True)]
+    if lines:  # whole stages but not whole lines
+        refused.append((dtype, 4, fwd, 16, d_model + launcher.RING_K, True))
+    for args in refused:
         dt, n_masks, mode, tokens, dm, al = args
-        assert not launcher.ring_ok(*args)
+        assert not launcher.ring_ok(*args, lines)
         with pytest.raises(ValueError, match=f"variant {variant!r} needs"):
             launcher.rowdot_plan(dt, n_masks, mode, tokens, d_ff, dm, variant, al)
-    assert launcher.ring_ok(dtype, 4, fwd, 16, d_model, True)
+    assert launcher.ring_ok(dtype, 4, fwd, 16, d_model, True, lines)
 
 
 def test_default_variants_follow_the_measured_regimes():

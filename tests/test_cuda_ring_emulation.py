@@ -6,8 +6,10 @@ past d_ff read the last valid one, tokens past T are zero-filled), the prefetch 
 stage before (every slot starts as NaN: a row read before it is written shows), the
 ldmatrix row addresses and the registers they fill, the mask bytes' sign words and pair
 masks (ring_signs, ring_pm as bit operations), the mma fragments of each lane, the K
-halves' sum and the epilogue's output mapping. A wrong slot, chunk, clamp, byte or bit
-formula shows up as a mismatch; a divergence between this mirror and the CUDA text does
+halves' sum and the epilogue's output mapping; with mask lines (mglu_rowdot_ring_lines) the
+line slots: 128 swizzled bytes a (plane, row) copied with a line's first stage into slot
+line % 2, each stage's chunk read back by the kernel's address. A wrong slot, chunk, clamp,
+byte or bit formula shows up as a mismatch; a divergence between this mirror and the CUDA text does
 not (the device conformance run catches that).
 """
 
@@ -19,7 +21,7 @@ import pytest
 from mglu.backends.cuda_backend import launcher
 from test_cuda_emulation import _epilogue, _problem
 
-RBN, RBK = launcher.RING_ROWS, launcher.RING_K
+RBN, RBK, RLINE = launcher.RING_ROWS, launcher.RING_K, launcher.RING_LINE
 
 
 def _chunk(r, c):
@@ -52,19 +54,22 @@ def _masked(pair, pm):
     return [pair[0] if pm & 0xFFFF else 0.0, pair[1] if pm & 0xFFFF0000 else 0.0]
 
 
-def emulate_ring(x, w, m, stages):
+def emulate_ring(x, w, m, stages, lines=False):
     tokens, d_model = x.shape
     n_masks, d_ff, pw = m.shape
-    assert d_model % RBK == 0 and tokens <= 16
+    assert d_model % (RBK * (RLINE if lines else 1)) == 0 and tokens <= 16
     mflat = m.reshape(-1)
     out = np.full((tokens, d_ff), np.nan)
     kt_total = d_model // RBK
     for bx in range(math.ceil(d_ff / RBN)):
         n0 = bx * RBN
         ring = [None] * stages
+        # lines: two slots of n_masks * RBN rows of 128 bytes (-1: never written)
+        line_slots = np.full((2, n_masks * RBN * 128), -1, dtype=np.int64)
+        k_first = bx % (kt_total // RLINE) * RLINE if lines else bx % kt_total
 
-        def load(slot, kt):  # block bx starts at column block bx % KT and wraps
-            k0 = (kt + bx % kt_total) % kt_total * RBK
+        def load(slot, kt):  # block bx starts at column block k_first and wraps
+            k0 = (kt + k_first) % kt_total * RBK
             ws = np.full((RBN * 16, 8), np.nan)
             xs = np.full((16 * 16, 8), np.nan)
             ms = np.zeros((n_masks * RBN, 16), dtype=np.int64)
@@ -76,10 +81,19 @@ def emulate_ring(x, w, m, stages):
                 for j in range(2):  # tokens past T zero-filled
                     t = (tid >> 4) + 8 * j
                     xs[d + 128 * j] = x[t, k0 + 8 * c:k0 + 8 * c + 8] if t < tokens else 0.0
-            for e in range(n_masks * RBN):
-                i, r = e // RBN, e % RBN
-                start = (i * d_ff + min(n0 + r, d_ff - 1)) * pw + k0 // 8
-                ms[e] = mflat[start:start + 16]
+            if not lines:
+                for e in range(n_masks * RBN):
+                    i, r = e // RBN, e % RBN
+                    start = (i * d_ff + min(n0 + r, d_ff - 1)) * pw + k0 // 8
+                    ms[e] = mflat[start:start + 16]
+            elif kt % RLINE == 0:  # ring_fill_line: thread tid copies chunk tid % 8 of rows tid / 8 (+ 16)
+                for tid in range(launcher.RING_THREADS):
+                    r, c = tid >> 3, tid & 7
+                    for i in range(n_masks):
+                        for h in range(2):
+                            dst = 128 * r + 16 * (c ^ (r & 7)) + 128 * (i * RBN + 16 * h)
+                            start = (i * d_ff + min(n0 + r + 16 * h, d_ff - 1)) * pw + k0 // 8 + 16 * c
+                            line_slots[kt // RLINE % 2, dst:dst + 16] = mflat[start:start + 16]
             ring[slot] = (ws, xs, ms)
 
         for s in range(stages - 1):
@@ -100,7 +114,12 @@ def emulate_ring(x, w, m, stages):
                         g, q = lane >> 2, lane & 3
                         for i in range(n_masks):
                             for j in range(2):
-                                seg = ms[i * RBN + 16 * wr + 8 * j + g]
+                                if lines:  # the kernel's address of the row's chunk kt % RLINE
+                                    a = 16 * ((kt % RLINE) ^ g) + 128 * (i * RBN + 16 * wr + 8 * j + g) + 8 * kh
+                                    seg = line_slots[kt // RLINE % 2, a - 8 * kh:a - 8 * kh + 16]
+                                    assert (seg >= 0).all(), "a line read before it was written"
+                                else:
+                                    seg = ms[i * RBN + 16 * wr + 8 * j + g]
                                 wd = sum(int(seg[8 * kh + 4 * h + b]) << (8 * b) for b in range(4))
                                 words[lane, i, j] = ring_signs(wd, q)
                     for e in range(2):
@@ -157,6 +176,15 @@ def emulate_ring(x, w, m, stages):
 def test_ring_kernel_index_math(shape, stages):
     x, w, m, expected = _problem(*shape)
     np.testing.assert_allclose(emulate_ring(x, w, m, stages), expected, rtol=1e-12, atol=1e-12)
+
+
+# mask lines: d_model 2048 = 2 lines of 8 stages (blocks 0, 2 start at line 0, blocks 1, 3 at
+# line 1 and wrap), 3072 = 3 lines (the slots alternate over an odd count); d_ff 100 (4
+# blocks, a partial last one); the deepest ring shares no slot with a line still in use
+@pytest.mark.parametrize("shape, stages", [((16, 2048, 100, 2), 2), ((3, 3072, 70, 1), 3), ((9, 2048, 40, 4), 4)])
+def test_ring_lines_kernel_index_math(shape, stages):
+    x, w, m, expected = _problem(*shape)
+    np.testing.assert_allclose(emulate_ring(x, w, m, stages, lines=True), expected, rtol=1e-12, atol=1e-12)
 
 
 def test_ring_pair_masks_for_every_byte_and_lane():

@@ -138,10 +138,12 @@ GEMV_DEFAULTS_4_TOKENS = ((1, "pred-bytes"), (MAX_MASKS, "pred-words"))
 #: Above 8 masks the words path was not timed and spills at 16 (ptxas: 12 bytes).
 MMA_DEFAULTS_FEW_TOKENS = ((8, "prmt-words-occ"), (MAX_MASKS, "prmt"))
 #: the cp.async ring kernel (mglu_ring.cu; the fp16/bf16 forward at 1..MMA_SPLIT_TOKENS
-#: tokens): name -> ring stages (a run-time argument: one instantiation per dtype and
-#: n_masks). Rows of RING_K columns (d_model % RING_K == 0) and 16-byte aligned x, W and
-#: masks only (:func:`ring_ok`); instantiated up to RING_MAX_MASKS masks
-RING_VARIANTS = {"ring2": 2, "ring3": 3, "ring4": 4}
+#: tokens): name -> (ring stages, a run-time argument: one instantiation per dtype and
+#: n_masks; mask lines: mglu_rowdot_ring_lines, the mask bytes RING_LINE stages at a time,
+#: a lead of the twelfth session not yet timed, d_model % (RING_K * RING_LINE) == 0). Rows of
+#: RING_K columns (d_model % RING_K == 0) and 16-byte aligned x, W and masks only
+#: (:func:`ring_ok`); instantiated up to RING_MAX_MASKS masks
+RING_VARIANTS = {"ring2": (2, False), "ring3": (3, False), "ring4": (4, False), "ring2l": (2, True), "ring3l": (3, True)}
 #: block tile of mglu_rowdot_ring: RING_ROWS rows of W, 16 tokens, RING_K columns a stage,
 #: RING_THREADS threads (4 warps: 2 row tiles x 2 K halves); kept equal to the .cu enum.
 #: Not swept: 32 rows give 448 blocks at d_ff 14336 (3.4 an SM, 4-5 fit); 128 columns are
@@ -151,6 +153,9 @@ RING_ROWS, RING_K, RING_THREADS = 32, 128, 128
 #: (padded 272-byte rows ran 1.04-1.38x slower: H200 run 71)
 RING_ROW = 2 * RING_K
 RING_MAX_MASKS = 8
+#: stages of mask bytes a line slot of mglu_rowdot_ring_lines holds: 8 x RING_K / 8 = 128
+#: bytes of a plane's row, a whole L2 line (kept equal to the .cu enum)
+RING_LINE = 8
 #: the ring kernel's defaults where it serves the call (ring_ok), (largest n_masks, variant):
 #: 2-4 tokens, and 5..MMA_SPLIT_TOKENS tokens. H200 runs 66-72
 #: (cuda MEASUREMENTS_H200.md): ring3 at 2-4 tokens, ring2 at 5-16 (runs 66-67, padded slot
@@ -230,9 +235,10 @@ def rowdot_name(dtype, n_masks: int, mode: int, nt: int | None, var: int) -> str
     return f"mglu_rowdot_tiled<{CTYPE[dtype]}, {n_masks}, {mode}>"
 
 
-def ring_name(dtype, n_masks: int) -> str:
-    """``mglu_rowdot_ring<T, NM>`` (mglu_ring.cu; the fp16/bf16 forward only)."""
-    return f"mglu_rowdot_ring<{CTYPE[dtype]}, {n_masks}>"
+def ring_name(dtype, n_masks: int, lines: bool = False) -> str:
+    """``mglu_rowdot_ring<T, NM>`` or, with mask ``lines``, ``mglu_rowdot_ring_lines<T, NM>``
+    (mglu_ring.cu; the fp16/bf16 forward only)."""
+    return f"mglu_rowdot_ring{'_lines' if lines else ''}<{CTYPE[dtype]}, {n_masks}>"
 
 
 def _variant(table: dict, default: str, variant: str | None, dtype, mode):
@@ -246,19 +252,23 @@ def _variant(table: dict, default: str, variant: str | None, dtype, mode):
     return table[name]
 
 
-def ring_smem(n_masks: int, stages: int) -> int:
+def ring_smem(n_masks: int, stages: int, lines: bool = False) -> int:
     """Bytes of dynamic shared memory of mglu_rowdot_ring: ``stages`` slots of W (RING_ROWS rows
     of RING_ROW bytes), x (16 rows) and the mask bytes (n_masks x RING_ROWS x RING_K / 8); the
-    K halves' reduction after the loop reuses them (static_assert in the .cu)."""
-    return stages * ((RING_ROWS + 16) * RING_ROW + n_masks * RING_ROWS * RING_K // 8)
+    K halves' reduction after the loop reuses them (static_assert in the .cu). With mask
+    ``lines`` the slots hold no mask bytes and two line slots of RING_LINE stages' follow."""
+    masks = n_masks * RING_ROWS * RING_K // 8
+    if lines:
+        return stages * (RING_ROWS + 16) * RING_ROW + 2 * RING_LINE * masks
+    return stages * ((RING_ROWS + 16) * RING_ROW + masks)
 
 
-def ring_ok(dtype, n_masks: int, mode: int, tokens: int, d_model: int, aligned16: bool) -> bool:
+def ring_ok(dtype, n_masks: int, mode: int, tokens: int, d_model: int, aligned16: bool, lines: bool = False) -> bool:
     """mglu_rowdot_ring serves the call: the fp16/bf16 forward at 1..MMA_SPLIT_TOKENS tokens (one
-    16-token tile), at most RING_MAX_MASKS masks, whole RING_K-column stages, 16-byte aligned x,
-    W and masks."""
+    16-token tile), at most RING_MAX_MASKS masks, whole RING_K-column stages (with mask
+    ``lines``, whole lines of RING_LINE stages), 16-byte aligned x, W and masks."""
     return (dtype in MMA_DTYPES and mode == MODE_FWD and 1 <= tokens <= MMA_SPLIT_TOKENS
-            and n_masks <= RING_MAX_MASKS and d_model % RING_K == 0 and aligned16)
+            and n_masks <= RING_MAX_MASKS and d_model % (RING_K * (RING_LINE if lines else 1)) == 0 and aligned16)
 
 
 def default_variant(dtype, n_masks: int, mode: int, tokens: int, d_model: int, aligned16: bool = True) -> str:
@@ -312,14 +322,15 @@ def rowdot_plan(dtype, n_masks, mode, tokens, d_ff, d_model, variant: str | None
     default = default_variant(dtype, n_masks, mode, tokens, d_model, aligned16)
     if (variant or default) in RING_VARIANTS:
         variant = variant or default
-        if not ring_ok(dtype, n_masks, mode, tokens, d_model, aligned16):
+        stages, lines = RING_VARIANTS[variant]
+        if not ring_ok(dtype, n_masks, mode, tokens, d_model, aligned16, lines):
             raise ValueError(f"variant {variant!r} needs the fp16/bf16 forward at 1.."
-                             f"{MMA_SPLIT_TOKENS} tokens, n_masks <= {RING_MAX_MASKS}, d_model % {RING_K} == 0 "
+                             f"{MMA_SPLIT_TOKENS} tokens, n_masks <= {RING_MAX_MASKS}, "
+                             f"d_model % {RING_K * (RING_LINE if lines else 1)} == 0 "
                              f"and 16-byte aligned inputs (got {dtype}, mode {mode}, {tokens} tokens, "
                              f"n_masks {n_masks}, d_model {d_model}, aligned {aligned16})")
-        stages = RING_VARIANTS[variant]
-        return Launch(ring_name(dtype, n_masks), (_cdiv(d_ff, RING_ROWS), 1, 1),
-                      (RING_THREADS, 1, 1), tail=(stages,), smem=ring_smem(n_masks, stages))
+        return Launch(ring_name(dtype, n_masks, lines), (_cdiv(d_ff, RING_ROWS), 1, 1),
+                      (RING_THREADS, 1, 1), tail=(stages,), smem=ring_smem(n_masks, stages, lines))
     nt = next((n for n in GEMV_TOKENS if tokens <= n), None)
     if nt is not None:
         var, words, split, lanes = _variant(GEMV_VARIANTS, default, variant, dtype, mode)
@@ -413,7 +424,7 @@ def instantiations(dtype=None) -> list[str]:
                 names += [rowdot_name(dt, nm, mode, nt, v) for nt in GEMV_TOKENS for v in sorted(gemv)]
                 names += [rowdot_name(dt, nm, mode, None, v) for v in sorted(mma if dt in MMA_DTYPES else {0})]
         if dt in MMA_DTYPES:
-            names += [ring_name(dt, nm) for nm in range(MIN_MASKS, RING_MAX_MASKS + 1)]
+            names += [ring_name(dt, nm, lines) for lines in (False, True) for nm in range(MIN_MASKS, RING_MAX_MASKS + 1)]
         names.append(dx_name(dt))
         names += [dw_name(dt, dm) for dm in CTYPE]
         if dt in MMA_DTYPES:
