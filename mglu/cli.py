@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="device, versions, and every backend with why it can or cannot run")
-    info.add_argument("--device", default=_default_device(), help="cpu or cuda (default: cuda if present)")
+    info.add_argument("--device", choices=("cpu", "cuda"), default=_default_device(), help="default: cuda if present")
     info.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="dtype of the probe call")
     info.set_defaults(func=cmd_info)
 
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="backend to check (repeatable; default: all; a named backend that can run nothing exits 2)")
     conf.add_argument("--quick", action="store_true", help="the quick subset of the catalogue")
     conf.add_argument("--dtype", choices=DTYPE_NAMES, help="only cases of this dtype")
-    conf.add_argument("--device", default=_default_device(), help="cpu or cuda (default: cuda if present)")
+    conf.add_argument("--device", choices=("cpu", "cuda"), default=_default_device(), help="default: cuda if present")
     conf.add_argument("--shard", type=_shard, metavar="K/N",
                       help="only every N-th case from the K-th (1-based), so N processes cover the catalogue")
     conf.add_argument("--seed", type=int, help="seed every case with this (default: fresh per case, printed on failure)")

@@ -14,7 +14,10 @@ S = torch.randn(2, 12, 20)
 CASES = {
     "x not a tensor": (dict(x=[[1.0]]), MGLUTypeError, "x: expected a torch.Tensor"),
     "x 0-d": (dict(x=torch.tensor(1.0)), MGLUValueError, "x: expected shape"),
+    "weight not a tensor": (dict(weight=[[1.0]]), MGLUTypeError, "weight: expected a torch.Tensor"),
+    "masks not a tensor": (dict(masks=[[1]]), MGLUTypeError, "masks: expected a torch.Tensor"),
     "weight rank": (dict(weight=torch.randn(12, 20, 1)), MGLUValueError, "weight: expected shape"),
+    "weight empty": (dict(weight=torch.randn(0, 20)), MGLUValueError, r"weight: expected shape .* both > 0, got \(0, 20\)"),
     "d_model mismatch": (dict(x=torch.randn(3, 21)), MGLUValueError, "x: last dim must equal d_model"),
     "d_ff mismatch packed": (dict(weight=torch.randn(13, 20)), MGLUValueError, "masks: packed masks must have shape"),
     "d_ff mismatch logits": (dict(weight=torch.randn(13, 20), masks=S), MGLUValueError, "masks: logits must have shape"),

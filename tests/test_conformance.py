@@ -26,6 +26,18 @@ def test_torch_backend_runs_here():
     assert "torch" in HERE
 
 
+def test_every_installed_kernel_backend_runs_here():
+    """HERE drops a backend that refuses every case; an installed one must not be dropped
+    (a broken capability check would leave it untested while the suite passes). CPU: triton
+    and numba (interpreter, simulator); a GPU: cuda too."""
+    import importlib.util
+
+    installed = {"triton": importlib.util.find_spec("triton") is not None,
+                 "numba": importlib.util.find_spec("numba_cuda") is not None,
+                 "cuda": importlib.util.find_spec("cupy") is not None and DEVICE == "cuda"}
+    assert set(HERE) == {"torch"} | {name for name, ok in installed.items() if ok}
+
+
 def test_catalogue_covers_the_issue_list():
     names = {c.name for c in CASES}
     assert {"one_token", "zero_tokens", "batch_3d", "noncontig", "odd_dims", "garbage_tail",

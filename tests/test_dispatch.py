@@ -36,9 +36,12 @@ def test_env_var_is_read_at_call_time(monkeypatch):
 
 
 def test_argument_overrides_env(monkeypatch):
-    monkeypatch.setenv("MGLU_BACKEND", "triton")
+    # the environment names a backend that refuses CPU tensors: the call runs only if the
+    # argument wins
+    monkeypatch.setenv("MGLU_BACKEND", "cuda")
     out = mglu.mglu(*_args(), backend="torch")
     assert out.shape == (3, 8)
+    assert mglu.explain(*_args(), backend="torch").requested == "torch"
 
 
 @pytest.mark.parametrize("name", ["cuda", "numba", "triton"])
