@@ -188,7 +188,12 @@ def test_ring_lines_kernel_index_math(shape, stages):
 
 
 def test_ring_pair_masks_for_every_byte_and_lane():
-    """ring_signs + ring_pm against the definition: pm[b] of lane q widens bits 2q, 2q + 1 of byte b."""
+    """ring_signs + ring_pm against the definition: pm[b] of lane q widens bits 2q, 2q + 1 of byte b.
+    The mirror's shifts and prmt selector are the kernel's own expressions (read from the .cu,
+    so an edit of the kernel's formulas fails here)."""
+    ring = (launcher.HERE / "mglu_ring.cu").read_text()
+    assert "lo = w << (7 - 2 * q);" in ring and "hi = w << (6 - 2 * q);" in ring
+    assert '"r"(lo), "r"(hi), "r"((8u + b) * 0x11u + (12u + b) * 0x1100u)' in ring
     rng = np.random.default_rng(0)
     for word in [int(v) for v in rng.integers(0, 2**32, 64)] + [b * 0x01010101 for b in range(256)]:
         for q in range(4):
