@@ -323,12 +323,20 @@ def test_default_preset_without_cuda_is_quick(monkeypatch):
     assert cli.resolve(parse(["--preset", "paper", "--n-masks", "3"]))["cases"][0].n_masks == 3
 
 
-@pytest.mark.parametrize("argv", [["--backends", "nope"], ["--baselines", "slow"], ["--shapes", "12by3"],
-                                  ["--n-masks", "17"], ["--tokens", "0"], ["--quick", "--preset", "paper"],
-                                  ["--dtype", "int8"], ["--rep-ms", "0"]])
-def test_bad_arguments_exit_2(argv, capsys):
+@pytest.mark.parametrize("argv, message", [
+    (["--backends", "nope"], "--backends: unknown nope"), (["--baselines", "slow"], "--baselines: unknown slow"),
+    (["--shapes", "12by3"], "--shapes: expected D_MODELxD_FF"), (["--n-masks", "17"], "--n-masks: n_masks must be in 1..16"),
+    (["--tokens", "0"], "--tokens: expected positive integers"), (["--quick", "--preset", "paper"], "--quick conflicts"),
+    (["--dtype", "int8"], "--dtype: unknown 'int8'"), (["--rep-ms", "0"], "--rep-ms: expected a positive number")])
+def test_bad_arguments_exit_2(argv, message, capsys):
     assert run_cli(["--device", "cpu"] + argv) == 2
-    assert "mglu bench:" in capsys.readouterr().err
+    assert f"mglu bench: {message}" in capsys.readouterr().err
+
+
+def test_cuda_device_without_cuda_exits_2(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert run_cli(["--device", "cuda"]) == 2
+    assert "mglu bench: --device cuda: CUDA is not available on this machine" in capsys.readouterr().err
 
 
 def test_progress_bar_on_tty_only():

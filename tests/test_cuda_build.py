@@ -20,7 +20,10 @@ DTYPES = list(launcher.CTYPE)
 FAST = ("-Xcicc", "-O0", "-Xptxas", "-O0")
 
 
-@pytest.mark.skipif(build.find_nvcc() is None, reason="nvcc is not installed (CUDA toolkit needed for the build check)")
+# skipped without a CUDA toolkit, except under CI (CI=true), whose machine has nvcc: there a
+# missing nvcc fails the build check instead of passing it unseen
+@pytest.mark.skipif(build.find_nvcc() is None and not os.environ.get("CI"),
+                    reason="nvcc is not installed (CUDA toolkit needed for the build check)")
 def test_every_instantiation_builds_with_nvcc():
     # NVVM and ptxas at -O0: every instantiation still goes through the front end, NVVM and
     # ptxas (so inline-PTX errors surface); measured on 2 cores: whole file 147 s at -O3 ->

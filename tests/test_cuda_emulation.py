@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mglu.backends import torch_backend
+from mglu.backends.cuda_backend import launcher
 from mglu.masks import pack_masks, packed_width
 
 U = 4  # chunks per lane per round (the value for fp16/bf16 at n_masks <= 8)
@@ -501,7 +502,12 @@ def _prmt_sign(a, sel):
 
 
 def test_pair_masks_equal_pair_mask_for_every_byte():
-    """pair_masks (multiply + prmt, mglu_common.cuh) against the pair masks by definition, all 256 bytes."""
+    """pair_masks (multiply + prmt, mglu_common.cuh) against the pair masks by definition, all 256 bytes;
+    the multipliers and selectors below are the kernel's own (read from the .cuh)."""
+    common = (launcher.HERE / "mglu_common.cuh").read_text()
+    assert "const u32 lo = (byte & 0xfu) * 0x10204080u, hi = (byte & 0xf0u) * 0x01020408u;" in common
+    assert all(f"pm[{i}] = prmt({src}, {sel}u);" in common
+               for i, (src, sel) in enumerate([("lo", "0x9988"), ("lo", "0xbbaa"), ("hi", "0x9988"), ("hi", "0xbbaa")]))
     for byte in range(256):
         lo, hi = ((byte & 0xF) * 0x10204080) & 0xFFFFFFFF, ((byte & 0xF0) * 0x01020408) & 0xFFFFFFFF
         got = [_prmt_sign(lo, 0x9988), _prmt_sign(lo, 0xBBAA), _prmt_sign(hi, 0x9988), _prmt_sign(hi, 0xBBAA)]

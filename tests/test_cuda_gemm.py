@@ -230,6 +230,11 @@ def test_swizzle_puts_ldmatrix_rows_in_distinct_bank_groups():
 
 def test_constants_match_the_kernel():
     text = (launcher.HERE / "mglu_gemm.cu").read_text()
+    # the mirror's swz and block_tile are the kernel's expressions (hand copies otherwise)
+    assert "return r * CH + (CH == 4 ? (c ^ ((r >> 1) & 3)) : (c ^ (r & 7)));" in text
+    assert ("const int group = GGROUP_M * nt, first = (int)blockIdx.x / group * GGROUP_M;" in text
+            and "const int gm = min(mt - first, (int)GGROUP_M), in_group = (int)blockIdx.x % group;" in text
+            and "const int m0 = (first + in_group % gm) * GBM, n0 = in_group / gm * GBN;" in text)
     assert (f"enum {{ GBM = {BM}, GBN = {BN}, GBK = {BK}, GSTAGES = {launcher.GEMM_STAGES}, "
             f"GTHREADS = {launcher.GEMM_THREADS}, GGROUP_M = {GROUP_M} }};") in text
     assert "enum { GEMM_FWD = 0, GEMM_DS = 1, GEMM_DX = 2, GEMM_DW = 3 };" in text

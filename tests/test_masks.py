@@ -53,17 +53,17 @@ def test_unpack_ignores_tail_bits():
 
 
 @pytest.mark.parametrize(
-    "masks, exc, arg",
+    "masks, exc, message",
     [
-        (torch.zeros(4, 5, dtype=torch.bool), MGLUValueError, "masks"),
-        (torch.zeros(17, 2, 3, dtype=torch.bool), MGLUValueError, "n_masks"),
-        (torch.zeros(0, 2, 3, dtype=torch.bool), MGLUValueError, "n_masks"),
-        (torch.zeros(2, 2, 3, dtype=torch.int32), MGLUTypeError, "masks"),
-        ([[1]], MGLUTypeError, "masks"),
+        (torch.zeros(4, 5, dtype=torch.bool), MGLUValueError, r"masks: expected shape \(n_masks, d_ff, d_model\), got \(4, 5\)"),
+        (torch.zeros(17, 2, 3, dtype=torch.bool), MGLUValueError, r"masks: n_masks \(dim 0\) must be in 1\.\.16, got 17"),
+        (torch.zeros(0, 2, 3, dtype=torch.bool), MGLUValueError, r"masks: n_masks \(dim 0\) must be in 1\.\.16, got 0"),
+        (torch.zeros(2, 2, 3, dtype=torch.int32), MGLUTypeError, r"masks: expected a bool tensor or logits .* got torch\.int32"),
+        ([[1]], MGLUTypeError, "masks: expected a torch.Tensor, got list"),
     ],
 )
-def test_pack_rejects(masks, exc, arg):
-    with pytest.raises(exc, match=arg):
+def test_pack_rejects(masks, exc, message):
+    with pytest.raises(exc, match=message):
         pack_masks(masks)
 
 
