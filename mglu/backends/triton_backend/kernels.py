@@ -22,13 +22,39 @@ Shapes: ``x (T, K)``, ``W (N, K)`` with ``K = d_model``, ``N = d_ff``; packed ma
   written from the accumulator (no ``(n_masks, N, K)`` fp32 buffer).
 
 Under Triton's interpreter (CPU) ``UPCAST`` widens dot operands to fp32 right after the
-load (its bf16 arithmetic is wrong otherwise; the widening is exact).
+load (its bf16 arithmetic is wrong otherwise; the widening is exact), and every result
+stored in bf16 is rounded to nearest even by :func:`_narrow` (the interpreter truncates).
 """
+
+import os
 
 import triton
 import triton.language as tl
 
 from .act import act, act_grad
+
+#: Triton's interpreter (the CPU runs) narrows fp32 to bf16 by truncation (its cast drops
+#: the low 16 bits; triton 3.6-3.9 runtime/interpreter.py), the GPU rounds to nearest even.
+#: Two truncations (the saved gradient factor, then its product with dout) put the CPU's
+#: bf16 dx 4x over the torch backend's error on a 7-row case (seed 1029160395 of
+#: cuda_t1_split_tail: 0.0177 against 0.0040, bound 0.016) where round-to-nearest gives
+#: 0.0038. Read at import, as triton reads it (set before triton is imported).
+_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@triton.jit
+def _narrow(v, dtype: tl.constexpr):
+    """``v`` in ``dtype``, rounded to nearest even as on the GPU: under the interpreter a
+    bf16 result is rounded with integer ops (``bits + 0x7FFF + lsb``, NaN kept a NaN);
+    compiled, ``v.to(dtype)`` (the same code as before this helper)."""
+    if _INTERPRETED and dtype == tl.bfloat16:
+        b = v.to(tl.float32).to(tl.uint32, bitcast=True)
+        r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
+        r = tl.where(v != v, 0x7FC0, r)
+        out = r.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        out = v.to(dtype)
+    return out
 
 
 @triton.jit
@@ -231,7 +257,7 @@ def fwd_gemv(x_ptr, w_ptr, p_ptr, out_ptr, N, K, KB,
             res = _gemv_term(a6, total, res, grp + 6 < N_MASKS, ACT)
         if G > 7:
             res = _gemv_term(a7, total, res, grp + 7 < N_MASKS, ACT)
-    tl.store(out_ptr + t * N + offs_n, res, mask=offs_n < N)
+    tl.store(out_ptr + t * N + offs_n, _narrow(res, out_ptr.dtype.element_ty), mask=offs_n < N)
 
 
 @triton.jit
@@ -352,10 +378,10 @@ def _gate_epilogue(g, total, side, res, aux_ptr, m, offs_t, offs_n, T, N,
         a, da = act_grad(g, ACT)
         f = da * (total - g) - a
         if MODE == 1:
-            tl.store(plane, (side * f).to(aux_ptr.dtype.element_ty), mask=om)
+            tl.store(plane, _narrow(side * f, aux_ptr.dtype.element_ty), mask=om)
             term = side * a
         else:
-            tl.store(plane, f.to(aux_ptr.dtype.element_ty), mask=om)
+            tl.store(plane, _narrow(f, aux_ptr.dtype.element_ty), mask=om)
             term = a * (total - g)
             side += tl.where(live, a, 0.0)
     return res + tl.where(live, term, 0.0), side
@@ -371,7 +397,7 @@ def ds_from_factors(f_ptr, dout_ptr, ds_ptr, TN, N_MASKS: tl.constexpr, BLOCK: t
     dout = tl.load(dout_ptr + offs, mask=ok, other=0.0).to(ACC)
     for i in range(N_MASKS + 1):
         f = tl.load(f_ptr + _wide(i) * TN + offs, mask=ok, other=0.0).to(ACC)
-        tl.store(ds_ptr + _wide(i) * TN + offs, (dout * f).to(ds_ptr.dtype.element_ty), mask=ok)
+        tl.store(ds_ptr + _wide(i) * TN + offs, _narrow(dout * f, ds_ptr.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -446,8 +472,8 @@ def fwd_mma(x_ptr, w_ptr, p_ptr, wm_ptr, out_ptr, aux_ptr, T, N, K, KB,
         dst += _wide(N_MASKS) * T * N
     if MODE == 2:
         tl.store(aux_ptr + _wide(N_MASKS) * T * N + offs_t[None, :] * N + offs_n[:, None],
-                 side.to(aux_ptr.dtype.element_ty), mask=om)
-    tl.store(dst, res.to(out_ptr.dtype.element_ty), mask=om)
+                 _narrow(side, aux_ptr.dtype.element_ty), mask=om)
+    tl.store(dst, _narrow(res, out_ptr.dtype.element_ty), mask=om)
 
 
 @triton.jit
@@ -483,7 +509,7 @@ def bwd_dx(ds_ptr, w_ptr, p_ptr, wm_ptr, dx_ptr, T, N, K, KB,
             masked = tl.where(_bits(p_ptr, i, offs_n, pid_k * (BK // 8), N, KB, live, BK // 8), w, 0.0)
         acc = _dot(ds, masked, acc, PREC, UPCAST)
     om = (offs_t[:, None] < T) & (offs_k[None, :] < K)
-    tl.store(dx_ptr + offs_t[:, None] * K + offs_k[None, :], acc.to(dx_ptr.dtype.element_ty), mask=om)
+    tl.store(dx_ptr + offs_t[:, None] * K + offs_k[None, :], _narrow(acc, dx_ptr.dtype.element_ty), mask=om)
 
 
 @triton.jit
@@ -512,5 +538,5 @@ def bwd_dw(ds_ptr, x_ptr, w_ptr, p_ptr, dw_ptr, dm_ptr, T, N, K, KB,
         dw += tl.where(bits, p, 0.0)
         if HAS_DM:
             tl.store(dm_ptr + _wide(i) * N * K + offs_n[:, None] * K + offs_k[None, :],
-                     (w * p).to(dm_ptr.dtype.element_ty), mask=tile & (i < N_MASKS))
-    tl.store(dw_ptr + offs_n[:, None] * K + offs_k[None, :], dw.to(dw_ptr.dtype.element_ty), mask=tile)
+                     _narrow(w * p, dm_ptr.dtype.element_ty), mask=tile & (i < N_MASKS))
+    tl.store(dw_ptr + offs_n[:, None] * K + offs_k[None, :], _narrow(dw, dw_ptr.dtype.element_ty), mask=tile)
