@@ -7,6 +7,10 @@ import torch
 import mglu
 from mglu import reference
 
+#: the op is opchecked where its kernel backends run: CUDA tensors on a GPU, CPU tensors
+#: (interpreted / simulated kernels) without one
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 
 def _inputs(tokens=5, d_model=20, d_ff=12, n=3, dtype=torch.float64, grad=True):
     x = torch.randn(tokens, d_model, dtype=dtype, requires_grad=grad)
@@ -15,17 +19,18 @@ def _inputs(tokens=5, d_model=20, d_ff=12, n=3, dtype=torch.float64, grad=True):
     return x, w, logits
 
 
-@pytest.mark.parametrize("backend,save", [("torch", True), ("triton", True), ("triton", False)])
+@pytest.mark.parametrize("backend,save", [("torch", True), ("triton", True), ("triton", False), ("cuda", False),
+                                          ("numba", False)])
 @pytest.mark.parametrize("permuted", [False, True])
 @pytest.mark.parametrize("form", ["packed", "logits"])
 def test_opcheck(permuted, form, backend, save):
-    x, w, logits = _inputs()
+    x, w, logits = (t.detach().to(DEVICE).requires_grad_() for t in _inputs())
     problem = mglu.backends.Problem.of(x, w, logits, "silu")
     if mglu.backends.REGISTRY[backend].reasons(problem):
         pytest.skip(f"{backend} cannot run here")
     if permuted:
-        x = torch.randn(20, 5, dtype=torch.float64).T.requires_grad_()
-        w = torch.randn(20, 12, dtype=torch.float64).T.requires_grad_()
+        x = torch.randn(20, 5, dtype=torch.float64, device=DEVICE).T.requires_grad_()
+        w = torch.randn(20, 12, dtype=torch.float64, device=DEVICE).T.requires_grad_()
     packed = mglu.pack_masks(logits)
     torch.library.opcheck(torch.ops.mglu.forward.default,
                           (x, w, packed, logits if form == "logits" else None, "silu", backend, save))
@@ -35,8 +40,9 @@ def test_opcheck(permuted, form, backend, save):
         half = [t.detach().to(torch.bfloat16) for t in (x, w)]
         _, factors16 = torch.ops.mglu.forward(*half, packed, None, "gelu", backend, True)
         assert factors16.dtype == torch.bfloat16
-        torch.testing.assert_close(factors16.double(), _factors(*half, packed, "gelu"), rtol=1e-2, atol=1e-2)
-    dout = torch.randn(5, 12, dtype=torch.float64)
+        torch.testing.assert_close(factors16.double().cpu(), _factors(*(t.cpu() for t in half), packed.cpu(), "gelu"),
+                                   rtol=1e-2, atol=1e-2)
+    dout = torch.randn(5, 12, dtype=torch.float64, device=DEVICE)
     torch.library.opcheck(torch.ops.mglu.backward.default,
                           (dout, x.detach(), w.detach(), packed, logits.detach() if form == "logits" else None,
                            factors, "gelu", backend))
