@@ -1,5 +1,7 @@
-"""The decode forward of the numba, cuda and triton backends (and named cuda variants), twice
-each, for Nsight Compute to profile: ``out (T, d_ff) = sum_i silu(gate_i) (total - gate_i)``,
+"""The decode forward of the kernel backends, twice each, for Nsight Compute to profile.
+
+numba, cuda and triton (and named cuda variants), at 1 token or at ``--tokens`` (the ring and
+the tensor-core kernels): ``out (T, d_ff) = sum_i silu(gate_i) (total - gate_i)``,
 ``x (T, d_model)`` (``--tokens``, 1 by default), ``W (d_ff, d_model)``, random packed masks ``(n_masks, d_ff, d_model/8)``.
 
 Usage (on the GPU):

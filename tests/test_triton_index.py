@@ -42,3 +42,32 @@ def test_eight_returns_the_order_the_chain_ptx_assumes():
     want = [[100 * group + e for group in range(4)] for e in kernels.EIGHT_ORDER]
     assert out.tolist() == want
     assert sorted(kernels.EIGHT_ORDER) == list(range(8))
+
+
+@triton.jit
+def _narrow_probe(v_ptr, out_ptr, n):
+    tl = triton.language
+    offs = tl.arange(0, 2048)
+    ok = offs < n
+    v = tl.load(v_ptr + offs, mask=ok, other=0.0)
+    tl.store(out_ptr + offs, kernels._narrow(v, out_ptr.dtype.element_ty), mask=ok)
+
+
+def test_narrow_rounds_fp32_to_bf16_to_nearest_even_as_torch_does():
+    """kernels._narrow against torch's fp32 -> bf16 cast (round to nearest, ties to even): ties
+    both ways, a mantissa carry into the exponent at an odd and an even exponent, the largest
+    finite values (one rounding to inf), subnormals, zeros, infinities, NaN, and random values.
+    Under the interpreter (the CPU) a plain cast truncates; compiled, _narrow is the plain cast."""
+    bits = [0x3F808000, 0x3F818000, 0x3F80C000, 0x3FFFFFFF, 0x407FFFFF, 0x3F7FFFFF, 0xBF808000, 0xBFFFFFFF,
+            0x7F7FFFFF, 0x7F7F7FFF, 0x00000001, 0x00018000, 0x807FFFFF, 0x00000000, 0x80000000, 0x7F800000,
+            0xFF800000]
+    special = torch.tensor(bits, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    gen = torch.Generator().manual_seed(0)
+    v = torch.cat([special, torch.randn(1000, generator=gen) * 10.0 ** torch.randint(-30, 30, (1000,), generator=gen)])
+    want = v.to(torch.bfloat16)
+    out = torch.empty(v.numel() + 1, dtype=torch.bfloat16, device=DEVICE)
+    vin = torch.cat([v, torch.tensor([float("nan")])]).to(DEVICE)
+    _narrow_probe[(1,)](vin, out, vin.numel())
+    got = out.cpu()
+    assert torch.equal(got[:-1].view(torch.int16), want.view(torch.int16))
+    assert got[-1].isnan()
