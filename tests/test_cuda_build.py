@@ -90,6 +90,9 @@ def test_tile_constants_match_the_kernels():
     assert "__launch_bounds__(RTHREADS, RingMinBlocks<NM>::value) mglu_rowdot_ring(" in ring
     assert "__launch_bounds__(RTHREADS, RingMinBlocks<NM, true>::value) mglu_rowdot_ring_lines(" in ring
     assert launcher.RING_LINE == 8
+    # a line slot is refilled while the line two before it is no longer read only while the
+    # ring runs at most RING_LINE + 1 stages (mglu_ring.cu, issue); the launcher offers no deeper one
+    assert all(2 <= stages <= launcher.RING_LINE + 1 for stages, lines in launcher.RING_VARIANTS.values() if lines)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -26,11 +26,10 @@ load (its bf16 arithmetic is wrong otherwise; the widening is exact), and every 
 stored in bf16 is rounded to nearest even by :func:`_narrow` (the interpreter truncates).
 """
 
-import os
-
 import triton
 import triton.language as tl
 
+from . import interpreting
 from .act import act, act_grad
 
 #: Triton's interpreter (the CPU runs) narrows fp32 to bf16 by truncation (its cast drops
@@ -38,15 +37,15 @@ from .act import act, act_grad
 #: Two truncations (the saved gradient factor, then its product with dout) put the CPU's
 #: bf16 dx 4x over the torch backend's error on a 7-row case (seed 1029160395 of
 #: cuda_t1_split_tail: 0.0177 against 0.0040, bound 0.016) where round-to-nearest gives
-#: 0.0038. Read at import, as triton reads it (set before triton is imported).
-_INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+#: 0.0038. The backend's own switch (TRITON_INTERPRET as triton read it at its import).
+_INTERPRETED = tl.constexpr(interpreting())
 
 
 @triton.jit
 def _narrow(v, dtype: tl.constexpr):
     """``v`` in ``dtype``, rounded to nearest even as on the GPU: under the interpreter a
     bf16 result is rounded with integer ops (``bits + 0x7FFF + lsb``, NaN kept a NaN);
-    compiled, ``v.to(dtype)`` (the same code as before this helper)."""
+    compiled, ``v.to(dtype)`` (the GPU's cast rounds to nearest even itself)."""
     if _INTERPRETED and dtype == tl.bfloat16:
         b = v.to(tl.float32).to(tl.uint32, bitcast=True)
         r = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
