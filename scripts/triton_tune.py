@@ -1,6 +1,7 @@
 """Sweep the Triton backend's tiles on a GPU; the source of the constants in tiles.py.
 
-Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [--json PATH]
+Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [wgmma]
+       [--json PATH]
 
 For each part it times the kernels with explicit tiles (``launch.launch_*``) by
 ``triton.testing.do_bench`` (median of 100 ms after 25 ms warm-up) on random inputs whose
@@ -21,6 +22,7 @@ import triton.language as tl
 from triton.testing import do_bench
 
 from mglu.backends import REGISTRY
+from mglu.backends.base import Problem
 from mglu.conformance.tolerances import bound, rel_error
 from mglu.backends.triton_backend import kernels, launch, tiles
 from mglu.bench.harness import copy_GBps, matmul_TFLOPs
@@ -276,8 +278,52 @@ def part_gates(limits):
         time_mma("gates", 8192, 4096, 14336, 4, c, limits)
 
 
+def part_wgmma(limits):
+    """The Gluon wgmma forward (wgmma.fwd_wgmma) at batched decode against fwd_mma's default
+    tile and the cuda backend in the same run: first its variants (pair select or where,
+    stages, depth, gates a pass) at 16 tokens, 4096x14336 bf16, n 1, 4, 8; then its default
+    on the three decode shapes, fp16 and bf16, n 1, 2, 4, 8, at 2 and 16 tokens. Each output
+    is checked against the torch backend's float64 forward (SPEC §4 bound) before it is
+    timed; tail shapes (1001 rows; 3 and 16 tokens; n 1, 2, 4, 5, 8, 16) are checked, not timed."""
+    W = tiles.Wgmma
+    base = W()
+    variants = (base, W(pairs=False), W(stages=3), W(stages=2), W(BK=64, stages=6), W(gates=2))
+    cuda_why = REGISTRY["cuda"].reasons(Problem(16, 4096, 14336, 4, torch.bfloat16, DEV, "silu"))
+    cuda = None if cuda_why else REGISTRY["cuda"]
+    print(f"wgmma    cuda backend rows: {'; '.join(cuda_why) or 'yes'}", flush=True)
+
+    def one(T, K, N, n, dtype, configs, others):
+        x, w, p = inputs(T, K, N, n, dtype)
+        torch_be = REGISTRY["torch"]
+        ref = torch_be.forward(x.double(), w.double(), p, "silu").cpu().numpy()
+        limit = bound(dtype, rel_error(torch_be.forward(x, w, p, "silu"), ref))
+        for c in configs:
+            out = torch.full((T, N), float("nan"), device=DEV, dtype=dtype)
+            run = lambda: launch.launch_wgmma(x, w, p, out, 0, c)  # noqa: E731
+            label = f"wgmma {K}x{N} T={T} n={n} {dtype} {c}"
+            if right("wgmma", label, run, out, ref, limit) and N > 2000:
+                timed("wgmma", label, run, limits, decode_bytes(T, K, N, n))
+        if others and N > 2000:
+            time_mma("wgmma", T, K, N, n, tiles.mma_fwd_tiles(T, n), limits, dtype)
+            if cuda is not None:
+                timed("wgmma", f"cuda {K}x{N} T={T} n={n} {dtype}", lambda: cuda.forward(x, w, p, "silu"), limits,
+                      decode_bytes(T, K, N, n))
+
+    for n in (1, 4, 8):
+        one(16, 4096, 14336, n, torch.bfloat16, variants, True)
+    for n in (1, 2, 4, 5, 8, 16):
+        one(3, 4224, 1001, n, torch.bfloat16, variants if n == 4 else (base,), False)
+        one(16, 1024, 1001, n, torch.float16, (base,), False)
+    for dt in (torch.float16, torch.bfloat16):
+        for shape in ((4096, 14336), (4096, 11008), (8192, 28672)):
+            for n in (1, 2, 4, 8):
+                for T in (2, 16):
+                    if not (T == 16 and n in (1, 4, 8) and shape == (4096, 14336) and dt == torch.bfloat16):
+                        one(T, *shape, n, dt, (base,), True)
+
+
 PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "shapes": part_gemv_shapes,
-         "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd}
+         "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd, "wgmma": part_wgmma}
 
 
 def main(argv=None) -> int:

@@ -305,6 +305,14 @@ def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
     return r
 
 
+#: ``where(bit, w, 0)`` for two 16-bit elements of one register (:func:`_masked_pairs`,
+#: and wgmma.py's register operand): inputs ``w`` (the pair), each element's byte, ``2**(15 - j)``
+#: and ``2**(31 - j)`` for its bit ``j``, 32-bit each (``pack=2``)
+PAIRS_ASM = tl.constexpr("{\n.reg .b32 a, b, m;\nmul.lo.u32 a, $2, $4;\nmul.lo.u32 b, $3, $7;\n"
+                         "prmt.b32 m, a, b, 0xFF99;\nand.b32 $0, $1, m;\n}")
+PAIRS_CONSTRAINTS = tl.constexpr("=r,r,r,r,r,r,r,r")
+
+
 @triton.jit
 def _masked_pairs(w, p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
     """``where(bit, w, 0)`` for a 16-bit ``(BN, 8 BG)`` tile ``w``, the two elements of a
@@ -321,10 +329,9 @@ def _masked_pairs(w, p_ptr, m, offs_n, kb0, N, KB, valid, BG: tl.constexpr):
     j = tl.arange(0, 8)[None, None, :]
     shape: tl.constexpr = (offs_n.shape[0], BG, 8)
     r = tl.inline_asm_elementwise(
-        "{\n.reg .b32 a, b, m;\nmul.lo.u32 a, $2, $4;\nmul.lo.u32 b, $3, $7;\nprmt.b32 m, a, b, 0xFF99;\n"
-        "and.b32 $0, $1, m;\n}",
-        "=r,r,r,r,r,r,r,r", [tl.reshape(w, shape), tl.broadcast_to(byte.to(tl.int32)[:, :, None], shape),
-                            tl.broadcast_to(1 << (15 - j), shape), tl.broadcast_to(1 << (31 - j), shape)],
+        PAIRS_ASM, PAIRS_CONSTRAINTS,
+        [tl.reshape(w, shape), tl.broadcast_to(byte.to(tl.int32)[:, :, None], shape),
+         tl.broadcast_to(1 << (15 - j), shape), tl.broadcast_to(1 << (31 - j), shape)],
         dtype=w.dtype, is_pure=True, pack=2)
     return tl.reshape(r, w.shape)
 

@@ -130,6 +130,20 @@ def _launch_compiled(jit_fn, grid, args: tuple, constexprs: dict, options: dict)
     return kernel
 
 
+def launch_wgmma(x2d, weight, packed, out, act: int, c: tiles.Wgmma):
+    """``wgmma.fwd_wgmma`` (Gluon; sm_90, fp16/bf16, ``T <= c.BT``, ``K % c.BK == 0``,
+    16-byte aligned rows) with tiles ``c``, through :func:`_launch_compiled`."""
+    from . import wgmma
+
+    T, K = x2d.shape
+    N, n = weight.shape[0], packed.shape[0]
+    grid = (_cdiv(N, tiles.WGMMA_BN),)
+    args = (x2d, weight, packed, out, T, N, K, packed.shape[2])
+    constexprs = dict(N_MASKS=n, G=tiles.gate_group(n, c.gates), ACT=act, BN=tiles.WGMMA_BN, BT=c.BT, BK=c.BK,
+                      STAGES=c.stages, PAIRS=c.pairs)
+    return _launch_compiled(wgmma.fwd_wgmma, grid, args, constexprs, dict(num_warps=4))
+
+
 def launch_gates(x2d, weight, packed, dst, aux, act: int, mode: int, c: tiles.Mma, wm=None):
     """``fwd_mma``: ``out`` (mode 0; mode 2 also fills ``aux``, the factors) or the backward's
     ``DS`` from ``aux = dout`` (mode 1), tiles ``c``; the masked tiles are read from ``wm``

@@ -52,6 +52,23 @@ class Mma:
 
 
 @dataclass(frozen=True)
+class Wgmma:
+    """``wgmma.fwd_wgmma`` (Gluon, sm_90): 64 W rows (one warp group's wgmma M) x ``BT``
+    tokens, ``BK`` deep, ``stages`` cp.async slots; ``gates`` accumulators a pass over K;
+    ``pairs``: the masked tile by the inline-PTX pair select, else ``where``."""
+
+    BT: int = 16
+    BK: int = 128
+    stages: int = 4
+    gates: int = 4
+    pairs: bool = True
+
+    def __post_init__(self):
+        if not 1 <= self.gates <= MAX_GATE_ACCS:
+            raise ValueError(f"Wgmma.gates is 1..{MAX_GATE_ACCS} (fwd_wgmma names g0..g3), got {self.gates}")
+
+
+@dataclass(frozen=True)
 class Expand:
     """``expand_masks``: a ``BN x BK`` tile of W per program, written once per mask."""
 
@@ -60,6 +77,8 @@ class Expand:
     num_warps: int
 
 
+#: fwd_wgmma's W rows a program: the M of one warp group's wgmma (4 warps, 16 rows each)
+WGMMA_BN = 64
 #: tl.dot's smallest tile edge is 16
 MIN_DOT = 16
 #: programs that share operand tiles in L2 are launched GROUP at a time (Triton's tutorial)
