@@ -19,7 +19,7 @@ import sys
 import torch
 import triton
 import triton.language as tl
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
 from mglu.backends import REGISTRY
 from mglu.backends.base import Problem
@@ -65,12 +65,13 @@ def record(part, label, ms, kernel, bytes_=None, flops=None, limits=None):
           flush=True)
 
 
-def timed(part, label, run, limits, bytes_=None, flops=None):
-    """Compile (first call), time ``run`` by do_bench's median and record it; a config that
+def timed(part, label, run, limits, bytes_=None, flops=None, graph=False):
+    """Compile (first call), time ``run`` by do_bench's median (``graph``: replayed from a
+    CUDA graph, do_bench_cudagraph, so that no host time shows) and record it; a config that
     fails (out of shared memory, say) is reported and the sweep goes on."""
     try:
         kern = run()
-        ms = do_bench(run, return_mode="median")
+        ms = do_bench_cudagraph(run, return_mode="median") if graph else do_bench(run, return_mode="median")
     except Exception as exc:
         print(f"{part:8s} {label:58s} FAILED {type(exc).__name__}: {str(exc)[:160]}", flush=True)
         ROWS.append({"part": part, "label": label, "error": f"{type(exc).__name__}: {exc}"[:300]})
@@ -280,14 +281,14 @@ def part_gates(limits):
 
 def part_wgmma(limits):
     """The Gluon wgmma forward (wgmma.fwd_wgmma) at batched decode against fwd_mma's default
-    tile and the cuda backend in the same run: first its variants (pair select or where,
-    stages, depth, gates a pass) at 16 tokens, 4096x14336 bf16, n 1, 4, 8; then its default
+    tile and the cuda backend in the same run: first its variants (the two selects,
+    asynchronous wgmma, stages) at 16 tokens, 4096x14336 bf16, n 1, 4, 8; then its default
     on the three decode shapes, fp16 and bf16, n 1, 2, 4, 8, at 2 and 16 tokens. Each output
     is checked against the torch backend's float64 forward (SPEC §4 bound) before it is
     timed; tail shapes (1001 rows; 3 and 16 tokens; n 1, 2, 4, 5, 8, 16) are checked, not timed."""
     W = tiles.Wgmma
     base = W()
-    variants = (base, W(pairs=False), W(stages=3), W(stages=2), W(BK=64, stages=6), W(gates=2))
+    variants = (base, W(select=1), W(async_=True), W(stages=3), W(stages=3, async_=True), W(stages=2))
     cuda_why = REGISTRY["cuda"].reasons(Problem(16, 4096, 14336, 4, torch.bfloat16, DEV, "silu"))
     cuda = None if cuda_why else REGISTRY["cuda"]
     print(f"wgmma    cuda backend rows: {'; '.join(cuda_why) or 'yes'}", flush=True)
@@ -303,11 +304,14 @@ def part_wgmma(limits):
             label = f"wgmma {K}x{N} T={T} n={n} {dtype} {c}"
             if right("wgmma", label, run, out, ref, limit) and N > 2000:
                 timed("wgmma", label, run, limits, decode_bytes(T, K, N, n))
+                if c == base and others:
+                    timed("wgmma", label + " (graph)", run, limits, decode_bytes(T, K, N, n), graph=True)
         if others and N > 2000:
             time_mma("wgmma", T, K, N, n, tiles.mma_fwd_tiles(T, n), limits, dtype)
             if cuda is not None:
-                timed("wgmma", f"cuda {K}x{N} T={T} n={n} {dtype}", lambda: cuda.forward(x, w, p, "silu"), limits,
-                      decode_bytes(T, K, N, n))
+                # the cuda backend's host path (CuPy) is slower than these kernels: graph replay
+                timed("wgmma", f"cuda {K}x{N} T={T} n={n} {dtype} (graph)", lambda: cuda.forward(x, w, p, "silu"),
+                      limits, decode_bytes(T, K, N, n), graph=True)
 
     for n in (1, 4, 8):
         one(16, 4096, 14336, n, torch.bfloat16, variants, True)

@@ -138,9 +138,10 @@ def launch_wgmma(x2d, weight, packed, out, act: int, c: tiles.Wgmma):
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
     grid = (_cdiv(N, tiles.WGMMA_BN),)
-    args = (x2d, weight, packed, out, T, N, K, packed.shape[2])
+    # the planes as 32-bit words (K % 128 == 0: whole words a row)
+    args = (x2d, weight, packed.view(torch.int32), out, T, N, K, packed.shape[2] // 4)
     constexprs = dict(N_MASKS=n, G=tiles.gate_group(n, c.gates), ACT=act, BN=tiles.WGMMA_BN, BT=c.BT, BK=c.BK,
-                      STAGES=c.stages, PAIRS=c.pairs)
+                      STAGES=c.stages, SELECT=c.select, ASYNC=c.async_)
     return _launch_compiled(wgmma.fwd_wgmma, grid, args, constexprs, dict(num_warps=4))
 
 

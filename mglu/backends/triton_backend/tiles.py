@@ -55,13 +55,15 @@ class Mma:
 class Wgmma:
     """``wgmma.fwd_wgmma`` (Gluon, sm_90): 64 W rows (one warp group's wgmma M) x ``BT``
     tokens, ``BK`` deep, ``stages`` cp.async slots; ``gates`` accumulators a pass over K;
-    ``pairs``: the masked tile by the inline-PTX pair select, else ``where``."""
+    ``select``: how the masked tile is built (wgmma._masked); ``async_``: a stage's wgmmas
+    waited for together."""
 
     BT: int = 16
     BK: int = 128
     stages: int = 4
     gates: int = 4
-    pairs: bool = True
+    select: int = 2
+    async_: bool = False
 
     def __post_init__(self):
         if not 1 <= self.gates <= MAX_GATE_ACCS:

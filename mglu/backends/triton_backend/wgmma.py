@@ -10,11 +10,11 @@ memory.
 Why Gluon: in ``tl`` the masked tile is built in the blocked layout of W's shared-memory
 load and moved to the wgmma operand layout through shared memory once per mask and stage
 (DESIGN.md, "What Triton's lowering costs the masked tensor-core tile"). Here W is read
-from shared memory straight into the operand layout (``ldmatrix``), the mask bytes are read
-into the slice of the same layout viewed as ``(BN, BG, 8)`` (each thread gets the bytes of
-its own elements, one 16-byte read a row), and ``where(bit, w, 0)`` (or the inline-PTX pair
-select, ``PAIRS``) runs in that layout, so no tile changes layout (``convert_layout(...,
-assert_trivial=True)`` fails the compile if one would).
+from shared memory straight into the operand layout (``ldmatrix``), the mask words are read
+into the slice of the same layout viewed as ``(BN, BK / 32, 4, 8)`` (each thread gets the
+words of its own elements, one 16-byte read a row), and the select (inline PTX, two
+elements a register, :func:`_masked`) runs in that layout, so no tile changes layout
+(``convert_layout(..., assert_trivial=True)`` fails the compile if one would).
 
 Pipeline: ``STAGES`` slots of (W tile, x tile, the group's mask tiles) filled by
 ``cp.async`` (16-byte copies), ``STAGES - 1`` in flight. Masks in groups of ``G <= 4``
@@ -24,7 +24,8 @@ constants and their measurements are in ``tiles.py`` (``wgmma_tiles``, ``wgmma_o
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import async_copy, fence_async_shared, warpgroup_mma
+from triton.experimental.gluon.language.nvidia.hopper import (async_copy, fence_async_shared, warpgroup_mma,
+                                                              warpgroup_mma_wait)
 
 from .act import act
 from .kernels import PAIRS_ASM, PAIRS_CONSTRAINTS
@@ -34,13 +35,19 @@ from .kernels import PAIRS_ASM, PAIRS_CONSTRAINTS
 _copy = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 _barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
+#: SELECT 2's pair select: ``$2`` (u) has the low element's bit at the top of byte ``b``,
+#: ``$4`` (v) the high element's, ``$6`` the selector that spreads the two sign bits over
+#: the two halves (``prmt`` mode "replicate the byte's sign": nibble ``8 + b`` for u,
+#: ``0xC + b`` for v); the odd operands are the high element's copies, unused
+PRMT_ASM = gl.constexpr("{\n.reg .b32 m;\nprmt.b32 m, $2, $4, $6;\nand.b32 $0, $1, m;\n}")
+
 
 @gluon.jit
-def _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, slot, k0, n0, grp, T, N, K, KB,
+def _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, slot, k0, n0, grp, T, N, K, KW,
            N_MASKS: gl.constexpr, G: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr,
            CP: gl.constexpr, MP: gl.constexpr):
-    """Start the copies of stage ``k0`` (W rows ``n0 ..``, every token, mask planes ``grp ..
-    grp + G``) into ``slot`` and commit them as one group. Rows past ``N`` or ``T`` and
+    """Start the copies of stage ``k0`` (W rows ``n0 ..``, every token, the 32-bit mask words
+    of planes ``grp .. grp + G``) into ``slot`` and commit them as one group. Rows past ``N`` or ``T`` and
     columns past ``K`` are not read (cp.async zero-fills them)."""
     rn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, CP))
     rk = k0 + gl.arange(0, BK, layout=gl.SliceLayout(0, CP))
@@ -48,34 +55,51 @@ def _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, slot, k0, n0, grp, T, N, K, KB,
           mask=(rn[:, None] < N) & (rk[None, :] < K))
     rt = gl.arange(0, BT, layout=gl.SliceLayout(1, CP))
     _copy(x_s.index(slot), x_ptr + rt[:, None] * K + rk[None, :], mask=(rt[:, None] < T) & (rk[None, :] < K))
-    BG: gl.constexpr = BK // 8
+    BW: gl.constexpr = BK // 32
     mn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, MP))
-    mg = k0 // 8 + gl.arange(0, BG, layout=gl.SliceLayout(0, MP))
+    mg = k0 // 32 + gl.arange(0, BW, layout=gl.SliceLayout(0, MP))
     for i in gl.static_range(G):
         if grp + i < N_MASKS:
-            plane = p_ptr + (grp + i) * N.to(gl.int64) * KB
-            _copy(m_s.index(slot * G + i), plane + mn[:, None] * KB + mg[None, :],
-                  mask=(mn[:, None] < N) & (mg[None, :] < KB))
+            plane = p_ptr + (grp + i) * N.to(gl.int64) * KW
+            _copy(m_s.index(slot * G + i), plane + mn[:, None] * KW + mg[None, :],
+                  mask=(mn[:, None] < N) & (mg[None, :] < KW))
     async_copy.commit_group()
 
 
 @gluon.jit
-def _masked(w, w3, m_s, idx, PAIRS: gl.constexpr):
-    """``where(bit, w, 0)`` in ``w``'s (the wgmma operand's) layout: the ``(BN, BG)`` mask
-    bytes of shared-memory tile ``idx`` are read into the slice of ``w3``'s layout (``w``
-    viewed as ``(BN, BG, 8)``), so each thread holds the bytes of its own elements."""
-    L3: gl.constexpr = w3.type.layout
-    byte = m_s.index(idx).load(gl.SliceLayout(2, L3)).to(gl.int32)[:, :, None]
-    j = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, L3)))[None, None, :]
-    if PAIRS:
-        # Gluon has no broadcast_to: adding zeros of the full shape broadcasts (and folds away)
-        full = gl.zeros(w3.shape, gl.int32, L3)
-        r3 = gl.inline_asm_elementwise(
-            PAIRS_ASM, PAIRS_CONSTRAINTS, [w3, byte + full, (1 << (15 - j)) + full, (1 << (31 - j)) + full],
+def _masked(w, m_s, idx, SELECT: gl.constexpr):
+    """``where(bit, w, 0)`` in ``w``'s (the wgmma operand's) layout. ``w (BN, BK)`` is viewed
+    as ``(BN, BW, 4, 8)`` (32-bit mask word, byte in the word, bit in the byte); the
+    ``(BN, BW)`` words of shared-memory tile ``idx`` are read into the slice of that
+    layout, so each thread holds the words of its own elements (16 bytes a row).
+
+    SELECT 1: each element's byte and bit, two elements a register by two multiplies, a
+    ``prmt`` and an ``and`` (``kernels.PAIRS_ASM``). SELECT 2: a register's two elements are
+    bits ``j, j + 1`` (``j`` even) of one byte (the operand layout's ``k_width = 2``; the
+    GPU check fails otherwise), so ``u = word << (7 - j)`` and ``v = word << (6 - j)``,
+    shared by the word's 4 bytes, put them on top of byte ``b``, and one ``prmt`` and an
+    ``and`` a register remain (:data:`PRMT_ASM`)."""
+    BN: gl.constexpr = w.shape[0]
+    BW: gl.constexpr = w.shape[1] // 32
+    w4 = w.reshape([BN, BW, 4, 8])
+    L4: gl.constexpr = w4.type.layout
+    word = m_s.index(idx).load(gl.SliceLayout(2, gl.SliceLayout(3, L4)))[:, :, None, None]
+    j = gl.arange(0, 8, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(2, L4))))[None, None, None, :]
+    b = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, L4))))[None, None, :, None]
+    # Gluon has no broadcast_to: adding zeros of the full shape broadcasts (and folds away)
+    full = gl.zeros(w4.shape, gl.int32, L4)
+    if SELECT == 1:
+        byte = ((word >> (8 * b)) & 255) + full
+        r4 = gl.inline_asm_elementwise(
+            PAIRS_ASM, PAIRS_CONSTRAINTS, [w4, byte, (1 << (15 - j)) + full, (1 << (31 - j)) + full],
             dtype=w.dtype, is_pure=True, pack=2)
     else:
-        r3 = gl.where(((byte >> j) & 1) != 0, w3, 0.0)
-    return gl.convert_layout(r3.reshape(w.shape), w.type.layout, assert_trivial=True)
+        jlo = j & 6
+        sel = (0x88 + 0x11 * b) | ((0xCC + 0x11 * b) << 8)
+        r4 = gl.inline_asm_elementwise(
+            PRMT_ASM, PAIRS_CONSTRAINTS, [w4, (word << (7 - jlo)) + full, (word << (6 - jlo)) + full, sel + full],
+            dtype=w.dtype, is_pure=True, pack=2)
+    return gl.convert_layout(r4.reshape(w.shape), w.type.layout, assert_trivial=True)
 
 
 @gluon.jit
@@ -84,29 +108,32 @@ def _term(g, total, res, ACT: gl.constexpr):
 
 
 @gluon.jit
-def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, T, N, K, KB,
+def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, T, N, K, KW,
               N_MASKS: gl.constexpr, G: gl.constexpr, ACT: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr,
-              BK: gl.constexpr, STAGES: gl.constexpr, PAIRS: gl.constexpr):
-    """Program ``pid``: ``out[:, 64 pid ..]`` (see the module docstring); 4 warps."""
-    BG: gl.constexpr = BK // 8
+              BK: gl.constexpr, STAGES: gl.constexpr, SELECT: gl.constexpr, ASYNC: gl.constexpr):
+    """Program ``pid``: ``out[:, 64 pid ..]`` (see the module docstring); 4 warps. ``p_ptr``:
+    the packed planes as 32-bit words, ``KW = K / 32`` a row. ``ASYNC``: a stage's wgmmas
+    are issued without waiting and waited for together (the masked tiles kept live), so a
+    mask's select overlaps the previous mask's MMA."""
+    BW: gl.constexpr = BK // 32
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BT, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    # copies: 8 16-bit elements (16 bytes) a thread along K; a mask row's BG bytes a thread
+    # copies: 8 16-bit elements (16 bytes) a thread along K; a mask row's BW words a thread
     CP: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // BK, BK // 8], [4, 1], [1, 0])
-    MP: gl.constexpr = gl.BlockedLayout([1, BG], [32, 1], [4, 1], [1, 0])
+    MP: gl.constexpr = gl.BlockedLayout([1, BW], [32, 1], [4, 1], [1, 0])
     sh: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     msh: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
     dt: gl.constexpr = w_ptr.dtype.element_ty
     w_s = gl.allocate_shared_memory(dt, [STAGES, BN, BK], sh)
     x_s = gl.allocate_shared_memory(dt, [STAGES, BT, BK], sh)
-    m_s = gl.allocate_shared_memory(gl.uint8, [STAGES * G, BN, BG], msh)
+    m_s = gl.allocate_shared_memory(gl.int32, [STAGES * G, BN, BW], msh)
     n0 = gl.program_id(0) * BN
     n_k = gl.cdiv(K, BK)
     total = gl.zeros([BN, BT], gl.float32, mma)
     res = gl.zeros([BN, BT], gl.float32, mma)
     for grp in gl.static_range(0, N_MASKS, G):
         for s in gl.static_range(STAGES - 1):
-            _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, s, s * BK, n0, grp, T, N, K, KB,
+            _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, s, s * BK, n0, grp, T, N, K, KW,
                    N_MASKS, G, BN, BT, BK, CP, MP)
         g0 = gl.zeros([BN, BT], gl.float32, mma)
         g1 = gl.zeros([BN, BT], gl.float32, mma)
@@ -120,20 +147,29 @@ def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, T, N, K, KB,
             # the fence orders the copies before the wgmma's reads of x (the async proxy)
             _barrier()
             _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, (kk + STAGES - 1) % STAGES, (kk + STAGES - 1) * BK,
-                   n0, grp, T, N, K, KB, N_MASKS, G, BN, BT, BK, CP, MP)
+                   n0, grp, T, N, K, KW, N_MASKS, G, BN, BT, BK, CP, MP)
             fence_async_shared()
             w = w_s.index(slot).load(a_l)
             xt = x_s.index(slot).permute((1, 0))
             if grp == 0:
-                total = warpgroup_mma(w, xt, total)
-            w3 = w.reshape([BN, BG, 8])
-            g0 = warpgroup_mma(_masked(w, w3, m_s, slot * G, PAIRS), xt, g0)
+                total = warpgroup_mma(w, xt, total, is_async=ASYNC)
+            m0 = _masked(w, m_s, slot * G, SELECT)
+            g0 = warpgroup_mma(m0, xt, g0, is_async=ASYNC)
+            m1 = m0
+            m2 = m0
+            m3 = m0
             if grp + 1 < N_MASKS and G > 1:
-                g1 = warpgroup_mma(_masked(w, w3, m_s, slot * G + 1, PAIRS), xt, g1)
+                m1 = _masked(w, m_s, slot * G + 1, SELECT)
+                g1 = warpgroup_mma(m1, xt, g1, is_async=ASYNC)
             if grp + 2 < N_MASKS and G > 2:
-                g2 = warpgroup_mma(_masked(w, w3, m_s, slot * G + 2, PAIRS), xt, g2)
+                m2 = _masked(w, m_s, slot * G + 2, SELECT)
+                g2 = warpgroup_mma(m2, xt, g2, is_async=ASYNC)
             if grp + 3 < N_MASKS and G > 3:
-                g3 = warpgroup_mma(_masked(w, w3, m_s, slot * G + 3, PAIRS), xt, g3)
+                m3 = _masked(w, m_s, slot * G + 3, SELECT)
+                g3 = warpgroup_mma(m3, xt, g3, is_async=ASYNC)
+            if ASYNC:
+                total, g0, g1, g2, g3, w, m0, m1, m2, m3 = warpgroup_mma_wait(
+                    0, deps=[total, g0, g1, g2, g3, w, m0, m1, m2, m3])
         # the copies past K (empty, all masked) before the next group reuses the slots
         async_copy.wait_group(0)
         _barrier()
