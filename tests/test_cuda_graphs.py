@@ -8,7 +8,7 @@ import mglu
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
-@pytest.mark.parametrize("tokens", [1, 33])
+@pytest.mark.parametrize("tokens", [1, 16, 33])
 @pytest.mark.parametrize("backend", ["triton", "cuda", "numba"])
 def test_graph_replay_matches_eager_bitwise(backend, tokens):
     x = torch.randn(tokens, 256, device="cuda", dtype=torch.bfloat16)

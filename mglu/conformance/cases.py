@@ -97,6 +97,8 @@ def _base_cases() -> list[Case]:
 #: the dtypes of the GEMV's inline-PTX path and of the tensor-core tiles (fp64 takes
 #: tl.where and CUDA-core tiles; triton_gemv_k_tail keeps the fp64 GEMV in the catalogue)
 _NOT_FP64 = (torch.float32, torch.float16, torch.bfloat16)
+#: the dtypes of the Hopper wgmma kernel
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _triton_cases() -> list[Case]:
@@ -109,7 +111,12 @@ def _triton_cases() -> list[Case]:
     tiles in inline PTX, whose register pairs follow the layout Triton picks (8 columns a
     thread when the sizes divide by 16, one otherwise: the ``triton_pairs_*`` cases and
     the odd-sized ones cover both); from 256 tokens (1024 at one mask; fp16/bf16) it
-    reads the masked weights staged in HBM instead of building them from the bits."""
+    reads the masked weights staged in HBM instead of building them from the bits. On
+    Hopper, 2-16 tokens in fp16/bf16 with d_model % 128 == 0 take the Gluon wgmma kernel
+    (``triton_wgmma_*``: 2 and 16 tokens, a d_ff tail, 3 stages of 128 (as many as it keeps)
+    and 9 (slots reused), mask groups 3 + 2, 4 + 4 and 4 x 4, and d_model 136, which falls
+    back to fwd_mma; with d_model % 128 == 0 there are no tail bits, so no garbage_tail
+    case is in its regime); elsewhere these run fwd_mma."""
     return [
         Case("triton_one_token_one_mask", (1,), 40, 37, 1, quick=False),
         Case("triton_gemv_k_tail", (1,), 257, 30, 5, masks="garbage_tail"),
@@ -119,6 +126,12 @@ def _triton_cases() -> list[Case]:
         Case("triton_token_tile_edge", (16,), 128, 64, 2, quick=False),
         Case("triton_pairs_aligned", (16,), 256, 128, 4, dtypes=(torch.float16, torch.bfloat16)),
         Case("triton_pairs_aligned_64", (64,), 128, 64, 5, dtypes=(torch.float16, torch.bfloat16)),
+        Case("triton_wgmma_two_tokens", (2,), 128, 64, 1, dtypes=_HALF, quick=False),
+        Case("triton_wgmma_rows_tail", (16,), 256, 72, 4, dtypes=_HALF),
+        Case("triton_wgmma_groups", (5,), 384, 72, 5, dtypes=_HALF, quick=False),
+        Case("triton_wgmma_deep", (9,), 1152, 64, 8, dtypes=_HALF, quick=False),
+        Case("triton_wgmma_sixteen", (16,), 128, 64, 16, dtypes=_HALF, quick=False),
+        Case("triton_wgmma_k_not_128", (16,), 136, 64, 2, dtypes=_HALF, quick=False),
         Case("triton_staged_below", (255,), 26, 20, 2, masks="garbage_tail", quick=False),
         Case("triton_staged", (256,), 20, 136, 3, masks="garbage_tail",
              quick_dtypes=(torch.float16, torch.bfloat16)),

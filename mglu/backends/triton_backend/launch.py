@@ -11,13 +11,15 @@ import triton
 import triton.language as tl
 
 from ..base import new_output
-from . import interpreting, kernels, tiles
+from . import _capability, interpreting, kernels, tiles
 from .act import ACT_ID
 
 #: fp32 dots are IEEE (SPEC §4: no TF32 unless a caller opts in)
 PRECISION = "ieee"
 #: Triton's interpreter is only right in bf16 (and exact in fp16) with fp32 operands
 _UPCAST = (torch.float16, torch.bfloat16)
+#: wgmma.fwd_wgmma's operand layouts (k_width 2, the pair selects) are for 16-bit elements
+_WGMMA_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -47,11 +49,25 @@ def forward(x2d, weight, packed, activation, factors=None):
     act = ACT_ID[activation]
     if factors is None and T <= tiles.GEMV_MAX_TOKENS:
         launch_gemv(x2d, weight, packed, out, act, tiles.gemv_tiles(n))
+    elif factors is None and wgmma_ok(x2d, weight, packed):
+        launch_wgmma(x2d, weight, packed, out, act, tiles.wgmma_tiles(n))
     else:
         c = _fwd_tiles(x2d.dtype, T, n)
         launch_gates(x2d, weight, packed, out, factors, act, 0 if factors is None else 2, c,
                      expand(weight, packed) if c.staged else None)
     return out
+
+
+def wgmma_ok(x2d, weight, packed) -> bool:
+    """Whether ``wgmma.fwd_wgmma`` serves this forward (its regime, tiles.WGMMA_*): a
+    Hopper GPU (sm_90: wgmma), fp16/bf16, ``2 <= T <= WGMMA_MAX_TOKENS``, ``d_model`` a
+    multiple of ``WGMMA_BK`` (whole stages, whole 16-byte mask rows) and every input 16-byte
+    aligned (its 16-byte cp.async copies). Other calls take fwd_mma."""
+    T, K = x2d.shape
+    return (x2d.is_cuda and not interpreting() and x2d.dtype in _WGMMA_DTYPES
+            and tiles.GEMV_MAX_TOKENS < T <= tiles.WGMMA_MAX_TOKENS and K % tiles.WGMMA_BK == 0
+            and _capability(x2d.device.index) == (9, 0)
+            and x2d.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0 and packed.data_ptr() % 16 == 0)
 
 
 def expand(weight, packed):

@@ -120,6 +120,27 @@ def gemv_tiles(n_masks: int) -> Gemv:
     return Gemv(BN=4, BG=32, num_warps=4, UNROLL=2, maxnreg=80)
 
 
+#: batched decode on Hopper runs wgmma.fwd_wgmma (Gluon) from 2 to this many tokens (its
+#: BT; fp16/bf16, d_model % WGMMA_BK == 0, 16-byte aligned tensors; see wgmma_ok). H200 run
+#: 74 (triton_tune.py wgmma, do_bench), 4096x14336 bf16, 16 tokens, against fwd_mma's
+#: 16-token tile: n=1 45.4 against 47.9 us, n=4 74.9 against 127.4, n=8 131.5 against
+#: 230.5; 4096x11008 and 8192x28672 the same ordering (1.2-1.9x), 2 tokens as 16
+WGMMA_MAX_TOKENS = 16
+#: fwd_wgmma's depth: whole 128-column stages (16 mask bytes, one 16-byte copy a row), so
+#: d_model must be a multiple (no K tail in the kernel)
+WGMMA_BK = 128
+
+
+def wgmma_tiles(n_masks: int) -> Wgmma:
+    """fwd_wgmma's tiles. H200 run 75 (triton_tune.py wgmma at ca137d8, do_bench medians,
+    outputs checked), 4096x14336 bf16, 16 tokens, us: SELECT 2 against 1: n=1 45.9 / 46.3,
+    n=4 70.1 / 71.5, n=8 124.5 / 130.1; 3 stages against 4: n=1 44.1 / 45.9, n=4 67.4 /
+    70.1; asynchronous wgmma: n=4 64.6 (4 stages), 62.9 (3 stages), n=8 119.6 / 119.3 but
+    spilling 48 registers (255 live); 2 stages: n=1 49.6. So 3 stages, SELECT 2, and the
+    asynchronous wgmma up to 4 masks (no spill: 255 registers at n=4, spills from n=5)."""
+    return Wgmma(BT=WGMMA_MAX_TOKENS, BK=WGMMA_BK, stages=3, select=2, async_=n_masks <= MAX_GATE_ACCS)
+
+
 def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:
     """Gate accumulators per pass over K: ``ceil(n / passes)`` with the fewest passes."""
     passes = -(-n_masks // most)

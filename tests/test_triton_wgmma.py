@@ -1,0 +1,82 @@
+"""The Gluon wgmma forward (triton_backend/wgmma.py): on the CPU, that every specialisation
+the launcher requests compiles for sm_90 into what its docstring says (the masked tile
+never goes through shared memory, one wgmma per 16 columns of every product, no local
+memory where the tiles say it does not spill); on a Hopper GPU, which calls take it.
+Its numbers are the conformance suite's (the triton_wgmma_* cases run there on the GPU)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+SCRIPT = r"""
+import os, re, subprocess, sys, tempfile
+os.environ.pop("TRITON_INTERPRET", None)
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.experimental.gluon._runtime import GluonASTSource
+from mglu.backends.triton_backend import tiles, wgmma
+
+n = int(sys.argv[1])
+c = tiles.wgmma_tiles(n)
+consts = dict(N_MASKS=n, G=tiles.gate_group(n, c.gates), ACT=0, BN=tiles.WGMMA_BN, BT=c.BT, BK=c.BK,
+              STAGES=c.stages, SELECT=c.select, ASYNC=c.async_)
+sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "p_ptr": "*i32", "out_ptr": "*bf16", "T": "i32", "N": "i32", "K": "i32",
+       "KW": "i32"}
+sig.update({k: "constexpr" for k in consts})
+names = list(wgmma.fwd_wgmma.arg_names)
+attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in ("x_ptr", "w_ptr", "p_ptr", "out_ptr", "N", "K", "KW")}
+k = triton.compile(GluonASTSource(wgmma.fwd_wgmma, sig, consts, attrs), target=GPUTarget("cuda", 90, 32),
+                   options={"num_warps": 4})
+with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+    f.write(k.asm["cubin"])
+    f.flush()
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+ops = [op for op in re.findall(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9]+)", sass)]
+passes = -(-n // consts["G"])
+print("HGMMA", sum(op == "HGMMA" for op in ops))
+print("PRODUCTS", n + 1)
+print("LDSM", sum(op == "LDSM" for op in ops))
+print("PASSES", passes)
+print("STS", sum(op == "STS" for op in ops))
+print("LOCAL", sum(op in ("LDL", "STL") for op in ops))
+print("DEPTH", c.BK)
+"""
+
+
+@pytest.mark.parametrize("n_masks", [1, 4, 5, 16])
+def test_wgmma_kernel_compiles_to_register_operand_wgmma(n_masks):
+    """n=1 and 4: one pass (asynchronous wgmma), 5: passes of 3 + 2, 16: 4 x 4 (the tiles
+    of tiles.wgmma_tiles). An STS would be a layout trip of the masked tile."""
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(n_masks)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    c = {k: int(v) for k, v in (line.split() for line in run.stdout.splitlines() if line[:1].isupper())}
+    assert c["HGMMA"] == c["PRODUCTS"] * c["DEPTH"] // 16
+    assert c["LDSM"] == c["PASSES"] * c["DEPTH"] // 16
+    assert c["STS"] == 0
+    if n_masks <= 5:
+        assert c["LOCAL"] == 0
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+
+
+@pytest.mark.skipif(not _hopper(), reason="needs an sm_90 GPU")
+def test_wgmma_regime():
+    """Taken from 2 to 16 tokens at d_model % 128 == 0 in 16-bit dtypes, aligned; not at
+    1 or 17 tokens, d_model 136, fp32, or an x that starts 2 bytes into its buffer."""
+    from mglu.backends.triton_backend.launch import wgmma_ok
+
+    def ok(T=16, K=256, dtype=torch.bfloat16, offset=0):
+        x = torch.randn(T * K + offset, device="cuda", dtype=dtype)[offset:].view(T, K)
+        w = torch.randn(64, K, device="cuda", dtype=dtype)
+        p = torch.zeros(2, 64, -(-K // 8), device="cuda", dtype=torch.uint8)
+        return wgmma_ok(x, w, p)
+
+    assert ok() and ok(T=2) and ok(dtype=torch.float16)
+    assert not ok(T=1) and not ok(T=17) and not ok(K=136) and not ok(dtype=torch.float32) and not ok(offset=1)
