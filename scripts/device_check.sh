@@ -103,7 +103,7 @@ for step in "${steps[@]}"; do
         python3 scripts/ncu_decode.py --shape "${shape:-4096x11008}" --n-masks "${n:-4}" --dtype "${dt:-fp16}" \
         >"$out/ncu_decode.csv" && python3 scripts/ncu_decode.py --summarize "$out/ncu_decode.csv" ;;
     ncuraw:*) IFS=: read -r _ shape n dt tk be cv <<<"$step"
-      ncu --csv --page raw -k regex:"decode_wide|mglu_rowdot|fwd_gemv|fwd_mma" --section SpeedOfLight \
+      ncu --csv --page raw -k regex:"decode_wide|mglu_rowdot|fwd_gemv|fwd_mma|fwd_wgmma" --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
         --section SchedulerStats --section WarpStateStats --section InstructionStats --section LaunchStats \
         python3 scripts/ncu_decode.py --shape "$shape" --n-masks "$n" --dtype "$dt" --tokens "$tk" \

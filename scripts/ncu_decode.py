@@ -67,7 +67,7 @@ def summarize_raw(path) -> int:
     kname = head.index("Kernel Name")
     names = []
     for r in launches:
-        m = re.search(r"decode_wide|mglu_rowdot_(gemv|ring|mma)[^(]*|fwd_gemv|fwd_mma", r[kname])
+        m = re.search(r"decode_wide|mglu_rowdot_(gemv|ring|mma)[^(]*|fwd_gemv|fwd_wgmma|fwd_mma", r[kname])
         names.append(m.group(0) if m else r[kname][:20])
     print("launch: " + "; ".join(f"{i}={n}" for i, n in enumerate(names)))
     for c, name in enumerate(head):
