@@ -2,6 +2,9 @@
 
 Usage: python scripts/triton_compile_check.py [--dtypes fp16,bf16,fp32,fp64] [--masks 1,4,8,16]
 
+fwd_wgmma (Gluon) is compiled where the launcher would take it (fp16/bf16, 2-16 tokens); its
+convert_layout ops (one a mask) are asserted trivial at compile time: no data moves.
+
 ``triton.compile`` with ``GPUTarget("cuda", 90, 32)`` runs the whole pipeline (TTIR,
 TTGIR, LLVM, PTX, ptxas) on the CPU, so a lowering failure on Hopper (such as Triton
 3.6's fp64 dot on a register operand) shows up before any device
@@ -16,8 +19,9 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.experimental.gluon._runtime import GluonASTSource
 
-from mglu.backends.triton_backend import kernels, tiles
+from mglu.backends.triton_backend import kernels, tiles, wgmma
 
 TARGET = GPUTarget("cuda", 90, 32)
 TL = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "fp64": "fp64"}
@@ -32,7 +36,8 @@ def _compile(fn, sig: dict, consts: dict, c) -> str:
         options = {"num_warps": c.num_warps, "num_stages": getattr(c, "num_stages", 3)}
         if getattr(c, "maxnreg", None):
             options["maxnreg"] = c.maxnreg  # as launched (the GEMV's register cap)
-        k = triton.compile(ASTSource(fn, sig, consts, attrs), target=TARGET, options=options)
+        source = GluonASTSource if fn is wgmma.fwd_wgmma else ASTSource
+        k = triton.compile(source(fn, sig, consts, attrs), target=TARGET, options=options)
     except Exception as exc:
         lines = [ln for ln in str(exc).splitlines() if "rror" in ln or "ssert" in ln]
         return "FAIL " + (lines[0] if lines else type(exc).__name__)[:200]
@@ -80,6 +85,19 @@ def main(argv=None) -> int:
                     jobs.append(("fwd_gemv", kernels.fwd_gemv, sig, dict(
                         N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=cg.BN, BG=cg.BG, UNROLL=cg.UNROLL,
                         ASM=dt != "fp64", ACC=acc), cg))
+                if dt in ("fp16", "bf16") and tiles.GEMV_MAX_TOKENS < T <= tiles.WGMMA_MAX_TOKENS:
+                    cv = tiles.wgmma_tiles(n)
+                    jobs.append(("fwd_wgmma", wgmma.fwd_wgmma, {
+                        "x_ptr": p, "w_ptr": p, "p_ptr": "*i32", "out_ptr": p, "ws_ptr": "*fp32", "T": "i32",
+                        "N": "i32", "K": "i32", "KW": "i32"}, dict(
+                            N_MASKS=n, G=tiles.gate_group(n, cv.gates), ACT=0, BN=tiles.WGMMA_BN, BT=cv.BT, BK=cv.BK,
+                            STAGES=cv.stages, SELECT=cv.select, ASYNC=cv.async_, SPLIT=cv.split),
+                                 SimpleNamespace(num_warps=4)))
+                    if cv.split > 1:
+                        jobs.append(("split_epilogue", kernels.split_epilogue, {
+                            "ws_ptr": "*fp32", "out_ptr": p, "TN": "i32"},
+                            dict(N_MASKS=n, SPLIT=cv.split, ACT=0, BLOCK=tiles.DS_BLOCK),
+                            SimpleNamespace(num_warps=tiles.DS_WARPS)))
                 cx = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dx_tiles(T, c.staged)
                 jobs.append(("bwd_dx", kernels.bwd_dx, {"ds_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p,
                                                         "dx_ptr": p, "T": "i32", "N": "i32", "K": "i32", "KB": "i32"},
