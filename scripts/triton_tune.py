@@ -281,7 +281,8 @@ def part_gates(limits):
 
 def part_wgmma(limits):
     """The Gluon wgmma forward (wgmma.fwd_wgmma) at 16 tokens: split K (tiles.Wgmma.split,
-    1-4 programs a row block) on 4096x14336 and 4096x11008 bf16, n 1, 2, 4, 8, and 1-2 on
+    1-4 programs a row block; at n 2 and 4 also with synchronous wgmma, whose registers let
+    3 programs share an SM) on 4096x14336 and 4096x11008 bf16, n 1, 2, 4, 8, and 1-2 on
     8192x28672, beside the cuda backend, every row replayed from a CUDA graph
     (do_bench_cudagraph: do_bench's L2 flush leaves dirty lines whose write-back lands in a
     kernel this short, MEASUREMENTS_H200.md run 75). Each output is checked against the
@@ -291,13 +292,17 @@ def part_wgmma(limits):
     cuda = None if cuda_why else REGISTRY["cuda"]
     print(f"wgmma    cuda backend rows: {'; '.join(cuda_why) or 'yes'}", flush=True)
 
-    def one(T, K, N, n, dtype, splits, timed_rows):
+    def one(T, K, N, n, dtype, splits, timed_rows, sync_too=False):
         x, w, p = inputs(T, K, N, n, dtype)
         torch_be = REGISTRY["torch"]
         ref = torch_be.forward(x.double(), w.double(), p, "silu").cpu().numpy()
         limit = bound(dtype, rel_error(torch_be.forward(x, w, p, "silu"), ref))
-        for split in splits:
-            c = dataclasses.replace(tiles.wgmma_tiles(n), split=split)
+        base = tiles.wgmma_tiles(n)
+        configs = [dataclasses.replace(base, split=s) for s in splits]
+        if sync_too and base.async_:
+            # synchronous wgmma: 168 registers at n=4 against 255, so 3 programs an SM, not 2
+            configs += [dataclasses.replace(base, split=s, async_=False) for s in splits]
+        for c in configs:
             out = torch.full((T, N), float("nan"), device=DEV, dtype=dtype)
             run = lambda: launch.launch_wgmma(x, w, p, out, 0, c)  # noqa: E731
             label = f"wgmma {K}x{N} T={T} n={n} {dtype} {c}"
@@ -310,7 +315,7 @@ def part_wgmma(limits):
 
     for shape in ((4096, 14336), (4096, 11008)):
         for n in (1, 2, 4, 8):
-            one(16, *shape, n, torch.bfloat16, (1, 2, 3, 4), True)
+            one(16, *shape, n, torch.bfloat16, (1, 2, 3, 4), True, sync_too=n in (2, 4))
     for n in (1, 4, 8):
         one(16, 8192, 28672, n, torch.bfloat16, (1, 2), True)
     for n in (1, 4, 5, 16):
