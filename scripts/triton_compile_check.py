@@ -88,16 +88,10 @@ def main(argv=None) -> int:
                 if dt in ("fp16", "bf16") and tiles.GEMV_MAX_TOKENS < T <= tiles.WGMMA_MAX_TOKENS:
                     cv = tiles.wgmma_tiles(n)
                     jobs.append(("fwd_wgmma", wgmma.fwd_wgmma, {
-                        "x_ptr": p, "w_ptr": p, "p_ptr": "*i32", "out_ptr": p, "ws_ptr": "*fp32", "T": "i32",
-                        "N": "i32", "K": "i32", "KW": "i32"}, dict(
+                        "x_ptr": p, "w_ptr": p, "p_ptr": "*i32", "out_ptr": p, "T": "i32", "N": "i32", "K": "i32",
+                        "KW": "i32"}, dict(
                             N_MASKS=n, G=tiles.gate_group(n, cv.gates), ACT=0, BN=tiles.WGMMA_BN, BT=cv.BT, BK=cv.BK,
-                            STAGES=cv.stages, SELECT=cv.select, ASYNC=cv.async_, SPLIT=cv.split),
-                                 SimpleNamespace(num_warps=4)))
-                    if cv.split > 1:
-                        jobs.append(("split_epilogue", kernels.split_epilogue, {
-                            "ws_ptr": "*fp32", "out_ptr": p, "TN": "i32"},
-                            dict(N_MASKS=n, SPLIT=cv.split, ACT=0, BLOCK=tiles.DS_BLOCK),
-                            SimpleNamespace(num_warps=tiles.DS_WARPS)))
+                            STAGES=cv.stages, SELECT=cv.select, ASYNC=cv.async_), SimpleNamespace(num_warps=4)))
                 cx = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dx_tiles(T, c.staged)
                 jobs.append(("bwd_dx", kernels.bwd_dx, {"ds_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p,
                                                         "dx_ptr": p, "T": "i32", "N": "i32", "K": "i32", "KB": "i32"},

@@ -280,28 +280,26 @@ def part_gates(limits):
 
 
 def part_wgmma(limits):
-    """The Gluon wgmma forward (wgmma.fwd_wgmma) at 16 tokens: split K (tiles.Wgmma.split,
-    1-4 programs a row block; at n 2 and 4 also with synchronous wgmma, whose registers let
-    3 programs share an SM) on 4096x14336 and 4096x11008 bf16, n 1, 2, 4, 8, and 1-2 on
-    8192x28672, beside the cuda backend, every row replayed from a CUDA graph
-    (do_bench_cudagraph: do_bench's L2 flush leaves dirty lines whose write-back lands in a
-    kernel this short, MEASUREMENTS_H200.md run 75). Each output is checked against the
-    torch backend's float64 forward (SPEC §4 bound) before it is timed; tail shapes (1001
-    rows, K of 33 stages; K of one stage, so a split with none) are checked, not timed."""
+    """The Gluon wgmma forward (wgmma.fwd_wgmma) at 16 tokens, its default tiles
+    (tiles.wgmma_tiles) against the other setting of the asynchronous wgmma (at n <= 4:
+    255 registers against 168, 2 programs an SM against 3) and 4 stages, on 4096x14336,
+    4096x11008 (n 1, 2, 4, 8) and 8192x28672 (n 1, 4, 8) bf16, beside the cuda backend;
+    every row replayed from a CUDA graph (do_bench_cudagraph: do_bench's L2 flush leaves
+    dirty lines whose write-back lands in a kernel this short, MEASUREMENTS_H200.md run 75).
+    Each output is checked against the torch backend's float64 forward (SPEC §4 bound)
+    before it is timed; tail shapes (1001 rows and K of 33 stages, 3 tokens; K of one stage,
+    16 tokens) are checked, not timed."""
     cuda_why = REGISTRY["cuda"].reasons(Problem(16, 4096, 14336, 4, torch.bfloat16, DEV, "silu"))
     cuda = None if cuda_why else REGISTRY["cuda"]
     print(f"wgmma    cuda backend rows: {'; '.join(cuda_why) or 'yes'}", flush=True)
 
-    def one(T, K, N, n, dtype, splits, timed_rows, sync_too=False):
+    def one(T, K, N, n, dtype, timed_rows):
         x, w, p = inputs(T, K, N, n, dtype)
         torch_be = REGISTRY["torch"]
         ref = torch_be.forward(x.double(), w.double(), p, "silu").cpu().numpy()
         limit = bound(dtype, rel_error(torch_be.forward(x, w, p, "silu"), ref))
         base = tiles.wgmma_tiles(n)
-        configs = [dataclasses.replace(base, split=s) for s in splits]
-        if sync_too and base.async_:
-            # synchronous wgmma: 168 registers at n=4 against 255, so 3 programs an SM, not 2
-            configs += [dataclasses.replace(base, split=s, async_=False) for s in splits]
+        configs = (base, dataclasses.replace(base, async_=not base.async_), dataclasses.replace(base, stages=4))
         for c in configs:
             out = torch.full((T, N), float("nan"), device=DEV, dtype=dtype)
             run = lambda: launch.launch_wgmma(x, w, p, out, 0, c)  # noqa: E731
@@ -315,12 +313,12 @@ def part_wgmma(limits):
 
     for shape in ((4096, 14336), (4096, 11008)):
         for n in (1, 2, 4, 8):
-            one(16, *shape, n, torch.bfloat16, (1, 2, 3, 4), True, sync_too=n in (2, 4))
+            one(16, *shape, n, torch.bfloat16, True)
     for n in (1, 4, 8):
-        one(16, 8192, 28672, n, torch.bfloat16, (1, 2), True)
+        one(16, 8192, 28672, n, torch.bfloat16, True)
     for n in (1, 4, 5, 16):
-        one(3, 4224, 1001, n, torch.bfloat16, (1, 2, 3), False)
-        one(16, 128, 200, n, torch.float16, (2,), False)
+        one(3, 4224, 1001, n, torch.bfloat16, False)
+        one(16, 128, 200, n, torch.float16, False)
 
 
 PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "shapes": part_gemv_shapes,

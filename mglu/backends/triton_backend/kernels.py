@@ -407,26 +407,6 @@ def ds_from_factors(f_ptr, dout_ptr, ds_ptr, TN, N_MASKS: tl.constexpr, BLOCK: t
 
 
 @triton.jit
-def split_epilogue(ws_ptr, out_ptr, TN, N_MASKS: tl.constexpr, SPLIT: tl.constexpr, ACT: tl.constexpr,
-                   BLOCK: tl.constexpr):
-    """``out = sum_i act(g_i) (total - g_i)`` from the split-K partial sums of
-    ``wgmma.fwd_wgmma``: ``g_i = sum_s ws[s, i]``, ``total = sum_s ws[s, n]``, ``ws (SPLIT,
-    n + 1, T, N)`` fp32, element-wise over the ``TN = T * N`` positions."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < TN
-    total = tl.zeros((BLOCK,), tl.float32)
-    for s in tl.static_range(SPLIT):
-        total += tl.load(ws_ptr + _wide(s * (N_MASKS + 1) + N_MASKS) * TN + offs, mask=ok, other=0.0)
-    res = tl.zeros((BLOCK,), tl.float32)
-    for i in range(N_MASKS):
-        g = tl.zeros((BLOCK,), tl.float32)
-        for s in tl.static_range(SPLIT):
-            g += tl.load(ws_ptr + _wide(s * (N_MASKS + 1) + i) * TN + offs, mask=ok, other=0.0)
-        res += act(g, ACT) * (total - g)
-    tl.store(out_ptr + offs, _narrow(res, out_ptr.dtype.element_ty), mask=ok)
-
-
-@triton.jit
 def fwd_mma(x_ptr, w_ptr, p_ptr, wm_ptr, out_ptr, aux_ptr, T, N, K, KB,
             N_MASKS: tl.constexpr, G: tl.constexpr, ACT: tl.constexpr, MODE: tl.constexpr,
             BN: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, GROUP: tl.constexpr,

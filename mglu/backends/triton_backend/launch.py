@@ -148,25 +148,17 @@ def _launch_compiled(jit_fn, grid, args: tuple, constexprs: dict, options: dict)
 
 def launch_wgmma(x2d, weight, packed, out, act: int, c: tiles.Wgmma):
     """``wgmma.fwd_wgmma`` (Gluon; sm_90, fp16/bf16, ``T <= c.BT``, ``K % c.BK == 0``,
-    16-byte aligned rows) with tiles ``c``, through :func:`_launch_compiled`; with
-    ``c.split > 1`` then ``kernels.split_epilogue``. Returns the wgmma kernel."""
+    16-byte aligned rows) with tiles ``c``, through :func:`_launch_compiled`."""
     from . import wgmma
 
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
-    grid = (_cdiv(N, tiles.WGMMA_BN), c.split)
-    # split K: the partial sums of every product, fp32, summed by split_epilogue
-    ws = new_output((c.split, n + 1, T, N), torch.float32, x2d.device) if c.split > 1 else out
+    grid = (_cdiv(N, tiles.WGMMA_BN),)
     # the planes as 32-bit words (K % 128 == 0: whole words a row)
-    args = (x2d, weight, packed.view(torch.int32), out, ws, T, N, K, packed.shape[2] // 4)
+    args = (x2d, weight, packed.view(torch.int32), out, T, N, K, packed.shape[2] // 4)
     constexprs = dict(N_MASKS=n, G=tiles.gate_group(n, c.gates), ACT=act, BN=tiles.WGMMA_BN, BT=c.BT, BK=c.BK,
-                      STAGES=c.stages, SELECT=c.select, ASYNC=c.async_, SPLIT=c.split)
-    kernel = _launch_compiled(wgmma.fwd_wgmma, grid, args, constexprs, dict(num_warps=4))
-    if c.split > 1:
-        b = tiles.DS_BLOCK
-        _launch_compiled(kernels.split_epilogue, (_cdiv(T * N, b),), (ws, out, T * N),
-                         dict(N_MASKS=n, SPLIT=c.split, ACT=act, BLOCK=b), dict(num_warps=tiles.DS_WARPS))
-    return kernel
+                      STAGES=c.stages, SELECT=c.select, ASYNC=c.async_)
+    return _launch_compiled(wgmma.fwd_wgmma, grid, args, constexprs, dict(num_warps=4))
 
 
 def launch_gates(x2d, weight, packed, dst, aux, act: int, mode: int, c: tiles.Mma, wm=None):

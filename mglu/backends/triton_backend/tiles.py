@@ -56,7 +56,7 @@ class Wgmma:
     """``wgmma.fwd_wgmma`` (Gluon, sm_90): 64 W rows (one warp group's wgmma M) x ``BT``
     tokens, ``BK`` deep, ``stages`` cp.async slots; ``gates`` accumulators a pass over K;
     ``select``: how the masked tile is built (wgmma._masked); ``async_``: a stage's wgmmas
-    waited for together; ``split``: K shared by that many programs."""
+    waited for together."""
 
     BT: int = 16
     BK: int = 128
@@ -64,8 +64,6 @@ class Wgmma:
     gates: int = 4
     select: int = 2
     async_: bool = False
-    #: programs a row block (split K; partial sums through HBM, kernels.split_epilogue)
-    split: int = 1
 
     def __post_init__(self):
         if not 1 <= self.gates <= MAX_GATE_ACCS:

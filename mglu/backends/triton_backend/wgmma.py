@@ -43,19 +43,18 @@ PRMT_ASM = gl.constexpr("{\n.reg .b32 m;\nprmt.b32 m, $2, $4, $6;\nand.b32 $0, $
 
 
 @gluon.jit
-def _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, slot, k0, kend, n0, grp, T, N, K, KW,
+def _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, slot, k0, n0, grp, T, N, K, KW,
            N_MASKS: gl.constexpr, G: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr,
            CP: gl.constexpr, MP: gl.constexpr):
     """Start the copies of stage ``k0`` (W rows ``n0 ..``, every token, the 32-bit mask words
-    of planes ``grp .. grp + G``) into ``slot`` and commit them as one group. Rows past ``N``
-    or ``T`` and columns past ``kend`` (the program's share of K) are not read (cp.async
-    zero-fills them)."""
+    of planes ``grp .. grp + G``) into ``slot`` and commit them as one group. Rows past ``N`` or ``T`` and
+    columns past ``K`` are not read (cp.async zero-fills them)."""
     rn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, CP))
     rk = k0 + gl.arange(0, BK, layout=gl.SliceLayout(0, CP))
     _copy(w_s.index(slot), w_ptr + rn[:, None].to(gl.int64) * K + rk[None, :],
-          mask=(rn[:, None] < N) & (rk[None, :] < kend))
+          mask=(rn[:, None] < N) & (rk[None, :] < K))
     rt = gl.arange(0, BT, layout=gl.SliceLayout(1, CP))
-    _copy(x_s.index(slot), x_ptr + rt[:, None] * K + rk[None, :], mask=(rt[:, None] < T) & (rk[None, :] < kend))
+    _copy(x_s.index(slot), x_ptr + rt[:, None] * K + rk[None, :], mask=(rt[:, None] < T) & (rk[None, :] < K))
     BW: gl.constexpr = BK // 32
     mn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, MP))
     mg = k0 // 32 + gl.arange(0, BW, layout=gl.SliceLayout(0, MP))
@@ -63,7 +62,7 @@ def _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, slot, k0, kend, n0, grp, T, N, K,
         if grp + i < N_MASKS:
             plane = p_ptr + (grp + i) * N.to(gl.int64) * KW
             _copy(m_s.index(slot * G + i), plane + mn[:, None] * KW + mg[None, :],
-                  mask=(mn[:, None] < N) & (mg[None, :] < kend // 32))
+                  mask=(mn[:, None] < N) & (mg[None, :] < KW))
     async_copy.commit_group()
 
 
@@ -109,28 +108,13 @@ def _term(g, total, res, ACT: gl.constexpr):
 
 
 @gluon.jit
-def _partial(acc, ws_ptr, i, s, n0, T, N, N_MASKS: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr,
-             L: gl.constexpr):
-    """Store product ``i``'s partial sum (split ``s``) at ``ws[s, i, :, n0 ..]`` (fp32)."""
-    rn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, L))
-    rt = gl.arange(0, BT, layout=gl.SliceLayout(0, L))
-    plane = ws_ptr + (s * (N_MASKS + 1) + i) * T * N
-    gl.store(plane + rt[None, :] * N + rn[:, None], acc, mask=(rn[:, None] < N) & (rt[None, :] < T))
-
-
-@gluon.jit
-def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, ws_ptr, T, N, K, KW,
+def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, T, N, K, KW,
               N_MASKS: gl.constexpr, G: gl.constexpr, ACT: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr,
-              BK: gl.constexpr, STAGES: gl.constexpr, SELECT: gl.constexpr, ASYNC: gl.constexpr,
-              SPLIT: gl.constexpr):
-    """Program ``(pid, s)``: rows ``64 pid ..`` (see the module docstring); 4 warps. ``p_ptr``:
+              BK: gl.constexpr, STAGES: gl.constexpr, SELECT: gl.constexpr, ASYNC: gl.constexpr):
+    """Program ``pid``: ``out[:, 64 pid ..]`` (see the module docstring); 4 warps. ``p_ptr``:
     the packed planes as 32-bit words, ``KW = K / 32`` a row. ``ASYNC``: a stage's wgmmas
     are issued without waiting and waited for together (the masked tiles kept live), so a
-    mask's select overlaps the previous mask's MMA. ``SPLIT`` 1: the epilogue writes
-    ``out[:, 64 pid ..]``; above, program ``s`` takes the ``s``-th of ``SPLIT`` shares of
-    the K stages and writes its partial sums to ``ws (SPLIT, n + 1, T, N)`` fp32 (gate
-    ``i`` at ``i``, total at ``n``) for ``kernels.split_epilogue`` (more, shorter programs:
-    a grid of 172-224 programs leaves SMs idle, MEASUREMENTS_H200.md run 77)."""
+    mask's select overlaps the previous mask's MMA."""
     BW: gl.constexpr = BK // 32
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BT, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -144,16 +128,12 @@ def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, ws_ptr, T, N, K, KW,
     x_s = gl.allocate_shared_memory(dt, [STAGES, BT, BK], sh)
     m_s = gl.allocate_shared_memory(gl.int32, [STAGES * G, BN, BW], msh)
     n0 = gl.program_id(0) * BN
-    split = gl.program_id(1)
-    per = gl.cdiv(gl.cdiv(K, BK), SPLIT)
-    kb = split * per
-    kend = gl.minimum(K, (kb + per) * BK)
-    n_k = gl.maximum(gl.cdiv(kend - kb * BK, BK), 0)
+    n_k = gl.cdiv(K, BK)
     total = gl.zeros([BN, BT], gl.float32, mma)
     res = gl.zeros([BN, BT], gl.float32, mma)
     for grp in gl.static_range(0, N_MASKS, G):
         for s in gl.static_range(STAGES - 1):
-            _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, s, (kb + s) * BK, kend, n0, grp, T, N, K, KW,
+            _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, s, s * BK, n0, grp, T, N, K, KW,
                    N_MASKS, G, BN, BT, BK, CP, MP)
         g0 = gl.zeros([BN, BT], gl.float32, mma)
         g1 = gl.zeros([BN, BT], gl.float32, mma)
@@ -166,8 +146,8 @@ def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, ws_ptr, T, N, K, KW,
             # refilled next was read by the previous iteration, which every thread has left;
             # the fence orders the copies before the wgmma's reads of x (the async proxy)
             _barrier()
-            _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, (kk + STAGES - 1) % STAGES, (kb + kk + STAGES - 1) * BK,
-                   kend, n0, grp, T, N, K, KW, N_MASKS, G, BN, BT, BK, CP, MP)
+            _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, (kk + STAGES - 1) % STAGES, (kk + STAGES - 1) * BK,
+                   n0, grp, T, N, K, KW, N_MASKS, G, BN, BT, BK, CP, MP)
             fence_async_shared()
             w = w_s.index(slot).load(a_l)
             xt = x_s.index(slot).permute((1, 0))
@@ -193,26 +173,14 @@ def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, ws_ptr, T, N, K, KW,
         # the copies past K (empty, all masked) before the next group reuses the slots
         async_copy.wait_group(0)
         _barrier()
-        if SPLIT == 1:
-            res = _term(g0, total, res, ACT)
-            if grp + 1 < N_MASKS and G > 1:
-                res = _term(g1, total, res, ACT)
-            if grp + 2 < N_MASKS and G > 2:
-                res = _term(g2, total, res, ACT)
-            if grp + 3 < N_MASKS and G > 3:
-                res = _term(g3, total, res, ACT)
-        else:
-            if grp == 0:
-                _partial(total, ws_ptr, N_MASKS, split, n0, T, N, N_MASKS, BN, BT, mma)
-            _partial(g0, ws_ptr, grp, split, n0, T, N, N_MASKS, BN, BT, mma)
-            if grp + 1 < N_MASKS and G > 1:
-                _partial(g1, ws_ptr, grp + 1, split, n0, T, N, N_MASKS, BN, BT, mma)
-            if grp + 2 < N_MASKS and G > 2:
-                _partial(g2, ws_ptr, grp + 2, split, n0, T, N, N_MASKS, BN, BT, mma)
-            if grp + 3 < N_MASKS and G > 3:
-                _partial(g3, ws_ptr, grp + 3, split, n0, T, N, N_MASKS, BN, BT, mma)
-    if SPLIT == 1:
-        rn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
-        rt = gl.arange(0, BT, layout=gl.SliceLayout(0, mma))
-        gl.store(out_ptr + rt[None, :] * N + rn[:, None], res.to(out_ptr.dtype.element_ty),
-                 mask=(rn[:, None] < N) & (rt[None, :] < T))
+        res = _term(g0, total, res, ACT)
+        if grp + 1 < N_MASKS and G > 1:
+            res = _term(g1, total, res, ACT)
+        if grp + 2 < N_MASKS and G > 2:
+            res = _term(g2, total, res, ACT)
+        if grp + 3 < N_MASKS and G > 3:
+            res = _term(g3, total, res, ACT)
+    rn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
+    rt = gl.arange(0, BT, layout=gl.SliceLayout(0, mma))
+    gl.store(out_ptr + rt[None, :] * N + rn[:, None], res.to(out_ptr.dtype.element_ty),
+             mask=(rn[:, None] < N) & (rt[None, :] < T))
