@@ -91,7 +91,7 @@ def main(argv=None) -> int:
                         "x_ptr": p, "w_ptr": p, "p_ptr": "*i32", "out_ptr": p, "T": "i32", "N": "i32", "K": "i32",
                         "KW": "i32"}, dict(
                             N_MASKS=n, G=tiles.gate_group(n, cv.gates), ACT=0, BN=tiles.WGMMA_BN, BT=cv.BT, BK=cv.BK,
-                            STAGES=cv.stages, SELECT=cv.select, ASYNC=cv.async_), SimpleNamespace(num_warps=4)))
+                            STAGES=cv.stages, ASYNC=cv.async_), SimpleNamespace(num_warps=4)))
                 cx = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dx_tiles(T, c.staged)
                 jobs.append(("bwd_dx", kernels.bwd_dx, {"ds_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p,
                                                         "dx_ptr": p, "T": "i32", "N": "i32", "K": "i32", "KB": "i32"},

@@ -23,7 +23,7 @@ from mglu.backends.triton_backend import tiles, wgmma
 n = int(sys.argv[1])
 c = tiles.wgmma_tiles(n)
 consts = dict(N_MASKS=n, G=tiles.gate_group(n, c.gates), ACT=0, BN=tiles.WGMMA_BN, BT=c.BT, BK=c.BK,
-              STAGES=c.stages, SELECT=c.select, ASYNC=c.async_)
+              STAGES=c.stages, ASYNC=c.async_)
 sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "p_ptr": "*i32", "out_ptr": "*bf16", "T": "i32", "N": "i32", "K": "i32",
        "KW": "i32"}
 sig.update({k: "constexpr" for k in consts})

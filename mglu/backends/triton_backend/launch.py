@@ -157,7 +157,7 @@ def launch_wgmma(x2d, weight, packed, out, act: int, c: tiles.Wgmma):
     # the planes as 32-bit words (K % 128 == 0: whole words a row)
     args = (x2d, weight, packed.view(torch.int32), out, T, N, K, packed.shape[2] // 4)
     constexprs = dict(N_MASKS=n, G=tiles.gate_group(n, c.gates), ACT=act, BN=tiles.WGMMA_BN, BT=c.BT, BK=c.BK,
-                      STAGES=c.stages, SELECT=c.select, ASYNC=c.async_)
+                      STAGES=c.stages, ASYNC=c.async_)
     return _launch_compiled(wgmma.fwd_wgmma, grid, args, constexprs, dict(num_warps=4))
 
 

@@ -55,14 +55,12 @@ class Mma:
 class Wgmma:
     """``wgmma.fwd_wgmma`` (Gluon, sm_90): 64 W rows (one warp group's wgmma M) x ``BT``
     tokens, ``BK`` deep, ``stages`` cp.async slots; ``gates`` accumulators a pass over K;
-    ``select``: how the masked tile is built (wgmma._masked); ``async_``: a stage's wgmmas
-    waited for together."""
+    ``async_``: a stage's wgmmas waited for together."""
 
     BT: int = 16
     BK: int = 128
     stages: int = 4
     gates: int = 4
-    select: int = 2
     async_: bool = False
 
     def __post_init__(self):
@@ -136,9 +134,10 @@ def wgmma_tiles(n_masks: int) -> Wgmma:
     outputs checked), 4096x14336 bf16, 16 tokens, us: SELECT 2 against 1: n=1 45.9 / 46.3,
     n=4 70.1 / 71.5, n=8 124.5 / 130.1; 3 stages against 4: n=1 44.1 / 45.9, n=4 67.4 /
     70.1; asynchronous wgmma: n=4 64.6 (4 stages), 62.9 (3 stages), n=8 119.6 / 119.3 but
-    spilling 48 registers (255 live); 2 stages: n=1 49.6. So 3 stages, SELECT 2, and the
-    asynchronous wgmma up to 4 masks (no spill: 255 registers at n=4, spills from n=5)."""
-    return Wgmma(BT=WGMMA_MAX_TOKENS, BK=WGMMA_BK, stages=3, select=2, async_=n_masks <= MAX_GATE_ACCS)
+    spilling 48 registers (255 live); 2 stages: n=1 49.6. So 3 stages, SELECT 2 (the one
+    wgmma._masked keeps), and the asynchronous wgmma up to 4 masks (no spill: 255 registers
+    at n=4, spills from n=5)."""
+    return Wgmma(BT=WGMMA_MAX_TOKENS, BK=WGMMA_BK, stages=3, async_=n_masks <= MAX_GATE_ACCS)
 
 
 def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:

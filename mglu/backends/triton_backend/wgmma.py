@@ -28,14 +28,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (async_copy, fence_
                                                               warpgroup_mma_wait)
 
 from .act import act
-from .kernels import PAIRS_ASM, PAIRS_CONSTRAINTS
+from .kernels import PAIRS_CONSTRAINTS
 
 # Gluon's API moved between the device image's triton (3.6) and the CPU machine's (3.9,
 # where the CI compiles this file): the cp.async copy and the CTA barrier were renamed
 _copy = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 _barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
-#: SELECT 2's pair select: ``$2`` (u) has the low element's bit at the top of byte ``b``,
+#: the pair select (:func:`_masked`): ``$2`` (u) has the low element's bit at the top of byte ``b``,
 #: ``$4`` (v) the high element's, ``$6`` the selector that spreads the two sign bits over
 #: the two halves (``prmt`` mode "replicate the byte's sign": nibble ``8 + b`` for u,
 #: ``0xC + b`` for v); the odd operands are the high element's copies, unused
@@ -67,18 +67,18 @@ def _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, slot, k0, n0, grp, T, N, K, KW,
 
 
 @gluon.jit
-def _masked(w, m_s, idx, SELECT: gl.constexpr):
+def _masked(w, m_s, idx):
     """``where(bit, w, 0)`` in ``w``'s (the wgmma operand's) layout. ``w (BN, BK)`` is viewed
     as ``(BN, BW, 4, 8)`` (32-bit mask word, byte in the word, bit in the byte); the
     ``(BN, BW)`` words of shared-memory tile ``idx`` are read into the slice of that
     layout, so each thread holds the words of its own elements (16 bytes a row).
 
-    SELECT 1: each element's byte and bit, two elements a register by two multiplies, a
-    ``prmt`` and an ``and`` (``kernels.PAIRS_ASM``). SELECT 2: a register's two elements are
-    bits ``j, j + 1`` (``j`` even) of one byte (the operand layout's ``k_width = 2``; the
-    GPU check fails otherwise), so ``u = word << (7 - j)`` and ``v = word << (6 - j)``,
-    shared by the word's 4 bytes, put them on top of byte ``b``, and one ``prmt`` and an
-    ``and`` a register remain (:data:`PRMT_ASM`)."""
+    A register's two elements are bits ``j, j + 1`` (``j`` even) of one byte (the operand
+    layout's ``k_width = 2``; the GPU conformance fails otherwise), so ``u = word << (7 -
+    j)`` and ``v = word << (6 - j)``, shared by the word's 4 bytes, put them on top of byte
+    ``b``, and one ``prmt`` and an ``and`` a register remain (:data:`PRMT_ASM`). The
+    multiply form of kernels.PAIRS_ASM (each element's own byte and bit, two multiplies, a
+    ``prmt`` and an ``and`` a register) ran 2-4% slower (MEASUREMENTS_H200.md run 75)."""
     BN: gl.constexpr = w.shape[0]
     BW: gl.constexpr = w.shape[1] // 32
     w4 = w.reshape([BN, BW, 4, 8])
@@ -88,17 +88,11 @@ def _masked(w, m_s, idx, SELECT: gl.constexpr):
     b = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(1, gl.SliceLayout(3, L4))))[None, None, :, None]
     # Gluon has no broadcast_to: adding zeros of the full shape broadcasts (and folds away)
     full = gl.zeros(w4.shape, gl.int32, L4)
-    if SELECT == 1:
-        byte = ((word >> (8 * b)) & 255) + full
-        r4 = gl.inline_asm_elementwise(
-            PAIRS_ASM, PAIRS_CONSTRAINTS, [w4, byte, (1 << (15 - j)) + full, (1 << (31 - j)) + full],
-            dtype=w.dtype, is_pure=True, pack=2)
-    else:
-        jlo = j & 6
-        sel = (0x88 + 0x11 * b) | ((0xCC + 0x11 * b) << 8)
-        r4 = gl.inline_asm_elementwise(
-            PRMT_ASM, PAIRS_CONSTRAINTS, [w4, (word << (7 - jlo)) + full, (word << (6 - jlo)) + full, sel + full],
-            dtype=w.dtype, is_pure=True, pack=2)
+    jlo = j & 6
+    sel = (0x88 + 0x11 * b) | ((0xCC + 0x11 * b) << 8)
+    r4 = gl.inline_asm_elementwise(
+        PRMT_ASM, PAIRS_CONSTRAINTS, [w4, (word << (7 - jlo)) + full, (word << (6 - jlo)) + full, sel + full],
+        dtype=w.dtype, is_pure=True, pack=2)
     return gl.convert_layout(r4.reshape(w.shape), w.type.layout, assert_trivial=True)
 
 
@@ -110,7 +104,7 @@ def _term(g, total, res, ACT: gl.constexpr):
 @gluon.jit
 def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, T, N, K, KW,
               N_MASKS: gl.constexpr, G: gl.constexpr, ACT: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr,
-              BK: gl.constexpr, STAGES: gl.constexpr, SELECT: gl.constexpr, ASYNC: gl.constexpr):
+              BK: gl.constexpr, STAGES: gl.constexpr, ASYNC: gl.constexpr):
     """Program ``pid``: ``out[:, 64 pid ..]`` (see the module docstring); 4 warps. ``p_ptr``:
     the packed planes as 32-bit words, ``KW = K / 32`` a row. ``ASYNC``: a stage's wgmmas
     are issued without waiting and waited for together (the masked tiles kept live), so a
@@ -153,19 +147,19 @@ def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, T, N, K, KW,
             xt = x_s.index(slot).permute((1, 0))
             if grp == 0:
                 total = warpgroup_mma(w, xt, total, is_async=ASYNC)
-            m0 = _masked(w, m_s, slot * G, SELECT)
+            m0 = _masked(w, m_s, slot * G)
             g0 = warpgroup_mma(m0, xt, g0, is_async=ASYNC)
             m1 = m0
             m2 = m0
             m3 = m0
             if grp + 1 < N_MASKS and G > 1:
-                m1 = _masked(w, m_s, slot * G + 1, SELECT)
+                m1 = _masked(w, m_s, slot * G + 1)
                 g1 = warpgroup_mma(m1, xt, g1, is_async=ASYNC)
             if grp + 2 < N_MASKS and G > 2:
-                m2 = _masked(w, m_s, slot * G + 2, SELECT)
+                m2 = _masked(w, m_s, slot * G + 2)
                 g2 = warpgroup_mma(m2, xt, g2, is_async=ASYNC)
             if grp + 3 < N_MASKS and G > 3:
-                m3 = _masked(w, m_s, slot * G + 3, SELECT)
+                m3 = _masked(w, m_s, slot * G + 3)
                 g3 = warpgroup_mma(m3, xt, g3, is_async=ASYNC)
             if ASYNC:
                 total, g0, g1, g2, g3, w, m0, m1, m2, m3 = warpgroup_mma_wait(
