@@ -1,7 +1,8 @@
 """The Gluon wgmma forward (triton_backend/wgmma.py): on the CPU, that every specialisation
 the launcher requests compiles for sm_90 into what its docstring says (the masked tile
 never goes through shared memory, one wgmma per 16 columns of every product, no local
-memory where the tiles say it does not spill); on a Hopper GPU, which calls take it.
+memory where the tiles say it does not spill); on a Hopper GPU, which calls take it (the
+predicate, and the public op's dispatch to it).
 Its numbers are the conformance suite's (the triton_wgmma_* cases run there on the GPU)."""
 
 import subprocess
@@ -72,11 +73,37 @@ def test_wgmma_regime():
     1 or 17 tokens, d_model 136, fp32, or an x that starts 2 bytes into its buffer."""
     from mglu.backends.triton_backend.launch import wgmma_ok
 
-    def ok(T=16, K=256, dtype=torch.bfloat16, offset=0):
+    def ok(T=16, K=256, dtype=torch.bfloat16, offset=0, w_offset=0, p_offset=0):
         x = torch.randn(T * K + offset, device="cuda", dtype=dtype)[offset:].view(T, K)
-        w = torch.randn(64, K, device="cuda", dtype=dtype)
-        p = torch.zeros(2, 64, -(-K // 8), device="cuda", dtype=torch.uint8)
+        w = torch.randn(64 * K + w_offset, device="cuda", dtype=dtype)[w_offset:].view(64, K)
+        kb = -(-K // 8)
+        p = torch.zeros(2 * 64 * kb + p_offset, device="cuda", dtype=torch.uint8)[p_offset:].view(2, 64, kb)
         return wgmma_ok(x, w, p)
 
     assert ok() and ok(T=2) and ok(dtype=torch.float16)
-    assert not ok(T=1) and not ok(T=17) and not ok(K=136) and not ok(dtype=torch.float32) and not ok(offset=1)
+    assert not ok(T=1) and not ok(T=17) and not ok(K=136) and not ok(dtype=torch.float32)
+    assert not ok(offset=1) and not ok(w_offset=1) and not ok(p_offset=4)
+
+
+@pytest.mark.skipif(not _hopper(), reason="needs an sm_90 GPU")
+@pytest.mark.parametrize("tokens,taken", [(16, 1), (17, 0)])
+def test_public_op_dispatches_to_wgmma(monkeypatch, tokens, taken):
+    """mglu.mglu without autograd at 16 tokens runs launch_wgmma once (at 17, not at all),
+    and its output is the torch backend's within the bf16 bound."""
+    import mglu
+    from mglu.backends import REGISTRY
+    from mglu.backends.triton_backend import launch
+    from mglu.conformance.tolerances import bound, rel_error
+
+    calls = []
+    real = launch.launch_wgmma
+    monkeypatch.setattr(launch, "launch_wgmma", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(tokens, 256, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(192, 256, device="cuda", dtype=torch.bfloat16) / 16
+    packed = mglu.pack_masks(torch.randn(4, 192, 256, device="cuda") > 0)
+    with torch.no_grad():
+        out = mglu.mglu(x, w, packed, backend="triton")
+    assert len(calls) == taken
+    torch_be = REGISTRY["torch"]
+    ref = torch_be.forward(x.double(), w.double(), packed, "silu").cpu().numpy()
+    assert rel_error(out, ref) <= bound(torch.bfloat16, rel_error(torch_be.forward(x, w, packed, "silu"), ref))

@@ -153,6 +153,8 @@ def launch_wgmma(x2d, weight, packed, out, act: int, c: tiles.Wgmma):
 
     T, K = x2d.shape
     N, n = weight.shape[0], packed.shape[0]
+    if T > c.BT or K % c.BK:
+        raise ValueError(f"fwd_wgmma with BT={c.BT}, BK={c.BK} cannot take {T} tokens of d_model {K}")
     grid = (_cdiv(N, tiles.WGMMA_BN),)
     # the planes as 32-bit words (K % 128 == 0: whole words a row)
     args = (x2d, weight, packed.view(torch.int32), out, T, N, K, packed.shape[2] // 4)

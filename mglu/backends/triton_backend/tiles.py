@@ -55,15 +55,18 @@ class Mma:
 class Wgmma:
     """``wgmma.fwd_wgmma`` (Gluon, sm_90): 64 W rows (one warp group's wgmma M) x ``BT``
     tokens, ``BK`` deep, ``stages`` cp.async slots; ``gates`` accumulators a pass over K;
-    ``async_``: a stage's wgmmas waited for together."""
+    ``async_``: a stage's wgmmas waited for together. No defaults: ``wgmma_tiles`` says
+    which values run and why."""
 
-    BT: int = 16
-    BK: int = 128
-    stages: int = 4
-    gates: int = 4
-    async_: bool = False
+    BT: int
+    BK: int
+    stages: int
+    gates: int
+    async_: bool
 
     def __post_init__(self):
+        if self.stages < 2:
+            raise ValueError(f"Wgmma.stages is at least 2 (one slot filling while one is read), got {self.stages}")
         if not 1 <= self.gates <= MAX_GATE_ACCS:
             raise ValueError(f"Wgmma.gates is 1..{MAX_GATE_ACCS} (fwd_wgmma names g0..g3), got {self.gates}")
 
@@ -131,13 +134,16 @@ WGMMA_BK = 128
 
 def wgmma_tiles(n_masks: int) -> Wgmma:
     """fwd_wgmma's tiles. H200 run 75 (triton_tune.py wgmma at ca137d8, do_bench medians,
-    outputs checked), 4096x14336 bf16, 16 tokens, us: SELECT 2 against 1: n=1 45.9 / 46.3,
-    n=4 70.1 / 71.5, n=8 124.5 / 130.1; 3 stages against 4: n=1 44.1 / 45.9, n=4 67.4 /
-    70.1; asynchronous wgmma: n=4 64.6 (4 stages), 62.9 (3 stages), n=8 119.6 / 119.3 but
-    spilling 48 registers (255 live); 2 stages: n=1 49.6. So 3 stages, SELECT 2 (the one
-    wgmma._masked keeps), and the asynchronous wgmma up to 4 masks (no spill: 255 registers
-    at n=4, spills from n=5)."""
-    return Wgmma(BT=WGMMA_MAX_TOKENS, BK=WGMMA_BK, stages=3, async_=n_masks <= MAX_GATE_ACCS)
+    outputs checked), 4096x14336 bf16, 16 tokens, us: the shift-and-prmt select that
+    wgmma._masked keeps against the multiply form (removed): n=1 45.9 / 46.3, n=4 70.1 /
+    71.5, n=8 124.5 / 130.1; 3 stages against 4: n=1 44.1 / 45.9, n=4 67.4 / 70.1;
+    asynchronous wgmma: n=4 64.6 (4 stages), 62.9 (3 stages), n=8 119.6 / 119.3 against
+    124.5 / 124.0 synchronous, but spilling 48 registers; 2 stages: n=1 49.6. So 3 stages
+    and the asynchronous wgmma up to 4 masks, where it holds 255 registers without a spill;
+    above 4 masks synchronous, though at n=8 the spilling asynchronous form was 4% faster
+    in run 75 (a spill was kept out of the default; offline, ptxas spills it from n=5).
+    ``gates``: the 4 accumulators fwd_wgmma names."""
+    return Wgmma(BT=WGMMA_MAX_TOKENS, BK=WGMMA_BK, stages=3, gates=MAX_GATE_ACCS, async_=n_masks <= MAX_GATE_ACCS)
 
 
 def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:

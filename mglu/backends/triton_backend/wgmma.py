@@ -18,8 +18,10 @@ elements a register, :func:`_masked`) runs in that layout, so no tile changes la
 
 Pipeline: ``STAGES`` slots of (W tile, x tile, the group's mask tiles) filled by
 ``cp.async`` (16-byte copies), ``STAGES - 1`` in flight. Masks in groups of ``G <= 4``
-accumulators per pass over K (W and x are read once per group). The regime rule, the tile
-constants and their measurements are in ``tiles.py`` (``wgmma_tiles``, ``wgmma_ok``).
+accumulators per pass over K (W and x are read once per group). The tile constants and
+their measurements are in ``tiles.py`` (``wgmma_tiles``), the regime rule in ``launch.py``
+(``wgmma_ok``: it relies on contiguous inputs, base.py's contract, since the row strides
+here are ``K``, ``KW`` and ``N``).
 """
 
 from triton.experimental import gluon
@@ -38,7 +40,8 @@ _barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 #: the pair select (:func:`_masked`): ``$2`` (u) has the low element's bit at the top of byte ``b``,
 #: ``$4`` (v) the high element's, ``$6`` the selector that spreads the two sign bits over
 #: the two halves (``prmt`` mode "replicate the byte's sign": nibble ``8 + b`` for u,
-#: ``0xC + b`` for v); the odd operands are the high element's copies, unused
+#: ``0xC + b`` for v); ``$1`` is the register's two elements of W; ``$3``, ``$5``, ``$7``
+#: are the high element's copies of u, v and the selector, unused
 PRMT_ASM = gl.constexpr("{\n.reg .b32 m;\nprmt.b32 m, $2, $4, $6;\nand.b32 $0, $1, m;\n}")
 
 
