@@ -115,11 +115,11 @@ def _triton_cases() -> list[Case]:
     Hopper, 2-16 tokens in fp16/bf16 with d_model % 128 == 0 take the Gluon wgmma kernel
     (``triton_wgmma_*``: 2 and 16 tokens, a d_ff tail, 3 stages of 128 (as many as it keeps)
     and 9 (slots reused), mask groups 3 + 2, 4 + 4 and 4 x 4, and d_model 136, which falls
-    back to fwd_mma; n 3 and 7 (and triton_token_tile_edge's 2) for asynchronous passes of
-    3 and 2 accumulators and a 4 + 3 split; with d_model % 128 == 0 there are no tail bits, so no garbage_tail case is in
-    its regime). Only the forward without autograd takes it (the autograd forward keeps
-    the gradient factors, fwd_mma's MODE 2): the checker's no-grad ``out``. Elsewhere these
-    run fwd_mma."""
+    back to fwd_mma; n 3 (and triton_token_tile_edge's 2) for asynchronous passes of 3 and
+    2 accumulators, n 7 for a synchronous 4 + 3 split; with d_model % 128 == 0 there are no
+    tail bits, so no garbage_tail case is in its regime). Only the forward without
+    autograd takes it (the autograd forward keeps the gradient factors, fwd_mma's MODE 2):
+    the checker's no-grad ``out``. Elsewhere these run fwd_mma."""
     return [
         Case("triton_one_token_one_mask", (1,), 40, 37, 1, quick=False),
         Case("triton_gemv_k_tail", (1,), 257, 30, 5, masks="garbage_tail"),

@@ -306,8 +306,8 @@ def _dot(a, b, acc, PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 #: ``where(bit, w, 0)`` for two 16-bit elements of one register (:func:`_masked_pairs`;
-#: wgmma.py shares its constraints, PAIRS_CONSTRAINTS): inputs ``w`` (the pair), each element's byte, ``2**(15 - j)``
-#: and ``2**(31 - j)`` for its bit ``j``, 32-bit each (``pack=2``)
+#: wgmma.py shares PAIRS_CONSTRAINTS): inputs ``w`` (the pair), each element's byte,
+#: ``2**(15 - j)`` and ``2**(31 - j)`` for its bit ``j``, 32-bit each (``pack=2``)
 PAIRS_ASM = tl.constexpr("{\n.reg .b32 a, b, m;\nmul.lo.u32 a, $2, $4;\nmul.lo.u32 b, $3, $7;\n"
                          "prmt.b32 m, a, b, 0xFF99;\nand.b32 $0, $1, m;\n}")
 PAIRS_CONSTRAINTS = tl.constexpr("=r,r,r,r,r,r,r,r")

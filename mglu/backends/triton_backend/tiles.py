@@ -132,8 +132,10 @@ WGMMA_MAX_TOKENS = 16
 WGMMA_BK = 128
 
 
+@functools.cache
 def wgmma_tiles(n_masks: int) -> Wgmma:
-    """fwd_wgmma's tiles. H200 run 75 (triton_tune.py wgmma at ca137d8, do_bench medians,
+    """fwd_wgmma's tiles (cached: the op asks on every call, and a frozen dataclass's
+    construction is host time). H200 run 75 (triton_tune.py wgmma at ca137d8, do_bench medians,
     outputs checked), 4096x14336 bf16, 16 tokens, us: the shift-and-prmt select that
     wgmma._masked keeps against the multiply form (removed): n=1 45.9 / 46.3, n=4 70.1 /
     71.5, n=8 124.5 / 130.1; 3 stages against 4: n=1 44.1 / 45.9, n=4 67.4 / 70.1;
