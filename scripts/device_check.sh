@@ -6,6 +6,11 @@
 #   bwd|fwdbwd    the training modes at 4096x11008, 1/64/2048 tokens, 4 masks
 #   train         issue #6's training rows: fwdbwd, 4096x11008, bf16, 4 masks, 2048 and 8192
 #                 tokens, JSON in $OUT/bench_train.json
+#   h100          the acceptance rows of issues #6-#8, one bench run a regime, JSON in $OUT/bench_h100_*.json:
+#                 1 token (3 SPEC shapes, n_masks 1/2/4/8, fp16+bf16, every kernel backend, SwiGLU),
+#                 16 and 64 tokens (2 shapes, n_masks 1/4), prefill (8192 tokens, 4096x14336, bf16,
+#                 n_masks 1/4, triton and cuda), training (fwdbwd, 4096x11008, bf16, n_masks 4,
+#                 2048 and 8192 tokens, triton and cuda against naive and naive+compile)
 #   hostloop      scripts/host_loop.py (graph replay vs eager loop of the public op)
 #   numba8        issue #8's prefill and training rows: 2048 tokens, every kernel backend, bf16,
 #                 n_masks 4 (fwd at 4096x14336, fwdbwd at 4096x11008), JSON in $OUT/bench_numba8_*.json
@@ -66,6 +71,14 @@ for step in "${steps[@]}"; do
     bwd|fwdbwd) python3 -m mglu bench --mode "$step" --shapes 4096x11008 --tokens 1,64,2048 --n-masks 4 ;;
     train) python3 -m mglu bench --mode fwdbwd --shapes 4096x11008 --tokens 2048,8192 --n-masks 4 --dtype bf16 \
       --backends triton --json "$out/bench_train.json" ;;
+    h100) python3 -m mglu bench --shapes 4096x14336,4096x11008,8192x28672 --tokens 1 --n-masks 1,2,4,8 \
+        --dtype fp16,bf16 --backends triton,cuda,numba --baselines swiglu --json "$out/bench_h100_decode.json" &&
+      python3 -m mglu bench --shapes 4096x14336,4096x11008 --tokens 16,64 --n-masks 1,4 --dtype fp16,bf16 \
+        --backends triton,cuda,numba --baselines swiglu --json "$out/bench_h100_batched.json" &&
+      python3 -m mglu bench --shapes 4096x14336 --tokens 8192 --n-masks 1,4 --dtype bf16 \
+        --backends triton,cuda --baselines swiglu --json "$out/bench_h100_prefill.json" &&
+      python3 -m mglu bench --mode fwdbwd --shapes 4096x11008 --tokens 2048,8192 --n-masks 4 --dtype bf16 \
+        --backends triton,cuda --baselines naive,naive+compile,swiglu --json "$out/bench_h100_train.json" ;;
     hostloop) python3 scripts/host_loop.py ;;
     numba8) python3 -m mglu bench --shapes 4096x14336 --tokens 2048 --n-masks 4 --dtype bf16 \
         --backends triton,cuda,numba --baselines swiglu --json "$out/bench_numba8_fwd.json" &&
