@@ -21,7 +21,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from triton.experimental.gluon._runtime import GluonASTSource
 
-from mglu.backends.triton_backend import kernels, tiles, wgmma
+from mglu.backends.triton_backend import kernels, launch, tiles, wgmma
 
 TARGET = GPUTarget("cuda", 90, 32)
 TL = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "fp64": "fp64"}
@@ -87,11 +87,14 @@ def main(argv=None) -> int:
                         ASM=dt != "fp64", ACC=acc), cg))
                 if dt in ("fp16", "bf16") and tiles.GEMV_MAX_TOKENS < T <= tiles.WGMMA_MAX_TOKENS:
                     cv = tiles.wgmma_tiles(n)
-                    jobs.append(("fwd_wgmma", wgmma.fwd_wgmma, {
-                        "x_ptr": p, "w_ptr": p, "p_ptr": "*i32", "out_ptr": p, "T": "i32", "N": "i32", "K": "i32",
-                        "KW": "i32"}, dict(
-                            N_MASKS=n, G=tiles.gate_group(n, cv.gates), ACT=0, BN=tiles.WGMMA_BN, BT=cv.BT, BK=cv.BK,
-                            STAGES=cv.stages, ASYNC=cv.async_), SimpleNamespace(num_warps=4)))
+                    for split in (False, True):
+                        jobs.append((f"fwd_wgmma split={split}", wgmma.fwd_wgmma, {
+                            "x_ptr": p, "w_ptr": p, "p_ptr": "*i32", "out_ptr": p, "ws_ptr": "*fp32", "T": "i32",
+                            "N": "i32", "K": "i32", "KW": "i32", "STEPS": "i32"},
+                            launch.wgmma_constexprs(n, 0, cv, split), SimpleNamespace(num_warps=4)))
+                    jobs.append(("split_epilogue", kernels.split_epilogue, {
+                        "ws_ptr": "*fp32", "out_ptr": p, "TN": "i32", "SPLITS": "i32"},
+                        dict(N_MASKS=n, ACT=0, BLOCK=tiles.DS_BLOCK), SimpleNamespace(num_warps=tiles.DS_WARPS)))
                 cx = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dx_tiles(T, c.staged)
                 jobs.append(("bwd_dx", kernels.bwd_dx, {"ds_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p,
                                                         "dx_ptr": p, "T": "i32", "N": "i32", "K": "i32", "KB": "i32"},

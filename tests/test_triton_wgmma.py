@@ -19,14 +19,13 @@ os.environ.pop("TRITON_INTERPRET", None)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
-from mglu.backends.triton_backend import tiles, wgmma
+from mglu.backends.triton_backend import launch, tiles, wgmma
 
-n = int(sys.argv[1])
+n, split = int(sys.argv[1]), sys.argv[2] == "split"
 c = tiles.wgmma_tiles(n)
-consts = dict(N_MASKS=n, G=tiles.gate_group(n, c.gates), ACT=0, BN=tiles.WGMMA_BN, BT=c.BT, BK=c.BK,
-              STAGES=c.stages, ASYNC=c.async_)
-sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "p_ptr": "*i32", "out_ptr": "*bf16", "T": "i32", "N": "i32", "K": "i32",
-       "KW": "i32"}
+consts = launch.wgmma_constexprs(n, 0, c, split)
+sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "p_ptr": "*i32", "out_ptr": "*bf16", "ws_ptr": "*fp32", "T": "i32",
+       "N": "i32", "K": "i32", "KW": "i32", "STEPS": "i32"}
 sig.update({k: "constexpr" for k in consts})
 names = list(wgmma.fwd_wgmma.arg_names)
 attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in ("x_ptr", "w_ptr", "p_ptr", "out_ptr", "N", "K", "KW")}
@@ -49,11 +48,13 @@ print("DEPTH", c.BK)
 """
 
 
-@pytest.mark.parametrize("n_masks", [1, 4, 5, 16])
-def test_wgmma_kernel_compiles_to_register_operand_wgmma(n_masks):
+@pytest.mark.parametrize("n_masks, split", [(1, "whole"), (4, "whole"), (5, "whole"), (16, "whole"), (4, "split")])
+def test_wgmma_kernel_compiles_to_register_operand_wgmma(n_masks, split):
     """n=1 and 4: one pass (asynchronous wgmma), 5: passes of 3 + 2, 16: 4 x 4 (the tiles
-    of tiles.wgmma_tiles). An STS would be a layout trip of the masked tile."""
-    run = subprocess.run([sys.executable, "-c", SCRIPT, str(n_masks)], capture_output=True, text=True, timeout=600)
+    of tiles.wgmma_tiles); split: writing partial sums. An STS would be a layout trip of the
+    masked tile."""
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(n_masks), split], capture_output=True, text=True,
+                         timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     c = {k: int(v) for k, v in (line.split() for line in run.stdout.splitlines() if line[:1].isupper())}
     assert c["HGMMA"] == c["PRODUCTS"] * c["DEPTH"] // 16
@@ -107,3 +108,33 @@ def test_public_op_dispatches_to_wgmma(monkeypatch, tokens, taken):
     torch_be = REGISTRY["torch"]
     ref = torch_be.forward(x.double(), w.double(), packed, "silu").cpu().numpy()
     assert rel_error(out, ref) <= bound(torch.bfloat16, rel_error(torch_be.forward(x, w, packed, "silu"), ref))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="runs under the interpreter (CPU)")
+@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("splits, n_masks, dtype", [(1, 1, torch.float32), (3, 4, torch.bfloat16),
+                                                     (2, 5, torch.float16)])
+def test_split_epilogue_sums_partials_then_activates(splits, n_masks, dtype, activation):
+    """kernels.split_epilogue over partial sums ``WS (S, n + 1, T, N)`` (plane 0 total, 1 + i
+    gate i) of 3 x 700 positions (a tail past the 1024 block): ``sum_i act(g_i) (total -
+    g_i)`` of the split sums, within one rounding of the output dtype of the float64 value."""
+    import numpy as np
+
+    from mglu.backends.triton_backend import kernels, tiles
+    from mglu.backends.triton_backend.act import ACT_ID
+    from mglu.reference import ACT
+
+    T, N = 3, 700
+    ws = torch.randn(splits, n_masks + 1, T, N, dtype=torch.float32)
+    out = torch.full((T, N), float("nan"), dtype=dtype)
+    kernels.split_epilogue[(-(-T * N // tiles.DS_BLOCK),)](ws, out, T * N, splits, N_MASKS=n_masks,
+                                                          ACT=ACT_ID[activation], BLOCK=tiles.DS_BLOCK)
+    s = ws.double().sum(0).numpy()
+    g = s[1:]
+    want = (ACT[activation](g)[0] * (s[0] - g)).sum(0)
+    got = out.double().numpy()
+    eps = torch.finfo(dtype).eps
+    assert np.all(np.abs(got - want) <= eps * np.abs(want) + 1e-5 * max(1.0, np.abs(want).max()))
+    if splits > 1:  # the first split alone is far off: the test sees a dropped split
+        g0 = ws[0].double().numpy()
+        assert not np.allclose(got, (ACT[activation](g0[1:])[0] * (g0[0] - g0[1:])).sum(0), atol=1e-2)

@@ -146,6 +146,13 @@ def _launch_compiled(jit_fn, grid, args: tuple, constexprs: dict, options: dict)
     return kernel
 
 
+def wgmma_constexprs(n: int, act: int, c: tiles.Wgmma, split: bool) -> dict:
+    """``fwd_wgmma``'s compile-time arguments for ``n`` masks, tiles ``c`` (``split``: the
+    program writes partial sums; scripts/triton_compile_check.py and the tests compile it so)."""
+    return dict(N_MASKS=n, G=tiles.gate_group(n, c.gates), ACT=act, BN=tiles.WGMMA_BN, BT=c.BT, BK=c.BK,
+                STAGES=c.stages, ASYNC=c.async_, SPLIT=split)
+
+
 def launch_wgmma(x2d, weight, packed, out, act: int, c: tiles.Wgmma):
     """``wgmma.fwd_wgmma`` (Gluon; sm_90, fp16/bf16, ``T <= c.BT``, ``K % c.BK == 0``,
     16-byte aligned rows) with tiles ``c``, through :func:`_launch_compiled`."""
@@ -155,12 +162,21 @@ def launch_wgmma(x2d, weight, packed, out, act: int, c: tiles.Wgmma):
     N, n = weight.shape[0], packed.shape[0]
     if T > c.BT or K % c.BK:
         raise ValueError(f"fwd_wgmma with BT={c.BT}, BK={c.BK} cannot take {T} tokens of d_model {K}")
-    grid = (_cdiv(N, tiles.WGMMA_BN),)
+    stages = K // c.BK
+    steps = _cdiv(stages, c.split)
+    splits = _cdiv(stages, steps)
+    ws = torch.empty((splits, n + 1, T, N), dtype=torch.float32, device=out.device) if splits > 1 else out
     # the planes as 32-bit words (K % 128 == 0: whole words a row)
-    args = (x2d, weight, packed.view(torch.int32), out, T, N, K, packed.shape[2] // 4)
-    constexprs = dict(N_MASKS=n, G=tiles.gate_group(n, c.gates), ACT=act, BN=tiles.WGMMA_BN, BT=c.BT, BK=c.BK,
-                      STAGES=c.stages, ASYNC=c.async_)
-    return _launch_compiled(wgmma.fwd_wgmma, grid, args, constexprs, dict(num_warps=4))
+    args = (x2d, weight, packed.view(torch.int32), out, ws, T, N, K, packed.shape[2] // 4, steps)
+    kernel = _launch_compiled(wgmma.fwd_wgmma, (_cdiv(N, tiles.WGMMA_BN), splits), args,
+                              wgmma_constexprs(n, act, c, splits > 1), dict(num_warps=4))
+    if splits == 1:
+        return kernel
+    # element-wise, as ds_from_factors: its block
+    b = tiles.DS_BLOCK
+    _launch_compiled(kernels.split_epilogue, (_cdiv(T * N, b),), (ws, out, T * N, splits),
+                     dict(N_MASKS=n, ACT=act, BLOCK=b), dict(num_warps=tiles.DS_WARPS))
+    return kernel
 
 
 def launch_gates(x2d, weight, packed, dst, aux, act: int, mode: int, c: tiles.Mma, wm=None):

@@ -55,20 +55,24 @@ class Mma:
 class Wgmma:
     """``wgmma.fwd_wgmma`` (Gluon, sm_90): 64 W rows (one warp group's wgmma M) x ``BT``
     tokens, ``BK`` deep, ``stages`` cp.async slots; ``gates`` accumulators a pass over K;
-    ``async_``: a stage's wgmmas waited for together. No defaults: ``wgmma_tiles`` says
-    which values run and why."""
+    ``async_``: a stage's wgmmas waited for together; ``split``: programs a row block, each
+    on its share of K (fp32 partial sums summed by ``kernels.split_epilogue``). No
+    defaults: ``wgmma_tiles`` says which values run and why."""
 
     BT: int
     BK: int
     stages: int
     gates: int
     async_: bool
+    split: int
 
     def __post_init__(self):
         if self.stages < 2:
             raise ValueError(f"Wgmma.stages is at least 2 (one slot filling while one is read), got {self.stages}")
         if not 1 <= self.gates <= MAX_GATE_ACCS:
             raise ValueError(f"Wgmma.gates is 1..{MAX_GATE_ACCS} (fwd_wgmma names g0..g3), got {self.gates}")
+        if self.split < 1:
+            raise ValueError(f"Wgmma.split is at least 1, got {self.split}")
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,8 @@ def wgmma_tiles(n_masks: int) -> Wgmma:
     above 4 masks synchronous, though at n=8 the spilling asynchronous form was 4% faster
     in run 75 (a spill was kept out of the default; offline, ptxas spills it from n=5).
     ``gates``: the 4 accumulators fwd_wgmma names."""
-    return Wgmma(BT=WGMMA_MAX_TOKENS, BK=WGMMA_BK, stages=3, gates=MAX_GATE_ACCS, async_=n_masks <= MAX_GATE_ACCS)
+    return Wgmma(BT=WGMMA_MAX_TOKENS, BK=WGMMA_BK, stages=3, gates=MAX_GATE_ACCS, async_=n_masks <= MAX_GATE_ACCS,
+                 split=1)
 
 
 def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:
