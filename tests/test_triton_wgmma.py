@@ -44,6 +44,7 @@ print("LDSM", sum(op == "LDSM" for op in ops))
 print("PASSES", passes)
 print("STS", sum(op == "STS" for op in ops))
 print("LOCAL", sum(op in ("LDL", "STL") for op in ops))
+print("NARROW_COPIES", len(re.findall(r"LDGSTS(?!\.E\.BYPASS\.128)", sass)))
 print("DEPTH", c.BK)
 """
 
@@ -52,7 +53,7 @@ print("DEPTH", c.BK)
 def test_wgmma_kernel_compiles_to_register_operand_wgmma(n_masks, split):
     """n=1 and 4: one pass (asynchronous wgmma), 5: passes of 3 + 2, 16: 4 x 4 (the tiles
     of tiles.wgmma_tiles); split: writing partial sums. An STS would be a layout trip of the
-    masked tile."""
+    masked tile; a cp.async under 16 bytes a copy split by a mask of unknown divisibility."""
     run = subprocess.run([sys.executable, "-c", SCRIPT, str(n_masks), split], capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -60,6 +61,7 @@ def test_wgmma_kernel_compiles_to_register_operand_wgmma(n_masks, split):
     assert c["HGMMA"] == c["PRODUCTS"] * c["DEPTH"] // 16
     assert c["LDSM"] == c["PASSES"] * c["DEPTH"] // 16
     assert c["STS"] == 0
+    assert c["NARROW_COPIES"] == 0  # every cp.async 16 bytes (W, x and the mask words)
     if n_masks <= 5:
         assert c["LOCAL"] == 0
 
