@@ -328,9 +328,13 @@ def part_wgmma(limits):
         return [dataclasses.replace(wide, async_=a, stages=st, split=sp, gates=tiles.MAX_GATE_ACCS)
                 for a in (False, True) for st in (3, 4) for sp in (1, 2)]
 
+    def shallow(n):
+        return [dataclasses.replace(tiles.wgmma_tiles(n), BK=64, async_=a, split=sp) for a in (False, True)
+                for sp in (1, 2)]
+
     for shape in ((4096, 14336), (4096, 11008)):
         for n in (1, 4, 8):
-            one(16, *shape, n, torch.bfloat16, splits(n, toggled=n == 4), True)
+            one(16, *shape, n, torch.bfloat16, splits(n, toggled=n == 4) + (shallow(n) if n < 8 else []), True)
     one(16, 8192, 28672, 4, torch.bfloat16, splits(4, toggled=False)[:2], True)
     for shape in ((4096, 14336), (4096, 11008)):
         for n in (1, 4):
