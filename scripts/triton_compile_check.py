@@ -2,7 +2,7 @@
 
 Usage: python scripts/triton_compile_check.py [--dtypes fp16,bf16,fp32,fp64] [--masks 1,4,8,16]
 
-fwd_wgmma (Gluon) is compiled where the launcher would take it (fp16/bf16, 2-16 tokens); its
+fwd_wgmma (Gluon) is compiled where the launcher would take it (fp16/bf16, tiles.wgmma_serves); its
 convert_layout ops (one a mask) are asserted trivial at compile time: no data moves.
 
 ``triton.compile`` with ``GPUTarget("cuda", 90, 32)`` runs the whole pipeline (TTIR,
@@ -85,16 +85,11 @@ def main(argv=None) -> int:
                     jobs.append(("fwd_gemv", kernels.fwd_gemv, sig, dict(
                         N_MASKS=n, G=tiles.gate_group(n, tiles.MAX_GEMV_ACCS), ACT=0, BN=cg.BN, BG=cg.BG, UNROLL=cg.UNROLL,
                         ASM=dt != "fp64", ACC=acc), cg))
-                if dt in ("fp16", "bf16") and tiles.GEMV_MAX_TOKENS < T <= tiles.WGMMA_MAX_TOKENS:
-                    cv = tiles.wgmma_tiles(n)
-                    for split in (False, True):
-                        jobs.append((f"fwd_wgmma split={split}", wgmma.fwd_wgmma, {
-                            "x_ptr": p, "w_ptr": p, "p_ptr": "*i32", "out_ptr": p, "ws_ptr": "*fp32", "T": "i32",
-                            "N": "i32", "K": "i32", "KW": "i32", "STEPS": "i32"},
-                            launch.wgmma_constexprs(n, 0, cv, split), SimpleNamespace(num_warps=4)))
-                    jobs.append(("split_epilogue", kernels.split_epilogue, {
-                        "ws_ptr": "*fp32", "out_ptr": p, "TN": "i32", "SPLITS": "i32"},
-                        dict(N_MASKS=n, ACT=0, BLOCK=tiles.DS_BLOCK), SimpleNamespace(num_warps=tiles.DS_WARPS)))
+                if dt in ("fp16", "bf16") and tiles.wgmma_serves(T, n):
+                    cv = tiles.wgmma_tiles(n, T)
+                    jobs.append(("fwd_wgmma", wgmma.fwd_wgmma, {
+                        "x_ptr": p, "w_ptr": p, "p_ptr": "*i32", "out_ptr": p, "T": "i32", "N": "i32", "K": "i32",
+                        "KW": "i32"}, launch.wgmma_constexprs(n, 0, cv), SimpleNamespace(num_warps=4)))
                 cx = tiles.FP64_TILES if dt == "fp64" else tiles.mma_dx_tiles(T, c.staged)
                 jobs.append(("bwd_dx", kernels.bwd_dx, {"ds_ptr": p, "w_ptr": p, "p_ptr": "*u8", "wm_ptr": p,
                                                         "dx_ptr": p, "T": "i32", "N": "i32", "K": "i32", "KB": "i32"},

@@ -283,17 +283,16 @@ def part_wgmma(limits):
     """The Gluon wgmma forward (wgmma.fwd_wgmma), every row replayed from a CUDA graph
     (do_bench_cudagraph: do_bench's L2 flush leaves dirty lines whose write-back lands in a
     kernel this short, MEASUREMENTS_H200.md run 75), each output checked against the torch
-    backend's float64 forward (SPEC §4 bound) before it is timed. 16 tokens, bf16: split K
-    1-4 with the default tiles (tiles.wgmma_tiles) and, at n <= 4, with the other setting
-    of the asynchronous wgmma (255 registers against 168: 2 programs an SM against 3), on
-    4096x14336 and 4096x11008 (n 1, 4, 8) and 8192x28672 (n 4), beside the cuda backend.
-    64 tokens (BT=64, BK=64: 64 deep keeps n=4 unspilled), synchronous or not, 3 or 4
-    stages, split 1 or 2, beside fwd_mma's 64-token default. Tail shapes (1001 rows, K of
-    33 stages, 3 and 40 tokens; K of one stage) are checked, not timed."""
+    backend's float64 forward (SPEC §4 bound) before it is timed. 16 tokens, bf16, on
+    4096x14336 and 4096x11008 (n 1, 4, 8) and 8192x28672 (n 4): the default tiles
+    (tiles.wgmma_tiles) against the other setting of the asynchronous wgmma at n <= 4 and
+    64 deep at n 1 and 4, beside the cuda backend. 17-64 tokens (24, 32, 48, 64) at n 1 and
+    4: the default 64-token tile against the other setting of stages and of the
+    asynchronous wgmma, beside fwd_mma's default tile and the cuda backend. Tail shapes
+    (1001 rows, K of 33 stages, 3 and 40 tokens; K of one stage) are checked, not timed."""
     cuda_why = REGISTRY["cuda"].reasons(Problem(16, 4096, 14336, 4, torch.bfloat16, DEV, "silu"))
     cuda = None if cuda_why else REGISTRY["cuda"]
     print(f"wgmma    cuda backend rows: {'; '.join(cuda_why) or 'yes'}", flush=True)
-    wide = dataclasses.replace(tiles.wgmma_tiles(1), BT=64, BK=64)
 
     def one(T, K, N, n, dtype, configs, timed_rows, mma=False):
         x, w, p = inputs(T, K, N, n, dtype)
@@ -317,32 +316,30 @@ def part_wgmma(limits):
             timed("wgmma", f"cuda {K}x{N} T={T} n={n} {dtype}", lambda: cuda.forward(x, w, p, "silu"),
                   limits, decode_bytes(T, K, N, n), graph=True)
 
-    def splits(n, *, toggled):
-        base = tiles.wgmma_tiles(n)
-        out = [dataclasses.replace(base, split=s) for s in (1, 2, 3, 4)]
-        if toggled:
-            out += [dataclasses.replace(base, async_=not base.async_, split=s) for s in (1, 2, 3, 4)]
+    def narrow(n):
+        base = tiles.wgmma_tiles(n, 16)
+        out = [base]
+        if n <= tiles.MAX_GATE_ACCS:
+            out += [dataclasses.replace(base, async_=not base.async_), dataclasses.replace(base, BK=64)]
         return out
 
-    def wides(n):
-        return [dataclasses.replace(wide, async_=a, stages=st, split=sp, gates=tiles.MAX_GATE_ACCS)
-                for a in (False, True) for st in (3, 4) for sp in (1, 2)]
-
-    def shallow(n):
-        return [dataclasses.replace(tiles.wgmma_tiles(n), BK=64, async_=a, split=sp) for a in (False, True)
-                for sp in (1, 2)]
+    def wide(n):
+        base = tiles.wgmma_tiles(n, 64)
+        return [base, dataclasses.replace(base, async_=not base.async_),
+                dataclasses.replace(base, stages=7 - base.stages)]
 
     for shape in ((4096, 14336), (4096, 11008)):
         for n in (1, 4, 8):
-            one(16, *shape, n, torch.bfloat16, splits(n, toggled=n == 4) + (shallow(n) if n < 8 else []), True)
-    one(16, 8192, 28672, 4, torch.bfloat16, splits(4, toggled=False)[:2], True)
-    for shape in ((4096, 14336), (4096, 11008)):
+            one(16, *shape, n, torch.bfloat16, narrow(n), True)
+    one(16, 8192, 28672, 4, torch.bfloat16, narrow(4)[:1], True)
+    for T in (24, 32, 48, 64):
         for n in (1, 4):
-            one(64, *shape, n, torch.bfloat16, wides(n), True, mma=True)
+            one(T, 4096, 14336, n, torch.bfloat16, wide(n), True, mma=True)
     for n in (1, 4, 5, 16):
-        one(3, 4224, 1001, n, torch.bfloat16, splits(n, toggled=False), False)
-        one(16, 128, 200, n, torch.float16, splits(n, toggled=False)[:2], False)
-        one(40, 4224, 1001, n, torch.bfloat16, wides(n)[::2], False)
+        one(3, 4224, 1001, n, torch.bfloat16, narrow(n), False)
+        one(16, 128, 200, n, torch.float16, narrow(n)[:1], False)
+    for n in (1, 4):
+        one(40, 4224, 1001, n, torch.bfloat16, wide(n), False)
 
 
 PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "shapes": part_gemv_shapes,

@@ -21,11 +21,11 @@ from triton.backends.compiler import GPUTarget
 from triton.experimental.gluon._runtime import GluonASTSource
 from mglu.backends.triton_backend import launch, tiles, wgmma
 
-n, split = int(sys.argv[1]), sys.argv[2] == "split"
-c = tiles.wgmma_tiles(n)
-consts = launch.wgmma_constexprs(n, 0, c, split)
-sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "p_ptr": "*i32", "out_ptr": "*bf16", "ws_ptr": "*fp32", "T": "i32",
-       "N": "i32", "K": "i32", "KW": "i32", "STEPS": "i32"}
+n, tokens = int(sys.argv[1]), int(sys.argv[2])
+c = tiles.wgmma_tiles(n, tokens)
+consts = launch.wgmma_constexprs(n, 0, c)
+sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "p_ptr": "*i32", "out_ptr": "*bf16", "T": "i32", "N": "i32", "K": "i32",
+       "KW": "i32"}
 sig.update({k: "constexpr" for k in consts})
 names = list(wgmma.fwd_wgmma.arg_names)
 attrs = {(names.index(a),): [["tt.divisibility", 16]] for a in ("x_ptr", "w_ptr", "p_ptr", "out_ptr", "N", "K", "KW")}
@@ -44,25 +44,34 @@ print("LDSM", sum(op == "LDSM" for op in ops))
 print("PASSES", passes)
 print("STS", sum(op == "STS" for op in ops))
 print("LOCAL", sum(op in ("LDL", "STL") for op in ops))
-print("NARROW_COPIES", len(re.findall(r"LDGSTS(?!\.E\.BYPASS\.128)", sass)))
+# a stage's mask row is BK / 8 bytes: 16 at BK=128, 8 at 64 (LDGSTS.E.64)
+print("NARROW_COPIES", len(re.findall(r"LDGSTS(?!\.E\.BYPASS\.128|\.E\.64)", sass)))
+print("COPIES_8B", len(re.findall(r"LDGSTS\.E\.64", sass)))
 print("DEPTH", c.BK)
+print("TRITON36", int(triton.__version__.startswith("3.6.")))
 """
 
 
-@pytest.mark.parametrize("n_masks, split", [(1, "whole"), (4, "whole"), (5, "whole"), (16, "whole"), (4, "split")])
-def test_wgmma_kernel_compiles_to_register_operand_wgmma(n_masks, split):
-    """n=1 and 4: one pass (asynchronous wgmma), 5: passes of 3 + 2, 16: 4 x 4 (the tiles
-    of tiles.wgmma_tiles); split: writing partial sums. An STS would be a layout trip of the
-    masked tile; a cp.async under 16 bytes a copy split by a mask of unknown divisibility."""
-    run = subprocess.run([sys.executable, "-c", SCRIPT, str(n_masks), split], capture_output=True, text=True,
+@pytest.mark.parametrize("n_masks, tokens", [(1, 16), (4, 16), (5, 16), (16, 16), (1, 64), (4, 64)])
+def test_wgmma_kernel_compiles_to_register_operand_wgmma(n_masks, tokens):
+    """16 tokens, n=1 and 4: one pass (asynchronous wgmma), 5: passes of 3 + 2, 16: 4 x 4;
+    64 tokens at 64 deep (the tiles of tiles.wgmma_tiles). An STS would be a layout trip of
+    the masked tile; a cp.async under 16 bytes (8 for the mask words of a 64-deep stage) a
+    copy split by a mask of unknown divisibility (1.4x slower, MEASUREMENTS.md run 79)."""
+    run = subprocess.run([sys.executable, "-c", SCRIPT, str(n_masks), str(tokens)], capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     c = {k: int(v) for k, v in (line.split() for line in run.stdout.splitlines() if line[:1].isupper())}
     assert c["HGMMA"] == c["PRODUCTS"] * c["DEPTH"] // 16
     assert c["LDSM"] == c["PASSES"] * c["DEPTH"] // 16
     assert c["STS"] == 0
-    assert c["NARROW_COPIES"] == 0  # every cp.async 16 bytes (W, x and the mask words)
-    if n_masks <= 5:
+    assert c["NARROW_COPIES"] == 0
+    if c["DEPTH"] == 128:
+        assert c["COPIES_8B"] == 0
+    # the 64-token n=4 tile fits 255 registers with the device image's triton 3.6 (run 80:
+    # no spill, and offline); triton 3.9 spills it (34 local accesses), so there only 3.6
+    # is held to it
+    if n_masks <= 5 and (tokens == 16 or c["TRITON36"]):
         assert c["LOCAL"] == 0
 
 
@@ -72,26 +81,27 @@ def _hopper() -> bool:
 
 @pytest.mark.skipif(not _hopper(), reason="needs an sm_90 GPU")
 def test_wgmma_regime():
-    """Taken from 2 to 16 tokens at d_model % 128 == 0 in 16-bit dtypes, aligned; not at
-    1 or 17 tokens, d_model 136, fp32, or an x that starts 2 bytes into its buffer."""
+    """Taken from 2 to 16 tokens at d_model % 128 == 0 in 16-bit dtypes, aligned, and on to
+    64 tokens at up to 4 masks; not at 1 or 65 tokens, 17 tokens of 5 masks, d_model 136,
+    fp32, or an x that starts 2 bytes into its buffer."""
     from mglu.backends.triton_backend.launch import wgmma_ok
 
-    def ok(T=16, K=256, dtype=torch.bfloat16, offset=0, w_offset=0, p_offset=0):
+    def ok(T=16, K=256, dtype=torch.bfloat16, offset=0, w_offset=0, p_offset=0, n=2):
         x = torch.randn(T * K + offset, device="cuda", dtype=dtype)[offset:].view(T, K)
         w = torch.randn(64 * K + w_offset, device="cuda", dtype=dtype)[w_offset:].view(64, K)
         kb = -(-K // 8)
-        p = torch.zeros(2 * 64 * kb + p_offset, device="cuda", dtype=torch.uint8)[p_offset:].view(2, 64, kb)
+        p = torch.zeros(n * 64 * kb + p_offset, device="cuda", dtype=torch.uint8)[p_offset:].view(n, 64, kb)
         return wgmma_ok(x, w, p)
 
-    assert ok() and ok(T=2) and ok(dtype=torch.float16)
-    assert not ok(T=1) and not ok(T=17) and not ok(K=136) and not ok(dtype=torch.float32)
+    assert ok() and ok(T=2) and ok(dtype=torch.float16) and ok(T=17) and ok(T=64, n=4) and ok(T=16, n=5)
+    assert not ok(T=1) and not ok(T=65) and not ok(T=17, n=5) and not ok(K=136) and not ok(dtype=torch.float32)
     assert not ok(offset=1) and not ok(w_offset=1) and not ok(p_offset=4)
 
 
 @pytest.mark.skipif(not _hopper(), reason="needs an sm_90 GPU")
-@pytest.mark.parametrize("tokens,taken", [(16, 1), (17, 0)])
+@pytest.mark.parametrize("tokens,taken", [(16, 1), (64, 1), (65, 0)])
 def test_public_op_dispatches_to_wgmma(monkeypatch, tokens, taken):
-    """mglu.mglu without autograd at 16 tokens runs launch_wgmma once (at 17, not at all),
+    """mglu.mglu without autograd at 16 and 64 tokens runs launch_wgmma once (at 65, not at all),
     and its output is the torch backend's within the bf16 bound."""
     import mglu
     from mglu.backends import REGISTRY
@@ -111,32 +121,3 @@ def test_public_op_dispatches_to_wgmma(monkeypatch, tokens, taken):
     ref = torch_be.forward(x.double(), w.double(), packed, "silu").cpu().numpy()
     assert rel_error(out, ref) <= bound(torch.bfloat16, rel_error(torch_be.forward(x, w, packed, "silu"), ref))
 
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="runs under the interpreter (CPU)")
-@pytest.mark.parametrize("activation", ["silu", "gelu_tanh"])
-@pytest.mark.parametrize("splits, n_masks, dtype", [(1, 1, torch.float32), (3, 4, torch.bfloat16),
-                                                     (2, 5, torch.float16)])
-def test_split_epilogue_sums_partials_then_activates(splits, n_masks, dtype, activation):
-    """kernels.split_epilogue over partial sums ``WS (S, n + 1, T, N)`` (plane 0 total, 1 + i
-    gate i) of 3 x 700 positions (a tail past the 1024 block): ``sum_i act(g_i) (total -
-    g_i)`` of the split sums, within one rounding of the output dtype of the float64 value."""
-    import numpy as np
-
-    from mglu.backends.triton_backend import kernels, tiles
-    from mglu.backends.triton_backend.act import ACT_ID
-    from mglu.reference import ACT
-
-    T, N = 3, 700
-    ws = torch.randn(splits, n_masks + 1, T, N, dtype=torch.float32)
-    out = torch.full((T, N), float("nan"), dtype=dtype)
-    kernels.split_epilogue[(-(-T * N // tiles.DS_BLOCK),)](ws, out, T * N, splits, N_MASKS=n_masks,
-                                                          ACT=ACT_ID[activation], BLOCK=tiles.DS_BLOCK)
-    s = ws.double().sum(0).numpy()
-    g = s[1:]
-    want = (ACT[activation](g)[0] * (s[0] - g)).sum(0)
-    got = out.double().numpy()
-    eps = torch.finfo(dtype).eps
-    assert np.all(np.abs(got - want) <= eps * np.abs(want) + 1e-5 * max(1.0, np.abs(want).max()))
-    if splits > 1:  # the first split alone is far off: the test sees a dropped split
-        g0 = ws[0].double().numpy()
-        assert not np.allclose(got, (ACT[activation](g0[1:])[0] * (g0[0] - g0[1:])).sum(0), atol=1e-2)

@@ -117,7 +117,10 @@ def _triton_cases() -> list[Case]:
     and 9 (slots reused), mask groups 3 + 2, 4 + 4 and 4 x 4, and d_model 136, which falls
     back to fwd_mma; n 3 (and triton_token_tile_edge's 2) for asynchronous passes of 3 and
     2 accumulators, n 7 for a synchronous 4 + 3 split; with d_model % 128 == 0 there are no
-    tail bits, so no garbage_tail case is in its regime). Only the forward without
+    tail bits, so no garbage_tail case is in its regime), and 17-64 tokens at up to 4 masks
+    its 64-token tile, 64 deep (``triton_wgmma_wide_*``: 17 tokens with a d_ff tail, 64
+    tokens over 18 stages at one mask (4 slots, asynchronous), 40 tokens of 3 masks over 2
+    stages (3 slots); 65 tokens and 17 tokens of 5 masks fall back to fwd_mma). Only the forward without
     autograd takes it (the autograd forward keeps the gradient factors, fwd_mma's MODE 2):
     the checker's no-grad ``out``. Elsewhere these run fwd_mma."""
     return [
@@ -137,6 +140,11 @@ def _triton_cases() -> list[Case]:
         Case("triton_wgmma_three_masks", (7,), 256, 64, 3, dtypes=_HALF, quick=False),
         Case("triton_wgmma_four_three", (8,), 256, 64, 7, dtypes=_HALF, quick=False),
         Case("triton_wgmma_k_not_128", (16,), 136, 64, 2, dtypes=_HALF, quick=False),
+        Case("triton_wgmma_wide_low", (17,), 256, 72, 4, dtypes=_HALF),
+        Case("triton_wgmma_wide_top", (64,), 1152, 130, 1, dtypes=_HALF, quick=False),
+        Case("triton_wgmma_wide_three", (40,), 128, 64, 3, dtypes=_HALF, quick=False),
+        Case("triton_wgmma_wide_above", (65,), 256, 64, 2, dtypes=_HALF, quick=False),
+        Case("triton_wgmma_wide_five", (17,), 256, 64, 5, dtypes=_HALF, quick=False),
         Case("triton_staged_below", (255,), 26, 20, 2, masks="garbage_tail", quick=False),
         Case("triton_staged", (256,), 20, 136, 3, masks="garbage_tail",
              quick_dtypes=(torch.float16, torch.bfloat16)),

@@ -7,8 +7,9 @@ backward ``(dx, dW, dM)`` of SPEC §3 in three kernels (``DS`` pass, ``dx``, ``d
 Regimes (``tiles.py`` holds every tile constant and where it came from): ``T <=
 GEMV_MAX_TOKENS`` runs the CUDA-core GEMV that streams ``W`` and the bit-planes once,
 unless the forward must keep its gradient factors for autograd; on Hopper, 2 to
-``WGMMA_MAX_TOKENS`` tokens in fp16/bf16 with ``d_model % 128 == 0`` (``launch.wgmma_ok``,
-again not for the autograd forward) the Gluon wgmma kernel (``wgmma.py``); every
+``WGMMA_NARROW_TOKENS`` tokens, or up to ``WGMMA_MAX_TOKENS`` at up to 4 masks, in fp16/bf16
+with ``d_model % 128 == 0`` (``launch.wgmma_ok``, again not for the autograd forward) the
+Gluon wgmma kernel (``wgmma.py``); every
 other call the tensor-core kernel, which from ``STAGED_MIN_TOKENS`` (fp16/bf16) reads the
 masked weights staged in HBM. The forward keeps the gradient factors for its backward
 when asked (``saves_factors``). Without a GPU the same kernels run on CPU tensors under Triton's
@@ -85,7 +86,7 @@ BACKEND = Backend(
     reasons=reasons,
     forward=forward,
     backward=backward,
-    description="Triton: CUDA-core GEMV at decode, Gluon wgmma at 2-16 tokens on sm_90, tensor cores (tl.dot on "
+    description="Triton: CUDA-core GEMV at decode, Gluon wgmma at 2-64 tokens on sm_90, tensor cores (tl.dot on "
                 "bit-masked W) above",
     saves_factors=True,
 )

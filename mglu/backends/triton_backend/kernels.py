@@ -394,25 +394,6 @@ def _gate_epilogue(g, total, side, res, aux_ptr, m, offs_t, offs_n, T, N,
 
 
 @triton.jit
-def split_epilogue(ws_ptr, out_ptr, TN, SPLITS, N_MASKS: tl.constexpr, ACT: tl.constexpr, BLOCK: tl.constexpr):
-    """``out = sum_i act(g_i) (total - g_i)`` from split-K partial sums, element-wise over
-    the ``TN = T * N`` positions: ``total = sum_s WS[s, 0]``, ``g_i = sum_s WS[s, 1 + i]``,
-    ``WS (SPLITS, n_masks + 1, T, N)`` fp32 (``wgmma.fwd_wgmma`` with ``SPLIT``)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < TN
-    total = tl.zeros((BLOCK,), tl.float32)
-    for s in range(SPLITS):
-        total += tl.load(ws_ptr + _wide(s) * (N_MASKS + 1) * TN + offs, mask=ok, other=0.0)
-    res = tl.zeros((BLOCK,), tl.float32)
-    for i in tl.static_range(N_MASKS):
-        g = tl.zeros((BLOCK,), tl.float32)
-        for s in range(SPLITS):
-            g += tl.load(ws_ptr + (_wide(s) * (N_MASKS + 1) + 1 + i) * TN + offs, mask=ok, other=0.0)
-        res += act(g, ACT) * (total - g)
-    tl.store(out_ptr + offs, _narrow(res, out_ptr.dtype.element_ty), mask=ok)
-
-
-@triton.jit
 def ds_from_factors(f_ptr, dout_ptr, ds_ptr, TN, N_MASKS: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
     """``DS[i] = dout F[i]`` for ``i <= n_masks`` from the forward's gradient factors
     ``F (n + 1, T, N)`` (MODE 2 of :func:`fwd_mma`), element-wise over the ``TN = T * N``

@@ -50,7 +50,7 @@ def forward(x2d, weight, packed, activation, factors=None):
     if factors is None and T <= tiles.GEMV_MAX_TOKENS:
         launch_gemv(x2d, weight, packed, out, act, tiles.gemv_tiles(n))
     elif factors is None and wgmma_ok(x2d, weight, packed):
-        launch_wgmma(x2d, weight, packed, out, act, tiles.wgmma_tiles(n))
+        launch_wgmma(x2d, weight, packed, out, act, tiles.wgmma_tiles(n, T))
     else:
         c = _fwd_tiles(x2d.dtype, T, n)
         launch_gates(x2d, weight, packed, out, factors, act, 0 if factors is None else 2, c,
@@ -60,12 +60,13 @@ def forward(x2d, weight, packed, activation, factors=None):
 
 def wgmma_ok(x2d, weight, packed) -> bool:
     """Whether ``wgmma.fwd_wgmma`` serves this forward (its regime, tiles.WGMMA_*): a
-    Hopper GPU (sm_90: wgmma), fp16/bf16, ``2 <= T <= WGMMA_MAX_TOKENS``, ``d_model`` a
-    multiple of ``WGMMA_BK`` (whole stages, whole 16-byte mask rows) and every input 16-byte
-    aligned (its 16-byte cp.async copies). Other calls take fwd_mma."""
+    Hopper GPU (sm_90: wgmma), fp16/bf16, ``2 <= T <= WGMMA_NARROW_TOKENS`` or, at up to
+    ``WGMMA_WIDE_MAX_MASKS`` masks, ``T <= WGMMA_MAX_TOKENS``, ``d_model`` a multiple of
+    ``WGMMA_BK`` (whole stages, whole 16-byte mask rows) and every input 16-byte aligned
+    (its 16-byte cp.async copies). Other calls take fwd_mma."""
     T, K = x2d.shape
     return (x2d.is_cuda and not interpreting() and x2d.dtype in _WGMMA_DTYPES
-            and tiles.GEMV_MAX_TOKENS < T <= tiles.WGMMA_MAX_TOKENS and K % tiles.WGMMA_BK == 0
+            and tiles.wgmma_serves(T, packed.shape[0]) and K % tiles.WGMMA_BK == 0
             and _capability(x2d.device.index) == (9, 0)
             and x2d.data_ptr() % 16 == 0 and weight.data_ptr() % 16 == 0 and packed.data_ptr() % 16 == 0)
 
@@ -146,11 +147,11 @@ def _launch_compiled(jit_fn, grid, args: tuple, constexprs: dict, options: dict)
     return kernel
 
 
-def wgmma_constexprs(n: int, act: int, c: tiles.Wgmma, split: bool) -> dict:
-    """``fwd_wgmma``'s compile-time arguments for ``n`` masks, tiles ``c`` (``split``: the
-    program writes partial sums; scripts/triton_compile_check.py and the tests compile it so)."""
+def wgmma_constexprs(n: int, act: int, c: tiles.Wgmma) -> dict:
+    """``fwd_wgmma``'s compile-time arguments for ``n`` masks and tiles ``c`` (as
+    scripts/triton_compile_check.py and tests/test_triton_wgmma.py compile it)."""
     return dict(N_MASKS=n, G=tiles.gate_group(n, c.gates), ACT=act, BN=tiles.WGMMA_BN, BT=c.BT, BK=c.BK,
-                STAGES=c.stages, ASYNC=c.async_, SPLIT=split)
+                STAGES=c.stages, ASYNC=c.async_)
 
 
 def launch_wgmma(x2d, weight, packed, out, act: int, c: tiles.Wgmma):
@@ -162,21 +163,10 @@ def launch_wgmma(x2d, weight, packed, out, act: int, c: tiles.Wgmma):
     N, n = weight.shape[0], packed.shape[0]
     if T > c.BT or K % c.BK:
         raise ValueError(f"fwd_wgmma with BT={c.BT}, BK={c.BK} cannot take {T} tokens of d_model {K}")
-    stages = K // c.BK
-    steps = _cdiv(stages, c.split)
-    splits = _cdiv(stages, steps)
-    ws = torch.empty((splits, n + 1, T, N), dtype=torch.float32, device=out.device) if splits > 1 else out
+    grid = (_cdiv(N, tiles.WGMMA_BN),)
     # the planes as 32-bit words (K % 128 == 0: whole words a row)
-    args = (x2d, weight, packed.view(torch.int32), out, ws, T, N, K, packed.shape[2] // 4, steps)
-    kernel = _launch_compiled(wgmma.fwd_wgmma, (_cdiv(N, tiles.WGMMA_BN), splits), args,
-                              wgmma_constexprs(n, act, c, splits > 1), dict(num_warps=4))
-    if splits == 1:
-        return kernel
-    # element-wise, as ds_from_factors: its block
-    b = tiles.DS_BLOCK
-    _launch_compiled(kernels.split_epilogue, (_cdiv(T * N, b),), (ws, out, T * N, splits),
-                     dict(N_MASKS=n, ACT=act, BLOCK=b), dict(num_warps=tiles.DS_WARPS))
-    return kernel
+    args = (x2d, weight, packed.view(torch.int32), out, T, N, K, packed.shape[2] // 4)
+    return _launch_compiled(wgmma.fwd_wgmma, grid, args, wgmma_constexprs(n, act, c), dict(num_warps=4))
 
 
 def launch_gates(x2d, weight, packed, dst, aux, act: int, mode: int, c: tiles.Mma, wm=None):

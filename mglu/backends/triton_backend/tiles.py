@@ -55,24 +55,20 @@ class Mma:
 class Wgmma:
     """``wgmma.fwd_wgmma`` (Gluon, sm_90): 64 W rows (one warp group's wgmma M) x ``BT``
     tokens, ``BK`` deep, ``stages`` cp.async slots; ``gates`` accumulators a pass over K;
-    ``async_``: a stage's wgmmas waited for together; ``split``: programs a row block, each
-    on its share of K (fp32 partial sums summed by ``kernels.split_epilogue``). No
-    defaults: ``wgmma_tiles`` says which values run and why."""
+    ``async_``: a stage's wgmmas waited for together. No defaults: ``wgmma_tiles`` says
+    which values run and why."""
 
     BT: int
     BK: int
     stages: int
     gates: int
     async_: bool
-    split: int
 
     def __post_init__(self):
         if self.stages < 2:
             raise ValueError(f"Wgmma.stages is at least 2 (one slot filling while one is read), got {self.stages}")
         if not 1 <= self.gates <= MAX_GATE_ACCS:
             raise ValueError(f"Wgmma.gates is 1..{MAX_GATE_ACCS} (fwd_wgmma names g0..g3), got {self.gates}")
-        if self.split < 1:
-            raise ValueError(f"Wgmma.split is at least 1, got {self.split}")
 
 
 @dataclass(frozen=True)
@@ -125,21 +121,37 @@ def gemv_tiles(n_masks: int) -> Gemv:
     return Gemv(BN=4, BG=32, num_warps=4, UNROLL=2, maxnreg=80)
 
 
-#: batched decode on Hopper runs wgmma.fwd_wgmma (Gluon) from 2 to this many tokens (its
-#: BT; fp16/bf16, d_model % WGMMA_BK == 0, 16-byte aligned tensors; see wgmma_ok). H200 run
-#: 74 (triton_tune.py wgmma, do_bench), 4096x14336 bf16, 16 tokens, against fwd_mma's
-#: 16-token tile: n=1 45.4 against 47.9 us, n=4 74.9 against 127.4, n=8 131.5 against
-#: 230.5; 4096x11008 and 8192x28672 the same ordering (1.2-1.9x), 2 tokens as 16
-WGMMA_MAX_TOKENS = 16
-#: fwd_wgmma's depth: whole 128-column stages (16 mask bytes, one 16-byte copy a row), so
-#: d_model must be a multiple (no K tail in the kernel)
+#: batched decode on Hopper runs wgmma.fwd_wgmma (Gluon) from 2 to WGMMA_NARROW_TOKENS
+#: tokens (a 16-token tile), and from there to WGMMA_MAX_TOKENS at up to
+#: WGMMA_WIDE_MAX_MASKS masks (a 64-token tile); fp16/bf16, d_model % WGMMA_BK == 0,
+#: 16-byte aligned tensors (launch.wgmma_ok). H200 run 74 (triton_tune.py wgmma, do_bench),
+#: 4096x14336 bf16, 16 tokens, against fwd_mma's 16-token tile: n=1 45.4 against 47.9 us,
+#: n=4 74.9 against 127.4, n=8 131.5 against 230.5; 4096x11008 and 8192x28672 the same
+#: ordering (1.2-1.9x), 2 tokens as 16. H100 run 80 (the same script, graph replay), 64
+#: tokens bf16, the 64-token tile against fwd_mma's: 4096x14336 n=1 52.5 against 61.2 us,
+#: n=4 135.4 against 181.9; 4096x11008 n=1 47.7 against 59.0, n=4 133.5 against 179.9
+#: (n >= 5 at 64 tokens not timed: fwd_mma keeps them)
+WGMMA_NARROW_TOKENS = 16
+WGMMA_MAX_TOKENS = 64
+WGMMA_WIDE_MAX_MASKS = 4
+#: fwd_wgmma's depth up to 16 tokens: whole 128-column stages (16 mask bytes, one 16-byte
+#: copy a row); d_model must be a multiple (no K tail in the kernel)
 WGMMA_BK = 128
 
 
+def wgmma_serves(tokens: int, n_masks: int) -> bool:
+    """The token and mask counts fwd_wgmma takes (launch.wgmma_ok adds device, dtype, depth
+    and alignment)."""
+    return GEMV_MAX_TOKENS < tokens <= WGMMA_MAX_TOKENS and (
+        tokens <= WGMMA_NARROW_TOKENS or n_masks <= WGMMA_WIDE_MAX_MASKS)
+
+
 @functools.cache
-def wgmma_tiles(n_masks: int) -> Wgmma:
+def wgmma_tiles(n_masks: int, tokens: int) -> Wgmma:
     """fwd_wgmma's tiles (cached: the op asks on every call, and a frozen dataclass's
-    construction is host time). H200 run 75 (triton_tune.py wgmma at ca137d8, do_bench medians,
+    construction is host time).
+
+    Up to 16 tokens: H200 run 75 (triton_tune.py wgmma at ca137d8, do_bench medians,
     outputs checked), 4096x14336 bf16, 16 tokens, us: the shift-and-prmt select that
     wgmma._masked keeps against the multiply form (removed): n=1 45.9 / 46.3, n=4 70.1 /
     71.5, n=8 124.5 / 130.1; 3 stages against 4: n=1 44.1 / 45.9, n=4 67.4 / 70.1;
@@ -148,9 +160,22 @@ def wgmma_tiles(n_masks: int) -> Wgmma:
     and the asynchronous wgmma up to 4 masks, where it holds 255 registers without a spill;
     above 4 masks synchronous, though at n=8 the spilling asynchronous form was 4% faster
     in run 75 (a spill was kept out of the default; offline, ptxas spills it from n=5).
+    H100 run 80 (graph replay, 16 tokens, bf16): 64 deep did not pay (4096x14336 n=4 71.4
+    us asynchronous against 64.7 at 128), nor did K split over 2-4 programs a row block
+    with fp32 partial sums and an epilogue kernel (n=4 74.8-81.7 against 64.7; 4096x11008
+    60.0-68.4 against 59.2; the code was removed, MEASUREMENTS.md runs 79-80).
+
+    17-64 tokens (H100 run 80, 64 tokens, bf16, graph replay): 64 deep, so that the five
+    64x64 fp32 accumulators of n=4 and the operand tiles fit without a spill (offline
+    ptxas: 255 registers, none spilled; at 128 deep 208 bytes of stack); n=1 4 stages,
+    asynchronous (4096x14336 52.5 us; 3 stages 54.5, synchronous 53.0); n=4 3 stages,
+    synchronous (135.4; asynchronous 143.6, 4 stages 137.6); n=2-3 take n=4's (not timed).
     ``gates``: the 4 accumulators fwd_wgmma names."""
-    return Wgmma(BT=WGMMA_MAX_TOKENS, BK=WGMMA_BK, stages=3, gates=MAX_GATE_ACCS, async_=n_masks <= MAX_GATE_ACCS,
-                 split=1)
+    if tokens <= WGMMA_NARROW_TOKENS:
+        return Wgmma(BT=WGMMA_NARROW_TOKENS, BK=WGMMA_BK, stages=3, gates=MAX_GATE_ACCS,
+                     async_=n_masks <= MAX_GATE_ACCS)
+    one = n_masks == 1
+    return Wgmma(BT=WGMMA_MAX_TOKENS, BK=64, stages=4 if one else 3, gates=MAX_GATE_ACCS, async_=one)
 
 
 def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:

@@ -46,21 +46,18 @@ PRMT_ASM = gl.constexpr("{\n.reg .b32 m;\nprmt.b32 m, $2, $4, $6;\nand.b32 $0, $
 
 
 @gluon.jit
-def _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, slot, k0, k_hi, n0, grp, T, N, K, KW,
+def _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, slot, k0, n0, grp, T, N, K, KW,
            N_MASKS: gl.constexpr, G: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr, BK: gl.constexpr,
            CP: gl.constexpr, MP: gl.constexpr):
     """Start the copies of stage ``k0`` (W rows ``n0 ..``, every token, the 32-bit mask words
     of planes ``grp .. grp + G``) into ``slot`` and commit them as one group. Rows past ``N`` or ``T`` and
-    stages from ``k_hi`` on (the end of the program's share of K, a multiple of ``BK``) are not
-    read (cp.async zero-fills them). The stage's predicate is one scalar: a column mask
-    against ``k_hi`` (a ``min``, of unknown divisibility) split the mask words' 16-byte
-    copies into 4-byte ones (SASS: 48 ``LDGSTS.E`` at n=4), which ran 1.4x slower (run 79)."""
+    columns past ``K`` are not read (cp.async zero-fills them)."""
     rn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, CP))
     rk = k0 + gl.arange(0, BK, layout=gl.SliceLayout(0, CP))
-    live = k0 < k_hi
-    _copy(w_s.index(slot), w_ptr + rn[:, None].to(gl.int64) * K + rk[None, :], mask=(rn[:, None] < N) & live)
+    _copy(w_s.index(slot), w_ptr + rn[:, None].to(gl.int64) * K + rk[None, :],
+          mask=(rn[:, None] < N) & (rk[None, :] < K))
     rt = gl.arange(0, BT, layout=gl.SliceLayout(1, CP))
-    _copy(x_s.index(slot), x_ptr + rt[:, None] * K + rk[None, :], mask=(rt[:, None] < T) & live)
+    _copy(x_s.index(slot), x_ptr + rt[:, None] * K + rk[None, :], mask=(rt[:, None] < T) & (rk[None, :] < K))
     BW: gl.constexpr = BK // 32
     mn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, MP))
     mg = k0 // 32 + gl.arange(0, BW, layout=gl.SliceLayout(0, MP))
@@ -68,7 +65,7 @@ def _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, slot, k0, k_hi, n0, grp, T, N, K,
         if grp + i < N_MASKS:
             plane = p_ptr + (grp + i) * N.to(gl.int64) * KW
             _copy(m_s.index(slot * G + i), plane + mn[:, None] * KW + mg[None, :],
-                  mask=(mn[:, None] < N) & live)
+                  mask=(mn[:, None] < N) & (mg[None, :] < KW))
     async_copy.commit_group()
 
 
@@ -108,25 +105,13 @@ def _term(g, total, res, ACT: gl.constexpr):
 
 
 @gluon.jit
-def _partial(ws_ptr, acc, plane, T, N, n0, BN: gl.constexpr, BT: gl.constexpr, L: gl.constexpr):
-    """``WS[plane] (T, N)`` fp32 ``= acc`` (``BN x BT``, transposed) for rows ``n0 ..``."""
-    rn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, L))
-    rt = gl.arange(0, BT, layout=gl.SliceLayout(0, L))
-    gl.store(ws_ptr + plane.to(gl.int64) * T * N + rt[None, :] * N + rn[:, None], acc,
-             mask=(rn[:, None] < N) & (rt[None, :] < T))
-
-
-@gluon.jit
-def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, ws_ptr, T, N, K, KW, STEPS,
+def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, T, N, K, KW,
               N_MASKS: gl.constexpr, G: gl.constexpr, ACT: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr,
-              BK: gl.constexpr, STAGES: gl.constexpr, ASYNC: gl.constexpr, SPLIT: gl.constexpr):
-    """Program ``(pid, s)``: rows ``64 pid ..`` over the ``STEPS`` stages of K from ``s STEPS``
-    (see the module docstring); 4 warps. ``p_ptr``: the packed planes as 32-bit words, ``KW
-    = K / 32`` a row. ``ASYNC``: a stage's wgmmas are issued without waiting and waited for
-    together (the masked tiles kept live), so a mask's select overlaps the previous mask's
-    MMA. ``SPLIT``: K is shared by ``S`` programs a row block (the grid's second axis),
-    each writing its fp32 sums (``WS (S, n_masks + 1, T, N)``: plane 0 total, ``1 + i``
-    gate ``i``) for ``kernels.split_epilogue``; else ``out`` is written here."""
+              BK: gl.constexpr, STAGES: gl.constexpr, ASYNC: gl.constexpr):
+    """Program ``pid``: ``out[:, 64 pid ..]`` (see the module docstring); 4 warps. ``p_ptr``:
+    the packed planes as 32-bit words, ``KW = K / 32`` a row. ``ASYNC``: a stage's wgmmas
+    are issued without waiting and waited for together (the masked tiles kept live), so a
+    mask's select overlaps the previous mask's MMA."""
     BW: gl.constexpr = BK // 32
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BT, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -140,15 +125,12 @@ def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, ws_ptr, T, N, K, KW, STEPS,
     x_s = gl.allocate_shared_memory(dt, [STAGES, BT, BK], sh)
     m_s = gl.allocate_shared_memory(gl.int32, [STAGES * G, BN, BW], msh)
     n0 = gl.program_id(0) * BN
-    sid = gl.program_id(1)
-    k_lo = sid * STEPS * BK
-    k_hi = gl.minimum(K, k_lo + STEPS * BK)
-    n_k = (k_hi - k_lo) // BK
+    n_k = gl.cdiv(K, BK)
     total = gl.zeros([BN, BT], gl.float32, mma)
     res = gl.zeros([BN, BT], gl.float32, mma)
     for grp in gl.static_range(0, N_MASKS, G):
         for s in gl.static_range(STAGES - 1):
-            _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, s, k_lo + s * BK, k_hi, n0, grp, T, N, K, KW,
+            _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, s, s * BK, n0, grp, T, N, K, KW,
                    N_MASKS, G, BN, BT, BK, CP, MP)
         g0 = gl.zeros([BN, BT], gl.float32, mma)
         g1 = gl.zeros([BN, BT], gl.float32, mma)
@@ -161,8 +143,8 @@ def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, ws_ptr, T, N, K, KW, STEPS,
             # refilled next was read by the previous iteration, which every thread has left;
             # the fence orders the copies before the wgmma's reads of x (the async proxy)
             _barrier()
-            _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, (kk + STAGES - 1) % STAGES, k_lo + (kk + STAGES - 1) * BK,
-                   k_hi, n0, grp, T, N, K, KW, N_MASKS, G, BN, BT, BK, CP, MP)
+            _issue(w_ptr, x_ptr, p_ptr, w_s, x_s, m_s, (kk + STAGES - 1) % STAGES, (kk + STAGES - 1) * BK,
+                   n0, grp, T, N, K, KW, N_MASKS, G, BN, BT, BK, CP, MP)
             fence_async_shared()
             w = w_s.index(slot).load(a_l)
             xt = x_s.index(slot).permute((1, 0))
@@ -185,30 +167,17 @@ def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, ws_ptr, T, N, K, KW, STEPS,
             if ASYNC:
                 total, g0, g1, g2, g3, w, m0, m1, m2, m3 = warpgroup_mma_wait(
                     0, deps=[total, g0, g1, g2, g3, w, m0, m1, m2, m3])
-        # the copies past the share of K (empty, all masked) before the next group reuses the slots
+        # the copies past K (empty, all masked) before the next group reuses the slots
         async_copy.wait_group(0)
         _barrier()
-        if SPLIT:
-            base = sid * (N_MASKS + 1) + 1 + grp
-            if grp == 0:
-                _partial(ws_ptr, total, base - 1, T, N, n0, BN, BT, mma)
-            _partial(ws_ptr, g0, base, T, N, n0, BN, BT, mma)
-            if grp + 1 < N_MASKS and G > 1:
-                _partial(ws_ptr, g1, base + 1, T, N, n0, BN, BT, mma)
-            if grp + 2 < N_MASKS and G > 2:
-                _partial(ws_ptr, g2, base + 2, T, N, n0, BN, BT, mma)
-            if grp + 3 < N_MASKS and G > 3:
-                _partial(ws_ptr, g3, base + 3, T, N, n0, BN, BT, mma)
-        else:
-            res = _term(g0, total, res, ACT)
-            if grp + 1 < N_MASKS and G > 1:
-                res = _term(g1, total, res, ACT)
-            if grp + 2 < N_MASKS and G > 2:
-                res = _term(g2, total, res, ACT)
-            if grp + 3 < N_MASKS and G > 3:
-                res = _term(g3, total, res, ACT)
-    if not SPLIT:
-        rn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
-        rt = gl.arange(0, BT, layout=gl.SliceLayout(0, mma))
-        gl.store(out_ptr + rt[None, :] * N + rn[:, None], res.to(out_ptr.dtype.element_ty),
-                 mask=(rn[:, None] < N) & (rt[None, :] < T))
+        res = _term(g0, total, res, ACT)
+        if grp + 1 < N_MASKS and G > 1:
+            res = _term(g1, total, res, ACT)
+        if grp + 2 < N_MASKS and G > 2:
+            res = _term(g2, total, res, ACT)
+        if grp + 3 < N_MASKS and G > 3:
+            res = _term(g3, total, res, ACT)
+    rn = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, mma))
+    rt = gl.arange(0, BT, layout=gl.SliceLayout(0, mma))
+    gl.store(out_ptr + rt[None, :] * N + rn[:, None], res.to(out_ptr.dtype.element_ty),
+             mask=(rn[:, None] < N) & (rt[None, :] < T))
