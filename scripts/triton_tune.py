@@ -1,6 +1,6 @@
 """Sweep the Triton backend's tiles on a GPU; the source of the constants in tiles.py.
 
-Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [wgmma]
+Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [wgmma] [wgmma64]
        [--json PATH]
 
 For each part it times the kernels with explicit tiles (``launch.launch_*``) by
@@ -279,7 +279,7 @@ def part_gates(limits):
         time_mma("gates", 8192, 4096, 14336, 4, c, limits)
 
 
-def part_wgmma(limits):
+def part_wgmma(limits, wide_only=False):
     """The Gluon wgmma forward (wgmma.fwd_wgmma), every row replayed from a CUDA graph
     (do_bench_cudagraph: do_bench's L2 flush leaves dirty lines whose write-back lands in a
     kernel this short, MEASUREMENTS_H200.md run 75), each output checked against the torch
@@ -289,7 +289,8 @@ def part_wgmma(limits):
     64 deep at n 1 and 4, beside the cuda backend. 17-64 tokens (24, 32, 48, 64) at n 1 and
     4: the default 64-token tile against the other setting of stages and of the
     asynchronous wgmma, beside fwd_mma's default tile and the cuda backend. Tail shapes
-    (1001 rows, K of 33 stages, 3 and 40 tokens; K of one stage) are checked, not timed."""
+    (1001 rows, K of 33 stages, 3 and 40 tokens; K of one stage) are checked, not timed.
+    ``wide_only`` (part ``wgmma64``): the 17-64-token rows alone."""
     cuda_why = REGISTRY["cuda"].reasons(Problem(16, 4096, 14336, 4, torch.bfloat16, DEV, "silu"))
     cuda = None if cuda_why else REGISTRY["cuda"]
     print(f"wgmma    cuda backend rows: {'; '.join(cuda_why) or 'yes'}", flush=True)
@@ -328,14 +329,15 @@ def part_wgmma(limits):
         return [base, dataclasses.replace(base, async_=not base.async_),
                 dataclasses.replace(base, stages=7 - base.stages)]
 
-    for shape in ((4096, 14336), (4096, 11008)):
+    for shape in () if wide_only else ((4096, 14336), (4096, 11008)):
         for n in (1, 4, 8):
             one(16, *shape, n, torch.bfloat16, narrow(n), True)
-    one(16, 8192, 28672, 4, torch.bfloat16, narrow(4)[:1], True)
+    if not wide_only:
+        one(16, 8192, 28672, 4, torch.bfloat16, narrow(4)[:1], True)
     for T in (24, 32, 48, 64):
         for n in (1, 4):
             one(T, 4096, 14336, n, torch.bfloat16, wide(n), True, mma=True)
-    for n in (1, 4, 5, 16):
+    for n in () if wide_only else (1, 4, 5, 16):
         one(3, 4224, 1001, n, torch.bfloat16, narrow(n), False)
         one(16, 128, 200, n, torch.float16, narrow(n)[:1], False)
     for n in (1, 4):
@@ -343,7 +345,8 @@ def part_wgmma(limits):
 
 
 PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "shapes": part_gemv_shapes,
-         "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd, "wgmma": part_wgmma}
+         "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd, "wgmma": part_wgmma,
+         "wgmma64": lambda limits: part_wgmma(limits, wide_only=True)}
 
 
 def main(argv=None) -> int:
