@@ -1,6 +1,6 @@
 """Sweep the Triton backend's tiles on a GPU; the source of the constants in tiles.py.
 
-Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [wgmma] [wgmma64]
+Usage: python scripts/triton_tune.py [staged] [gates] [decode] [shapes] [batched] [prefill] [bwd] [wgmma] [wgmma64] [wgmmawait]
        [--json PATH]
 
 For each part it times the kernels with explicit tiles (``launch.launch_*``) by
@@ -279,18 +279,20 @@ def part_gates(limits):
         time_mma("gates", 8192, 4096, 14336, 4, c, limits)
 
 
-def part_wgmma(limits, wide_only=False):
+def part_wgmma(limits, rows="all"):
     """The Gluon wgmma forward (wgmma.fwd_wgmma), every row replayed from a CUDA graph
     (do_bench_cudagraph: do_bench's L2 flush leaves dirty lines whose write-back lands in a
     kernel this short, MEASUREMENTS_H200.md run 75), each output checked against the torch
     backend's float64 forward (SPEC §4 bound) before it is timed. 16 tokens, bf16, on
     4096x14336 and 4096x11008 (n 1, 4, 8) and 8192x28672 (n 4): the default tiles
-    (tiles.wgmma_tiles) against the other setting of the asynchronous wgmma at n <= 4 and
-    64 deep at n 1 and 4, beside the cuda backend. 17-64 tokens (24, 32, 48, 64) at n 1 and
-    4: the default 64-token tile against the other setting of stages and of the
-    asynchronous wgmma, beside fwd_mma's default tile and the cuda backend. Tail shapes
-    (1001 rows, K of 33 stages, 3 and 40 tokens; K of one stage) are checked, not timed.
-    ``wide_only`` (part ``wgmma64``): the 17-64-token rows alone."""
+    (tiles.wgmma_tiles) against the other ways of waiting for the wgmmas (WGMMA_WAITS) at
+    n <= 4 and 64 deep at n 1 and 4, beside the cuda backend. 17-64 tokens (24, 32, 48, 64)
+    at n 1 and 4: the default 64-token tile against the other waits and the other stage
+    count, beside fwd_mma's default tile and the cuda backend. Tail shapes (1001 rows, K of
+    33 stages, 3 and 40 tokens; K of one stage) are checked, not timed. ``rows``: "all";
+    "wide" (part ``wgmma64``) the 17-64-token rows alone; "wait" (part ``wgmmawait``) the
+    three waits at 16 (n 2, 4) and 64 tokens (n 1-4) on both shapes, tails checked.
+    """
     cuda_why = REGISTRY["cuda"].reasons(Problem(16, 4096, 14336, 4, torch.bfloat16, DEV, "silu"))
     cuda = None if cuda_why else REGISTRY["cuda"]
     print(f"wgmma    cuda backend rows: {'; '.join(cuda_why) or 'yes'}", flush=True)
@@ -317,27 +319,41 @@ def part_wgmma(limits, wide_only=False):
             timed("wgmma", f"cuda {K}x{N} T={T} n={n} {dtype}", lambda: cuda.forward(x, w, p, "silu"),
                   limits, decode_bytes(T, K, N, n), graph=True)
 
+    def waits(base):
+        return [dataclasses.replace(base, wait=w) for w in tiles.WGMMA_WAITS if w != base.wait]
+
     def narrow(n):
         base = tiles.wgmma_tiles(n, 16)
         out = [base]
         if n <= tiles.MAX_GATE_ACCS:
-            out += [dataclasses.replace(base, async_=not base.async_), dataclasses.replace(base, BK=64)]
+            out += waits(base) + [dataclasses.replace(base, BK=64)]
         return out
 
     def wide(n):
         base = tiles.wgmma_tiles(n, 64)
-        return [base, dataclasses.replace(base, async_=not base.async_),
-                dataclasses.replace(base, stages=7 - base.stages)]
+        return [base, *waits(base), dataclasses.replace(base, stages=7 - base.stages)]
 
-    for shape in () if wide_only else ((4096, 14336), (4096, 11008)):
+    if rows == "wait":
+        # every way of waiting for the wgmmas at 16 and 64 tokens, both shapes, n 1-4 (the
+        # 64-token rows beside fwd_mma), tails checked with each
+        for shape in ((4096, 14336), (4096, 11008)):
+            for n in (2, 4):
+                one(16, *shape, n, torch.bfloat16, narrow(n)[:3], True)
+            for n in (1, 2, 3, 4):
+                one(64, *shape, n, torch.bfloat16, wide(n)[:3], True, mma=n in (1, 4))
+        for n in (1, 2, 3, 4):
+            one(40, 4224, 1001, n, torch.bfloat16, wide(n)[:3], False)
+            one(3, 4224, 1001, n, torch.bfloat16, narrow(n)[:3], False)
+        return
+    for shape in () if rows == "wide" else ((4096, 14336), (4096, 11008)):
         for n in (1, 4, 8):
             one(16, *shape, n, torch.bfloat16, narrow(n), True)
-    if not wide_only:
+    if rows == "all":
         one(16, 8192, 28672, 4, torch.bfloat16, narrow(4)[:1], True)
     for T in (24, 32, 48, 64):
         for n in (1, 4):
             one(T, 4096, 14336, n, torch.bfloat16, wide(n), True, mma=True)
-    for n in () if wide_only else (1, 4, 5, 16):
+    for n in () if rows == "wide" else (1, 4, 5, 16):
         one(3, 4224, 1001, n, torch.bfloat16, narrow(n), False)
         one(16, 128, 200, n, torch.float16, narrow(n)[:1], False)
     for n in (1, 4):
@@ -346,7 +362,8 @@ def part_wgmma(limits, wide_only=False):
 
 PARTS = {"staged": part_staged, "gates": part_gates, "decode": part_decode, "shapes": part_gemv_shapes,
          "batched": part_batched, "prefill": part_prefill, "bwd": part_bwd, "wgmma": part_wgmma,
-         "wgmma64": lambda limits: part_wgmma(limits, wide_only=True)}
+         "wgmma64": lambda limits: part_wgmma(limits, rows="wide"),
+         "wgmmawait": lambda limits: part_wgmma(limits, rows="wait")}
 
 
 def main(argv=None) -> int:

@@ -151,7 +151,7 @@ def wgmma_constexprs(n: int, act: int, c: tiles.Wgmma) -> dict:
     """``fwd_wgmma``'s compile-time arguments for ``n`` masks and tiles ``c`` (as
     scripts/triton_compile_check.py and tests/test_triton_wgmma.py compile it)."""
     return dict(N_MASKS=n, G=tiles.gate_group(n, c.gates), ACT=act, BN=tiles.WGMMA_BN, BT=c.BT, BK=c.BK,
-                STAGES=c.stages, ASYNC=c.async_)
+                STAGES=c.stages, WAIT=c.wait)
 
 
 def launch_wgmma(x2d, weight, packed, out, act: int, c: tiles.Wgmma):

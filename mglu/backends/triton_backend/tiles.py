@@ -55,20 +55,22 @@ class Mma:
 class Wgmma:
     """``wgmma.fwd_wgmma`` (Gluon, sm_90): 64 W rows (one warp group's wgmma M) x ``BT``
     tokens, ``BK`` deep, ``stages`` cp.async slots; ``gates`` accumulators a pass over K;
-    ``async_``: a stage's wgmmas waited for together. No defaults: ``wgmma_tiles`` says
-    which values run and why."""
+    ``wait``: when the wgmmas are waited for, one of WGMMA_WAITS (wgmma.fwd_wgmma says what
+    each does). No defaults: ``wgmma_tiles`` says which values run and why."""
 
     BT: int
     BK: int
     stages: int
     gates: int
-    async_: bool
+    wait: str
 
     def __post_init__(self):
         if self.stages < 2:
             raise ValueError(f"Wgmma.stages is at least 2 (one slot filling while one is read), got {self.stages}")
         if not 1 <= self.gates <= MAX_GATE_ACCS:
             raise ValueError(f"Wgmma.gates is 1..{MAX_GATE_ACCS} (fwd_wgmma names g0..g3), got {self.gates}")
+        if self.wait not in WGMMA_WAITS:
+            raise ValueError(f"Wgmma.wait is one of {', '.join(WGMMA_WAITS)}, got {self.wait!r}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,9 @@ class Expand:
     num_warps: int
 
 
+#: fwd_wgmma's ways of waiting for its wgmmas: each where issued, a stage's together, or
+#: one in flight (the next mask's select beside the previous mask's MMA)
+WGMMA_WAITS = ("each", "stage", "chain")
 #: fwd_wgmma's W rows a program: the M of one warp group's wgmma (4 warps, 16 rows each)
 WGMMA_BN = 64
 #: tl.dot's smallest tile edge is 16
@@ -173,9 +178,10 @@ def wgmma_tiles(n_masks: int, tokens: int) -> Wgmma:
     ``gates``: the 4 accumulators fwd_wgmma names."""
     if tokens <= WGMMA_NARROW_TOKENS:
         return Wgmma(BT=WGMMA_NARROW_TOKENS, BK=WGMMA_BK, stages=3, gates=MAX_GATE_ACCS,
-                     async_=n_masks <= MAX_GATE_ACCS)
+                     wait="stage" if n_masks <= MAX_GATE_ACCS else "each")
     one = n_masks == 1
-    return Wgmma(BT=WGMMA_MAX_TOKENS, BK=64, stages=4 if one else 3, gates=MAX_GATE_ACCS, async_=one)
+    return Wgmma(BT=WGMMA_MAX_TOKENS, BK=64, stages=4 if one else 3, gates=MAX_GATE_ACCS,
+                 wait="stage" if one else "each")
 
 
 def gate_group(n_masks: int, most: int = MAX_GATE_ACCS) -> int:

@@ -107,11 +107,15 @@ def _term(g, total, res, ACT: gl.constexpr):
 @gluon.jit
 def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, T, N, K, KW,
               N_MASKS: gl.constexpr, G: gl.constexpr, ACT: gl.constexpr, BN: gl.constexpr, BT: gl.constexpr,
-              BK: gl.constexpr, STAGES: gl.constexpr, ASYNC: gl.constexpr):
+              BK: gl.constexpr, STAGES: gl.constexpr, WAIT: gl.constexpr):
     """Program ``pid``: ``out[:, 64 pid ..]`` (see the module docstring); 4 warps. ``p_ptr``:
-    the packed planes as 32-bit words, ``KW = K / 32`` a row. ``ASYNC``: a stage's wgmmas
-    are issued without waiting and waited for together (the masked tiles kept live), so a
-    mask's select overlaps the previous mask's MMA."""
+    the packed planes as 32-bit words, ``KW = K / 32`` a row. ``WAIT`` (tiles.WGMMA_WAITS):
+    ``"each"`` waits for every wgmma where it is issued; ``"stage"`` issues a stage's wgmmas
+    without waiting and waits for them together (every masked tile of the stage live);
+    ``"chain"`` keeps one in flight: mask ``i``'s select runs while mask ``i - 1``'s MMA
+    does, and two masked tiles are live at most."""
+    ASYNC: gl.constexpr = WAIT != "each"
+    CHAIN: gl.constexpr = WAIT == "chain"
     BW: gl.constexpr = BK // 32
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BT, 16])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
@@ -155,16 +159,29 @@ def fwd_wgmma(x_ptr, w_ptr, p_ptr, out_ptr, T, N, K, KW,
             m1 = m0
             m2 = m0
             m3 = m0
+            last = m0
             if grp + 1 < N_MASKS and G > 1:
                 m1 = _masked(w, m_s, slot * G + 1)
                 g1 = warpgroup_mma(m1, xt, g1, is_async=ASYNC)
+                if CHAIN:
+                    m0 = warpgroup_mma_wait(1, deps=[m0])
+                last = m1
             if grp + 2 < N_MASKS and G > 2:
                 m2 = _masked(w, m_s, slot * G + 2)
                 g2 = warpgroup_mma(m2, xt, g2, is_async=ASYNC)
+                if CHAIN:
+                    m1 = warpgroup_mma_wait(1, deps=[m1])
+                last = m2
             if grp + 3 < N_MASKS and G > 3:
                 m3 = _masked(w, m_s, slot * G + 3)
                 g3 = warpgroup_mma(m3, xt, g3, is_async=ASYNC)
-            if ASYNC:
+                if CHAIN:
+                    m2 = warpgroup_mma_wait(1, deps=[m2])
+                last = m3
+            if CHAIN:
+                # only the stage's last masked tile can still be read by a wgmma in flight
+                total, g0, g1, g2, g3, w, last = warpgroup_mma_wait(0, deps=[total, g0, g1, g2, g3, w, last])
+            elif ASYNC:
                 total, g0, g1, g2, g3, w, m0, m1, m2, m3 = warpgroup_mma_wait(
                     0, deps=[total, g0, g1, g2, g3, w, m0, m1, m2, m3])
         # the copies past K (empty, all masked) before the next group reuses the slots
