@@ -11,6 +11,9 @@
 #                 16 and 64 tokens (2 shapes, n_masks 1/4), prefill (8192 tokens, 4096x14336, bf16,
 #                 n_masks 1/4, triton and cuda), training (fwdbwd, 4096x11008, bf16, n_masks 4,
 #                 2048 and 8192 tokens, triton and cuda against naive and naive+compile)
+#   numbatorch    where numba and the torch backend cross (auto's order between them): forward,
+#                 bf16, 4096x14336 and 4096x11008, 1-64 tokens, n_masks 1 and 4, JSON in
+#                 $OUT/bench_numbatorch.json
 #   hostloop      scripts/host_loop.py (graph replay vs eager loop of the public op)
 #   numba8        issue #8's prefill and training rows: 2048 tokens, every kernel backend, bf16,
 #                 n_masks 4 (fwd at 4096x14336, fwdbwd at 4096x11008), JSON in $OUT/bench_numba8_*.json
@@ -80,6 +83,8 @@ for step in "${steps[@]}"; do
       python3 -m mglu bench --mode fwdbwd --shapes 4096x11008 --tokens 2048,8192 --n-masks 4 --dtype bf16 \
         --backends triton,cuda --baselines naive,naive+compile,swiglu --json "$out/bench_h100_train.json" ;;
     hostloop) python3 scripts/host_loop.py ;;
+    numbatorch) python3 -m mglu bench --shapes 4096x14336,4096x11008 --tokens 1,2,4,8,16,64 --n-masks 1,4 \
+      --dtype bf16 --backends torch,numba --baselines none --json "$out/bench_numbatorch.json" ;;
     numba8) python3 -m mglu bench --shapes 4096x14336 --tokens 2048 --n-masks 4 --dtype bf16 \
         --backends triton,cuda,numba --baselines swiglu --json "$out/bench_numba8_fwd.json" &&
       python3 -m mglu bench --mode fwdbwd --shapes 4096x11008 --tokens 2048 --n-masks 4 --dtype bf16 \
