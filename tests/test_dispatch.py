@@ -95,7 +95,8 @@ def _problem(tokens, n_masks, device="cuda", backward=False):
 def test_auto_priority_follows_the_measured_regimes(tokens, n_masks, first):
     order = mglu.auto_priority(_problem(tokens, n_masks))
     assert order[0] == first and set(order) == set(mglu.BACKEND_NAMES)
-    assert order[-2:] == ("numba", "torch")
+    # the fallbacks: numba's CUDA-core kernels ahead of the torch backend in decode, behind it above
+    assert order[-2:] == (("numba", "torch") if tokens <= 16 else ("torch", "numba"))
 
 
 def test_auto_priority_cpu_and_backward():

@@ -26,6 +26,13 @@ ONE_TOKEN_TRITON_MASKS = 4
 #: from 2 tokens up to this many cuda's tensor-core row kernel leads (its 16-token tile,
 #: launcher.MMA_SPLIT_TOKENS), above it triton's tl.dot tile (H200 runs 23 and 26, auto_priority)
 BATCHED_CUDA_TOKENS = 16
+#: the forward's fallbacks after triton and cuda: numba before the torch backend up to this
+#: many tokens, the torch backend first above (H100, bf16, n=4, µs; numba: run 78 bench and
+#: run 79's numba8; the torch backend: the first H100 round, docs/h100/bench_decode.json and
+#: bench_prefill.json, 2026-11-22, its forward unchanged since): 16 tokens 4096x14336 numba
+#: 1986.5 against 2183.7, 4096x11008 1757.3 against 1717.5 (2% behind); 64 tokens 7308.6
+#: against 2203.0 and 5595.4 against 1741.5; 2048 tokens 4096x14336 219783.9 against 5761.1
+NUMBA_BEFORE_TORCH_TOKENS = 16
 
 
 def auto_priority(problem: Problem) -> tuple[str, ...]:
@@ -67,6 +74,10 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
       239.5 us under do_bench with its L2 flush, H200 run 26, with the 64-deep tile of
       tiles.mma_fwd_tiles, against cuda's 449.6 in run 23; 17-32 tokens not timed).
     - CUDA forward, more tokens: triton, then cuda.
+    - The forward's fallbacks: numba then torch up to ``NUMBA_BEFORE_TORCH_TOKENS`` tokens
+      (numba's CUDA-core kernels lead the torch backend's materialised masked weights at one
+      token by an order and are level at 16), torch then numba above (numba's tiled kernel
+      has no tensor cores: 3.2x behind at 64 tokens, 38x at 2048).
     """
     if problem.device.type != "cuda":
         return ("torch",)
@@ -80,7 +91,7 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
         first = ("cuda", "triton")
     else:
         first = ("triton", "cuda")
-    return first + ("numba", "torch")
+    return first + (("numba", "torch") if problem.tokens <= NUMBA_BEFORE_TORCH_TOKENS else ("torch", "numba"))
 
 
 __all__ = [
