@@ -77,7 +77,7 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
     - The forward's fallbacks: numba then torch up to ``NUMBA_BEFORE_TORCH_TOKENS`` tokens
       (numba's CUDA-core kernels lead the torch backend's materialised masked weights at one
       token by an order and are level at 16), torch then numba above (numba's tiled kernel
-      has no tensor cores: 3.2x behind at 64 tokens, 38x at 2048).
+      has no tensor cores: 3.2-3.3x behind at 64 tokens, 38x at 2048).
     """
     if problem.device.type != "cuda":
         return ("torch",)
