@@ -38,6 +38,7 @@
 #   ctune         scripts/cuda_tune.py $CTUNE_ARGS, JSON in $OUT/cuda_tune.json
 #   batched16     the 16-token rows of issues #6 and #7: 4096x14336 and 4096x11008, n_masks 1
 #                 and 4, fp16 and bf16, triton and cuda, JSON in $OUT/bench_batched16.json
+#   (ncuraw:* is matched before ncu*, which would take it: run 83 lost its profile so)
 #   ncu[:SHAPE:N:DTYPE]  Nsight Compute over scripts/ncu_decode.py (the 1-token decode kernels
 #                 of numba, cuda, triton; default 4096x11008:4:fp16), CSV in $OUT/ncu_decode.csv
 #   ncuraw:SHAPE:N:DTYPE:TOKENS[:BACKENDS[:CUDA_VARIANTS]]  the same kernels at TOKENS tokens
@@ -115,11 +116,6 @@ for step in "${steps[@]}"; do
     tune*) parts=${step#tune}; python3 scripts/triton_tune.py $(tr , " " <<<"${parts#:}") --json "$out/tune.json" ;;
     ntune*) v=${step#ntune}; python3 scripts/numba_tune.py ${v:+--variants ${v#:}} --budget 330 \
       --json "$out/numba_tune.json" ;;
-    ncu*) IFS=: read -r _ shape n dt <<<"$step"
-      ncu --csv --page details -k regex:"decode_wide|mglu_rowdot_gemv|fwd_gemv" --section SpeedOfLight \
-        --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
-        python3 scripts/ncu_decode.py --shape "${shape:-4096x11008}" --n-masks "${n:-4}" --dtype "${dt:-fp16}" \
-        >"$out/ncu_decode.csv" && python3 scripts/ncu_decode.py --summarize "$out/ncu_decode.csv" ;;
     ncuraw:*) IFS=: read -r _ shape n dt tk be cv <<<"$step"
       ncu --csv --page raw -k regex:"decode_wide|mglu_rowdot|fwd_gemv|fwd_mma|fwd_wgmma" --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \
@@ -127,6 +123,11 @@ for step in "${steps[@]}"; do
         python3 scripts/ncu_decode.py --shape "$shape" --n-masks "$n" --dtype "$dt" --tokens "$tk" \
         --backends "${be:-cuda,triton}" --cuda-variants "${cv:-}" >"$out/ncu_raw_${n}_$tk.csv" \
         && python3 scripts/ncu_decode.py --summarize-raw "$out/ncu_raw_${n}_$tk.csv" ;;
+    ncu*) IFS=: read -r _ shape n dt <<<"$step"
+      ncu --csv --page details -k regex:"decode_wide|mglu_rowdot_gemv|fwd_gemv" --section SpeedOfLight \
+        --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+        python3 scripts/ncu_decode.py --shape "${shape:-4096x11008}" --n-masks "${n:-4}" --dtype "${dt:-fp16}" \
+        >"$out/ncu_decode.csv" && python3 scripts/ncu_decode.py --summarize "$out/ncu_decode.csv" ;;
     pytest) python3 -m pytest -q -x -p no:cacheprovider ;;
     pytest:*) files=${step#pytest:}; python3 -m pytest -q -p no:cacheprovider ${files//,/ } ;;
     suite) MGLU_BENCH_PRESET=paper python3 -m pytest benchmarks -q -p no:cacheprovider --benchmark-columns=median,iqr ;;

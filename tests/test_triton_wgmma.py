@@ -48,14 +48,18 @@ print("LOCAL", sum(op in ("LDL", "STL") for op in ops))
 print("NARROW_COPIES", len(re.findall(r"LDGSTS(?!\.E\.BYPASS\.128|\.E\.64)", sass)))
 print("COPIES_8B", len(re.findall(r"LDGSTS\.E\.64", sass)))
 print("DEPTH", c.BK)
+print("MASKS", n)
+print("CHAIN", int(c.wait == "chain"))
+print("WAITS_LE1", len(re.findall(r"WARPGROUP\.DEPBAR\.LE gsb0, 0x1", sass)))
 print("TRITON36", int(triton.__version__.startswith("3.6.")))
 """
 
 
 @pytest.mark.parametrize("n_masks, tokens", [(1, 16), (4, 16), (5, 16), (16, 16), (1, 64), (4, 64)])
 def test_wgmma_kernel_compiles_to_register_operand_wgmma(n_masks, tokens):
-    """16 tokens, n=1 and 4: one pass (asynchronous wgmma), 5: passes of 3 + 2, 16: 4 x 4;
-    64 tokens at 64 deep (the tiles of tiles.wgmma_tiles). An STS would be a layout trip of
+    """16 tokens, n=1 and 4: one pass (a stage's wgmmas waited together), 5: passes of 3 + 2,
+    16: 4 x 4; 64 tokens at 64 deep, n=4 waited for one at a time (the tiles of
+    tiles.wgmma_tiles). An STS would be a layout trip of
     the masked tile; a cp.async under 16 bytes (8 for the mask words of a 64-deep stage) a
     copy split by a mask of unknown divisibility (1.4x slower, MEASUREMENTS.md run 79)."""
     run = subprocess.run([sys.executable, "-c", SCRIPT, str(n_masks), str(tokens)], capture_output=True, text=True,
@@ -68,6 +72,9 @@ def test_wgmma_kernel_compiles_to_register_operand_wgmma(n_masks, tokens):
     assert c["NARROW_COPIES"] == 0
     if c["DEPTH"] == 128:
         assert c["COPIES_8B"] == 0
+    # "chain" (the 64-token tile at 4 masks) waits for all but the newest wgmma after each
+    # mask's but a pass's first: n - passes such waits; the other forms wait for none that way
+    assert c["WAITS_LE1"] == (c["MASKS"] - c["PASSES"] if c["CHAIN"] else 0)
     # the 64-token n=4 tile fits 255 registers with the device image's triton 3.6 (run 80:
     # no spill, and offline); triton 3.9 spills it (34 local accesses), so there only 3.6
     # is held to it

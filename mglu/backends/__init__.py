@@ -27,12 +27,12 @@ ONE_TOKEN_TRITON_MASKS = 4
 #: launcher.MMA_SPLIT_TOKENS), above it triton's tl.dot tile (H200 runs 23 and 26, auto_priority)
 BATCHED_CUDA_TOKENS = 16
 #: the forward's fallbacks after triton and cuda: numba before the torch backend up to this
-#: many tokens, the torch backend first above (H100, bf16, n=4, µs; numba: run 78 bench and
-#: run 79's numba8; the torch backend: the first H100 round, docs/h100/bench_decode.json and
-#: bench_prefill.json, 2026-11-22, its forward unchanged since): 16 tokens 4096x14336 numba
-#: 1986.5 against 2183.7, 4096x11008 1757.3 against 1717.5 (2% behind); 64 tokens 7308.6
-#: against 2203.0 and 5595.4 against 1741.5; 2048 tokens 4096x14336 219783.9 against 5761.1
-NUMBA_BEFORE_TORCH_TOKENS = 16
+#: many tokens, the torch backend first above (H200 run 83 of triton_backend/MEASUREMENTS.md,
+#: `device_check.sh numbatorch`, bf16, us, torch backend against numba): 4 tokens
+#: 4096x14336 n=1 537.6 against 118.8, n=4 2033.5 against 162.9 (4096x11008 426.2 / 97.2,
+#: 1597.2 / 140.0); 8 tokens n=1 538.3 against 972.1 (n=4 2042.7 against 1121.6); 16
+#: tokens n=4 4096x11008 1608.2 against 1763.6; 64 tokens 2084.0 against 7308.5
+NUMBA_BEFORE_TORCH_TOKENS = 4
 
 
 def auto_priority(problem: Problem) -> tuple[str, ...]:
@@ -75,9 +75,10 @@ def auto_priority(problem: Problem) -> tuple[str, ...]:
       tiles.mma_fwd_tiles, against cuda's 449.6 in run 23; 17-32 tokens not timed).
     - CUDA forward, more tokens: triton, then cuda.
     - The forward's fallbacks: numba then torch up to ``NUMBA_BEFORE_TORCH_TOKENS`` tokens
-      (numba's CUDA-core kernels lead the torch backend's materialised masked weights at one
-      token by an order and are level at 16), torch then numba above (numba's tiled kernel
-      has no tensor cores: 3.2-3.3x behind at 64 tokens, 38x at 2048).
+      (numba's decode kernels lead the torch backend's materialised masked weights there by
+      4-45x), torch then numba above (numba's tiled kernel has no tensor cores: at one mask
+      1.8-1.9x behind at 8 tokens, at 64 tokens 3.4-11.1x; at four masks it still leads at 8
+      tokens, by 1.7-1.8x, which the order gives away for one rule).
     """
     if problem.device.type != "cuda":
         return ("torch",)
