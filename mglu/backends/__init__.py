@@ -27,7 +27,7 @@ ONE_TOKEN_TRITON_MASKS = 4
 #: launcher.MMA_SPLIT_TOKENS), above it triton's tl.dot tile (H200 runs 23 and 26, auto_priority)
 BATCHED_CUDA_TOKENS = 16
 #: the forward's fallbacks after triton and cuda: numba before the torch backend up to this
-#: many tokens, the torch backend first above (H200 run 83 of triton_backend/MEASUREMENTS.md,
+#: many tokens, the torch backend first above (H200 run 82 of triton_backend/MEASUREMENTS.md,
 #: `device_check.sh numbatorch`, bf16, us, torch backend against numba): 4 tokens
 #: 4096x14336 n=1 537.6 against 118.8, n=4 2033.5 against 162.9 (4096x11008 426.2 / 97.2,
 #: 1597.2 / 140.0); 8 tokens n=1 538.3 against 972.1 (n=4 2042.7 against 1121.6); 16
