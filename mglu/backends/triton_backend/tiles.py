@@ -176,11 +176,11 @@ def wgmma_tiles(n_masks: int, tokens: int) -> Wgmma:
     asynchronous (4096x14336 52.5 us; 3 stages 54.5, synchronous 53.0); n=4 3 stages,
     synchronous (135.4; asynchronous 143.6, 4 stages 137.6). How the wgmmas are waited for
     (H200 run 83, triton_tune.py wgmmawait, 64 tokens, bf16, graph replay, us, each /
-    stage / chain): 4096x14336 n=1 50.6 / 50.1 / 50.0, n=2 74.0 / 70.5 / 70.5, n=3 95.7 /
-    92.1 / 93.6, n=4 135.8 / 142.9 / 125.5; 4096x11008 n=2 73.4 / 70.9 / 70.9, n=3 92.7 /
-    92.7 / 95.0, n=4 133.8 / 140.4 / 124.4. So n <= 3 "stage" and n=4 "chain" (the stage's
+    stage / chain): 4096x14336 n=1 50.6 / 50.1 / 49.9, n=2 74.0 / 70.4 / 70.5, n=3 95.6 /
+    92.0 / 93.6, n=4 135.7 / 142.9 / 125.4; 4096x11008 n=2 73.4 / 70.8 / 70.9, n=3 92.7 /
+    92.6 / 95.0, n=4 133.7 / 140.4 / 124.4. So n <= 3 "stage" and n=4 "chain" (the stage's
     4 masked tiles live cost it the overlap; chain keeps two). At 16 tokens "stage" stays
-    (n=4 54.4 against chain 55.7 and each 61.1 at 4096x14336; n=2 all three within 1%).
+    (n=4 54.4 against chain 55.7 and each 61.0 at 4096x14336; n=2 all three within 1%).
     ``gates``: the 4 accumulators fwd_wgmma names."""
     if tokens <= WGMMA_NARROW_TOKENS:
         return Wgmma(BT=WGMMA_NARROW_TOKENS, BK=WGMMA_BK, stages=3, gates=MAX_GATE_ACCS,
