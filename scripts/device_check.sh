@@ -38,7 +38,6 @@
 #   ctune         scripts/cuda_tune.py $CTUNE_ARGS, JSON in $OUT/cuda_tune.json
 #   batched16     the 16-token rows of issues #6 and #7: 4096x14336 and 4096x11008, n_masks 1
 #                 and 4, fp16 and bf16, triton and cuda, JSON in $OUT/bench_batched16.json
-#   (ncuraw:* is matched before ncu*, which would take it: run 83 lost its profile so)
 #   ncu[:SHAPE:N:DTYPE]  Nsight Compute over scripts/ncu_decode.py (the 1-token decode kernels
 #                 of numba, cuda, triton; default 4096x11008:4:fp16), CSV in $OUT/ncu_decode.csv
 #   ncuraw:SHAPE:N:DTYPE:TOKENS[:BACKENDS[:CUDA_VARIANTS]]  the same kernels at TOKENS tokens
@@ -116,6 +115,7 @@ for step in "${steps[@]}"; do
     tune*) parts=${step#tune}; python3 scripts/triton_tune.py $(tr , " " <<<"${parts#:}") --json "$out/tune.json" ;;
     ntune*) v=${step#ntune}; python3 scripts/numba_tune.py ${v:+--variants ${v#:}} --budget 330 \
       --json "$out/numba_tune.json" ;;
+    # before ncu*, which would take ncuraw:* too (run 83 lost its profile so)
     ncuraw:*) IFS=: read -r _ shape n dt tk be cv <<<"$step"
       ncu --csv --page raw -k regex:"decode_wide|mglu_rowdot|fwd_gemv|fwd_mma|fwd_wgmma" --section SpeedOfLight \
         --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section Occupancy \

@@ -173,8 +173,8 @@ def wgmma_tiles(n_masks: int, tokens: int) -> Wgmma:
     17-64 tokens (H100 run 80, 64 tokens, bf16, graph replay): 64 deep, so that the five
     64x64 fp32 accumulators of n=4 and the operand tiles fit without a spill (offline
     ptxas: 255 registers, none spilled; at 128 deep 208 bytes of stack); n=1 4 stages,
-    asynchronous (4096x14336 52.5 us; 3 stages 54.5, synchronous 53.0); n=4 3 stages,
-    synchronous (135.4; asynchronous 143.6, 4 stages 137.6). How the wgmmas are waited for
+    "stage" (4096x14336 52.5 us; 3 stages 54.5, "each" 53.0); n=4 3 stages, "each" (135.4;
+    "stage" 143.6, 4 stages 137.6). How the wgmmas are waited for
     (H200 run 83, triton_tune.py wgmmawait, 64 tokens, bf16, graph replay, us, each /
     stage / chain): 4096x14336 n=1 50.6 / 50.1 / 49.9, n=2 74.0 / 70.4 / 70.5, n=3 95.6 /
     92.0 / 93.6, n=4 135.7 / 142.9 / 125.4; 4096x11008 n=2 73.4 / 70.8 / 70.9, n=3 92.7 /
